@@ -1,0 +1,1 @@
+"""Streamlit dashboard and plotly figure builders."""

@@ -1,0 +1,1 @@
+"""Loss functions on hidden states and log-probabilities, built on the reprkit core."""

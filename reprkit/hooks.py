@@ -1,0 +1,268 @@
+"""Capture, edit and stop at named modules with forward hooks.
+
+The shape follows baukit's ``nethook`` (``Trace``, ``TraceDict``): context managers that own their
+hooks and remove them in ``finally``. On top of that, ``capture`` resolves layer specs and returns
+block outputs keyed by layer index, which is what the rest of reprkit uses.
+
+>>> with TraceDict(model, ["model.layers.3", "model.layers.10"], stop=True) as ret:
+...     model(**inputs)
+>>> ret["model.layers.3"].output.shape  # [batch, seq, hidden]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from .layers import LayerSelection, select_layers
+
+EditFn = Callable[[torch.Tensor, str], torch.Tensor]
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward early; only the context that raised it swallows it."""
+
+    def __init__(self, owner: object):
+        super().__init__("forward stopped after the last traced module")
+        self.owner = owner
+
+
+def _in_backward() -> bool:
+    """True while autograd's engine runs a backward (e.g. recomputing a checkpointed block)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _hidden(value):
+    """The hidden-state tensor of a block output: the tensor itself (transformers 5) or tuple[0]."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(value).__name__}")
+
+
+def _replace_hidden(value, new: torch.Tensor):
+    if isinstance(value, torch.Tensor):
+        return new
+    if isinstance(value, tuple):
+        return (new, *value[1:])
+    if isinstance(value, list):
+        return [new, *value[1:]]
+    raise TypeError(f"cannot edit a module output of type {type(value).__name__}")
+
+
+class Trace(AbstractContextManager):
+    """Trace one module: keep its output (and input), optionally edit it or stop after it.
+
+    >>> with Trace(model, "model.layers.3") as ret:
+    ...     model(**inputs)
+    >>> ret.output  # the block's hidden states, [batch, seq, hidden]
+
+    - ``retain_output`` / ``retain_input``: keep the module's output / first input (hidden states,
+      also when passed by keyword).
+    - ``detach``: True (default) for analysis, the capture is cut from the graph; False for a loss,
+      gradients flow from the capture back into the model (and its LoRA weights).
+    - ``device`` / ``dtype``: move or cast the capture (analysis captures only).
+    - ``clone``: copy the capture, in case later code modifies the tensor in place.
+    - ``edit_output``: ``fn(hidden, name) -> hidden`` applied to the output's hidden states
+      (see ``reprkit.edits``); runs also when a checkpointed block is recomputed.
+    - ``stop``: end the forward right after this module ran; the context swallows the stop.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str | None = None,
+        *,
+        retain_output: bool = True,
+        retain_input: bool = False,
+        detach: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        clone: bool = False,
+        edit_output: EditFn | None = None,
+        stop: bool = False,
+    ):
+        self.owner = self
+        self.name = name or ""
+        self.module = module if name is None else module.get_submodule(name)
+        self.output: torch.Tensor | None = None
+        self.input: torch.Tensor | None = None
+        self.calls = 0
+        self._opts = dict(
+            retain_output=retain_output,
+            retain_input=retain_input,
+            detach=detach,
+            device=device,
+            dtype=dtype,
+            clone=clone,
+            edit_output=edit_output,
+        )
+        if not detach and (device is not None or dtype is not None):
+            raise ValueError("device/dtype apply to analysis captures; a loss capture (detach=False) stays put")
+        self._stop = stop
+        self._handle = None
+        self._on_fire: Callable[[Trace], None] | None = None
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        o = self._opts
+        if o["detach"]:
+            t = t.detach()
+            if o["device"] is not None or o["dtype"] is not None:
+                t = t.to(device=o["device"], dtype=o["dtype"])
+        if o["clone"]:
+            t = t.clone()
+        return t
+
+    def _hook(self, module, args, kwargs, output):
+        recompute = _in_backward()
+        edit = self._opts["edit_output"]
+        if edit is not None:
+            new = edit(_hidden(output), self.name)
+            output = _replace_hidden(output, new)
+        if recompute:  # a checkpointed block being recomputed: the capture of this forward is kept
+            return output if edit is not None else None
+        self.calls += 1
+        if self._opts["retain_input"]:
+            x = args[0] if args else kwargs.get("hidden_states", next(iter(kwargs.values()), None))
+            self.input = self._keep(_hidden(x))
+        if self._opts["retain_output"]:
+            self.output = self._keep(_hidden(output))
+        if self._on_fire is not None:
+            self._on_fire(self)
+        elif self._stop:
+            raise _StopForward(self.owner)
+        return output if edit is not None else None
+
+    def __enter__(self):
+        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return isinstance(exc, _StopForward) and exc.owner is self.owner
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class TraceDict(dict, AbstractContextManager):
+    """Trace several modules at once; a dict from module name to its ``Trace``.
+
+    >>> with TraceDict(model, ["model.layers.3", "model.layers.10"], stop=True) as ret:
+    ...     model(**inputs)
+    >>> ret["model.layers.10"].output
+
+    Options are those of ``Trace``; ``edit_output(hidden, name)`` is called for every module and
+    ``stop=True`` ends the forward once every traced module has run (later layers and the LM head
+    never run). Contexts nest: each swallows only its own stop.
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], *, stop: bool = False, **options):
+        super().__init__()
+        self._stop = stop
+        self._pending: set[str] = set()
+        for name in names:
+            if name in self:
+                continue
+            trace = Trace(model, name, **options)
+            trace.owner = self
+            trace._on_fire = self._fired
+            self[name] = trace
+
+    def _fired(self, trace: Trace) -> None:
+        self._pending.discard(trace.name)
+        if self._stop and not self._pending:
+            raise _StopForward(self)
+
+    def __enter__(self):
+        self._pending = set(self)
+        entered = []
+        try:
+            for trace in self.values():
+                trace.__enter__()
+                entered.append(trace)
+        except BaseException:
+            for trace in entered:
+                trace.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return isinstance(exc, _StopForward) and exc.owner is self
+
+    def close(self):
+        for trace in self.values():
+            trace.close()
+
+
+class Capture(TraceDict):
+    """A ``TraceDict`` over decoder blocks that is also indexable by layer number.
+
+    >>> with capture(model, [3, 10], stop=True) as cap:
+    ...     model(**inputs)
+    >>> cap[3], cap.hidden_states  # tensor; {3: tensor, 10: tensor}
+    """
+
+    selection: LayerSelection
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return super().__getitem__(self._by_index[key]).output
+        return super().__getitem__(key)
+
+    @property
+    def hidden_states(self) -> dict[int, torch.Tensor]:
+        """Captured block outputs keyed by layer index (modules inside blocks are not included)."""
+        return {i: dict.__getitem__(self, name).output for i, name in self._by_index.items()}
+
+
+def capture(
+    model: nn.Module,
+    layers,
+    *,
+    stop: bool = False,
+    detach: bool = True,
+    block_name: str | None = None,
+    **options,
+) -> Capture:
+    """Trace the modules a layer spec selects (see ``reprkit.layers``) on ``model``.
+
+    ``stop=True`` ends the forward after the deepest selected layer: no later block and no LM head
+    run, so the call inside the ``with`` block must be the last statement there (as in baukit).
+    ``detach=False`` keeps captures in the graph for a loss.
+    """
+    selection = select_layers(model, layers, block_name=block_name)
+    cap = Capture(model, selection.names, stop=stop, detach=detach, **options)
+    cap.selection = selection
+    cap._by_index = dict(zip(selection.indices, selection.block_names))
+    return cap
+
+
+def forward_hidden_states(
+    model: nn.Module,
+    inputs: dict,
+    layers,
+    *,
+    detach: bool = True,
+    block_name: str | None = None,
+    **options,
+) -> dict[int, torch.Tensor]:
+    """Run ``model(**inputs)`` only as far as the deepest layer in ``layers``; return its block outputs.
+
+    The function form of ``capture(..., stop=True)``: later blocks and the LM head never run.
+    """
+    with capture(model, layers, stop=True, detach=detach, block_name=block_name, **options) as cap:
+        model(**inputs, use_cache=False)
+    missing = [i for i, h in cap.hidden_states.items() if h is None]
+    if missing:
+        raise RuntimeError(f"layers {missing} did not run in the forward of {type(model).__name__}")
+    return cap.hidden_states
