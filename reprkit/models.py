@@ -127,9 +127,18 @@ def load_model(
     return model, tokenizer
 
 
-def enable_gradient_checkpointing(model) -> None:
-    """Gradient checkpointing that hooks can see through: non-reentrant, so captures stay in the graph."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+def enable_gradient_checkpointing(model, use_reentrant: bool = False) -> None:
+    """Gradient checkpointing for hidden-state losses.
+
+    Non-reentrant by default: with reentrant checkpointing the first forward of a block runs without
+    grad, so a loss capture *inside* a block (e.g. ``layers.3.mlp``) would be cut from the graph.
+    Captures of whole blocks work either way (transformers runs block hooks outside the checkpoint).
+    """
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def model_config(name_or_path: str | os.PathLike = DEFAULT_MODEL):
