@@ -1,4 +1,4 @@
-"""``reprkit`` command line: ``reprkit inspect`` (and, as they land, train / eval / dashboard)."""
+"""``reprkit`` command line: ``reprkit train`` and ``reprkit inspect``."""
 
 from __future__ import annotations
 
@@ -36,8 +36,19 @@ class Inspect:
 
 
 def main(argv: list[str] | None = None) -> None:
-    command = tyro.extras.subcommand_cli_from_dict({"inspect": Inspect}, args=argv, prog="reprkit")
-    command.run()
+    import logging
+
+    from .config import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel notices, not ours
+    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "inspect": Inspect}, args=argv, prog="reprkit")
+    if isinstance(command, TrainConfig):
+        from .train import train
+
+        train(command)
+    else:
+        command.run()
 
 
 if __name__ == "__main__":

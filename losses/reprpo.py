@@ -1,0 +1,90 @@
+"""ReprPO, "retain magnitude, change direction": a preference loss on hidden states only.
+
+On chosen completions the policy's hidden states stay where the frozen model has them; on rejected
+completions their *direction* turns toward the frozen model's chosen direction while each token's
+*magnitude* stays where the frozen model had it. No log-probs, no LM head: a forward that stops
+after the deepest loss layer is enough.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from reprkit.geometry import EPS, cosine, magnitude, masked_mean
+
+from .base import LossInputs, mean_over_layers
+
+
+def retain_l2(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token L2 distance, relative to the frozen token's norm, masked mean over tokens: ``[B]``.
+
+    retain = mean_t |h_t - h*_t| / |h*_t|
+
+    (circuit breakers' per-token L2 distance, not MSE; dividing by |h*_t| makes one weight work
+    across layers whose norms differ by 10-100x.)
+    """
+    dist = torch.linalg.vector_norm(policy.float() - reference.float(), dim=-1)
+    return masked_mean(dist / magnitude(reference).clamp_min(EPS), mask)
+
+
+def retain_direction(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Direction-only retain: mean_t (1 - cos(h_t, h*_t)), norms left free. ``[B]``."""
+    return masked_mean(1 - cosine(policy, reference), mask)
+
+
+def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor,
+                     reference_chosen: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
+    """1 - cos(mean_t h_r, mean_t h*_c): turn the rejected completion's mean state toward the frozen
+    model's chosen one (means over completion tokens, as chosen and rejected tokens do not align). ``[B]``."""
+    return 1 - cosine(masked_mean(policy_rejected, rejected_mask), masked_mean(reference_chosen, chosen_mask))
+
+
+def magnitude_kept(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_t (log |h_t| - log |h*_t|)^2: each token keeps the frozen model's norm. ``[B]``.
+
+    Log ratio, so shrinking toward zero costs without bound: the loss cannot escape the direction
+    term by collapsing norms.
+    """
+    log_ratio = torch.log(magnitude(policy).clamp_min(EPS)) - torch.log(magnitude(reference).clamp_min(EPS))
+    return masked_mean(log_ratio**2, mask)
+
+
+@dataclass
+class ReprPO:
+    """loss = w_retain * retain(chosen) + w_direction * (1 - cos(mean h_r, mean h*_c)) + w_magnitude * (log|h_r| - log|h*_r|)^2
+
+    averaged over loss layers and pairs. Variants by config:
+
+    - ``retain="l2"`` (default): chosen states keep direction *and* norm (relative L2 distance);
+    - ``retain="direction"``: chosen states keep only their direction (1 - cos), norms free;
+    - ``w_magnitude=0``: rejected norms unconstrained, only their mean direction is trained.
+    """
+
+    layers: str = "0.33,0.5,0.66"
+    """layer spec of the loss layers (default 9, 15, 19 of 30: the forward stops after 19)"""
+    retain: Literal["l2", "direction"] = "l2"
+    """what the chosen side keeps: 'l2' (state) or 'direction' (cosine only)"""
+    w_retain: float = 1.0
+    w_direction: float = 1.0
+    w_magnitude: float = 1.0
+
+    needs_logps: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = True
+
+    def layer_spec(self):
+        return self.layers
+
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c, r = inputs.chosen, inputs.rejected
+        retain_fn = retain_l2 if self.retain == "l2" else retain_direction
+        retain, direction, mag = [], [], []
+        for layer in c.hidden:
+            retain.append(retain_fn(c.hidden[layer], c.ref_hidden[layer], c.mask))
+            direction.append(direction_toward(r.hidden[layer], r.mask, c.ref_hidden[layer], c.mask))
+            mag.append(magnitude_kept(r.hidden[layer], r.ref_hidden[layer], r.mask))
+        retain, direction, mag = (mean_over_layers(x).mean() for x in (retain, direction, mag))
+        loss = self.w_retain * retain + self.w_direction * direction + self.w_magnitude * mag
+        return loss, {"retain": retain.detach(), "direction": direction.detach(), "magnitude": mag.detach()}

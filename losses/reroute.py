@@ -1,0 +1,56 @@
+"""Circuit breakers' "reroute" loss (Zou et al. 2024, representation rerouting), on hidden states.
+
+Chosen (retain) completions keep the frozen model's states; rejected (reroute) completions are
+pushed orthogonal to where the frozen model had them. The schedule moves weight from rerouting to
+retaining over training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from reprkit.geometry import cosine, masked_mean
+
+from .base import LossInputs, mean_over_layers
+from .reprpo import retain_l2
+
+
+def reroute_cosine(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """mean_t ReLU(cos(h_t, h*_t)): zero once each token's state is orthogonal (or opposed) to the frozen one. ``[B]``."""
+    return masked_mean(torch.relu(cosine(policy, reference)), mask)
+
+
+def coefficients(alpha: float, progress: float) -> tuple[float, float]:
+    """(c_retain, c_reroute) = (alpha * t / (2T), alpha * (1 - t / (2T))) with progress = t / T."""
+    return alpha * progress / 2, alpha * (1 - progress / 2)
+
+
+@dataclass
+class Reroute:
+    """loss = alpha * t/(2T) * retain(chosen) + alpha * (1 - t/(2T)) * ReLU(cos(h_r, h*_r))
+
+    with retain the relative per-token L2 distance (as in ReprPO), averaged over layers and pairs.
+    Separate retain / reroute sets (helpful vs harmful prompts) come in as pairs with different
+    prompts per side (``reprkit.data.zip_retain_reroute``).
+    """
+
+    layers: str = "0.33,0.66"
+    """layer spec of the target layers (circuit breakers: 10 and 20 of 32)"""
+    alpha: float = 5.0
+
+    needs_logps: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = True
+
+    def layer_spec(self):
+        return self.layers
+
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c, r = inputs.chosen, inputs.rejected
+        retain = mean_over_layers([retain_l2(c.hidden[k], c.ref_hidden[k], c.mask) for k in c.hidden]).mean()
+        reroute = mean_over_layers([reroute_cosine(r.hidden[k], r.ref_hidden[k], r.mask) for k in r.hidden]).mean()
+        c_retain, c_reroute = coefficients(self.alpha, inputs.progress)
+        loss = c_retain * retain + c_reroute * reroute
+        return loss, {"retain": retain.detach(), "reroute": reroute.detach(), "c_retain": torch.tensor(c_retain)}

@@ -1,0 +1,117 @@
+"""The training config: one dataclass, parsed by tyro (``reprkit train --help`` documents every field)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from reprkit.losses import DPO, Reroute, ReprPO
+
+from .models import DEFAULT_MODEL
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+    """'all-linear' or a comma list of module names (q_proj,v_proj)"""
+    rslora: bool = False
+    dora: bool = False
+    up_to_last_loss_layer: bool = True
+    """put LoRA only on blocks up to the deepest loss layer (later blocks get no gradient anyway)"""
+
+
+@dataclass
+class TrainConfig:
+    """Train a LoRA adapter with a hidden-state loss (or DPO) and track it against the frozen model."""
+
+    loss: Literal["reprpo", "dpo", "reroute"] = "reprpo"
+    """which loss to train; its settings are under --reprpo.*, --dpo.*, --reroute.*"""
+    model: str = DEFAULT_MODEL
+    """hub id, local folder, or the default model's name"""
+    data: str = "embedded:arithmetic"
+    """training data: embedded[:task], genies:<name>, hh-rlhf:<subset>, a local file, or a hub id"""
+    eval_data: tuple[str, ...] = ("embedded:arithmetic", "embedded:comparisons", "embedded:capitals")
+    """held-out data for preference accuracy (test splits); the first is in-distribution"""
+    eval_split: str = "test"
+    pairs: Literal["best_vs_worst", "best_vs_all"] = "best_vs_worst"
+    """how items with more than two responses become pairs"""
+    retain_data: str | None = None
+    """reroute only: a separate retain set (chosen side), paired with --reroute-data"""
+    reroute_data: str | None = None
+    """reroute only: a separate set to reroute (rejected side)"""
+    limit: int | None = None
+    """use at most this many training items"""
+    eval_limit: int | None = 100
+    """use at most this many pairs per eval set"""
+    max_length: int = 192
+    max_prompt_length: int = 128
+    chat_template: bool | None = None
+    """apply the tokenizer's chat template (None: when it has one)"""
+
+    reprpo: ReprPO = field(default_factory=ReprPO)
+    dpo: DPO = field(default_factory=DPO)
+    reroute: Reroute = field(default_factory=Reroute)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    track_layers: str | None = None
+    """layers to track (cosine / norm ratio vs frozen); default: the loss layers, or ReprPO's for DPO"""
+
+    steps: int = 120
+    batch_size: int = 8
+    """pairs per micro-batch (per process)"""
+    grad_accum: int = 1
+    lr: float | None = None
+    """learning rate (None: the loss's preset, see LR_PRESETS)"""
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """weights dtype (bfloat16 halves memory; hidden-state maths stays float32)"""
+    quantization: Literal["4bit", "8bit"] | None = None
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    run_dir: str | None = None
+    """where to write the run (default: runs/<time>-<loss>)"""
+    resume: str | None = None
+    """continue the run in this directory from its last checkpoint (its config is used)"""
+    log_every: int = 1
+    save_every: int = 40
+    eval_every: int = 0
+    """evaluate (and sample) every n steps; 0: only before and after training"""
+    n_samples: int = 3
+    """sample generations per evaluation"""
+    progress: bool = True
+
+    def loss_fn(self):
+        return getattr(self, self.loss)
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else LR_PRESETS[self.loss]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        nested = {"reprpo": ReprPO, "dpo": DPO, "reroute": Reroute, "lora": LoraSettings}
+        for key, typ in nested.items():
+            if key in d and isinstance(d[key], dict):
+                d[key] = typ(**d[key])
+        for key in ("eval_data",):
+            if key in d and isinstance(d[key], list):
+                d[key] = tuple(d[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+# Learning rates per loss for LoRA r16 on SmolLM2-135M (the named presets of each method).
+LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4}

@@ -1,0 +1,178 @@
+"""The run directory: written by the trainer, read by the dashboard and ``reprkit eval``.
+
+```
+run/
+  config.json        the resolved training config
+  metrics.jsonl      one JSON object per logged step, appended and flushed
+  eval.json          evaluation results (rewritten atomically)
+  samples.jsonl      sample generations, one per line
+  adapter/           the final adapter, PEFT format (safetensors)
+  checkpoint-000040/ the latest checkpoint: adapter, optimizer, scheduler, RNG, step
+```
+
+Every whole-file write goes to a temporary name first and is then renamed, so a crash never
+leaves a half-written ``config.json``, ``eval.json`` or checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean(value):
+    """NaN/inf are not JSON; write them as null so every line stays parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(_clean(data), f, indent=2, default=_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """Rows of a JSON-lines file and the number of lines that did not parse (e.g. a half-written
+    last line of a run still being written). A missing file gives no rows."""
+    rows, bad = [], 0
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    bad += 1
+    except FileNotFoundError:
+        pass
+    return rows, bad
+
+
+class RunLog:
+    """Writer for one run directory (only the main process writes)."""
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+        self._metrics = None
+        self._samples = None
+
+    def create(self, config: dict) -> None:
+        """Create the directory (must be new or empty) and write ``config.json``.
+
+        Checks the directory is writable before any training starts.
+        """
+        if not self.enabled:
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise FileExistsError(
+                f"run directory {self.path} is not empty; pass --resume {self.path} to continue it, "
+                "or choose another --run-dir"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.path, os.W_OK):
+            raise PermissionError(f"run directory {self.path} is not writable; choose another --run-dir")
+        write_json(self.path / "config.json", config)
+
+    def resume(self, step: int) -> None:
+        """Drop metric and sample lines after ``step`` (they will be logged again) before appending."""
+        if not self.enabled:
+            return
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            rows, _ = read_jsonl(self.path / name)
+            kept = [r for r in rows if r.get("step", 0) <= step]
+            tmp = self.path / f".{name}.tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path / name)
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        if self._metrics is None:
+            self._metrics = open(self.path / "metrics.jsonl", "a")
+        self._metrics.write(json.dumps(_clean(row), default=_default) + "\n")
+        self._metrics.flush()
+
+    def sample(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        if self._samples is None:
+            self._samples = open(self.path / "samples.jsonl", "a")
+        self._samples.write(json.dumps(_clean(row), default=_default) + "\n")
+        self._samples.flush()
+
+    def write_eval(self, results: dict) -> None:
+        if self.enabled:
+            write_json(self.path / "eval.json", results)
+
+    def close(self) -> None:
+        for f in (self._metrics, self._samples):
+            if f is not None:
+                f.close()
+        self._metrics = self._samples = None
+
+
+def read_config(run: str | os.PathLike) -> dict:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a run directory (no config.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def checkpoints(run: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    run = Path(run)
+    found = []
+    if run.is_dir():
+        for p in run.iterdir():
+            if (m := _CHECKPOINT.match(p.name)) and (p / "trainer_state.json").is_file():
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def new_checkpoint_dir(run: str | os.PathLike, step: int) -> tuple[Path, Path]:
+    """(temporary dir to write into, final name); ``commit_checkpoint`` renames one to the other."""
+    final = Path(run) / f"checkpoint-{step:06d}"
+    tmp = Path(run) / f".checkpoint-{step:06d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp, final
+
+
+def commit_checkpoint(tmp: Path, final: Path, keep: int = 1) -> None:
+    """Publish a checkpoint with one rename, then delete older ones beyond ``keep``."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

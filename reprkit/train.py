@@ -1,0 +1,423 @@
+"""The training loop: LoRA on a causal LM, a loss on hidden states (or log-probs), tracking vs the frozen model.
+
+One step, top to bottom:
+
+1. the frozen model (same weights, adapter disabled, eval mode, no grad) runs on chosen + rejected,
+   stopping after the deepest layer the loss or the tracker needs (the LM head only for log-probs);
+2. the policy runs on the same batch with hooks capturing those layers in the graph;
+3. ``loss(LossInputs) -> (loss, metrics)``; backward; clip; optimiser and scheduler step;
+4. the tracker logs per-layer cosine and norm ratio policy vs frozen, chosen and rejected,
+   masked to completion tokens, with the loss terms, to ``metrics.jsonl``.
+
+>>> from reprkit.config import TrainConfig
+>>> run_dir = train(TrainConfig(loss="reprpo", steps=50))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from reprkit.losses import LossInputs, Side
+from reprkit.losses.reprpo import ReprPO
+
+from . import data as D
+from .config import TrainConfig
+from .evaluate import completion_logps, generate_samples, preference_accuracy
+from .geometry import similarity
+from .hooks import capture
+from .layers import find_blocks, select_layers
+from .models import enable_gradient_checkpointing, load_model
+from .reference import adapter_disabled, eval_mode
+from .runlog import RunLog, checkpoints, commit_checkpoint, new_checkpoint_dir, read_config, write_json
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a guard fired, or the loss diverged); what was written is kept."""
+
+
+# ---------------------------------------------------------------- the adapter and its guards
+
+
+def add_lora(model, cfg: TrainConfig, last_layer: int | None):
+    """Wrap ``model`` with a fresh LoRA adapter named ``default``."""
+    from peft import LoraConfig, get_peft_model
+
+    if getattr(model, "peft_config", None):
+        raise TrainingError(
+            f"the model already has adapter(s) {list(model.peft_config)}: adding another would train one "
+            "adapter while another is active. Pass the base model, or this PeftModel to continue its adapter"
+        )
+    lc = cfg.lora
+    layers = list(range(last_layer + 1)) if (lc.up_to_last_loss_layer and last_layer is not None) else None
+    if lc.target_modules != "all-linear":
+        targets = [t.strip() for t in lc.target_modules.split(",")]
+    elif layers is None:
+        targets = "all-linear"
+    else:  # peft takes layers_to_transform only with named targets: every linear layer inside the blocks
+        _, blocks = find_blocks(model)
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)})
+    config = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+        use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers, task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def check_adapter(model) -> str:
+    """Refuse the classic ways an adapter silently does not train; return the adapter being trained.
+
+    - a PeftModel wrapped in another (``get_peft_model`` called twice): the outer adapter trains, the
+      inner one, active in the inner model, is a second adapter nobody meant;
+    - trainable parameters that belong to another adapter than the active one, or none at all.
+    """
+    if not getattr(model, "peft_config", None):
+        raise TrainingError("the model has no LoRA adapter to train")
+    nested = [n for n, m in model.named_modules() if n and getattr(m, "peft_config", None) and hasattr(m, "disable_adapter")]
+    if nested:
+        raise TrainingError(
+            f"a PeftModel is nested inside another (at {nested[0]}): get_peft_model was called on a model that "
+            "already had an adapter. Build the adapter once: get_peft_model(base_model, config)"
+        )
+    active = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise TrainingError(f"adapter {active!r} has no trainable parameters (was it loaded with is_trainable=False?)")
+    others = [n for n in trainable if f".{active}." not in n and "lora_" in n]
+    if others:
+        raise TrainingError(
+            f"trainable LoRA weights belong to another adapter than the active one ({active!r}), e.g. {others[0]}; "
+            f"call model.set_adapter(<the adapter to train>) or delete the extra adapter"
+        )
+    return active
+
+
+def snapshot_trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_changed(model, before: dict[str, torch.Tensor], adapter: str) -> None:
+    changed = any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before)
+    if not changed:
+        raise TrainingError(
+            f"adapter {adapter!r} did not change after an optimiser step with a positive learning rate: its "
+            "weights are not in the optimiser or receive no gradient"
+        )
+
+
+# ---------------------------------------------------------------- one step
+
+
+def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
+    attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]])
+    return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
+
+
+def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> tuple[LossInputs, dict]:
+    """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
+
+    ``model`` is what is called (possibly a DDP wrapper); ``hooked`` the PeftModel whose blocks are
+    hooked and whose adapter is disabled for the reference.
+    """
+    inputs, comp, b = _sides(batch)
+    stop = not loss.needs_logps
+    ref_hidden, ref_logps = {}, None
+    if loss.needs_reference:
+        with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
+            with capture(hooked, layers, stop=stop) as cap:
+                out = hooked(**inputs, use_cache=False)
+            ref_hidden = cap.hidden_states
+            if loss.needs_logps:
+                ref_logps = completion_logps(out.logits, inputs["input_ids"], comp)
+    with capture(hooked, layers, detach=False, stop=stop) as cap:
+        out = model(**inputs, use_cache=False)
+    hidden = cap.hidden_states
+    logps = completion_logps(out.logits, inputs["input_ids"], comp) if loss.needs_logps else None
+
+    def side(sl):
+        return Side(
+            mask=comp[sl],
+            hidden={k: v[sl] for k, v in hidden.items()},
+            ref_hidden={k: v[sl] for k, v in ref_hidden.items()},
+            logps=None if logps is None else logps[sl],
+            ref_logps=None if ref_logps is None else ref_logps[sl],
+        )
+
+    return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress), {}
+
+
+def track(inputs: LossInputs, layers: list[int]) -> dict:
+    """Per layer: mean cosine and norm ratio policy vs frozen over completion tokens, chosen and rejected."""
+    out = {}
+    for k in layers:
+        row = {}
+        for name, s in (("chosen", inputs.chosen), ("rejected", inputs.rejected)):
+            if k not in s.ref_hidden:
+                continue
+            sim = similarity(s.hidden[k].detach(), s.ref_hidden[k], s.mask)
+            row[f"cos_{name}"] = sim["cosine"].mean()
+            row[f"norm_{name}"] = sim["norm_ratio"].mean()
+        out[str(k)] = row
+    return out
+
+
+def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
+    c, r = inputs.chosen, inputs.rejected
+    if c.logps is None:
+        return None
+    return (c.logps / c.n_tokens > r.logps / r.n_tokens).float().mean()
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
+    """Encoded training pairs, encoded eval pairs per eval source, and a few eval prompts per source."""
+    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
+    if cfg.retain_data or cfg.reroute_data:
+        if not (cfg.retain_data and cfg.reroute_data) or cfg.loss != "reroute":
+            raise ValueError("--retain-data and --reroute-data go together, with --loss reroute")
+        pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, "train", limit=cfg.limit),
+                                     D.load_items(cfg.reroute_data, "train", limit=cfg.limit))
+    else:
+        pairs = D.to_pairs(D.load_items(cfg.data, "train", limit=cfg.limit), cfg.pairs)
+    train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
+    evals, prompts = {}, {}
+    for source in cfg.eval_data:
+        items = D.load_items(source, cfg.eval_split)
+        eval_pairs = D.to_pairs(items, "best_vs_worst")[: cfg.eval_limit]
+        evals[source] = D.encode_pairs(eval_pairs, tokenizer, **kw)
+        prompts[source] = [it["prompt"] for it in items[:1]]
+    return train_pairs, evals, prompts
+
+
+def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, pad_token_id: int,
+                  rank: int = 0, world: int = 1):
+    """Micro-batch ``start``, ``start + 1``, ... of a fixed order: epoch e is a permutation seeded with
+    ``seed + e``, so resuming at any micro-batch reproduces the data order. Each process takes its
+    share of a global batch of ``batch_size * world`` pairs."""
+    per_epoch = len(encoded) // (batch_size * world)
+    if per_epoch == 0:
+        raise D.DataError(f"{len(encoded)} pairs is fewer than one batch of {batch_size * world}; lower --batch-size")
+    m, perm_epoch, perm = start, -1, None
+    while True:
+        epoch, b = divmod(m, per_epoch)
+        if epoch != perm_epoch:
+            perm = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed + epoch))
+            perm_epoch = epoch
+        global_idx = perm[b * batch_size * world: (b + 1) * batch_size * world]
+        yield D.collate([encoded[i] for i in global_idx[rank::world].tolist()], pad_token_id)
+        m += 1
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> None:
+    tmp, final = new_checkpoint_dir(run_dir, step)
+    model.save_pretrained(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    write_json(tmp / "trainer_state.json", {"step": step})
+    commit_checkpoint(tmp, final)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
+    """Restore adapter weights, optimiser, scheduler and RNG (safetensors / weights_only loads only)."""
+    from peft import set_peft_model_state_dict
+
+    adapter_file = path / "adapter" / "adapter_model.safetensors"
+    result = set_peft_model_state_dict(model, load_file(adapter_file))
+    if getattr(result, "unexpected_keys", None):
+        raise TrainingError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+    import json
+
+    return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _item(x):
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def _mean_dicts(rows: list[dict]) -> dict:
+    out = {}
+    for k, v in rows[0].items():
+        out[k] = _mean_dicts([r[k] for r in rows]) if isinstance(v, dict) else sum(_item(r[k]) for r in rows) / len(rows)
+    return out
+
+
+def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog) -> dict:
+    results = {"step": step, "datasets": {}}
+    for source, encoded in evals.items():
+        results["datasets"][source] = preference_accuracy(model, encoded, tokenizer.pad_token_id)
+    runlog.write_eval(results)
+    for source, ps in prompts.items():
+        for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):
+            runlog.sample({"step": step, "data": source, **row})
+    return results
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.loss}"
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
+    """Train per ``cfg``; return the run directory. ``model`` may be a base model (an adapter is added)
+    or a PeftModel whose active adapter is trained (checked by ``check_adapter``)."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    resume_from = None
+    if cfg.resume:
+        saved = TrainConfig.from_dict(read_config(cfg.resume))
+        saved.resume, saved.run_dir = cfg.resume, cfg.resume
+        saved.steps = max(saved.steps, cfg.steps) if cfg.steps != TrainConfig.steps else saved.steps
+        cfg = saved
+        found = checkpoints(cfg.resume)
+        resume_from = found[-1][1] if found else None
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+
+    accelerator = Accelerator(gradient_accumulation_steps=1)
+    runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
+    if not cfg.resume:
+        runlog.create(cfg.to_dict())  # before loading anything: fail fast on an unusable directory
+    torch.manual_seed(cfg.seed)
+
+    if model is None:
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
+    loss = cfg.loss_fn()
+    spec = loss.layer_spec()
+    loss_sel = select_layers(model, spec) if spec is not None else None
+    track_spec = cfg.track_layers or spec or ReprPO().layers
+    layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_sel.indices if loss_sel else ()))
+    if getattr(model, "peft_config", None) is None or not model.peft_config:
+        model = add_lora(model, cfg, loss_sel.last if loss_sel and loss.needs_logps is False else None)
+    adapter = check_adapter(model)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    model.train()
+
+    train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
+        optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
+    )
+    hooked = model
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    start = 0
+    if resume_from is not None:
+        start = load_checkpoint(resume_from, hooked, optimizer, scheduler)
+        runlog.resume(start)
+    elif cfg.resume:
+        runlog.resume(0)
+    log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
+
+    batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
+                            accelerator.process_index, accelerator.num_processes)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
+               desc=f"{cfg.loss}", dynamic_ncols=True)
+    checked = False
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            if not checked and lr > 0:
+                before = snapshot_trainable(hooked)
+            rows = []
+            for micro in range(cfg.grad_accum):
+                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+                inputs, _ = forward_pair_batch(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
+                value, terms = loss(inputs)
+                if not torch.isfinite(value):
+                    raise TrainingError(
+                        f"loss is {value.item()} at step {step} (terms: { {k: _item(v) for k, v in terms.items()} }); "
+                        f"the run directory {run_dir} keeps everything written up to step {step - 1}. "
+                        "Lower --lr or check the data"
+                    )
+                accelerator.backward(value / cfg.grad_accum)
+                row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
+                if (acc := batch_accuracy(inputs)) is not None:
+                    row["accuracy"] = acc
+                rows.append(row)
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not checked and lr > 0:
+                assert_changed(hooked, before, adapter)
+                checked = True
+                del before
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = {"step": step, **_mean_dicts(rows), "lr": lr, "grad_norm": _item(grad_norm),
+                           "step_time": time.perf_counter() - t0}
+                runlog.log(metrics)
+                postfix = {"loss": f"{metrics['loss']:.4g}"}
+                if "accuracy" in metrics:
+                    postfix["acc"] = f"{metrics['accuracy']:.2f}"
+                cos = [v["cos_rejected"] for v in metrics["layers"].values() if "cos_rejected" in v]
+                if cos:
+                    postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
+                bar.set_postfix(postfix)
+            bar.update(1)
+            if accelerator.is_main_process:
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                    save_checkpoint(run_dir, step, hooked, optimizer, scheduler)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    evaluate_run(hooked, tokenizer, evals, prompts, step, cfg, runlog)
+    finally:
+        bar.close()
+        runlog.close()
+
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir, cfg.steps, hooked, optimizer, scheduler)
+        hooked.save_pretrained(run_dir / "adapter")
+        results = evaluate_run(hooked, tokenizer, evals, prompts, cfg.steps, cfg, runlog)
+        runlog.close()
+        print(summary(run_dir, results, cfg))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
+    """Accuracy before (frozen model) vs after per eval set, the final per-layer cosines, where the run is."""
+    from .runlog import read_jsonl
+
+    lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
+             f"{'eval data (test)':<28}{'n':>5}{'before':>9}{'after':>9}   preference accuracy, mean log-prob"]
+    for i, (source, r) in enumerate(results["datasets"].items()):
+        tag = " (in-distribution)" if i == 0 else " (shifted)"
+        base = r.get("base", r)
+        lines.append(f"{source + tag:<28}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}")
+    rows, _ = read_jsonl(run_dir / "metrics.jsonl")
+    if rows:
+        last = rows[-1]["layers"]
+        lines += ["", f"{'layer':>6}{'cos chosen':>12}{'cos rejected':>14}{'norm chosen':>13}{'norm rejected':>15}"
+                  "   policy vs frozen, last step"]
+        for k, v in last.items():
+            if "cos_chosen" in v:
+                lines.append(f"{k:>6}{v['cos_chosen']:>12.4f}{v['cos_rejected']:>14.4f}"
+                             f"{v['norm_chosen']:>13.4f}{v['norm_rejected']:>15.4f}")
+    lines += ["", f"metrics: {run_dir / 'metrics.jsonl'}   adapter: {run_dir / 'adapter'}   eval: {run_dir / 'eval.json'}"]
+    return "\n".join(lines)
