@@ -39,3 +39,23 @@ def smollm():
     from reprkit.models import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The default model's tokenizer (chat template included)."""
+    from transformers import AutoTokenizer
+
+    from reprkit.models import default_model_path
+
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    from reprkit.data import shared_data_dir
+
+    path = shared_data_dir()
+    if path is None:
+        pytest.fail("../shared/data is missing; the data tests read the real files there")
+    return path
