@@ -35,11 +35,22 @@ def retain_direction(policy: torch.Tensor, reference: torch.Tensor, mask: torch.
     return masked_mean(1 - cosine(policy, reference), mask)
 
 
-def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor,
+def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor, reference_rejected: torch.Tensor,
                      reference_chosen: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
-    """1 - cos(mean_t h_r, mean_t h*_c): turn the rejected completion's mean state toward the frozen
-    model's chosen one (means over completion tokens, as chosen and rejected tokens do not align). ``[B]``."""
-    return 1 - cosine(masked_mean(policy_rejected, rejected_mask), masked_mean(reference_chosen, chosen_mask))
+    """How far the rejected completion's mean state still is from the frozen chosen direction, as a
+    fraction of where the frozen model started (a scalar, 1 at the start, 0 when aligned):
+
+    direction = sum_b (1 - cos(mean_t h_r, mean_t h*_c)) / sum_b (1 - cos(mean_t h*_r, mean_t h*_c))
+
+    Means over completion tokens, as chosen and rejected tokens do not align. Dividing by the frozen
+    model's own gap (ratio of batch sums, stable when one pair's gap is tiny) keeps the term near 1
+    whatever the data: answers that differ in one token start with cosines of 0.998 and would
+    otherwise give this term no weight against the retain term.
+    """
+    target = masked_mean(reference_chosen, chosen_mask)
+    gap = 1 - cosine(masked_mean(policy_rejected, rejected_mask), target)
+    start = 1 - cosine(masked_mean(reference_rejected, rejected_mask), target)
+    return gap.sum() / start.sum().clamp_min(EPS)
 
 
 def magnitude_kept(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,7 +65,7 @@ def magnitude_kept(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Te
 
 @dataclass
 class ReprPO:
-    """loss = w_retain * retain(chosen) + w_direction * (1 - cos(mean h_r, mean h*_c)) + w_magnitude * (log|h_r| - log|h*_r|)^2
+    """loss = w_retain * retain(chosen) + w_direction * direction(rejected -> frozen chosen) + w_magnitude * (log|h_r| - log|h*_r|)^2
 
     averaged over loss layers and pairs. Variants by config:
 
@@ -83,7 +94,7 @@ class ReprPO:
         retain, direction, mag = [], [], []
         for layer in c.hidden:
             retain.append(retain_fn(c.hidden[layer], c.ref_hidden[layer], c.mask))
-            direction.append(direction_toward(r.hidden[layer], r.mask, c.ref_hidden[layer], c.mask))
+            direction.append(direction_toward(r.hidden[layer], r.mask, r.ref_hidden[layer], c.ref_hidden[layer], c.mask))
             mag.append(magnitude_kept(r.hidden[layer], r.ref_hidden[layer], r.mask))
         retain, direction, mag = (mean_over_layers(x).mean() for x in (retain, direction, mag))
         loss = self.w_retain * retain + self.w_direction * direction + self.w_magnitude * mag

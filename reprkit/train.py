@@ -355,6 +355,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                         f"the run directory {run_dir} keeps everything written up to step {step - 1}. "
                         "Lower --lr or check the data"
                     )
+                if not value.requires_grad:
+                    raise TrainingError(
+                        f"the {cfg.loss} loss does not depend on any trainable weight: the adapter has no LoRA "
+                        f"weights on blocks up to the deepest layer the loss reads ({max(layers)}); put LoRA there"
+                    )
                 accelerator.backward(value / cfg.grad_accum)
                 row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
                 if (acc := batch_accuracy(inputs)) is not None:

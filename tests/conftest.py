@@ -59,3 +59,13 @@ def shared_data():
     if path is None:
         pytest.fail("../shared/data is missing; the data tests read the real files there")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory, tokenizer):
+    """A tiny random Llama saved with the default model's tokenizer, like any local checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny = tiny_llama(vocab_size=49152, hidden_size=64, num_attention_heads=4, intermediate_size=128)
+    tiny.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

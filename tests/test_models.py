@@ -6,18 +6,6 @@ import torch
 from reprkit import models
 from reprkit.models import DEFAULT_MODEL, load_model
 
-from .conftest import tiny_llama
-
-
-@pytest.fixture
-def tiny_folder(tmp_path):
-    """A tiny random Llama saved with the default model's tokenizer, like any local checkpoint."""
-    from transformers import AutoTokenizer
-
-    tiny = tiny_llama(vocab_size=49152, hidden_size=64, num_attention_heads=4, intermediate_size=128)
-    tiny.save_pretrained(tmp_path)
-    AutoTokenizer.from_pretrained(models.default_model_path()).save_pretrained(tmp_path)
-    return tmp_path
 
 
 def test_local_folder_loads_with_chat_template(tiny_folder):

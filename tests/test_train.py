@@ -1,0 +1,164 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from reprkit.config import TrainConfig
+from reprkit.runlog import read_jsonl
+from reprkit.train import TrainingError, check_adapter, train
+
+
+def tiny_config(tiny_folder, run_dir, **kw):
+    base = dict(model=str(tiny_folder), run_dir=str(run_dir), steps=6, batch_size=4, warmup_steps=1,
+                eval_limit=8, n_samples=1, save_every=3, progress=False, lr=1e-3,
+                eval_data=("embedded:arithmetic", "embedded:capitals"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("loss", ["reprpo", "dpo", "reroute"])
+def test_each_loss_writes_a_complete_run(tiny_folder, tmp_path, loss, capsys):
+    run = train(tiny_config(tiny_folder, tmp_path / loss, loss=loss))
+    for name in ("config.json", "metrics.jsonl", "eval.json", "samples.jsonl", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors"):
+        assert (run / name).is_file(), name
+    rows, bad = read_jsonl(run / "metrics.jsonl")
+    assert bad == 0 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "config.json").read_text())["loss"] == loss
+    layer_rows = rows[-1]["layers"]
+    assert layer_rows and all({"cos_chosen", "cos_rejected", "norm_chosen", "norm_rejected"} <= set(v) for v in layer_rows.values())
+    assert rows[0]["layers"][next(iter(layer_rows))]["cos_chosen"] == pytest.approx(1.0)  # LoRA B starts at 0
+    assert any(v["cos_rejected"] < 1.0 for v in layer_rows.values())  # and then it moves
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["datasets"]) == {"embedded:arithmetic", "embedded:capitals"}
+    assert {"accuracy_mean", "accuracy_sum", "base", "n"} <= set(ev["datasets"]["embedded:arithmetic"])
+    if loss == "dpo":
+        assert "accuracy" in rows[0] and "reward_accuracy" in rows[0]
+    else:
+        assert "accuracy" not in rows[0]
+    out = capsys.readouterr().out
+    assert "(in-distribution)" in out and "cos chosen" in out
+
+
+def test_hidden_state_loss_never_runs_late_layers_or_head(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    tok = AutoTokenizer.from_pretrained(tiny_folder)
+    calls = {"head": 0, "last": 0}
+    model.lm_head.register_forward_hook(lambda *a: calls.__setitem__("head", calls["head"] + 1))
+    model.model.layers[3].register_forward_hook(lambda *a: calls.__setitem__("last", calls["last"] + 1))
+    cfg = tiny_config(tiny_folder, tmp_path / "r", steps=2, eval_data=())
+    cfg.reprpo.layers = "1"
+    train(cfg, model=model, tokenizer=tok)
+    assert calls == {"head": 0, "last": 0}  # training only; eval_data is empty and samples need prompts
+    # LoRA sits only on blocks up to the last loss layer
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert names and all(".layers.0." in n or ".layers.1." in n for n in names)
+
+
+def test_guard_refuses_a_nested_second_adapter(tiny_folder, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    once = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    twice = get_peft_model(once, LoraConfig(r=2, target_modules=["v_proj"]))  # the classic mistake
+    with pytest.raises(TrainingError, match="nested|another adapter|already"):
+        check_adapter(twice)
+    with pytest.raises(TrainingError):
+        train(tiny_config(tiny_folder, tmp_path / "r"), model=twice, tokenizer=AutoTokenizer.from_pretrained(tiny_folder))
+
+
+def test_guard_refuses_training_an_inactive_adapter(tiny_folder):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_folder), LoraConfig(r=2, target_modules=["q_proj"]))
+    model.add_adapter("second", LoraConfig(r=2, target_modules=["q_proj"]))
+    for n, p in model.named_parameters():  # train "second" while "default" is active
+        p.requires_grad = ".second." in n
+    with pytest.raises(TrainingError, match="another adapter than the active one"):
+        check_adapter(model)
+
+
+def test_guard_refuses_an_adapter_the_loss_cannot_reach(tiny_folder, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # LoRA only on the last block, but the loss stops after block 1: no gradient can reach it
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_folder),
+                           LoraConfig(r=2, target_modules=["q_proj"], layers_to_transform=[3]))
+    cfg = tiny_config(tiny_folder, tmp_path / "r", eval_data=())
+    cfg.reprpo.layers = "1"
+    with pytest.raises(TrainingError, match="does not depend on any trainable weight"):
+        train(cfg, model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_folder))
+    assert (tmp_path / "r" / "config.json").is_file()  # what was written is kept
+
+
+def test_guard_detects_an_adapter_that_does_not_change(tiny_folder, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # dropout 1.0 before LoRA: the graph reaches the adapter but every gradient is zero
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_folder),
+                           LoraConfig(r=2, target_modules=["q_proj"], lora_dropout=1.0))
+    with pytest.raises(TrainingError, match="did not change after an optimiser step"):
+        train(tiny_config(tiny_folder, tmp_path / "r", eval_data=()), model=model,
+              tokenizer=AutoTokenizer.from_pretrained(tiny_folder))
+    rows, _ = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    # step 1 is warm-up (learning rate 0); the guard fires at step 2, the first with a positive rate
+    assert [r["step"] for r in rows] == [1]
+
+
+def test_nan_loss_stops_with_step_and_keeps_the_log(tiny_folder, tmp_path):
+    cfg = tiny_config(tiny_folder, tmp_path / "r", eval_data=(), lr=1e30, warmup_steps=0, max_grad_norm=1e30)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d+"):
+        train(cfg)
+    rows, bad = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+    assert bad == 0 and rows and rows[-1]["step"] == len(rows)
+
+
+def test_run_dir_that_is_not_empty_is_refused(tiny_folder, tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tiny_folder, tmp_path / "r"))
+    assert (tmp_path / "r" / "notes.txt").read_text() == "mine"
+
+
+def _cli(tiny_folder, run_dir, *extra):
+    return [sys.executable, "-m", "reprkit.cli", "train", "--model", str(tiny_folder), "--run-dir", str(run_dir),
+            "--steps", "12", "--batch-size", "4", "--warmup-steps", "1", "--lr", "1e-3", "--save-every", "4",
+            "--eval-data", "embedded:arithmetic", "--eval-limit", "4", "--n-samples", "1", "--no-progress", *extra]
+
+
+def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_cli(tiny_folder, full), check=True, env=env, capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(tiny_folder, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows, _ = read_jsonl(run / "metrics.jsonl")
+        if len(rows) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_jsonl(run / "metrics.jsonl")[0])
+    assert 6 <= killed_at < 12, "the run should be killed mid-way"
+    subprocess.run(_cli(tiny_folder, run, "--resume", str(run)), check=True, env=env, capture_output=True)
+    rows, bad = read_jsonl(run / "metrics.jsonl")
+    assert bad == 0 and [r["step"] for r in rows] == list(range(1, 13))
+    reference, _ = read_jsonl(full / "metrics.jsonl")
+    # the resumed run continues the same data order, optimiser and scheduler state
+    for a, b in zip(rows, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
+    assert [p.name for p in run.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-000012"]
