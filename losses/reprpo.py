@@ -79,8 +79,11 @@ class ReprPO:
     retain: Literal["l2", "direction"] = "l2"
     """what the chosen side keeps: 'l2' (state) or 'direction' (cosine only)"""
     w_retain: float = 1.0
+    """weight of the retain term on chosen completions"""
     w_direction: float = 1.0
+    """weight of turning rejected completions toward the frozen chosen direction"""
     w_magnitude: float = 1.0
+    """weight of keeping rejected token norms (0: the no-magnitude variant)"""
 
     needs_logps: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True

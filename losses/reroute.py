@@ -40,6 +40,7 @@ class Reroute:
     layers: str = "0.33,0.66"
     """layer spec of the target layers (circuit breakers: 10 and 20 of 32)"""
     alpha: float = 5.0
+    """overall scale; split between retain and reroute by the schedule"""
 
     needs_logps: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True

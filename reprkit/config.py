@@ -14,12 +14,17 @@ from .models import DEFAULT_MODEL
 @dataclass
 class LoraSettings:
     r: int = 16
+    """rank"""
     alpha: int = 32
+    """scale numerator: the update is (alpha / r) * B A"""
     dropout: float = 0.0
+    """dropout on the LoRA input"""
     target_modules: str = "all-linear"
     """'all-linear' or a comma list of module names (q_proj,v_proj)"""
     rslora: bool = False
+    """rank-stabilised scaling alpha / sqrt(r)"""
     dora: bool = False
+    """weight-decomposed LoRA (DoRA)"""
     up_to_last_loss_layer: bool = True
     """put LoRA only on blocks up to the deepest loss layer (later blocks get no gradient anyway)"""
 
@@ -37,6 +42,7 @@ class TrainConfig:
     eval_data: tuple[str, ...] = ("embedded:arithmetic", "embedded:comparisons", "embedded:capitals")
     """held-out data for preference accuracy (test splits); the first is in-distribution"""
     eval_split: str = "test"
+    """split of the eval data to score"""
     pairs: Literal["best_vs_worst", "best_vs_all"] = "best_vs_worst"
     """how items with more than two responses become pairs"""
     retain_data: str | None = None
@@ -48,44 +54,62 @@ class TrainConfig:
     eval_limit: int | None = 100
     """use at most this many pairs per eval set"""
     max_length: int = 192
+    """tokens of prompt + completion (completions are cut from the right)"""
     max_prompt_length: int = 128
+    """tokens of prompt (prompts are cut from the left)"""
     chat_template: bool | None = None
     """apply the tokenizer's chat template (None: when it has one)"""
 
     reprpo: ReprPO = field(default_factory=ReprPO)
+    """settings of the reprpo loss"""
     dpo: DPO = field(default_factory=DPO)
+    """settings of the dpo loss"""
     reroute: Reroute = field(default_factory=Reroute)
+    """settings of the reroute loss"""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """the LoRA adapter"""
     track_layers: str | None = None
     """layers to track (cosine / norm ratio vs frozen); default: the loss layers, or ReprPO's for DPO"""
 
     steps: int = 120
+    """optimiser steps"""
     batch_size: int = 8
     """pairs per micro-batch (per process)"""
     grad_accum: int = 1
+    """micro-batches per optimiser step"""
     lr: float | None = None
     """learning rate (None: the loss's preset, see LR_PRESETS)"""
     weight_decay: float = 0.0
+    """AdamW weight decay"""
     warmup_steps: int = 10
+    """linear warm-up from 0 to the learning rate"""
     schedule: Literal["constant", "cosine"] = "constant"
+    """learning-rate schedule after warm-up"""
     max_grad_norm: float = 1.0
+    """gradient clipping"""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """weights dtype (bfloat16 halves memory; hidden-state maths stays float32)"""
     quantization: Literal["4bit", "8bit"] | None = None
+    """load the base model in 4-bit (nf4) or 8-bit with bitsandbytes"""
     gradient_checkpointing: bool = False
+    """recompute block activations in the backward (less memory, more time)"""
     seed: int = 0
+    """seed of the data order and of LoRA's initialisation"""
 
     run_dir: str | None = None
     """where to write the run (default: runs/<time>-<loss>)"""
     resume: str | None = None
     """continue the run in this directory from its last checkpoint (its config is used)"""
     log_every: int = 1
+    """append a metrics line every n steps"""
     save_every: int = 40
+    """write a checkpoint every n steps (the last one is kept)"""
     eval_every: int = 0
     """evaluate (and sample) every n steps; 0: only before and after training"""
     n_samples: int = 3
     """sample generations per evaluation"""
     progress: bool = True
+    """show a progress bar"""
 
     def loss_fn(self):
         return getattr(self, self.loss)
