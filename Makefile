@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m reprkit.cli inspect
+	$(PY) -m reprkit.cli train
 
 test: setup
 	$(PY) -m pytest -q
@@ -29,6 +29,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) experiments/bench_hooks.py
+	$(PY) experiments/bench_train_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

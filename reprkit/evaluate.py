@@ -27,13 +27,43 @@ def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_m
     return (token_logps * mask).sum(-1)
 
 
+def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  completion_mask: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` and return the summed completion log-probs ``[B]``, applying the LM head only
+    where a completion token is predicted.
+
+    The full ``[B, T, vocab]`` logits are most of a small model's forward and memory (49k vocab):
+    the model runs with ``logits_to_keep=1`` and the head is applied to the final (normed) hidden
+    states at the completion positions alone. Models without ``logits_to_keep`` fall back to full logits.
+    """
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                    output_hidden_states=True, logits_to_keep=1)
+    except TypeError:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return completion_logps(out.logits, input_ids, completion_mask)
+    final = out.hidden_states[-1][:, :-1]  # position t predicts token t + 1
+    where = completion_mask[:, 1:].bool()
+    head = _unwrap(model).get_output_embeddings()
+    logits = head(final[where]).float()
+    cap = getattr(_unwrap(model).config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    token_logps = -F.cross_entropy(logits, input_ids[:, 1:][where], reduction="none")
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP / FSDP wrappers
+
+
 def pair_logps(model, batch: dict) -> dict[str, torch.Tensor]:
     """Summed completion log-probs and lengths of chosen and rejected, one forward for both."""
     ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
     attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
     comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]])
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    logps = completion_logps(logits, ids, comp)
+    logps = forward_logps(model, ids, attn, comp)
     n = comp[:, 1:].sum(-1).clamp_min(1)
     b = batch["chosen_input_ids"].shape[0]
     return {"chosen": logps[:b], "rejected": logps[b:], "chosen_n": n[:b], "rejected_n": n[b:]}

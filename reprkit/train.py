@@ -30,7 +30,7 @@ from reprkit.losses.reprpo import ReprPO
 
 from . import data as D
 from .config import TrainConfig
-from .evaluate import completion_logps, generate_samples, preference_accuracy
+from .evaluate import forward_logps, generate_samples, preference_accuracy
 from .geometry import similarity
 from .hooks import capture
 from .layers import find_blocks, select_layers
@@ -136,14 +136,18 @@ def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, prog
     if loss.needs_reference:
         with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
             with capture(hooked, layers, stop=stop) as cap:
-                out = hooked(**inputs, use_cache=False)
+                if loss.needs_logps:
+                    ref_logps = forward_logps(hooked, inputs["input_ids"], inputs["attention_mask"], comp)
+                else:
+                    hooked(**inputs, use_cache=False)
             ref_hidden = cap.hidden_states
-            if loss.needs_logps:
-                ref_logps = completion_logps(out.logits, inputs["input_ids"], comp)
+    logps = None
     with capture(hooked, layers, detach=False, stop=stop) as cap:
-        out = model(**inputs, use_cache=False)
+        if loss.needs_logps:
+            logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
+        else:
+            model(**inputs, use_cache=False)
     hidden = cap.hidden_states
-    logps = completion_logps(out.logits, inputs["input_ids"], comp) if loss.needs_logps else None
 
     def side(sl):
         return Side(
