@@ -31,5 +31,8 @@ bench: setup
 	$(PY) experiments/bench_hooks.py
 	$(PY) experiments/bench_train_step.py
 
+dashboard: setup
+	$(PY) -m reprkit.cli dashboard runs
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,4 +1,4 @@
-"""``reprkit`` command line: ``reprkit train`` and ``reprkit inspect``."""
+"""``reprkit`` command line: ``reprkit train``, ``reprkit dashboard``, ``reprkit inspect``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,55 @@ class Inspect:
         print(format_table(rows))
 
 
+@dataclasses.dataclass
+class Dashboard:
+    """Open the Streamlit dashboard of the runs in RUNS_DIR (served on localhost)."""
+
+    runs_dir: tyro.conf.Positional[str] = "runs"
+    """directory whose sub-directories are runs"""
+    port: int = 8501
+    address: str = "127.0.0.1"
+    """address to serve on (localhost by default; 0.0.0.0 exposes it to the network)"""
+
+    def command(self) -> list[str]:
+        import importlib.util
+
+        app = importlib.util.find_spec("reprkit.app.dashboard").origin  # without importing (it renders)
+        return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", self.address,
+                "--server.port", str(self.port), "--server.headless", "true",
+                "--browser.gatherUsageStats", "false", "--", "--runs-dir", self.runs_dir]
+
+    def run(self) -> None:
+        import os
+
+        os.execv(sys.executable, self.command())
+
+
+def _take_preset(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Remove ``--preset NAME`` (or ``--preset=NAME``) from argv."""
+    rest, name, i = [], None, 0
+    while i < len(argv):
+        if argv[i] == "--preset" and i + 1 < len(argv):
+            name, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--preset="):
+            name = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return name, rest
+
+
+def parse_train(argv: list[str]):
+    """``reprkit train`` arguments -> TrainConfig; ``--preset NAME`` sets the defaults, flags override."""
+    from .config import PRESETS, TrainConfig, preset
+
+    name, rest = _take_preset(argv)
+    default = preset(name) if name else TrainConfig()
+    return tyro.cli(TrainConfig, args=rest, default=default, prog="reprkit train",
+                    description=f"{TrainConfig.__doc__}\n\n--preset NAME first sets the defaults: {', '.join(PRESETS)}.")
+
+
 def main(argv: list[str] | None = None) -> None:
     import logging
 
@@ -42,13 +91,16 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel notices, not ours
-    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "inspect": Inspect}, args=argv, prog="reprkit")
-    if isinstance(command, TrainConfig):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
         from .train import train
 
-        train(command)
-    else:
-        command.run()
+        train(parse_train(argv[1:]))
+        return
+    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "dashboard": Dashboard, "inspect": Inspect}, args=argv, prog="reprkit")
+    if isinstance(command, TrainConfig):  # only reached for `reprkit --help`
+        return
+    command.run()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
@@ -111,6 +112,18 @@ class TrainConfig:
     progress: bool = True
     """show a progress bar"""
 
+    def validate(self) -> None:
+        """Raise ValueError naming the fix for settings that cannot work (before anything is written)."""
+        if (self.retain_data is None) != (self.reroute_data is None) or (self.retain_data and self.loss != "reroute"):
+            raise ValueError("--retain-data and --reroute-data go together, with --loss reroute")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"--max-prompt-length ({self.max_prompt_length}) must be below --max-length ({self.max_length})")
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
+            raise ValueError("--warmup-steps, --save-every and --eval-every cannot be negative")
+
     def loss_fn(self):
         return getattr(self, self.loss)
 
@@ -137,5 +150,23 @@ class TrainConfig:
         return cls(**d)
 
 
-# Learning rates per loss for LoRA r16 on SmolLM2-135M (the named presets of each method).
+# Learning rates per loss for LoRA r16 on SmolLM2-135M.
 LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4}
+
+# Named presets (``reprkit train --preset NAME``): a method and its settings; flags still override.
+PRESETS: dict[str, dict] = {
+    "reprpo": {"loss": "reprpo"},
+    "reprpo-direction": {"loss": "reprpo", "reprpo": ReprPO(retain="direction")},
+    "reprpo-no-magnitude": {"loss": "reprpo", "reprpo": ReprPO(w_magnitude=0.0)},
+    "reprpo-direction-only": {"loss": "reprpo", "reprpo": ReprPO(retain="direction", w_magnitude=0.0)},
+    "dpo": {"loss": "dpo"},
+    "ipo": {"loss": "dpo", "dpo": DPO(ipo=True)},
+    "dr-dpo": {"loss": "dpo", "dpo": DPO(dr_beta=1.0)},
+    "reroute": {"loss": "reroute"},
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    return dataclasses.replace(TrainConfig(), **copy.deepcopy(PRESETS[name]))

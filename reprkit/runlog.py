@@ -61,16 +61,21 @@ def read_jsonl(path: Path) -> tuple[list[dict], int]:
     last line of a run still being written). A missing file gives no rows."""
     rows, bad = [], 0
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:  # bytes: a broken encoding is one bad line, not a crash
             for line in f:
                 line = line.strip()
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    row = json.loads(line)
+                except ValueError:  # JSONDecodeError and UnicodeDecodeError
                     bad += 1
-    except FileNotFoundError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                else:
+                    bad += 1
+    except (FileNotFoundError, IsADirectoryError):
         pass
     return rows, bad
 
@@ -176,3 +181,57 @@ def commit_checkpoint(tmp: Path, final: Path, keep: int = 1) -> None:
     os.replace(tmp, final)
     for _, old in checkpoints(final.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_run(run: str | os.PathLike) -> dict:
+    """Everything the dashboard shows of one run, tolerating a run still being written or broken.
+
+    Returns ``{"name", "path", "config", "metrics", "eval", "samples", "notices"}``; ``notices`` says
+    what was missing or unreadable instead of raising.
+    """
+    run = Path(run)
+    notices = []
+    try:
+        config = read_config(run)
+    except (ValueError, OSError) as err:
+        config, _ = {}, notices.append(f"config.json unreadable: {err}")
+    if not isinstance(config, dict):
+        config, _ = {}, notices.append("config.json is not a JSON object")
+    metrics, bad = read_jsonl(run / "metrics.jsonl")
+    if not (run / "metrics.jsonl").exists():
+        notices.append("no metrics.jsonl yet")
+    if bad:
+        notices.append(f"{bad} line(s) of metrics.jsonl could not be read (a line still being written?)")
+    samples, bad_s = read_jsonl(run / "samples.jsonl")
+    if bad_s:
+        notices.append(f"{bad_s} line(s) of samples.jsonl could not be read")
+    evaluation = None
+    if (run / "eval.json").exists():
+        try:
+            evaluation = json.loads((run / "eval.json").read_text())
+        except (ValueError, OSError) as err:
+            notices.append(f"eval.json unreadable: {err}")
+        if not isinstance(evaluation, dict):
+            evaluation = None
+    return {"name": run.name, "path": str(run), "config": config, "metrics": metrics, "eval": evaluation,
+            "samples": samples, "notices": notices}
+
+
+def list_runs(runs_dir: str | os.PathLike) -> list[str]:
+    """Names of the run directories (those with a config.json) directly inside ``runs_dir``, newest first."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return [p.name for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def resolve_run(runs_dir: str | os.PathLike, name: str) -> Path:
+    """The path of run ``name`` inside ``runs_dir``; a name that would leave it raises ValueError."""
+    root = Path(runs_dir).resolve()
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise ValueError(f"{name!r} is not a run name")
+    path = (root / name).resolve()
+    if path.parent != root:
+        raise ValueError(f"run {name!r} is outside the runs directory")
+    return path

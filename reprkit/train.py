@@ -189,9 +189,7 @@ def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
 def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
     """Encoded training pairs, encoded eval pairs per eval source, and a few eval prompts per source."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
-    if cfg.retain_data or cfg.reroute_data:
-        if not (cfg.retain_data and cfg.reroute_data) or cfg.loss != "reroute":
-            raise ValueError("--retain-data and --reroute-data go together, with --loss reroute")
+    if cfg.retain_data:
         pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, "train", limit=cfg.limit),
                                      D.load_items(cfg.reroute_data, "train", limit=cfg.limit))
     else:
@@ -297,6 +295,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         cfg = saved
         found = checkpoints(cfg.resume)
         resume_from = found[-1][1] if found else None
+    cfg.validate()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
 
     accelerator = Accelerator(gradient_accumulation_steps=1)

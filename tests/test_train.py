@@ -162,3 +162,37 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
     for a, b in zip(rows, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
     assert [p.name for p in run.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-000012"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(grad_accum=2, gradient_checkpointing=True, schedule="cosine", weight_decay=0.01),
+        dict(dtype="bfloat16"),
+        dict(quantization="4bit"),
+        dict(loss="dpo", quantization="8bit"),
+        dict(lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "q_proj,v_proj", "rslora": True}),
+        dict(lora={"dora": True}),
+    ],
+    ids=["accum-ckpt-cosine", "bf16", "4bit", "dpo-8bit", "lora-options", "dora"],
+)
+def test_training_options(tiny_folder, tmp_path, options):
+    from reprkit.config import LoraSettings
+
+    if "lora" in options:
+        options = {**options, "lora": LoraSettings(**options["lora"])}
+    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=3, eval_data=(), **options))
+    rows, _ = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] is not None for r in rows)
+    cfg = json.loads((run / "config.json").read_text())
+    assert all(cfg[k] == v for k, v in options.items() if k != "lora")
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_reroute_with_separate_retain_and_reroute_sets(tiny_folder, tmp_path):
+    run = train(tiny_config(tiny_folder, tmp_path / "r", loss="reroute", steps=2, eval_data=(),
+                            retain_data="embedded:capitals", reroute_data="embedded:arithmetic"))
+    assert len(read_jsonl(run / "metrics.jsonl")[0]) == 2
+    with pytest.raises(ValueError, match="go together"):
+        train(tiny_config(tiny_folder, tmp_path / "r2", loss="reroute", retain_data="embedded:capitals"))
+    assert not (tmp_path / "r2").exists()  # a config error stops before anything is written

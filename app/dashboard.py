@@ -1,0 +1,124 @@
+"""Streamlit dashboard of reprkit runs: ``reprkit dashboard [RUNS_DIR]``.
+
+Reads only the runs directory given on the command line (``-- --runs-dir DIR``, or the
+``REPRKIT_RUNS_DIR`` environment variable, default ``runs``); the figures come from
+``reprkit.app.figures``, this file only lays them out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from reprkit.app import figures
+from reprkit.runlog import list_runs, read_run, resolve_run
+
+
+def runs_dir() -> Path:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--runs-dir", default=os.environ.get("REPRKIT_RUNS_DIR", "runs"))
+    args, _ = parser.parse_known_args()
+    return Path(args.runs_dir)
+
+
+def _stamp(path: Path) -> tuple:
+    """Sizes and mtimes of a run's files: a run is re-read only when one of them changed."""
+    out = []
+    for name in ("config.json", "metrics.jsonl", "eval.json", "samples.jsonl"):
+        try:
+            s = (path / name).stat()
+            out.append((name, s.st_size, s.st_mtime_ns))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _load(path: str, stamp: tuple) -> dict:
+    return read_run(path)
+
+
+def load(root: Path, name: str) -> dict:
+    path = resolve_run(root, name)
+    return _load(str(path), _stamp(path))
+
+
+def main() -> None:
+    st.set_page_config(page_title="reprkit runs", layout="wide")
+    root = runs_dir()
+    st.sidebar.title("reprkit")
+    st.sidebar.caption(f"runs directory: `{root}`")
+    names = list_runs(root)
+    if not names:
+        st.info(f"No runs in `{root}` yet. Start one with `reprkit train --run-dir {root}/my-run`.")
+        return
+    chosen = st.sidebar.multiselect("runs", names, default=names[:1])
+    smoothing = st.sidebar.slider("smoothing", 0.0, 0.99, 0.6, 0.01)
+    live = st.sidebar.toggle("live refresh", value=True, help="re-read runs that changed, every few seconds")
+    every = st.sidebar.number_input("refresh every (s)", min_value=2, max_value=120, value=5, disabled=not live)
+    if not chosen:
+        st.info("Pick one or more runs in the sidebar.")
+        return
+
+    @st.fragment(run_every=f"{int(every)}s" if live else None)
+    def body() -> None:
+        runs = []
+        for name in chosen:
+            try:
+                runs.append(load(root, name))
+            except ValueError as err:
+                st.error(str(err))
+        for run in runs:
+            for notice in run["notices"]:
+                st.warning(f"{run['name']}: {notice}")
+        runs = [r for r in runs if r["metrics"] or r["eval"] or r["config"]]
+        if not runs:
+            return
+        steps = {r["name"]: (r["metrics"][-1]["step"] if r["metrics"] else 0) for r in runs}
+        st.caption("  ·  ".join(f"**{n}**: step {s}/{next(r for r in runs if r['name'] == n)['config'].get('steps', '?')}"
+                                for n, s in steps.items()))
+        tabs = st.tabs(["layers", "training", "evaluation", "samples", "config"])
+        with tabs[0]:
+            st.plotly_chart(figures.layer_curves(runs, "cos"), key="cos")
+            st.plotly_chart(figures.layer_curves(runs, "norm"), key="norm")
+            for run in runs:
+                left, right = st.columns(2)
+                with left:
+                    st.plotly_chart(figures.layer_heatmap(run, "cos", "chosen"), key=f"hc-{run['name']}")
+                with right:
+                    st.plotly_chart(figures.layer_heatmap(run, "cos", "rejected"), key=f"hr-{run['name']}")
+                left, right = st.columns(2)
+                with left:
+                    st.plotly_chart(figures.layer_heatmap(run, "norm", "chosen"), key=f"nc-{run['name']}")
+                with right:
+                    st.plotly_chart(figures.layer_heatmap(run, "norm", "rejected"), key=f"nr-{run['name']}")
+                st.plotly_chart(figures.direction_vs_magnitude(run), key=f"dm-{run['name']}")
+        with tabs[1]:
+            st.plotly_chart(figures.training_curves(runs, smoothing), key="train")
+        with tabs[2]:
+            rows = figures.eval_rows(runs)
+            if rows:
+                st.dataframe(rows, hide_index=True)
+                st.plotly_chart(figures.eval_bars(runs), key="eval")
+            else:
+                st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")
+        with tabs[3]:
+            for run in runs:
+                st.subheader(run["name"])
+                if run["samples"]:
+                    st.dataframe(run["samples"], hide_index=True)
+                else:
+                    st.caption("no samples yet")
+        with tabs[4]:
+            diff = st.checkbox("only differences", value=len(runs) > 1)
+            table = figures.config_table(runs, only_differences=diff)
+            st.dataframe([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in table.items()],
+                         hide_index=True)
+
+    body()
+
+
+main()

@@ -1,0 +1,204 @@
+"""Plotly figures of reprkit runs: pure functions from run data (``reprkit.runlog.read_run``) to figures.
+
+Usable from notebooks as well as the dashboard:
+
+>>> from reprkit.runlog import read_run
+>>> from reprkit.app import figures
+>>> figures.layer_curves([read_run("runs/my-run")], "cos").show()
+"""
+
+from __future__ import annotations
+
+import math
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+SIDES = ("chosen", "rejected")
+_LABEL = {"cos": "cosine to frozen", "norm": "norm ratio policy / frozen"}
+_SKIP = {"step", "layers", "lr", "grad_norm", "step_time"}
+
+
+def _layer_series(run: dict, metric: str, side: str) -> dict[str, tuple[list, list]]:
+    """{layer: (steps, values)} of ``<metric>_<side>`` from the run's metrics rows."""
+    key = f"{metric}_{side}"
+    series: dict[str, tuple[list, list]] = {}
+    for row in run["metrics"]:
+        for layer, values in (row.get("layers") or {}).items():
+            if isinstance(values, dict) and values.get(key) is not None:
+                steps, vals = series.setdefault(layer, ([], []))
+                steps.append(row.get("step"))
+                vals.append(values[key])
+    return dict(sorted(series.items(), key=lambda kv: int(kv[0]) if kv[0].lstrip("-").isdigit() else 0))
+
+
+def layer_curves(runs: list[dict], metric: str = "cos") -> go.Figure:
+    """Per-layer ``metric`` ("cos" or "norm") over steps, chosen and rejected side by side."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s}: {_LABEL[metric]}" for s in SIDES], shared_yaxes=True)
+    for col, side in enumerate(SIDES, start=1):
+        for run in runs:
+            for layer, (steps, vals) in _layer_series(run, metric, side).items():
+                fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name=f"{run['name']} L{layer}",
+                                         legendgroup=f"{run['name']} L{layer}", showlegend=col == 1), row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=380, margin=dict(t=40, b=30), legend=dict(font=dict(size=10)))
+    return fig
+
+
+def layer_heatmap(run: dict, metric: str = "cos", side: str = "rejected") -> go.Figure:
+    """Layer x step heatmap of ``<metric>_<side>`` for one run."""
+    series = _layer_series(run, metric, side)
+    steps = sorted({s for st, _ in series.values() for s in st})
+    index = {s: i for i, s in enumerate(steps)}
+    z = []
+    for _, (st, vals) in series.items():
+        row = [None] * len(steps)
+        for s, v in zip(st, vals):
+            row[index[s]] = v
+        z.append(row)
+    fig = go.Figure(go.Heatmap(z=z, x=steps, y=[f"L{k}" for k in series], colorscale="Viridis",
+                               colorbar=dict(title=metric)))
+    fig.update_layout(title=f"{run['name']}: {side} {_LABEL[metric]}", xaxis_title="step", yaxis_title="layer",
+                      height=320, margin=dict(t=40, b=30))
+    return fig
+
+
+def rotation_scaling(cos: float, ratio: float) -> tuple[float, float]:
+    """Split the relative change of a hidden state into rotation and scaling.
+
+    For h' with |h'| = r |h| at cosine c to h:  |h' - h|^2 / |h|^2 = (r - 1)^2 + 2 r (1 - c),
+    the first term from scaling alone, the second from rotation. Returns (rotation, scaling).
+    """
+    return 2 * ratio * (1 - cos), (ratio - 1) ** 2
+
+
+def direction_vs_magnitude(run: dict, step: int | None = None) -> go.Figure:
+    """Per layer, the share of the change (policy vs frozen) that is rotation vs scaling, at ``step``
+    (default: the last logged). Uses the per-layer mean cosine and norm ratio."""
+    rows = [r for r in run["metrics"] if r.get("layers")]
+    if step is not None:
+        rows = [r for r in rows if r.get("step") == step]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s} completions" for s in SIDES], shared_yaxes=True)
+    if not rows:
+        return fig
+    last = rows[-1]
+    for col, side in enumerate(SIDES, start=1):
+        layers, rot, sca = [], [], []
+        for layer, v in last["layers"].items():
+            c, r = v.get(f"cos_{side}"), v.get(f"norm_{side}")
+            if c is None or r is None:
+                continue
+            a, b = rotation_scaling(c, r)
+            total = a + b
+            layers.append(f"L{layer}")
+            rot.append(a / total if total > 0 else 0.0)
+            sca.append(b / total if total > 0 else 0.0)
+        fig.add_trace(go.Bar(x=layers, y=rot, name="rotation", marker_color="#636efa", showlegend=col == 1), row=1, col=col)
+        fig.add_trace(go.Bar(x=layers, y=sca, name="scaling", marker_color="#ef553b", showlegend=col == 1), row=1, col=col)
+    fig.update_layout(barmode="stack", height=320, title=f"{run['name']}: share of change, step {last.get('step')}",
+                      yaxis_title="share of |h' - h|^2", margin=dict(t=60, b=30))
+    return fig
+
+
+def smooth(values: list, alpha: float) -> list:
+    """Exponential moving average (``alpha`` = 0: none); None values are passed over."""
+    out, acc = [], None
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+            continue
+        acc = v if acc is None or alpha <= 0 else alpha * acc + (1 - alpha) * v
+        out.append(acc)
+    return out
+
+
+def scalar_keys(runs: list[dict]) -> list[str]:
+    """The scalar metrics logged by any of the runs (loss, its terms, accuracy, ...)."""
+    keys = []
+    for run in runs:
+        for row in run["metrics"]:
+            for k, v in row.items():
+                if k not in keys and k not in ("step", "layers") and isinstance(v, (int, float)):
+                    keys.append(k)
+    return keys
+
+
+def training_curves(runs: list[dict], smoothing: float = 0.0, keys: list[str] | None = None) -> go.Figure:
+    """Loss, each loss term, accuracy, learning rate and grad norm over steps, one panel each."""
+    keys = keys or scalar_keys(runs)
+    if not keys:
+        return go.Figure()
+    cols = 3
+    rows = math.ceil(len(keys) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=keys)
+    for i, key in enumerate(keys):
+        r, c = i // cols + 1, i % cols + 1
+        for j, run in enumerate(runs):
+            pts = [(row["step"], row.get(key)) for row in run["metrics"] if "step" in row]
+            steps = [s for s, _ in pts]
+            vals = smooth([v for _, v in pts], smoothing if key not in ("lr",) else 0.0)
+            fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name=run["name"], legendgroup=run["name"],
+                                     line=dict(color=_color(j)), showlegend=i == 0), row=r, col=c)
+    fig.update_layout(height=260 * rows, margin=dict(t=40, b=30))
+    return fig
+
+
+def _color(i: int) -> str:
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880"]
+    return palette[i % len(palette)]
+
+
+def eval_rows(runs: list[dict]) -> list[dict]:
+    """One row per (run, eval dataset): accuracy after, before (frozen model), n, interval."""
+    rows = []
+    for run in runs:
+        ev = run.get("eval") or {}
+        for data, r in (ev.get("datasets") or {}).items():
+            base = r.get("base") or {}
+            rows.append({
+                "run": run["name"], "data": data, "n": r.get("n"), "accuracy": r.get("accuracy_mean"),
+                "ci95": r.get("accuracy_mean_ci95"), "base accuracy": base.get("accuracy_mean"),
+                "accuracy (sum)": r.get("accuracy_sum"), "margin": r.get("margin_mean"), "step": ev.get("step"),
+            })
+    return rows
+
+
+def eval_bars(runs: list[dict]) -> go.Figure:
+    """Preference accuracy per eval dataset, one bar group per run, the frozen model as a reference run."""
+    rows = eval_rows(runs)
+    fig = go.Figure()
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    base = {r["data"]: r["base accuracy"] for r in rows if r["base accuracy"] is not None}
+    if base:
+        fig.add_trace(go.Bar(x=datasets, y=[base.get(d) for d in datasets], name="frozen model", marker_color="#aaaaaa"))
+    for j, run in enumerate(runs):
+        mine = {r["data"]: r for r in rows if r["run"] == run["name"]}
+        if not mine:
+            continue
+        err = [((mine[d]["ci95"] or [None, None])[1] or 0) - (mine[d]["accuracy"] or 0) if d in mine else None for d in datasets]
+        fig.add_trace(go.Bar(x=datasets, y=[mine[d]["accuracy"] if d in mine else None for d in datasets],
+                             name=run["name"], marker_color=_color(j), error_y=dict(type="data", array=err)))
+    fig.update_layout(barmode="group", yaxis_title="preference accuracy", yaxis_range=[0, 1], height=340,
+                      margin=dict(t=30, b=30))
+    return fig
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Nested config -> {"lora.r": 16, ...} for a side-by-side table."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if not isinstance(v, (list, tuple)) else ", ".join(map(str, v))
+    return out
+
+
+def config_table(runs: list[dict], only_differences: bool = False) -> dict[str, dict]:
+    """{field: {run: value}} over the selected runs' configs."""
+    flat = {run["name"]: flatten(run.get("config") or {}) for run in runs}
+    fields = list(dict.fromkeys(k for cfg in flat.values() for k in cfg))
+    table = {f: {name: cfg.get(f) for name, cfg in flat.items()} for f in fields}
+    if only_differences and len(runs) > 1:
+        table = {f: v for f, v in table.items() if len({str(x) for x in v.values()}) > 1}
+    return table

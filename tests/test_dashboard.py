@@ -1,0 +1,120 @@
+"""The Streamlit dashboard renders (AppTest) and shows its charts in a real headless browser."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_figures import synthetic_run
+
+APP = str(Path(__file__).parents[1] / "app" / "dashboard.py")
+
+
+def write_run(root: Path, run: dict, corrupt: bool = False) -> Path:
+    path = root / run["name"]
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(run["config"]))
+    lines = "".join(json.dumps(r) + "\n" for r in run["metrics"])
+    (path / "metrics.jsonl").write_text(lines + ('{"step": 99, "loss": 0.' if corrupt else ""))
+    (path / "eval.json").write_text(json.dumps(run["eval"]))
+    (path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in run["samples"]))
+    return path
+
+
+def app_test(root: Path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("REPRKIT_RUNS_DIR", str(root))
+    return AppTest.from_file(APP, default_timeout=60)
+
+
+def test_one_run(tmp_path, monkeypatch):
+    write_run(tmp_path, synthetic_run("a"))
+    at = app_test(tmp_path, monkeypatch).run()
+    assert not at.exception
+    assert at.sidebar.multiselect[0].value == ["a"]
+    assert len(at.get("plotly_chart")) >= 5
+    assert not at.warning
+
+
+def test_several_runs(tmp_path, monkeypatch):
+    for name in ("a", "b", "c"):
+        write_run(tmp_path, synthetic_run(name))
+    at = app_test(tmp_path, monkeypatch).run()
+    at.sidebar.multiselect[0].set_value(["a", "b", "c"]).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3 + 3 * 5
+
+
+def test_empty_directory(tmp_path, monkeypatch):
+    at = app_test(tmp_path, monkeypatch).run()
+    assert not at.exception and "No runs" in at.info[0].value
+    at = app_test(tmp_path / "missing", monkeypatch).run()
+    assert not at.exception and "No runs" in at.info[0].value
+
+
+def test_corrupt_metrics_shows_a_notice(tmp_path, monkeypatch):
+    write_run(tmp_path, synthetic_run("a"), corrupt=True)
+    broken = tmp_path / "b"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "metrics.jsonl").write_bytes(b"\xff\xfe garbage\n")
+    at = app_test(tmp_path, monkeypatch).run()
+    at.sidebar.multiselect[0].set_value(["a", "b"]).run()
+    assert not at.exception
+    texts = " ".join(w.value for w in at.warning)
+    assert "could not be read" in texts and "config.json unreadable" in texts
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM) and not os.environ.get("CI"),
+                    reason="Debian chromium is not installed here (.ci/run installs it; CI never skips)")
+def test_dashboard_in_a_headless_browser(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    runs = tmp_path / "runs"
+    write_run(runs, synthetic_run("demo-run", steps=20, layers=(9, 15, 19)))
+    port = _free_port()
+    cmd = [sys.executable, "-m", "reprkit.cli", "dashboard", str(runs), "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shot = Path(__file__).parents[1] / "docs" / "dashboard-test.png" if os.environ.get("REPRKIT_SCREENSHOT") else tmp_path / "dashboard.png"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
+            page.wait_for_timeout(1500)
+            plots = page.locator(".js-plotly-plot").count()
+            lines = page.locator(".js-plotly-plot .scatterlayer .trace").count()
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=False)
+            browser.close()
+        assert plots >= 5, plots
+        assert lines >= 6, lines  # cosine curves: 3 layers x chosen/rejected
+        assert shot.stat().st_size > 10_000
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

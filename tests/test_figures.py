@@ -1,0 +1,97 @@
+import json
+import math
+
+import pytest
+
+from reprkit.app import figures
+from reprkit.runlog import read_run
+
+
+def synthetic_run(name="run-a", steps=5, layers=(9, 15)):
+    metrics = []
+    for s in range(1, steps + 1):
+        metrics.append({
+            "step": s, "loss": 1.0 / s, "retain": 0.01 * s, "direction": 1.0 - 0.1 * s, "lr": 1e-4, "grad_norm": 0.5,
+            "layers": {str(k): {"cos_chosen": 1 - 0.001 * s, "cos_rejected": 1 - 0.01 * s * (k / 10),
+                                "norm_chosen": 1.0, "norm_rejected": 1 + 0.01 * s} for k in layers},
+        })
+    return {"name": name, "path": name, "config": {"loss": "reprpo", "steps": steps, "lora": {"r": 16}},
+            "metrics": metrics, "samples": [{"step": steps, "prompt": "p", "completion": "c"}], "notices": [],
+            "eval": {"step": steps, "datasets": {"embedded:arithmetic": {
+                "n": 40, "accuracy_mean": 0.8, "accuracy_mean_ci95": [0.65, 0.9], "accuracy_sum": 0.7,
+                "margin_mean": 0.1, "base": {"accuracy_mean": 0.7}}}}}
+
+
+def test_layer_curves_have_a_trace_per_run_layer_and_side():
+    runs = [synthetic_run("a"), synthetic_run("b", layers=(9,))]
+    fig = figures.layer_curves(runs, "cos")
+    assert len(fig.data) == 2 * (2 + 1)
+    trace = next(t for t in fig.data if t.name == "a L15" and t.xaxis == "x2")
+    assert list(trace.x) == [1, 2, 3, 4, 5] and trace.y[-1] == pytest.approx(1 - 0.01 * 5 * 1.5)
+    assert len(figures.layer_curves(runs, "norm").data) == 6
+
+
+def test_heatmap_is_layer_by_step():
+    fig = figures.layer_heatmap(synthetic_run(), "cos", "rejected")
+    z = fig.data[0].z
+    assert len(z) == 2 and len(z[0]) == 5 and list(fig.data[0].y) == ["L9", "L15"]
+    assert z[1][4] == pytest.approx(1 - 0.01 * 5 * 1.5)
+
+
+def test_rotation_scaling_split_is_exact():
+    rot, sca = figures.rotation_scaling(math.cos(0.3), 1.2)
+    # |h' - h|^2 / |h|^2 for h = e1, h' = 1.2 (cos .3, sin .3)
+    direct = (1.2 * math.cos(0.3) - 1) ** 2 + (1.2 * math.sin(0.3)) ** 2
+    assert rot + sca == pytest.approx(direct)
+    assert figures.rotation_scaling(1.0, 2.0) == (0.0, 1.0)  # pure scaling
+    fig = figures.direction_vs_magnitude(synthetic_run())
+    assert {t.name for t in fig.data} == {"rotation", "scaling"}
+    shares = [t.y for t in fig.data if t.name == "rotation"][0]
+    assert all(0 <= v <= 1 for v in shares)
+
+
+def test_training_curves_smoothing_and_keys():
+    runs = [synthetic_run()]
+    keys = figures.scalar_keys(runs)
+    assert keys[:3] == ["loss", "retain", "direction"] and "lr" in keys and "layers" not in keys
+    fig = figures.training_curves(runs, smoothing=0.5)
+    loss = next(t for t in fig.data if t.xaxis == "x")
+    assert loss.y[0] == 1.0 and loss.y[1] == pytest.approx(0.5 * 1.0 + 0.5 * 0.5)
+    assert figures.smooth([1.0, None, 3.0], 0.0) == [1.0, None, 3.0]
+
+
+def test_eval_and_config_tables():
+    a, b = synthetic_run("a"), synthetic_run("b")
+    b["config"]["lora"]["r"] = 4
+    rows = figures.eval_rows([a, b])
+    assert rows[0]["accuracy"] == 0.8 and rows[0]["base accuracy"] == 0.7 and rows[0]["n"] == 40
+    fig = figures.eval_bars([a, b])
+    assert [t.name for t in fig.data] == ["frozen model", "a", "b"]
+    table = figures.config_table([a, b], only_differences=True)
+    assert table == {"lora.r": {"a": 16, "b": 4}}
+
+
+def test_figures_tolerate_empty_and_partial_runs(tmp_path):
+    empty = read_run(tmp_path / "nothing")
+    assert empty["metrics"] == [] and empty["notices"]
+    for fig in (figures.layer_curves([empty]), figures.layer_heatmap(empty), figures.direction_vs_magnitude(empty),
+                figures.training_curves([empty]), figures.eval_bars([empty])):
+        assert fig is not None
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"loss": "dpo"}))
+    rows = synthetic_run()["metrics"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 6, "lo')
+    partial = read_run(run)
+    assert len(partial["metrics"]) == 5 and "could not be read" in partial["notices"][0]
+    assert len(figures.layer_curves([partial]).data) == 4
+
+
+def test_run_names_cannot_escape(tmp_path):
+    from reprkit.runlog import resolve_run
+
+    (tmp_path / "ok").mkdir()
+    assert resolve_run(tmp_path, "ok") == (tmp_path / "ok").resolve()
+    for bad in ("..", "../etc", "/etc", "a/b", "", "."):
+        with pytest.raises(ValueError):
+            resolve_run(tmp_path, bad)
