@@ -35,11 +35,14 @@ def _layer_series(run: dict, metric: str, side: str) -> dict[str, tuple[list, li
 def layer_curves(runs: list[dict], metric: str = "cos") -> go.Figure:
     """Per-layer ``metric`` ("cos" or "norm") over steps, chosen and rejected side by side."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s}: {_LABEL[metric]}" for s in SIDES], shared_yaxes=True)
+    colors: dict[str, str] = {}  # one colour per (run, layer), the same in both panels
     for col, side in enumerate(SIDES, start=1):
         for run in runs:
             for layer, (steps, vals) in _layer_series(run, metric, side).items():
-                fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name=f"{run['name']} L{layer}",
-                                         legendgroup=f"{run['name']} L{layer}", showlegend=col == 1), row=1, col=col)
+                name = f"{run['name']} L{layer}"
+                color = colors.setdefault(name, _color(len(colors)))
+                fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name=name, line=dict(color=color),
+                                         legendgroup=name, showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title_text="step")
     fig.update_layout(height=380, margin=dict(t=40, b=30), legend=dict(font=dict(size=10)))
     return fig

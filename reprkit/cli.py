@@ -51,7 +51,7 @@ class Dashboard:
         app = importlib.util.find_spec("reprkit.app.dashboard").origin  # without importing (it renders)
         return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", self.address,
                 "--server.port", str(self.port), "--server.headless", "true",
-                "--browser.gatherUsageStats", "false", "--", "--runs-dir", self.runs_dir]
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--runs-dir", self.runs_dir]
 
     def run(self) -> None:
         import os

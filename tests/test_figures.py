@@ -95,3 +95,11 @@ def test_run_names_cannot_escape(tmp_path):
     for bad in ("..", "../etc", "/etc", "a/b", "", "."):
         with pytest.raises(ValueError):
             resolve_run(tmp_path, bad)
+
+
+def test_a_layer_has_one_colour_in_both_panels():
+    fig = figures.layer_curves([synthetic_run("a"), synthetic_run("b")], "cos")
+    by_name = {}
+    for t in fig.data:
+        by_name.setdefault(t.name, set()).add(t.line.color)
+    assert all(len(c) == 1 for c in by_name.values()) and len({next(iter(c)) for c in by_name.values()}) == 4
