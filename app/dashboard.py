@@ -82,8 +82,8 @@ def main() -> None:
                                 for n, s in steps.items()))
         tabs = st.tabs(["layers", "training", "evaluation", "samples", "config"])
         with tabs[0]:
-            st.plotly_chart(figures.layer_curves(runs, "cos"), key="cos")
-            st.plotly_chart(figures.layer_curves(runs, "norm"), key="norm")
+            st.plotly_chart(figures.layer_curves(runs, "cos", smoothing), key="cos")
+            st.plotly_chart(figures.layer_curves(runs, "norm", smoothing), key="norm")
             for run in runs:
                 left, right = st.columns(2)
                 with left:
@@ -101,7 +101,8 @@ def main() -> None:
         with tabs[2]:
             rows = figures.eval_rows(runs)
             if rows:
-                st.dataframe(rows, hide_index=True)
+                st.dataframe([{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""} for r in rows],
+                             hide_index=True)
                 st.plotly_chart(figures.eval_bars(runs), key="eval")
             else:
                 st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")

@@ -32,8 +32,9 @@ def _layer_series(run: dict, metric: str, side: str) -> dict[str, tuple[list, li
     return dict(sorted(series.items(), key=lambda kv: int(kv[0]) if kv[0].lstrip("-").isdigit() else 0))
 
 
-def layer_curves(runs: list[dict], metric: str = "cos") -> go.Figure:
-    """Per-layer ``metric`` ("cos" or "norm") over steps, chosen and rejected side by side."""
+def layer_curves(runs: list[dict], metric: str = "cos", smoothing: float = 0.0) -> go.Figure:
+    """Per-layer ``metric`` ("cos" or "norm") over steps, chosen and rejected side by side
+    (``smoothing``: exponential moving average weight, 0 for raw values)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s}: {_LABEL[metric]}" for s in SIDES], shared_yaxes=True)
     colors: dict[str, str] = {}  # one colour per (run, layer), the same in both panels
     for col, side in enumerate(SIDES, start=1):
@@ -41,7 +42,7 @@ def layer_curves(runs: list[dict], metric: str = "cos") -> go.Figure:
             for layer, (steps, vals) in _layer_series(run, metric, side).items():
                 name = f"{run['name']} L{layer}"
                 color = colors.setdefault(name, _color(len(colors)))
-                fig.add_trace(go.Scatter(x=steps, y=vals, mode="lines", name=name, line=dict(color=color),
+                fig.add_trace(go.Scatter(x=steps, y=smooth(vals, smoothing), mode="lines", name=name, line=dict(color=color),
                                          legendgroup=name, showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title_text="step")
     fig.update_layout(height=380, margin=dict(t=40, b=30), legend=dict(font=dict(size=10)))
@@ -178,9 +179,12 @@ def eval_bars(runs: list[dict]) -> go.Figure:
         mine = {r["data"]: r for r in rows if r["run"] == run["name"]}
         if not mine:
             continue
-        err = [((mine[d]["ci95"] or [None, None])[1] or 0) - (mine[d]["accuracy"] or 0) if d in mine else None for d in datasets]
-        fig.add_trace(go.Bar(x=datasets, y=[mine[d]["accuracy"] if d in mine else None for d in datasets],
-                             name=run["name"], marker_color=_color(j), error_y=dict(type="data", array=err)))
+        acc = [mine[d]["accuracy"] if d in mine else None for d in datasets]
+        ci = [mine[d]["ci95"] if d in mine and mine[d]["ci95"] else [a, a] for d, a in zip(datasets, acc)]
+        upper = [(c[1] - a) if a is not None and c[1] is not None else None for c, a in zip(ci, acc)]
+        lower = [(a - c[0]) if a is not None and c[0] is not None else None for c, a in zip(ci, acc)]
+        fig.add_trace(go.Bar(x=datasets, y=acc, name=run["name"], marker_color=_color(j),
+                             error_y=dict(type="data", array=upper, arrayminus=lower, symmetric=False)))
     fig.update_layout(barmode="group", yaxis_title="preference accuracy", yaxis_range=[0, 1], height=340,
                       margin=dict(t=30, b=30))
     return fig

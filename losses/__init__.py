@@ -5,11 +5,11 @@
 """
 
 from .base import LossInputs, Side
-from .dpo import DPO, dr_dpo_loss, plackett_luce_loss, preference_loss
+from .dpo import DPO, PlackettLuce, dr_dpo_loss, plackett_luce_loss, preference_loss
 from .reprpo import ReprPO
 from .reroute import Reroute
 
-LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute}
+LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute, "plackett_luce": PlackettLuce}
 
-__all__ = ["DPO", "LOSSES", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
+__all__ = ["DPO", "LOSSES", "PlackettLuce", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
            "preference_loss"]

@@ -41,6 +41,7 @@ class LossInputs:
     chosen: Side
     rejected: Side
     progress: float = 0.0  # step / total steps, in [0, 1]
+    ranked: dict | None = None  # K-response losses: {"logps", "ref_logps", "n_tokens", "valid"} [B, K]
 
 
 def mean_over_layers(values: list[torch.Tensor]) -> torch.Tensor:

@@ -120,3 +120,32 @@ class DPO:
             "reward_margin": (chosen_rewards - rejected_rewards).mean(),
         }
         return loss, metrics
+
+
+@dataclass
+class PlackettLuce:
+    """DPO over K ranked responses (Plackett-Luce); K = 2 is sigmoid DPO. Trains on every response
+    of an item at once (GENIES' 4, HelpSteer's full ranking) instead of best-vs-one pairs."""
+
+    beta: float = 0.1
+    """strength of the KL anchor to the frozen model"""
+    average_log_prob: bool = False
+    """per-token mean log-probs instead of sums"""
+
+    needs_logps: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = True
+    ranked: ClassVar[bool] = True
+
+    def layer_spec(self):
+        return None
+
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``inputs.ranked``: {"logps", "ref_logps", "n_tokens", "valid"}, each ``[B, K]``."""
+        r = inputs.ranked
+        norm = r["n_tokens"] if self.average_log_prob else 1
+        losses = plackett_luce_loss(r["logps"] / norm, r["ref_logps"] / norm, self.beta, r["valid"])
+        rewards = (self.beta * (r["logps"] - r["ref_logps"]) / norm).detach()
+        best_wins = (rewards[:, :1] > rewards[:, 1:]) | ~r["valid"][:, 1:]
+        return losses.mean(), {"plackett_luce": losses.detach().mean(),
+                               "reward_accuracy": best_wins.all(-1).float().mean(),
+                               "reward_best": rewards[:, 0].mean()}

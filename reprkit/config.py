@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reprkit.losses import DPO, Reroute, ReprPO
+from reprkit.losses import DPO, PlackettLuce, Reroute, ReprPO
 
 from .models import DEFAULT_MODEL
 
@@ -34,8 +34,8 @@ class LoraSettings:
 class TrainConfig:
     """Train a LoRA adapter with a hidden-state loss (or DPO) and track it against the frozen model."""
 
-    loss: Literal["reprpo", "dpo", "reroute"] = "reprpo"
-    """which loss to train; its settings are under --reprpo.*, --dpo.*, --reroute.*"""
+    loss: Literal["reprpo", "dpo", "reroute", "plackett_luce"] = "reprpo"
+    """which loss to train; its settings are under --reprpo.*, --dpo.*, --reroute.*, --plackett-luce.*"""
     model: str = DEFAULT_MODEL
     """hub id, local folder, or the default model's name"""
     data: str = "embedded:arithmetic"
@@ -67,6 +67,8 @@ class TrainConfig:
     """settings of the dpo loss"""
     reroute: Reroute = field(default_factory=Reroute)
     """settings of the reroute loss"""
+    plackett_luce: PlackettLuce = field(default_factory=PlackettLuce)
+    """settings of the plackett_luce loss (all K ranked responses of an item at once)"""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """the LoRA adapter"""
     track_layers: str | None = None
@@ -136,7 +138,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        nested = {"reprpo": ReprPO, "dpo": DPO, "reroute": Reroute, "lora": LoraSettings}
+        nested = {"reprpo": ReprPO, "dpo": DPO, "reroute": Reroute, "plackett_luce": PlackettLuce, "lora": LoraSettings}
         for key, typ in nested.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = typ(**d[key])
@@ -151,7 +153,7 @@ class TrainConfig:
 
 
 # Learning rates per loss for LoRA r16 on SmolLM2-135M.
-LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4}
+LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4, "plackett_luce": 1e-4}
 
 # Named presets (``reprkit train --preset NAME``): a method and its settings; flags still override.
 PRESETS: dict[str, dict] = {
@@ -163,6 +165,7 @@ PRESETS: dict[str, dict] = {
     "ipo": {"loss": "dpo", "dpo": DPO(ipo=True)},
     "dr-dpo": {"loss": "dpo", "dpo": DPO(dr_beta=1.0)},
     "reroute": {"loss": "reroute"},
+    "plackett-luce": {"loss": "plackett_luce"},
 }
 
 

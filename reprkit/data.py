@@ -423,3 +423,40 @@ def collate(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
             comp[i, len(e[f"{side}_prompt_ids"]): len(row)] = 1
         batch |= {f"{side}_input_ids": ids, f"{side}_attention_mask": attn, f"{side}_completion_mask": comp}
     return batch
+
+
+def encode_ranked(items: list[dict], tokenizer, max_length: int = 256, max_prompt_length: int = 128,
+                  chat_template: bool | None = None, max_responses: int | None = None) -> list[dict]:
+    """Tokenize items with all their responses, best first (for Plackett-Luce losses):
+    ``{"prompt_ids", "responses_ids": [[...], ...]}``. Truncation as in ``encode_pairs``."""
+    pairs = [{"prompt": it["prompt"], "chosen": it["responses"][0], "rejected": r}
+             for it in items for r in it["responses"][1:(max_responses or len(it["responses"]))]]
+    encoded = encode_pairs(pairs, tokenizer, max_length, max_prompt_length, chat_template)
+    out: dict[tuple, dict] = {}
+    for e in encoded:  # regroup the pairs of one item (they share prompt and best response)
+        key = (tuple(e["chosen_prompt_ids"]), tuple(e["chosen_ids"]))
+        entry = out.setdefault(key, {"prompt_ids": e["chosen_prompt_ids"], "responses_ids": [e["chosen_ids"]]})
+        entry["responses_ids"].append(e["rejected_ids"])
+    return list(out.values())
+
+
+def collate_ranked(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad the K responses of each item: ``input_ids`` etc. ``[B * K, T]`` (item-major) and
+    ``valid [B, K]``; items with fewer responses get empty slots (valid False, no completion tokens)."""
+    k = max(len(e["responses_ids"]) for e in examples)
+    seqs, valid = [], []
+    for e in examples:
+        for j in range(k):
+            has = j < len(e["responses_ids"])
+            seqs.append((e["prompt_ids"], e["responses_ids"][j] if has else []))
+            valid.append(has)
+    length = max(len(p) + len(r) for p, r in seqs)
+    ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), length), dtype=torch.long)
+    comp = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, (p, r) in enumerate(seqs):
+        ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+        attn[i, : len(p) + len(r)] = 1
+        comp[i, len(p): len(p) + len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp,
+            "valid": torch.tensor(valid).view(len(examples), k)}

@@ -161,6 +161,35 @@ def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, prog
     return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress), {}
 
 
+def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> tuple[LossInputs, dict]:
+    """Reference then policy log-probs of all K responses of each item (Plackett-Luce losses).
+
+    The tracked sides are the best response (chosen) and all other valid responses (rejected).
+    """
+    ids, attn, comp, valid = batch["input_ids"], batch["attention_mask"], batch["completion_mask"], batch["valid"]
+    b, k = valid.shape
+    with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
+        with capture(hooked, layers) as cap:
+            ref_logps = forward_logps(hooked, ids, attn, comp)
+        ref_hidden = cap.hidden_states
+    with capture(hooked, layers, detach=False) as cap:
+        logps = forward_logps(model, ids, attn, comp)
+    hidden = cap.hidden_states
+    n_tokens = comp[:, 1:].sum(-1).clamp_min(1)
+    best = torch.arange(b, device=ids.device) * k
+    others = torch.tensor([i * k + j for i in range(b) for j in range(1, k)], dtype=torch.long, device=ids.device)
+    other_mask = comp[others] * valid[:, 1:].reshape(-1, 1).to(comp.dtype)
+
+    def side(rows, mask):
+        return Side(mask=mask, hidden={n: h[rows] for n, h in hidden.items()},
+                    ref_hidden={n: h[rows] for n, h in ref_hidden.items()})
+
+    ranked = {"logps": logps.view(b, k), "ref_logps": ref_logps.view(b, k), "n_tokens": n_tokens.view(b, k),
+              "valid": valid}
+    return LossInputs(chosen=side(best, comp[best]), rejected=side(others, other_mask), progress=progress,
+                      ranked=ranked), {}
+
+
 def track(inputs: LossInputs, layers: list[int]) -> dict:
     """Per layer: mean cosine and norm ratio policy vs frozen over completion tokens, chosen and rejected."""
     out = {}
@@ -187,14 +216,18 @@ def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
 
 
 def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
-    """Encoded training pairs, encoded eval pairs per eval source, and a few eval prompts per source."""
+    """Encoded training pairs (or ranked items), encoded eval pairs per eval source, and a few eval
+    prompts per source."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
-    if cfg.retain_data:
+    if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
+        train_pairs = D.encode_ranked(D.load_items(cfg.data, "train", limit=cfg.limit), tokenizer, **kw)
+    elif cfg.retain_data:
         pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, "train", limit=cfg.limit),
                                      D.load_items(cfg.reroute_data, "train", limit=cfg.limit))
+        train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     else:
         pairs = D.to_pairs(D.load_items(cfg.data, "train", limit=cfg.limit), cfg.pairs)
-    train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
+        train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     evals, prompts = {}, {}
     for source in cfg.eval_data:
         items = D.load_items(source, cfg.eval_split)
@@ -205,7 +238,7 @@ def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[
 
 
 def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, pad_token_id: int,
-                  rank: int = 0, world: int = 1):
+                  rank: int = 0, world: int = 1, collate=D.collate):
     """Micro-batch ``start``, ``start + 1``, ... of a fixed order: epoch e is a permutation seeded with
     ``seed + e``, so resuming at any micro-batch reproduces the data order. Each process takes its
     share of a global batch of ``batch_size * world`` pairs."""
@@ -219,7 +252,7 @@ def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, p
             perm = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed + epoch))
             perm_epoch = epoch
         global_idx = perm[b * batch_size * world: (b + 1) * batch_size * world]
-        yield D.collate([encoded[i] for i in global_idx[rank::world].tolist()], pad_token_id)
+        yield collate([encoded[i] for i in global_idx[rank::world].tolist()], pad_token_id)
         m += 1
 
 
@@ -336,8 +369,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         runlog.resume(0)
     log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
 
+    ranked = getattr(loss, "ranked", False)
     batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
-                            accelerator.process_index, accelerator.num_processes)
+                            accelerator.process_index, accelerator.num_processes,
+                            collate=D.collate_ranked if ranked else D.collate)
+    forward = forward_ranked_batch if ranked else forward_pair_batch
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
                desc=f"{cfg.loss}", dynamic_ncols=True)
     checked = False
@@ -350,7 +386,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             rows = []
             for micro in range(cfg.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-                inputs, _ = forward_pair_batch(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
+                inputs, _ = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
                 value, terms = loss(inputs)
                 if not torch.isfinite(value):
                     raise TrainingError(
@@ -413,11 +449,11 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
     from .runlog import read_jsonl
 
     lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
-             f"{'eval data (test)':<28}{'n':>5}{'before':>9}{'after':>9}   preference accuracy, mean log-prob"]
+             f"{'eval data (test)':<40}{'n':>5}{'before':>9}{'after':>9}   preference accuracy, mean log-prob"]
     for i, (source, r) in enumerate(results["datasets"].items()):
         tag = " (in-distribution)" if i == 0 else " (shifted)"
         base = r.get("base", r)
-        lines.append(f"{source + tag:<28}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}")
+        lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}")
     rows, _ = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         last = rows[-1]["layers"]

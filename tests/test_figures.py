@@ -103,3 +103,27 @@ def test_a_layer_has_one_colour_in_both_panels():
     for t in fig.data:
         by_name.setdefault(t.name, set()).add(t.line.color)
     assert all(len(c) == 1 for c in by_name.values()) and len({next(iter(c)) for c in by_name.values()}) == 4
+
+
+@pytest.mark.integration
+def test_figures_on_a_real_short_run_of_smollm(tmp_path):
+    from reprkit.config import TrainConfig
+    from reprkit.train import train
+
+    cfg = TrainConfig(run_dir=str(tmp_path / "real"), steps=2, batch_size=2, warmup_steps=0, eval_limit=4,
+                      eval_data=("embedded:capitals",), n_samples=1, progress=False, limit=8)
+    run = read_run(train(cfg))
+    assert not run["notices"] and len(run["metrics"]) == 2
+    fig = figures.layer_curves([run], "cos")
+    assert len(fig.data) == 2 * 3  # layers 9, 15, 19 x chosen / rejected
+    assert all(len(t.x) == 2 for t in fig.data)
+    assert len(figures.layer_heatmap(run).data[0].z) == 3
+    assert {"loss", "retain", "direction", "magnitude", "lr", "grad_norm"} <= set(figures.scalar_keys([run]))
+    assert figures.eval_rows([run])[0]["n"] == 4
+    assert figures.config_table([run])["loss"] == {"real": "reprpo"}
+
+
+def test_eval_bars_show_the_asymmetric_interval():
+    fig = figures.eval_bars([synthetic_run("a")])
+    bar = fig.data[1]
+    assert bar.error_y.array[0] == pytest.approx(0.1) and bar.error_y.arrayminus[0] == pytest.approx(0.15)

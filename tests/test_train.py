@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -196,3 +197,20 @@ def test_reroute_with_separate_retain_and_reroute_sets(tiny_folder, tmp_path):
     with pytest.raises(ValueError, match="go together"):
         train(tiny_config(tiny_folder, tmp_path / "r2", loss="reroute", retain_data="embedded:capitals"))
     assert not (tmp_path / "r2").exists()  # a config error stops before anything is written
+
+
+def test_plackett_luce_trains_on_all_ranked_responses(tiny_folder, tmp_path, tokenizer):
+    from reprkit import data as D
+
+    items = D.load_items("genies:alpaca_easy", "train", limit=8)
+    enc = D.encode_ranked(items, tokenizer, 128, 64)
+    assert len(enc) == 8 and all(len(e["responses_ids"]) == 4 for e in enc)
+    batch = D.collate_ranked(enc[:2] + [{**enc[2], "responses_ids": enc[2]["responses_ids"][:2]}], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 12 and batch["valid"].tolist()[2] == [True, True, False, False]
+    assert batch["completion_mask"][10:].sum() == 0  # empty slots have no completion tokens
+    run = train(tiny_config(tiny_folder, tmp_path / "pl", loss="plackett_luce", data="genies:alpaca_easy",
+                            limit=16, steps=3, eval_data=()))
+    rows, _ = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[0]["plackett_luce"] == pytest.approx(math.log(4) + math.log(3) + math.log(2), rel=1e-4)  # uniform start
+    assert all("cos_rejected" in v for v in rows[-1]["layers"].values())
