@@ -1,4 +1,4 @@
-"""``reprkit`` command line: ``reprkit train``, ``reprkit dashboard``, ``reprkit inspect``."""
+"""``reprkit`` command line: ``reprkit train``, ``reprkit eval``, ``reprkit dashboard``, ``reprkit inspect``."""
 
 from __future__ import annotations
 
@@ -59,6 +59,40 @@ class Dashboard:
         os.execv(sys.executable, self.command())
 
 
+@dataclasses.dataclass
+class Eval:
+    """Evaluate a run directory, a saved adapter or a model (default: the base model) on any data."""
+
+    target: tyro.conf.Positional[str] = DEFAULT_MODEL
+    """run directory, adapter directory, hub id / local folder, or the default model's name"""
+    data: tuple[str, ...] = ()
+    """datasets (test split): embedded[:task], genies:<name>, hh-rlhf:<subset>, a file, a hub id"""
+    shift: str | None = None
+    """a GENIES shift by its source distribution: adds source, target (and reference) to --data"""
+    split: str = "test"
+    limit: int | None = None
+    """at most this many items per dataset (and TruthfulQA questions)"""
+    truthfulqa: bool = False
+    """TruthfulQA MC1 and MC2 (../shared/data/truthfulqa or the hub)"""
+    retain_data: str | None = None
+    """chosen completions of this dataset give the perplexity ratio vs the frozen model"""
+    max_length: int = 256
+    batch_size: int = 16
+    out: str | None = None
+    """where to write the JSON (default: the run's eval.json; nothing for a plain model)"""
+
+    def run(self) -> None:
+        from .data import shift_sources
+        from .evalrun import evaluate_target, format_results
+
+        data = list(dict.fromkeys(list(self.data) + (shift_sources(self.shift) if self.shift else [])))
+        if not data and not self.truthfulqa and not self.retain_data:
+            raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa or --retain-data")
+        results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
+                                  self.max_length, self.batch_size, self.out)
+        print(format_results(results))
+
+
 def _take_preset(argv: list[str]) -> tuple[str | None, list[str]]:
     """Remove ``--preset NAME`` (or ``--preset=NAME``) from argv."""
     rest, name, i = [], None, 0
@@ -97,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
 
         train(parse_train(argv[1:]))
         return
-    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "dashboard": Dashboard, "inspect": Inspect}, args=argv, prog="reprkit")
+    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard, "inspect": Inspect}, args=argv, prog="reprkit")
     if isinstance(command, TrainConfig):  # only reached for `reprkit --help`
         return
     command.run()

@@ -53,7 +53,7 @@ class TrainConfig:
     limit: int | None = None
     """use at most this many training items"""
     eval_limit: int | None = 100
-    """use at most this many pairs per eval set"""
+    """use at most this many items per eval set"""
     max_length: int = 192
     """tokens of prompt + completion (completions are cut from the right)"""
     max_prompt_length: int = 128

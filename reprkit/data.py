@@ -460,3 +460,27 @@ def collate_ranked(examples: list[dict], pad_token_id: int) -> dict[str, torch.T
         comp[i, len(p): len(p) + len(r)] = 1
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp,
             "valid": torch.tensor(valid).view(len(examples), k)}
+
+
+def genies_shifts(path=None) -> list[dict]:
+    """GENIES' distribution shifts: ``[{source, target[, target_reference], label, category}]``."""
+    import json
+
+    if path is None:
+        root = shared_data_dir()
+        if root is None or not (root / "genies/distribution_shifts/GENIES.json").is_file():
+            raise DataError("GENIES' shift list is read from ../shared/data/genies/distribution_shifts/GENIES.json "
+                            "(set REPRKIT_DATA_DIR to the folder that holds genies/)")
+        path = root / "genies/distribution_shifts/GENIES.json"
+    return json.loads(Path(path).read_text())
+
+
+def shift_sources(source: str) -> list[str]:
+    """The eval sources of the GENIES shift that trains on ``source``: source, target(s), reference."""
+    shifts = [s for s in genies_shifts() if s["source"] == source]
+    if not shifts:
+        raise DataError(f"no GENIES shift has source {source!r}; sources: {sorted({s['source'] for s in genies_shifts()})}")
+    names = [source]
+    for s in shifts:
+        names += [s["target"]] + ([s["target_reference"]] if s.get("target_reference") else [])
+    return [f"genies:{n}" for n in dict.fromkeys(names)]

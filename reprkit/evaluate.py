@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data import collate
+from .data import collate, collate_ranked
 from .reference import adapter_disabled, eval_mode
 
 
@@ -144,3 +144,173 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             rows.append({"prompt": messages[-1]["content"], "completion": completion})
     return rows
+
+
+def _passes(model, base: bool) -> dict:
+    """The model as is, plus (with ``base`` and an adapter) the frozen model: adapter disabled."""
+    passes = {"policy": None}
+    if base and getattr(model, "peft_config", None):
+        passes["base"] = adapter_disabled
+    return passes
+
+
+@torch.no_grad()
+def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True) -> dict:
+    """Summed log-probs ``[N, K]``, completion lengths ``[N, K]`` and ``valid [N, K]`` of every response
+    of every item (``data.encode_ranked``), for the model and (``base``) the frozen model."""
+    out = {}
+    with eval_mode(model):
+        for name, ctx in _passes(model, base).items():
+            logps, lengths, valid = [], [], []
+            for i in range(0, len(encoded), batch_size):
+                batch = collate_ranked(encoded[i: i + batch_size], pad_token_id)
+                b, k = batch["valid"].shape
+                if ctx is None:
+                    lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+                else:
+                    with ctx(model):
+                        lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+                pad_k = max(len(e["responses_ids"]) for e in encoded)
+                def widen(x, fill):
+                    return torch.nn.functional.pad(x.view(b, k), (0, pad_k - k), value=fill)
+                logps.append(widen(lp, float("-inf")))
+                lengths.append(widen(batch["completion_mask"][:, 1:].sum(-1).clamp_min(1).float(), 1.0))
+                valid.append(torch.nn.functional.pad(batch["valid"], (0, pad_k - k), value=False))
+            out[name] = {"logps": torch.cat(logps), "n_tokens": torch.cat(lengths), "valid": torch.cat(valid)}
+    return out
+
+
+def _ranked_summary(logps: torch.Tensor, n_tokens: torch.Tensor, valid: torch.Tensor) -> dict:
+    """Accuracy: the best response (index 0) has the highest log-prob among an item's responses."""
+    res = {"n": int(valid.shape[0])}
+    for kind, scores in (("mean", logps / n_tokens), ("sum", logps)):
+        scores = scores.masked_fill(~valid, float("-inf"))
+        others = scores[:, 1:].max(-1).values
+        acc = (scores[:, 0] > others).float().mean().item()
+        res[f"accuracy_{kind}"] = acc
+        res[f"accuracy_{kind}_ci95"] = _ci95(acc, res["n"])
+        if kind == "mean":
+            res["margin_mean"] = (scores[:, 0] - others).mean().item()
+    res["chance"] = (1 / valid.sum(-1).float()).mean().item()
+    return res
+
+
+def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True) -> dict:
+    """Judge-free accuracy on items with 2 to K responses (GENIES): the model prefers the best one
+    if it gives it the highest log-probability. Reports per-token-mean and summed variants, the
+    mean margin (best minus the best other, per-token mean), chance level, and ``base``."""
+    scores = ranked_logps(model, encoded, pad_token_id, batch_size, base)
+    result = _ranked_summary(**scores["policy"])
+    if "base" in scores:
+        result["base"] = _ranked_summary(**scores["base"])
+    return result
+
+
+def load_truthfulqa(path=None) -> list[dict]:
+    """TruthfulQA multiple choice (``mc_task.json``): ``{question, mc1_targets, mc2_targets}``."""
+    import json
+    from pathlib import Path
+
+    from .data import DataError, shared_data_dir
+
+    if path is None:
+        root = shared_data_dir()
+        if root is None or not (root / "truthfulqa/data/mc_task.json").is_file():
+            import datasets
+
+            rows = datasets.load_dataset("truthfulqa/truthful_qa", "multiple_choice", split="validation")
+            return [{"question": r["question"],
+                     "mc1_targets": dict(zip(r["mc1_targets"]["choices"], r["mc1_targets"]["labels"])),
+                     "mc2_targets": dict(zip(r["mc2_targets"]["choices"], r["mc2_targets"]["labels"]))} for r in rows]
+        path = root / "truthfulqa/data/mc_task.json"
+    rows = json.loads(Path(path).read_text())
+    if not rows or "mc1_targets" not in rows[0]:
+        raise DataError(f"{path} is not TruthfulQA's mc_task.json (no mc1_targets)")
+    return rows
+
+
+def _mc_items(rows: list[dict], key: str) -> tuple[list[dict], list[list[int]]]:
+    """Items with the answers in the file's order, and each answer's label (1 true, 0 false)."""
+    items, labels = [], []
+    for r in rows:
+        answers = list(r[key].items())
+        items.append({"prompt": [{"role": "user", "content": r["question"]}], "responses": [a for a, _ in answers],
+                      "scores": [float(v) for _, v in answers]})
+        labels.append([int(v) for _, v in answers])
+    return items, labels
+
+
+def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int | None = None,
+                  batch_size: int = 16, base: bool = True, max_length: int = 256) -> dict:
+    """TruthfulQA MC1 and MC2 with the standard definitions, on summed answer log-probs:
+
+    MC1: the single true answer gets the highest log-prob among the MC1 choices (chance ~0.22).
+    MC2: the normalised probability mass on the true answers among the MC2 choices.
+
+    The question is the user turn (chat template when the tokenizer has one), each answer the reply.
+    """
+    from .data import encode_ranked
+
+    rows = (rows or load_truthfulqa())[:limit]
+    results: dict = {}
+    for key, metric in (("mc1_targets", "mc1"), ("mc2_targets", "mc2")):
+        items, labels = _mc_items(rows, key)
+        # one item at a time: encode_ranked keeps the answers in file order (labels stay aligned)
+        encoded = [encode_ranked([item], tokenizer, max_length, max_length // 2)[0] for item in items]
+        scores = ranked_logps(model, encoded, tokenizer.pad_token_id, batch_size, base)
+        truth = torch.zeros_like(scores["policy"]["valid"], dtype=torch.bool)
+        for i, lab in enumerate(labels):
+            truth[i, : len(lab)] = torch.tensor(lab, dtype=torch.bool)
+        for name, sc in scores.items():
+            lp = sc["logps"].masked_fill(~sc["valid"], float("-inf"))
+            if metric == "mc1":
+                per_item = (lp.argmax(-1) == truth.float().argmax(-1)).float()
+                value = {"accuracy": per_item.mean().item(), "ci95": _ci95(per_item.mean().item(), len(rows)),
+                         "chance": (1 / sc["valid"].sum(-1).float()).mean().item()}
+            else:
+                p = torch.softmax(lp, -1)
+                per_item = (p * truth).sum(-1)
+                m, se = per_item.mean().item(), per_item.std().item() / math.sqrt(len(rows))
+                value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se]}
+            value["n"] = len(rows)
+            results.setdefault(name, {})[metric] = value
+    out = results["policy"]
+    if "base" in results:
+        out["base"] = results["base"]
+    return out
+
+
+@torch.no_grad()
+def perplexity_ratio(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16) -> dict:
+    """Perplexity of the chosen completions of a retain set, model vs frozen model (adapter disabled).
+
+    ratio = exp(mean NLL per token, model - frozen); > 1 means the model finds ordinary text less
+    likely than before (a sign of lost coherence). The 95% interval comes from the per-sequence
+    differences.
+    """
+    passes = _passes(model, True)
+    nll = {}
+    with eval_mode(model):
+        for name, ctx in passes.items():
+            parts, lengths = [], []
+            for i in range(0, len(encoded), batch_size):
+                batch = collate(encoded[i: i + batch_size], pad_token_id)
+                args = (batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_completion_mask"])
+                if ctx is None:
+                    lp = forward_logps(model, *args)
+                else:
+                    with ctx(model):
+                        lp = forward_logps(model, *args)
+                parts.append(-lp)
+                lengths.append(batch["chosen_completion_mask"][:, 1:].sum(-1).clamp_min(1).float())
+            nll[name] = (torch.cat(parts), torch.cat(lengths))
+    total, n_tok = nll["policy"]
+    result = {"n": len(encoded), "perplexity": math.exp((total.sum() / n_tok.sum()).item())}
+    if "base" in nll:
+        base_total, _ = nll["base"]
+        result["base_perplexity"] = math.exp((base_total.sum() / n_tok.sum()).item())
+        diff = (total - base_total) / n_tok
+        mean, se = diff.mean().item(), (diff.std().item() / math.sqrt(len(diff)) if len(diff) > 1 else float("nan"))
+        result["ratio"] = result["perplexity"] / result["base_perplexity"]
+        result["ratio_ci95"] = [math.exp(mean - 1.96 * se), math.exp(mean + 1.96 * se)]
+    return result

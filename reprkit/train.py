@@ -30,7 +30,7 @@ from reprkit.losses.reprpo import ReprPO
 
 from . import data as D
 from .config import TrainConfig
-from .evaluate import forward_logps, generate_samples, preference_accuracy
+from .evaluate import forward_logps, generate_samples, item_accuracy
 from .geometry import similarity
 from .hooks import capture
 from .layers import find_blocks, select_layers
@@ -216,8 +216,8 @@ def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
 
 
 def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
-    """Encoded training pairs (or ranked items), encoded eval pairs per eval source, and a few eval
-    prompts per source."""
+    """Encoded training pairs (or ranked items), encoded eval items (all their responses) per eval
+    source, and a few eval prompts per source."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
     if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
         train_pairs = D.encode_ranked(D.load_items(cfg.data, "train", limit=cfg.limit), tokenizer, **kw)
@@ -231,8 +231,7 @@ def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[
     evals, prompts = {}, {}
     for source in cfg.eval_data:
         items = D.load_items(source, cfg.eval_split)
-        eval_pairs = D.to_pairs(items, "best_vs_worst")[: cfg.eval_limit]
-        evals[source] = D.encode_pairs(eval_pairs, tokenizer, **kw)
+        evals[source] = D.encode_ranked(items[: cfg.eval_limit], tokenizer, **kw)
         prompts[source] = [it["prompt"] for it in items[:1]]
     return train_pairs, evals, prompts
 
@@ -302,7 +301,7 @@ def _mean_dicts(rows: list[dict]) -> dict:
 def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog) -> dict:
     results = {"step": step, "datasets": {}}
     for source, encoded in evals.items():
-        results["datasets"][source] = preference_accuracy(model, encoded, tokenizer.pad_token_id)
+        results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
     runlog.write_eval(results)
     for source, ps in prompts.items():
         for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):

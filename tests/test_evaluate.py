@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from reprkit.evaluate import _ci95, completion_logps, forward_logps, preference_accuracy
@@ -55,3 +56,102 @@ def test_preference_accuracy_counts_and_base(tokenizer, tiny_folder):
 def test_wilson_interval():
     lo, hi = _ci95(0.5, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+
+
+def test_item_accuracy_on_genies_four_way(tokenizer, tiny_folder):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from reprkit import data as D
+    from reprkit.evaluate import item_accuracy, ranked_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    items = D.load_items("genies:alpaca_easy", "test", limit=12)
+    enc = D.encode_ranked(items, tokenizer, 128, 64)
+    res = item_accuracy(model, enc, tokenizer.pad_token_id, batch_size=5)
+    assert res["n"] == 12 and res["chance"] == pytest.approx(0.25)
+    scores = ranked_logps(model, enc, tokenizer.pad_token_id, batch_size=5)["policy"]
+    manual = (scores["logps"] / scores["n_tokens"]).argmax(-1).eq(0).float().mean().item()
+    assert res["accuracy_mean"] == pytest.approx(manual)
+    # K = 2 items give the same figure as the pair evaluation
+    pairs_items = D.load_items("embedded:capitals", "test")
+    two = item_accuracy(model, D.encode_ranked(pairs_items, tokenizer, 128, 64), tokenizer.pad_token_id)
+    pairwise = preference_accuracy(model, D.encode_pairs(D.to_pairs(pairs_items), tokenizer, 128, 64), tokenizer.pad_token_id)
+    assert two["accuracy_mean"] == pytest.approx(pairwise["accuracy_mean"])
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    with_base = item_accuracy(peft_model, enc, tokenizer.pad_token_id)
+    assert with_base["base"]["accuracy_mean"] == with_base["accuracy_mean"] == res["accuracy_mean"]
+
+
+def test_truthfulqa_definitions_on_known_scores(tokenizer, monkeypatch):
+    import reprkit.evaluate as E
+
+    rows = [{"question": "q1", "mc1_targets": {"t": 1, "f1": 0, "f2": 0}, "mc2_targets": {"t": 1, "t2": 1, "f": 0}},
+            {"question": "q2", "mc1_targets": {"t": 1, "f1": 0}, "mc2_targets": {"t": 1, "f": 0}}]
+    fake = {  # summed log-probs per answer, in file order
+        "mc1": torch.tensor([[-1.0, -2.0, -3.0], [-5.0, -1.0, float("-inf")]]),
+        "mc2": torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, float("-inf")]]),
+    }
+    calls = iter(["mc1", "mc2"])
+
+    def fake_ranked(model, encoded, pad, batch_size, base):
+        lp = fake[next(calls)]
+        valid = torch.isfinite(lp)
+        return {"policy": {"logps": lp, "n_tokens": torch.ones_like(lp), "valid": valid}}
+
+    monkeypatch.setattr(E, "ranked_logps", fake_ranked)
+    res = E.truthfulqa_mc(None, tokenizer, rows=rows)
+    assert res["mc1"]["accuracy"] == 0.5 and res["mc1"]["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert res["mc2"]["score"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_truthfulqa_real_file_loads(shared_data):
+    from reprkit.evaluate import load_truthfulqa
+
+    rows = load_truthfulqa()
+    assert len(rows) == 790 and all(sum(r["mc1_targets"].values()) == 1 for r in rows)
+
+
+def test_perplexity_ratio_is_one_for_an_untrained_adapter(tokenizer, tiny_folder):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from reprkit import data as D
+    from reprkit.evaluate import perplexity_ratio
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_folder), LoraConfig(r=2, target_modules=["q_proj"]))
+    enc = D.encode_pairs(D.to_pairs(D.load_items("embedded:capitals", "test")), tokenizer, 128, 64)
+    res = perplexity_ratio(model, enc, tokenizer.pad_token_id)
+    assert res["ratio"] == pytest.approx(1.0) and res["perplexity"] > 1
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    assert perplexity_ratio(model, enc, tokenizer.pad_token_id)["ratio"] != pytest.approx(1.0)
+
+
+def test_eval_cli_on_a_run_directory_merges_eval_json(tiny_folder, tmp_path, capsys):
+    import json
+
+    from reprkit.cli import main
+    from reprkit.config import TrainConfig
+    from reprkit.train import train
+
+    run = train(TrainConfig(model=str(tiny_folder), run_dir=str(tmp_path / "run"), steps=2, batch_size=4,
+                            warmup_steps=0, eval_data=("embedded:capitals",), eval_limit=6, n_samples=1, progress=False))
+    trained = json.loads((run / "eval.json").read_text())["datasets"]["embedded:capitals"]
+    main(["eval", str(run), "--data", "embedded:capitals", "embedded:comparisons", "--limit", "6"])
+    out = capsys.readouterr().out
+    assert "embedded:comparisons" in out and "written to" in out
+    merged = json.loads((run / "eval.json").read_text())
+    assert set(merged["datasets"]) == {"embedded:capitals", "embedded:comparisons"}
+    # evaluating later reproduces the trainer's own figure on the same items
+    assert merged["datasets"]["embedded:capitals"]["accuracy_mean"] == trained["accuracy_mean"]
+    assert merged["datasets"]["embedded:capitals"]["base"]["accuracy_mean"] == trained["base"]["accuracy_mean"]
+
+
+def test_genies_shift_sources(shared_data):
+    from reprkit.data import shift_sources
+
+    assert shift_sources("alpaca_easy") == ["genies:alpaca_easy", "genies:alpaca_hard"]
+    assert shift_sources("alpaca_short") == ["genies:alpaca_short", "genies:alpaca_long", "genies:alpaca_mmlu"]
+    assert shift_sources("alpaca_mmlu")[1:] == ["genies:spanish_output", "genies:raven_matrices", "genies:ranking_logic"]

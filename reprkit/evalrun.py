@@ -1,0 +1,95 @@
+"""``reprkit eval``: evaluate a run, a saved adapter or a plain model on any datasets, later.
+
+>>> results = evaluate_target("runs/my-run", data=["genies:alpaca_easy", "genies:alpaca_hard"], truthfulqa=True)
+
+Writes the run's ``eval.json`` (merged with what is there) or ``--out``, and prints a
+dataset-by-metric table. Every figure carries its n and a 95% interval; the frozen model's figure
+(adapter disabled) comes from the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import data as D
+from .evaluate import item_accuracy, perplexity_ratio, truthfulqa_mc
+from .models import DEFAULT_MODEL, load_model
+from .runlog import write_json
+
+
+def load_target(target: str, dtype: str = "float32"):
+    """(model, tokenizer, run_dir or None) for a run directory, an adapter directory or a model name."""
+    path = Path(target)
+    if (path / "config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        adapter, model_name, run_dir = path / "adapter", config.get("model", DEFAULT_MODEL), path
+    elif (path / "adapter_config.json").is_file():
+        adapter_cfg = json.loads((path / "adapter_config.json").read_text())
+        adapter, model_name, run_dir = path, adapter_cfg["base_model_name_or_path"], None
+    elif path.exists() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{target} is neither a run directory (config.json + adapter/) nor an adapter "
+                                "directory (adapter_config.json) nor a model folder")
+    else:
+        adapter, model_name, run_dir = None, target, None
+    model, tok = load_model(model_name, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)  # safetensors; is_trainable=False
+    return model, tok, run_dir
+
+
+def evaluate_target(target: str, data: list[str], split: str = "test", limit: int | None = None,
+                    truthfulqa: bool = False, retain_data: str | None = None, max_length: int = 256,
+                    batch_size: int = 16, out: str | None = None) -> dict:
+    model, tok, run_dir = load_target(target)
+    results: dict = {"target": str(target), "datasets": {}}
+    for source in data:
+        items = D.load_items(source, split, limit=limit)
+        encoded = D.encode_ranked(items, tok, max_length, max_length // 2)
+        results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size)
+    if truthfulqa:
+        results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
+    if retain_data:
+        pairs = D.to_pairs(D.load_items(retain_data, split, limit=limit))
+        encoded = D.encode_pairs(pairs, tok, max_length, max_length // 2)
+        results["retain_perplexity"] = {"data": retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id, batch_size)}
+    destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
+    if destination is not None:
+        merged = json.loads(destination.read_text()) if destination.is_file() else {}
+        merged.setdefault("datasets", {}).update(results["datasets"])
+        merged.update({k: v for k, v in results.items() if k != "datasets"})
+        write_json(destination, merged)
+        results["written_to"] = str(destination)
+    return results
+
+
+def format_results(results: dict) -> str:
+    """A dataset-by-metric table: accuracy after / frozen, interval, n."""
+    lines = [f"{'data':<34}{'n':>5}{'acc mean':>10}{'frozen':>8}{'95% interval':>18}{'acc sum':>9}{'chance':>8}"]
+    for source, r in results["datasets"].items():
+        base = r.get("base", {}).get("accuracy_mean")
+        lo, hi = r["accuracy_mean_ci95"]
+        lines.append(f"{source:<34}{r['n']:>5}{r['accuracy_mean']:>10.3f}{_num(base):>8}"
+                     f"{f'{lo:.3f}-{hi:.3f}':>18}{r['accuracy_sum']:>9.3f}{r['chance']:>8.3f}")
+    if tq := results.get("truthfulqa"):
+        b = tq.get("base", {})
+        for m, key in (("mc1", "accuracy"), ("mc2", "score")):
+            v = tq[m]
+            frozen = b.get(m, {}).get(key)
+            lo, hi = v["ci95"]
+            lines.append(f"{'truthfulqa ' + m:<34}{v['n']:>5}{v[key]:>10.3f}{_num(frozen):>8}{f'{lo:.3f}-{hi:.3f}':>18}"
+                         f"{'':>9}{_num(v.get('chance')):>8}")
+    if rp := results.get("retain_perplexity"):
+        ratio = rp.get("ratio")
+        lines.append(f"retain perplexity ({rp['data']}): {rp['perplexity']:.3f}"
+                     + (f", frozen {rp['base_perplexity']:.3f}, ratio {ratio:.4f} "
+                        f"({rp['ratio_ci95'][0]:.4f}-{rp['ratio_ci95'][1]:.4f})" if ratio else "") + f", n {rp['n']}")
+    if "written_to" in results:
+        lines.append(f"written to {results['written_to']}")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "" if x is None else f"{x:.3f}"
