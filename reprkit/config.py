@@ -42,6 +42,8 @@ class TrainConfig:
     """training data: embedded[:task], genies:<name>, hh-rlhf:<subset>, a local file, or a hub id"""
     eval_data: tuple[str, ...] = ("embedded:arithmetic", "embedded:comparisons", "embedded:capitals")
     """held-out data for preference accuracy (test splits); the first is in-distribution"""
+    train_split: str = "train"
+    """split of the training data (slices as in HF datasets: train[:90%])"""
     eval_split: str = "test"
     """split of the eval data to score"""
     pairs: Literal["best_vs_worst", "best_vs_all"] = "best_vs_worst"

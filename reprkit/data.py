@@ -17,6 +17,7 @@ Sources: ``embedded[:task]`` (shipped with reprkit), ``genies:<distribution>``,
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 import os
 from collections import defaultdict
@@ -288,14 +289,40 @@ def load_rows(source: str, split: str = "train"):
     return datasets.load_dataset(hub_name, config or None, split=split), "auto"
 
 
+_SLICE = re.compile(r"^(\w+)\[(\d*)(%?):(\d*)(%?)\]$")
+
+
+def split_slice(split: str) -> tuple[str, slice | None]:
+    """``"train[:90%]"`` -> ``("train", <first 90%>)``; HF-style slices of a split, by count or percent."""
+    m = _SLICE.match(split.replace(" ", ""))
+    if not m:
+        return split, None
+    name, a, a_pct, b, b_pct = m.groups()
+    return name, slice(int(a) if a else None, int(b) if b else None, ("%" if a_pct or b_pct else None))
+
+
+def _apply_slice(rows: list, sl: slice) -> list:
+    if sl.step == "%":
+        n = len(rows)
+        start = None if sl.start is None else n * sl.start // 100
+        stop = None if sl.stop is None else n * sl.stop // 100
+        return rows[start:stop]
+    return rows[sl.start:sl.stop]
+
+
 def load_items(source: str, split: str = "train", fmt: str = "auto", limit: int | None = None,
                bad_rows: str = "skip") -> list[dict]:
     """Items of a source and split; ``limit`` keeps the first n. An empty result is an error.
 
+    ``split`` may slice, as in HF datasets: ``"train[:90%]"``, ``"train[90%:]"``, ``"test[:100]"``.
+
     Bad rows are skipped with a counted warning by default (real datasets have a few, e.g. HH-RLHF
     rows with an empty last answer); ``bad_rows="raise"`` stops at the first, naming it.
     """
-    rows, native = load_rows(source, split)
+    base_split, sl = split_slice(split)
+    rows, native = load_rows(source, base_split)
+    if sl is not None:
+        rows = _apply_slice(list(rows), sl)
     rows = list(rows)[:limit] if limit else rows
     try:
         items = to_items(rows, native if fmt == "auto" and native != "auto" else fmt, bad_rows=bad_rows)

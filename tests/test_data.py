@@ -213,3 +213,12 @@ def test_separate_retain_and_reroute_prompts(tokenizer):
     enc = D.encode_pairs(pairs, tokenizer, 128, 64)
     assert "Say hi" in tokenizer.decode(enc[0]["chosen_prompt_ids"])
     assert "Do harm" in tokenizer.decode(enc[0]["rejected_prompt_ids"])
+
+
+def test_split_slices():
+    full = D.load_items("genies:alpaca_easy", "train")
+    head = D.load_items("genies:alpaca_easy", "train[:90%]")
+    tail = D.load_items("genies:alpaca_easy", "train[90%:]")
+    assert len(head) == 540 and len(tail) == 60 and head + tail == full
+    assert D.load_items("genies:alpaca_easy", "test[:10]") == D.load_items("genies:alpaca_easy", "test")[:10]
+    assert D.split_slice("train") == ("train", None)
