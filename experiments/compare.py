@@ -88,7 +88,7 @@ def tune_lr(grid: Grid, method: str, out: Path) -> float:
     for lr in grid.lr_sweep:
         run = out / "lr" / method / f"lr{lr:g}"
         run_training(train_config(grid, method, source, 0, lr, run, grid.sweep_steps))
-        res = evaluate_target(str(run), [f"genies:{source}"], split=VAL_SPLIT, limit=grid.eval_limit)
+        res = evaluate_target(str(run), [f"genies:{source}"], split=VAL_SPLIT, limit=grid.eval_limit, base=False)
         scores[lr] = res["datasets"][f"genies:{source}"]["accuracy_mean"]
     best = max(scores, key=lambda lr: (scores[lr], -lr))
     write_json(cache, {"lr": best, "validation_accuracy": scores, "source": source, "split": VAL_SPLIT})
@@ -119,7 +119,8 @@ def run_cell(grid: Grid, out: Path, source: str, method: str, seed: int, lrs: di
         target = str(run_training(train_config(grid, method, source, seed, lrs[method], cell_dir / "run", grid.steps)))
     scores = {}
     for col, (dataset, split, limit) in eval_sets(grid, source).items():
-        res = evaluate_target(target, [dataset], split=split, limit=limit)
+        # the frozen model has its own row (method "base"): no second base pass per cell
+        res = evaluate_target(target, [dataset], split=split, limit=limit, base=False)
         scores[col] = {"data": dataset, "split": split, **res["datasets"][dataset]}
     ppl = evaluate_target(target, [], split="test", limit=grid.eval_limit, retain_data=grid.retain_data)
     cell = {"shift": source, "method": method, "seed": seed, "lr": lrs.get(method), "scores": scores,

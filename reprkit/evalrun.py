@@ -42,13 +42,13 @@ def load_target(target: str, dtype: str = "float32"):
 
 def evaluate_target(target: str, data: list[str], split: str = "test", limit: int | None = None,
                     truthfulqa: bool = False, retain_data: str | None = None, max_length: int = 256,
-                    batch_size: int = 16, out: str | None = None) -> dict:
+                    batch_size: int = 16, out: str | None = None, base: bool = True) -> dict:
     model, tok, run_dir = load_target(target)
     results: dict = {"target": str(target), "datasets": {}}
     for source in data:
         items = D.load_items(source, split, limit=limit)
         encoded = D.encode_ranked(items, tok, max_length, max_length // 2)
-        results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size)
+        results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
     if truthfulqa:
         results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
     if retain_data:
