@@ -45,7 +45,7 @@ def setup(loss_name: str):
 
 def step(model, loss, layers, opt, batch) -> float:
     t0 = time.perf_counter()
-    inputs, _ = forward_pair_batch(model, model, batch, layers, loss, progress=0.5)
+    inputs = forward_pair_batch(model, model, batch, layers, loss, progress=0.5)
     value, _ = loss(inputs)
     value.backward()
     opt.step()

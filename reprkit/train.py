@@ -124,7 +124,7 @@ def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
     return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
 
 
-def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> tuple[LossInputs, dict]:
+def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
 
     ``model`` is what is called (possibly a DDP wrapper); ``hooked`` the PeftModel whose blocks are
@@ -158,10 +158,10 @@ def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, prog
             ref_logps=None if ref_logps is None else ref_logps[sl],
         )
 
-    return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress), {}
+    return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress)
 
 
-def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> tuple[LossInputs, dict]:
+def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> LossInputs:
     """Reference then policy log-probs of all K responses of each item (Plackett-Luce losses).
 
     The tracked sides are the best response (chosen) and all other valid responses (rejected).
@@ -187,7 +187,7 @@ def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, pr
     ranked = {"logps": logps.view(b, k), "ref_logps": ref_logps.view(b, k), "n_tokens": n_tokens.view(b, k),
               "valid": valid}
     return LossInputs(chosen=side(best, comp[best]), rejected=side(others, other_mask), progress=progress,
-                      ranked=ranked), {}
+                      ranked=ranked)
 
 
 def track(inputs: LossInputs, layers: list[int]) -> dict:
@@ -385,7 +385,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             rows = []
             for micro in range(cfg.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-                inputs, _ = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
+                inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
                 value, terms = loss(inputs)
                 if not torch.isfinite(value):
                     raise TrainingError(
