@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -103,20 +104,14 @@ def preference_accuracy(model, encoded: list[dict], pad_token_id: int, batch_siz
     ``margin_mean`` is the mean per-token log-prob margin. With ``base=True`` and an adapter on the
     model, ``result["base"]`` is the same for the frozen model (adapter disabled), from this call.
     """
-    passes = {"policy": None}
-    if base and getattr(model, "peft_config", None):
-        passes["base"] = adapter_disabled
     out = {}
     with eval_mode(model):
-        for name, ctx in passes.items():
+        for name, ctx in _passes(model, base).items():
             parts = {"chosen": [], "rejected": [], "chosen_n": [], "rejected_n": []}
             for i in range(0, len(encoded), batch_size):
                 batch = collate(encoded[i: i + batch_size], pad_token_id)
-                if ctx is None:
+                with ctx(model):
                     res = pair_logps(model, batch)
-                else:
-                    with ctx(model):
-                        res = pair_logps(model, batch)
                 for k in parts:
                     parts[k].append(res[k])
             out[name] = _summarise(*(torch.cat(parts[k]) for k in ("chosen", "rejected", "chosen_n", "rejected_n")))
@@ -148,7 +143,7 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
 
 def _passes(model, base: bool) -> dict:
     """The model as is, plus (with ``base`` and an adapter) the frozen model: adapter disabled."""
-    passes = {"policy": None}
+    passes = {"policy": nullcontext}
     if base and getattr(model, "peft_config", None):
         passes["base"] = adapter_disabled
     return passes
@@ -165,11 +160,8 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
             for i in range(0, len(encoded), batch_size):
                 batch = collate_ranked(encoded[i: i + batch_size], pad_token_id)
                 b, k = batch["valid"].shape
-                if ctx is None:
+                with ctx(model):
                     lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-                else:
-                    with ctx(model):
-                        lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
                 pad_k = max(len(e["responses_ids"]) for e in encoded)
                 def widen(x, fill):
                     return torch.nn.functional.pad(x.view(b, k), (0, pad_k - k), value=fill)
@@ -296,11 +288,8 @@ def perplexity_ratio(model, encoded: list[dict], pad_token_id: int, batch_size: 
             for i in range(0, len(encoded), batch_size):
                 batch = collate(encoded[i: i + batch_size], pad_token_id)
                 args = (batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_completion_mask"])
-                if ctx is None:
+                with ctx(model):
                     lp = forward_logps(model, *args)
-                else:
-                    with ctx(model):
-                        lp = forward_logps(model, *args)
                 parts.append(-lp)
                 lengths.append(batch["chosen_completion_mask"][:, 1:].sum(-1).clamp_min(1).float())
             nll[name] = (torch.cat(parts), torch.cat(lengths))
