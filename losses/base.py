@@ -46,3 +46,25 @@ class LossInputs:
 
 def mean_over_layers(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(values).mean(0)
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a no-grad tensor over all data-parallel processes (itself in one process).
+
+    For batch statistics that are not means over pairs (e.g. a ratio of batch sums): with the
+    local numerator scaled by the process count, gradients averaged over processes then equal
+    the single-process gradient of the global batch.
+    """
+    if world_size() == 1:
+        return x
+    import torch.distributed as dist
+
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x

@@ -15,7 +15,7 @@ import torch
 
 from reprkit.geometry import EPS, cosine, magnitude, masked_mean
 
-from .base import LossInputs, mean_over_layers
+from .base import LossInputs, global_sum, mean_over_layers, world_size
 
 
 def retain_l2(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,9 @@ def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor,
     target = masked_mean(reference_chosen, chosen_mask)
     gap = 1 - cosine(masked_mean(policy_rejected, rejected_mask), target)
     start = 1 - cosine(masked_mean(reference_rejected, rejected_mask), target)
-    return gap.sum() / start.sum().clamp_min(EPS)
+    # across data-parallel processes the denominator is the global batch's, so that the averaged
+    # gradients equal one process's on the whole batch
+    return gap.sum() * world_size() / global_sum(start.sum().detach()).clamp_min(EPS)
 
 
 def magnitude_kept(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

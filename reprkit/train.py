@@ -124,22 +124,26 @@ def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
     return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
 
 
-def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> LossInputs:
+def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float,
+                       sharded: bool = False) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
 
-    ``model`` is what is called (possibly a DDP wrapper); ``hooked`` the PeftModel whose blocks are
-    hooked and whose adapter is disabled for the reference.
+    ``model`` is what is called (an FSDP/DeepSpeed wrapper when ``sharded``, else the PeftModel);
+    ``hooked`` the PeftModel whose blocks are hooked and whose adapter is disabled for the
+    reference. Sharded engines see every forward to the end (a forward stopped half-way would
+    leave their gather/reshard hooks half-run).
     """
     inputs, comp, b = _sides(batch)
-    stop = not loss.needs_logps
+    stop = not loss.needs_logps and not sharded
+    ref_model = model if sharded else hooked
     ref_hidden, ref_logps = {}, None
     if loss.needs_reference:
         with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
             with capture(hooked, layers, stop=stop) as cap:
                 if loss.needs_logps:
-                    ref_logps = forward_logps(hooked, inputs["input_ids"], inputs["attention_mask"], comp)
+                    ref_logps = forward_logps(ref_model, inputs["input_ids"], inputs["attention_mask"], comp)
                 else:
-                    hooked(**inputs, use_cache=False)
+                    ref_model(**inputs, use_cache=False)
             ref_hidden = cap.hidden_states
     logps = None
     with capture(hooked, layers, detach=False, stop=stop) as cap:
@@ -161,7 +165,8 @@ def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, prog
     return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress)
 
 
-def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float) -> LossInputs:
+def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float,
+                         sharded: bool = False) -> LossInputs:
     """Reference then policy log-probs of all K responses of each item (Plackett-Luce losses).
 
     The tracked sides are the best response (chosen) and all other valid responses (rejected).
@@ -170,7 +175,7 @@ def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, pr
     b, k = valid.shape
     with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
         with capture(hooked, layers) as cap:
-            ref_logps = forward_logps(hooked, ids, attn, comp)
+            ref_logps = forward_logps(model if sharded else hooked, ids, attn, comp)
         ref_hidden = cap.hidden_states
     with capture(hooked, layers, detach=False) as cap:
         logps = forward_logps(model, ids, attn, comp)
@@ -210,6 +215,119 @@ def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
     if c.logps is None:
         return None
     return (c.logps / c.n_tokens > r.logps / r.n_tokens).float().mean()
+
+
+# ---------------------------------------------------------------- processes
+
+
+def make_accelerator():
+    """An Accelerator on the GPU when there is one, else on the CPU, where ``torchrun`` or
+    ``accelerate launch --multi_gpu`` with several processes gives gloo data parallelism."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # the main process evaluates alone at the end while the others wait in a barrier
+    wait = InitProcessGroupKwargs(timeout=timedelta(hours=6))
+    return Accelerator(cpu=not torch.accelerator.is_available(), kwargs_handlers=[wait])
+
+
+def is_sharded(accelerator) -> bool:
+    from accelerate import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                            DistributedType.MEGATRON_LM)
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).float() for t in tensors])
+
+
+def broadcast_trainable(params: list[torch.Tensor], accelerator) -> None:
+    """Every process starts from the main process's adapter weights."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def sync_gradients(params: list[torch.Tensor], accelerator) -> None:
+    """Average the trainable gradients over data-parallel processes: one all-reduce per step of one
+    flat buffer (what DDP does, without its wrapper, so a forward may stop after the last loss
+    layer and hooks see the plain model)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = _flat(grads)
+    dist.all_reduce(flat)
+    flat /= accelerator.num_processes
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset: offset + n].view_as(g).to(g.dtype)
+        offset += n
+
+
+def all_processes(value, accelerator, op: str = "mean"):
+    """A tensor, or a list/dict tree of scalars, reduced over processes (itself in one process)."""
+    if accelerator.num_processes == 1:
+        return value
+    leaves = []
+
+    def collect(v):
+        if isinstance(v, dict):
+            return {k: collect(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [collect(x) for x in v]
+        leaves.append(torch.as_tensor(v, dtype=torch.float64).detach().cpu())
+        return len(leaves) - 1
+
+    shape = collect(value)
+    import torch.distributed as dist
+
+    flat = torch.stack(leaves).to(accelerator.device)
+    dist.all_reduce(flat, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    if op == "mean":
+        flat /= accelerator.num_processes
+    flat = flat.cpu()
+
+    def rebuild(v):
+        if isinstance(v, dict):
+            return {k: rebuild(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [rebuild(x) for x in v]
+        return flat[v]
+
+    return rebuild(shape)
+
+
+# ---------------------------------------------------------------- diagnosis
+
+
+def nonfinite_source(model, batch: dict, inputs: LossInputs, ranked: bool = False) -> str:
+    """Where a non-finite loss comes from: the first layer whose hidden states are NaN/inf (the
+    frozen model's, then the policy's, re-run over every block), or the loss terms themselves."""
+    for name, side in (("chosen", inputs.chosen), ("rejected", inputs.rejected)):
+        for k in sorted(side.ref_hidden):
+            if not torch.isfinite(side.ref_hidden[k]).all():
+                return f"the frozen model's hidden states are non-finite at layer {k} ({name})"
+    if ranked:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    else:
+        inputs = _sides(batch)[0]
+    names, _ = find_blocks(model)
+    with torch.no_grad(), eval_mode(model), capture(model, list(range(len(names)))) as cap:
+        model(**inputs, use_cache=False)
+    for k, name in enumerate(names):
+        if not torch.isfinite(cap[k]).all():
+            return f"the policy's hidden states are first non-finite at layer {k} ({name})"
+    return "hidden states are finite at every layer: the loss itself overflowed"
 
 
 # ---------------------------------------------------------------- data
@@ -316,7 +434,6 @@ def default_run_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     """Train per ``cfg``; return the run directory. ``model`` may be a base model (an adapter is added)
     or a PeftModel whose active adapter is trained (checked by ``check_adapter``)."""
-    from accelerate import Accelerator
     from transformers import get_scheduler
 
     resume_from = None
@@ -330,7 +447,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     cfg.validate()
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
 
-    accelerator = Accelerator(gradient_accumulation_steps=1)
+    accelerator = make_accelerator()
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
     if not cfg.resume:
         runlog.create(cfg.to_dict())  # before loading anything: fail fast on an unusable directory
@@ -357,8 +474,15 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
     )
-    hooked = model
-    model, optimizer = accelerator.prepare(model, optimizer)
+    hooked = model  # the PeftModel: hooks, adapter switching and checkpoints use it, never a wrapper
+    sharded = is_sharded(accelerator)
+    if sharded:  # FSDP / DeepSpeed own the parameters: every forward goes through their wrapper
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+        hooked = model
+        optimizer = accelerator.prepare_optimizer(optimizer)
+        broadcast_trainable(params, accelerator)
 
     start = 0
     if resume_from is not None:
@@ -367,6 +491,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     elif cfg.resume:
         runlog.resume(0)
     log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
+    if accelerator.num_processes > 1 and accelerator.is_main_process:
+        print(f"{accelerator.num_processes} processes ({accelerator.distributed_type.value}, "
+              f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
+              f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
 
     ranked = getattr(loss, "ranked", False)
     batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
@@ -385,12 +513,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             rows = []
             for micro in range(cfg.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-                inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps)
+                inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps, sharded=sharded)
                 value, terms = loss(inputs)
-                if not torch.isfinite(value):
+                if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
                         f"loss is {value.item()} at step {step} (terms: { {k: _item(v) for k, v in terms.items()} }); "
-                        f"the run directory {run_dir} keeps everything written up to step {step - 1}. "
+                        f"{nonfinite_source(hooked, batch, inputs, ranked=getattr(loss, 'ranked', False))}. "
+                        f"The run directory {run_dir} keeps everything written up to step {step - 1}. "
                         "Lower --lr or check the data"
                     )
                 if not value.requires_grad:
@@ -403,6 +532,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 if (acc := batch_accuracy(inputs)) is not None:
                     row["accuracy"] = acc
                 rows.append(row)
+            if not sharded:
+                sync_gradients(params, accelerator)
             grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -413,7 +544,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 del before
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {"step": step, **_mean_dicts(rows), "lr": lr, "grad_norm": _item(grad_norm),
+                metrics = {"step": step, **_mean_dicts(all_processes(rows, accelerator)), "lr": lr,
+                           "grad_norm": _item(grad_norm),
                            "step_time": time.perf_counter() - t0}
                 runlog.log(metrics)
                 postfix = {"loss": f"{metrics['loss']:.4g}"}
