@@ -49,11 +49,15 @@ def write_json(path: Path, data) -> None:
     """Write JSON atomically (temporary file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(_clean(data), f, indent=2, default=_default)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(_clean(data), f, indent=2, default=_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise
 
 
 def read_jsonl(path: Path) -> tuple[list[dict], int]:
@@ -101,10 +105,14 @@ class RunLog:
                 f"run directory {self.path} is not empty; pass --resume {self.path} to continue it, "
                 "or choose another --run-dir"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.path, os.W_OK):
-            raise PermissionError(f"run directory {self.path} is not writable; choose another --run-dir")
-        write_json(self.path / "config.json", config)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.path, os.W_OK):
+                raise PermissionError(f"run directory {self.path} is not writable")
+            write_json(self.path / "config.json", config)
+        except OSError as err:
+            raise PermissionError(f"cannot write the run directory {self.path} ({err.strerror or err}); "
+                                  "choose another --run-dir") from err
 
     def resume(self, step: int) -> None:
         """Drop metric and sample lines after ``step`` (they will be logged again) before appending."""

@@ -15,8 +15,11 @@ One step, top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -310,24 +313,30 @@ def all_processes(value, accelerator, op: str = "mean"):
 # ---------------------------------------------------------------- diagnosis
 
 
-def nonfinite_source(model, batch: dict, inputs: LossInputs, ranked: bool = False) -> str:
-    """Where a non-finite loss comes from: the first layer whose hidden states are NaN/inf (the
-    frozen model's, then the policy's, re-run over every block), or the loss terms themselves."""
-    for name, side in (("chosen", inputs.chosen), ("rejected", inputs.rejected)):
-        for k in sorted(side.ref_hidden):
-            if not torch.isfinite(side.ref_hidden[k]).all():
-                return f"the frozen model's hidden states are non-finite at layer {k} ({name})"
-    if ranked:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    else:
-        inputs = _sides(batch)[0]
+def nonfinite_source(model, batch: dict, ranked: bool = False) -> str:
+    """Where a non-finite loss comes from: the first block whose output is NaN/inf, in the frozen
+    model (adapter disabled) and in the policy, from one extra pass each over every block; or, when
+    every block's output is finite, the loss itself."""
+    inputs = ({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]} if ranked
+              else _sides(batch)[0])
     names, _ = find_blocks(model)
-    with torch.no_grad(), eval_mode(model), capture(model, list(range(len(names)))) as cap:
-        model(**inputs, use_cache=False)
-    for k, name in enumerate(names):
-        if not torch.isfinite(cap[k]).all():
-            return f"the policy's hidden states are first non-finite at layer {k} ({name})"
-    return "hidden states are finite at every layer: the loss itself overflowed"
+
+    def first_bad(disabled: bool):
+        with torch.no_grad(), eval_mode(model), contextlib.ExitStack() as stack:
+            if disabled:
+                stack.enter_context(adapter_disabled(model))
+            cap = stack.enter_context(capture(model, list(range(len(names)))))
+            model(**inputs, use_cache=False)
+            return next((k for k in range(len(names)) if not torch.isfinite(cap[k]).all()), None)
+
+    frozen, policy = first_bad(True), first_bad(False)
+    if frozen is not None:
+        return (f"hidden states are non-finite from layer {frozen} ({names[frozen]}) in the frozen model "
+                "itself (adapter disabled): the base weights or the input are broken")
+    if policy is not None:
+        return (f"the policy's hidden states are first non-finite at layer {policy} ({names[policy]}); "
+                "the frozen model's are finite: the adapter diverged")
+    return "hidden states are finite at every layer in both models: the loss itself overflowed"
 
 
 # ---------------------------------------------------------------- data
@@ -376,14 +385,62 @@ def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, p
 # ---------------------------------------------------------------- checkpoints
 
 
+def _write_failed(what: str, run_dir: Path, err: OSError) -> TrainingError:
+    found = checkpoints(run_dir)
+    kept = f"the last complete checkpoint is {found[-1][1].name}" if found else "no checkpoint was complete yet"
+    return TrainingError(
+        f"could not write {what} in {run_dir}: {err.strerror or err}. Nothing half-written was published: "
+        f"{kept}, metrics.jsonl is intact. Free space (or fix permissions), then --resume {run_dir}"
+    )
+
+
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> None:
-    tmp, final = new_checkpoint_dir(run_dir, step)
-    model.save_pretrained(tmp / "adapter")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    write_json(tmp / "trainer_state.json", {"step": step})
-    commit_checkpoint(tmp, final)
+    """Write everything to ``.checkpoint-N.tmp``, then publish it with one rename; on a write error
+    (full disk, permissions) the temporary directory is removed and earlier checkpoints stay."""
+    tmp = None
+    try:
+        tmp, final = new_checkpoint_dir(run_dir, step)
+        model.save_pretrained(tmp / "adapter")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        write_json(tmp / "trainer_state.json", {"step": step})
+        commit_checkpoint(tmp, final)
+    except OSError as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed(f"the checkpoint of step {step}", run_dir, err) from err
+
+
+def save_adapter(run_dir: Path, model) -> None:
+    """The final adapter (PEFT format), published with one rename like a checkpoint."""
+    tmp, final = run_dir / ".adapter.tmp", run_dir / "adapter"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_failed("the final adapter", run_dir, err) from err
+
+
+def checkpoint_bytes(params: list[torch.Tensor]) -> int:
+    """Disk a checkpoint takes: the adapter, and AdamW's two moments per weight (float32)."""
+    return sum(p.numel() * (p.element_size() + 8) for p in params)
+
+
+def check_disk(run_dir: Path, params: list[torch.Tensor]) -> None:
+    """Refuse to start when the run directory's disk cannot hold two checkpoints (a new one is
+    written before the old one is deleted) and the final adapter."""
+    need = 2 * checkpoint_bytes(params) + sum(p.numel() * p.element_size() for p in params) + (1 << 20)
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise TrainingError(
+            f"{run_dir} has {free / 2**20:.1f} MiB free; checkpoints of this adapter need {need / 2**20:.1f} MiB. "
+            "Free space or choose another --run-dir"
+        )
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
@@ -469,6 +526,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
     train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
+    if accelerator.is_main_process:
+        check_disk(run_dir, params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
@@ -518,7 +577,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
                         f"loss is {value.item()} at step {step} (terms: { {k: _item(v) for k, v in terms.items()} }); "
-                        f"{nonfinite_source(hooked, batch, inputs, ranked=getattr(loss, 'ranked', False))}. "
+                        f"{nonfinite_source(hooked, batch, ranked=ranked)}. "
                         f"The run directory {run_dir} keeps everything written up to step {step - 1}. "
                         "Lower --lr or check the data"
                     )
@@ -567,7 +626,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
     if accelerator.is_main_process:
         save_checkpoint(run_dir, cfg.steps, hooked, optimizer, scheduler)
-        hooked.save_pretrained(run_dir / "adapter")
+        save_adapter(run_dir, hooked)
         results = evaluate_run(hooked, tokenizer, evals, prompts, cfg.steps, cfg, runlog)
         runlog.close()
         print(summary(run_dir, results, cfg))

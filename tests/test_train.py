@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -125,6 +126,38 @@ def test_nan_loss_stops_with_step_and_keeps_the_log(tiny_folder, tmp_path):
     assert bad == 0 and rows and rows[-1]["step"] == len(rows)
 
 
+def _broken(tiny_folder, where: str):
+    """The tiny model with an adapter whose layer-2 LoRA (``where="adapter"``) or base weight
+    (``where="base"``) is NaN."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reprkit.train import add_lora
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    model = add_lora(model, TrainConfig(), None)
+    layer = model.base_model.model.model.layers[2].mlp.down_proj
+    with torch.no_grad():
+        if where == "adapter":
+            layer.lora_B["default"].weight.fill_(float("nan"))
+        else:
+            layer.base_layer.weight[0, 0] = float("inf")
+    return model, AutoTokenizer.from_pretrained(tiny_folder)
+
+
+@pytest.mark.parametrize("where,expect", [
+    ("adapter", r"policy's hidden states are first non-finite at layer 2 \(.*layers\.2\).*adapter diverged"),
+    ("base", r"non-finite from layer 2 \(.*layers\.2\) in the frozen model"),
+])
+@pytest.mark.parametrize("loss", ["reprpo", "dpo"])
+def test_nan_names_the_step_and_layer(tiny_folder, tmp_path, where, expect, loss):
+    model, tok = _broken(tiny_folder, where)
+    cfg = tiny_config(tiny_folder, tmp_path / "r", loss=loss, eval_data=())
+    cfg.reprpo.layers = "2,3"
+    with pytest.raises(TrainingError, match="at step 1.*" + expect):
+        train(cfg, model=model, tokenizer=tok)
+    assert (tmp_path / "r" / "config.json").is_file()  # what was written is kept
+
+
 def test_run_dir_that_is_not_empty_is_refused(tiny_folder, tmp_path):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "notes.txt").write_text("mine")
@@ -145,16 +178,17 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
     subprocess.run(_cli(tiny_folder, full), check=True, env=env, capture_output=True)
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli(tiny_folder, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_after = random.Random().randint(2, 10)  # a random step, before or after a checkpoint
     deadline = time.time() + 120
     while time.time() < deadline:
         rows, _ = read_jsonl(run / "metrics.jsonl")
-        if len(rows) >= 6:
+        if len(rows) >= kill_after:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = len(read_jsonl(run / "metrics.jsonl")[0])
-    assert 6 <= killed_at < 12, "the run should be killed mid-way"
+    assert kill_after <= killed_at < 12, f"the run should be killed mid-way (after {kill_after} steps)"
     subprocess.run(_cli(tiny_folder, run, "--resume", str(run)), check=True, env=env, capture_output=True)
     rows, bad = read_jsonl(run / "metrics.jsonl")
     assert bad == 0 and [r["step"] for r in rows] == list(range(1, 13))
@@ -163,6 +197,12 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
     for a, b in zip(rows, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
     assert [p.name for p in run.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-000012"]
+    # and ends with the same adapter as the uninterrupted run
+    from safetensors.torch import load_file
+
+    a, b = load_file(run / "adapter/adapter_model.safetensors"), load_file(full / "adapter/adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=f"{k} (killed after step {killed_at})")
 
 
 @pytest.mark.parametrize(
@@ -214,3 +254,45 @@ def test_plackett_luce_trains_on_all_ranked_responses(tiny_folder, tmp_path, tok
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows[0]["plackett_luce"] == pytest.approx(math.log(4) + math.log(3) + math.log(2), rel=1e-4)  # uniform start
     assert all("cos_rejected" in v for v in rows[-1]["layers"].values())
+
+
+def test_full_disk_is_refused_before_training(tiny_folder, tmp_path, monkeypatch):
+    import shutil as sh
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage(10 << 20, 10 << 20, 4096))
+    with pytest.raises(TrainingError, match=r"0\.0 MiB free; checkpoints of this adapter need .* MiB"):
+        train(tiny_config(tiny_folder, tmp_path / "r"))
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()  # refused before step 1
+
+
+def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    import errno
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save_until_full(obj, f, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the first checkpoint (3 files) fits, the second does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    run = tmp_path / "r"
+    with pytest.raises(TrainingError, match=r"checkpoint of step 6 .*No space left on device.*checkpoint-000003.*--resume"):
+        train(tiny_config(tiny_folder, run))
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-000003"]  # no .tmp left
+    monkeypatch.setattr(torch, "save", real_save)
+    train(tiny_config(tiny_folder, run, resume=str(run)))
+    rows, bad = read_jsonl(run / "metrics.jsonl")
+    assert bad == 0 and [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_unwritable_run_dir_is_refused_before_loading(tiny_folder, tmp_path):
+    (tmp_path / "a-file").write_text("mine")  # a run dir below a file cannot be created (even by root)
+    with pytest.raises(PermissionError, match="cannot write the run directory .*--run-dir"):
+        train(tiny_config(tiny_folder, tmp_path / "a-file" / "r", model="/nonexistent/model"))
+    assert (tmp_path / "a-file").read_text() == "mine"
