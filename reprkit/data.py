@@ -48,14 +48,51 @@ def shared_data_dir() -> Path | None:
 # ---------------------------------------------------------------- format adapters (row -> item)
 
 
+def _encodable(value: str, index: int, what: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(f"row {index}: {what} is not valid unicode ({err.reason} at {err.start})") from None
+    return value
+
+
 def _text(row: dict, key: str, index: int) -> str:
     value = row.get(key)
     if not isinstance(value, str):
         raise DataError(f"row {index}: field {key!r} is {'missing' if value is None else type(value).__name__}, "
-                        f"expected a string (row has {sorted(row)})")
+                        f"expected a string (row has {sorted(map(str, row))})")
     if not value.strip():
         raise DataError(f"row {index}: field {key!r} is empty")
-    return value
+    return _encodable(value, index, f"field {key!r}")
+
+
+_ROLES = ("system", "user", "assistant")
+
+
+def check_item(item: dict, index: int) -> dict:
+    """Every item, whatever its source format, leaves the adapters in one shape that tokenization
+    and collation cannot choke on: a non-empty list of ``{role, content}`` string messages, at least
+    two non-empty string responses, one float score per response."""
+    prompt = item.get("prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(f"row {index}: the prompt must be a string or a non-empty list of messages")
+    for m in prompt:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in _ROLES:
+            raise DataError(f"row {index}: prompt message {str(m)[:80]!r} must be {{'role': one of {_ROLES}, "
+                            "'content': a string}")
+        _encodable(m["content"], index, "a prompt message")
+    responses = item.get("responses")
+    if not isinstance(responses, list) or len(responses) < 2:
+        raise DataError(f"row {index}: needs at least two responses")
+    for r in responses:
+        if not isinstance(r, str) or not r.strip():
+            raise DataError(f"row {index}: a response is {'empty' if isinstance(r, str) else type(r).__name__}, "
+                            "expected non-empty text")
+        _encodable(r, index, "a response")
+    scores = item.get("scores")
+    if not isinstance(scores, list) or len(scores) != len(responses):
+        raise DataError(f"row {index}: needs one score per response ({len(responses)})")
+    return item
 
 
 def _user(text: str) -> Messages:
@@ -211,10 +248,12 @@ def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction:
         try:
             if not isinstance(row, dict):
                 raise DataError(f"row {i}: expected a mapping of fields, got {type(row).__name__}")
-            items.append(adapters[fmt](row, i))
-        except DataError as err:
+            items.append(check_item(adapters[fmt](row, i), i))
+        except (DataError, TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+            if not isinstance(err, DataError):  # a malformed value the adapter did not foresee
+                err = DataError(f"row {i}: {type(err).__name__}: {err}")
             if bad_rows == "raise":
-                raise
+                raise err from None
             errors.append(str(err))
     if errors:
         if len(errors) > max_bad_fraction * len(rows):
