@@ -123,8 +123,35 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if device is not None and qconfig is None:
         model.to(device)
+    if quantization == "4bit":
+        keep_4bit_differentiable(model)
     model.eval()
     return model, tokenizer
+
+
+def keep_4bit_differentiable(model) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
+
+    On a CPU with AVX512-BF16, bitsandbytes converts a ``Linear4bit`` weight to a CPU-only layout the
+    first time the layer runs in eval mode without grad (our frozen reference pass), and from then on
+    uses a kernel with no backward: gradients through the frozen layers silently stop, so LoRA
+    weights of earlier layers get wrong gradients. Turning the conversion off (and undoing one that
+    happened) keeps every forward on the differentiable path. Returns the number of layers touched.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.nn.modules import _convert_weight_packed_for_cpu_inverse
+    except ImportError:
+        return 0
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.support_avx512bf16_for_cpu = False
+            state = getattr(m.weight, "quant_state", None)
+            if state is not None and getattr(state, "packing_format_for_cpu", False):
+                m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, state)
+            n += 1
+    return n
 
 
 def enable_gradient_checkpointing(model, use_reentrant: bool = False) -> None:

@@ -17,9 +17,18 @@ from .hooks import forward_hidden_states
 
 @contextmanager
 def eval_mode(model: nn.Module):
-    """Put ``model`` in eval mode for the block, restoring each module's own training flag after."""
+    """Put ``model`` in eval mode for the block, restoring each module's own training flag after.
+
+    bitsandbytes 8-bit linears keep their flag: it picks the kernel, not dropout, and on CPU an
+    8-bit layer in eval mode also quantizes its input to int8 while in training mode it does not,
+    so a frozen reference in eval mode would be a different function from the policy it anchors
+    (0.45% relative distance at step 0 on a tiny Llama).
+    """
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
+    for m, flag in flags:
+        if flag and type(m).__name__ == "Linear8bitLt":
+            m.training = True
     try:
         yield model
     finally:
