@@ -27,9 +27,14 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
+# about 15-20 minutes on 2 cores; tables on stdout, JSON in bench-results/
 bench: setup
-	$(PY) experiments/bench_hooks.py
-	$(PY) experiments/bench_train_step.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) experiments/bench/capture.py
+	$(PY) experiments/bench/edit_generate.py
+	$(PY) experiments/bench/eval_throughput.py
+	$(PY) experiments/bench/train_step.py
+	$(PY) experiments/bench/scaling.py
 
 dashboard: setup
 	$(PY) -m reprkit.cli dashboard runs

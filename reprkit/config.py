@@ -94,6 +94,8 @@ class TrainConfig:
     """gradient clipping"""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """weights dtype (bfloat16 halves memory; hidden-state maths stays float32)"""
+    mixed_precision: Literal["no", "bf16"] = "no"
+    """autocast: float32 weights and optimiser, matmuls in bfloat16 (accelerate's mixed precision)"""
     quantization: Literal["4bit", "8bit"] | None = None
     """load the base model in 4-bit (nf4) or 8-bit with bitsandbytes"""
     gradient_checkpointing: bool = False

@@ -572,7 +572,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             rows = []
             for micro in range(cfg.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
-                inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps, sharded=sharded)
+                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                    inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps,
+                                     sharded=sharded)
                 value, terms = loss(inputs)
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(

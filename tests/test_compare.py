@@ -45,3 +45,10 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "evaluate_target", lambda *a, **k: calls.append(a))
     compare.main()
     assert calls == [] and {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")} == stamps
+
+
+def test_learning_rate_choice_breaks_accuracy_ties_by_margin():
+    acc = {1e-4: 0.6667, 1e-3: 0.6667, 3e-3: 0.5}
+    assert compare.choose_lr(acc, {1e-4: 0.01, 1e-3: 0.20, 3e-3: 0.9}) == 1e-3  # tie on accuracy: larger margin
+    assert compare.choose_lr({1e-4: 0.7, 1e-3: 0.6}, {1e-4: 0.0, 1e-3: 1.0}) == 1e-4  # accuracy first
+    assert compare.choose_lr({1e-4: 0.5, 1e-3: 0.5}, {}) == 1e-4  # nothing else to go on: the smaller rate

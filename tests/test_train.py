@@ -210,12 +210,13 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
     [
         dict(grad_accum=2, gradient_checkpointing=True, schedule="cosine", weight_decay=0.01),
         dict(dtype="bfloat16"),
+        dict(mixed_precision="bf16", gradient_checkpointing=True),
         dict(quantization="4bit"),
         dict(loss="dpo", quantization="8bit"),
         dict(lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "q_proj,v_proj", "rslora": True}),
         dict(lora={"dora": True}),
     ],
-    ids=["accum-ckpt-cosine", "bf16", "4bit", "dpo-8bit", "lora-options", "dora"],
+    ids=["accum-ckpt-cosine", "bf16", "autocast-bf16-ckpt", "4bit", "dpo-8bit", "lora-options", "dora"],
 )
 def test_training_options(tiny_folder, tmp_path, options):
     from reprkit.config import LoraSettings
