@@ -54,10 +54,13 @@ def build(model, tok, batch, peers: bool) -> dict:
         lm = LanguageModel(model, tokenizer=tok)
 
         def nn3():
+            a, b, c = LAYERS3
             with lm.trace(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False):
-                saved = [lm.model.layers[i].output.save() for i in LAYERS3]
+                h_a = lm.model.layers[a].output.save()
+                h_b = lm.model.layers[b].output.save()
+                h_c = lm.model.layers[c].output.save()
                 logits = lm.output.logits.save()
-            return logits, saved
+            return logits, (h_a, h_b, h_c)
 
         def nn_stop10():
             with lm.trace(batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False) as tracer:
