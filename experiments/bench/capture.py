@@ -42,7 +42,19 @@ def build(model, tok, batch, peers: bool) -> dict:
             return logits, c.hidden_states
         return fn
 
-    fns = {"plain": plain, "reprkit_1": cap([15]), "reprkit_3": cap(LAYERS3), "reprkit_all": cap(list(range(n))),
+    def raw_hooks3():  # the floor: bare forward hooks keeping the outputs, nothing else
+        kept, handles = {}, []
+        for i in LAYERS3:
+            handles.append(model.model.layers[i].register_forward_hook(
+                lambda mod, args, out, i=i: kept.__setitem__(i, out[0] if isinstance(out, tuple) else out)))
+        try:
+            logits = model(**batch, use_cache=False).logits
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, kept
+
+    fns = {"plain": plain, "raw_hooks_3": raw_hooks3, "reprkit_1": cap([15]), "reprkit_3": cap(LAYERS3), "reprkit_all": cap(list(range(n))),
            "output_hidden_states": lambda: model(**batch, use_cache=False, output_hidden_states=True)}
     for k in STOPS:
         fns[f"reprkit_stop_{k}"] = (lambda k=k: forward_hidden_states(model, batch, [k]))
@@ -115,11 +127,13 @@ def child(name: str, batch_size: int, seq: int, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--variants", help="comma list of variants to time against plain (default: all)")
+    p.add_argument("--out", default="capture")
     p.add_argument("--child")
     args = p.parse_args()
     if args.child:
@@ -131,26 +145,33 @@ def main() -> None:
     model, tok = load_model()
     batch = random_batch(tok, args.batch, args.seq)
     fns = build(model, tok, batch, peers=True)
+    if args.variants:
+        fns = {n: fns[n] for n in ["plain", *args.variants.split(",")] if n in fns}
     with torch.no_grad():
         res = interleaved(fns, args.repeats, reference="plain")
     if "tl_bridge_3" in res:
         res["tl_bridge_3"]["ratio_to_own_plain"] = __import__("statistics").median(
             a / b for a, b in zip(res["tl_bridge_3"]["times"], res["tl_bridge_plain"]["times"]))
     n = model.config.num_hidden_layers
-    for k in STOPS:
-        res[f"reprkit_stop_{k}"]["predicted"] = (k + 1) / n
+    stops = [k for k in STOPS if f"reprkit_stop_{k}" in res]
+    if len(stops) >= 2:  # per-block cost from the two deepest stops; the rest is embedding + final norm + LM head
+        lo, hi = stops[-2], stops[-1]
+        per_block = (res[f"reprkit_stop_{hi}"]["ratio"] - res[f"reprkit_stop_{lo}"]["ratio"]) / (hi - lo)
+        for k in stops:
+            res[f"reprkit_stop_{k}"]["predicted"] = (k + 1) * per_block  # (k+1)/depth of the blocks' cost
+        res["blocks_share_of_forward"] = {"median_s": 0.0, "ratio": n * per_block}
     if not args.no_memory:
-        for name in res:
+        for name in fns:
             res[name]["peak_MB"] = run_child(__file__, name, "--batch", str(args.batch), "--seq", str(args.seq),
                                              "--threads", str(args.threads))["peak_MB"]
     rows = [[name, v["median_s"], v["ratio"], v.get("ratio_to_own_plain", v.get("predicted", "")), v.get("peak_MB", "")]
             for name, v in res.items()]
     print(f"\nSmolLM2-135M-Instruct, batch {args.batch} x {args.seq}, fp32, {args.threads} threads, "
           f"median of {args.repeats} interleaved repeats")
-    print(table(rows, ["variant", "median s", "x plain", "x own plain | predicted", "peak +MB"]))
+    print(table(rows, ["variant", "median s", "x plain", "x own plain | (k+1) blocks", "peak +MB"]))
     for v in res.values():
         v.pop("times", None)
-    save("capture", {"batch": args.batch, "seq": args.seq, "repeats": args.repeats, "variants": res})
+    save(args.out, {"batch": args.batch, "seq": args.seq, "repeats": args.repeats, "variants": res})
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from common import interleaved, save, table  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--items", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--items", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     from reprkit import data as D

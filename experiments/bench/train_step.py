@@ -105,7 +105,7 @@ def child_trl(setting: str, steps: int, threads: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--settings", nargs="+", default=["fp32", "bf16", "bf16+gc"])
