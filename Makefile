@@ -35,6 +35,7 @@ bench: setup
 	$(PY) experiments/bench/eval_throughput.py
 	$(PY) experiments/bench/train_step.py
 	$(PY) experiments/bench/scaling.py
+	$(PY) experiments/bench/memory_7b.py
 
 dashboard: setup
 	$(PY) -m reprkit.cli dashboard runs
