@@ -243,10 +243,6 @@ def is_sharded(accelerator) -> bool:
                                             DistributedType.MEGATRON_LM)
 
 
-def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1).float() for t in tensors])
-
-
 def broadcast_trainable(params: list[torch.Tensor], accelerator) -> None:
     """Every process starts from the main process's adapter weights."""
     if accelerator.num_processes == 1:
@@ -267,7 +263,7 @@ def sync_gradients(params: list[torch.Tensor], accelerator) -> None:
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = _flat(grads)
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
     dist.all_reduce(flat)
     flat /= accelerator.num_processes
     offset = 0
@@ -278,36 +274,19 @@ def sync_gradients(params: list[torch.Tensor], accelerator) -> None:
 
 
 def all_processes(value, accelerator, op: str = "mean"):
-    """A tensor, or a list/dict tree of scalars, reduced over processes (itself in one process)."""
+    """A tensor, or a list/dict tree of scalars, reduced over processes (itself in one process) with
+    one collective for the whole tree, on the accelerator's device (NCCL takes no CPU tensors)."""
     if accelerator.num_processes == 1:
         return value
-    leaves = []
-
-    def collect(v):
-        if isinstance(v, dict):
-            return {k: collect(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [collect(x) for x in v]
-        leaves.append(torch.as_tensor(v, dtype=torch.float64).detach().cpu())
-        return len(leaves) - 1
-
-    shape = collect(value)
     import torch.distributed as dist
+    from torch.utils._pytree import tree_flatten, tree_unflatten
 
-    flat = torch.stack(leaves).to(accelerator.device)
+    leaves, spec = tree_flatten(value)
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in leaves]).to(accelerator.device)
     dist.all_reduce(flat, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
     if op == "mean":
         flat /= accelerator.num_processes
-    flat = flat.cpu()
-
-    def rebuild(v):
-        if isinstance(v, dict):
-            return {k: rebuild(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [rebuild(x) for x in v]
-        return flat[v]
-
-    return rebuild(shape)
+    return tree_unflatten(list(flat.cpu()), spec)
 
 
 # ---------------------------------------------------------------- diagnosis
