@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,24 @@ def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     token_logps = -F.cross_entropy(logits, input_ids[:, 1:][where], reduction="none")
     rows = where.nonzero()[:, 0]
     return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+
+
+@contextmanager
+def root_unsharded(model):
+    """For ``generate`` on an FSDP2-sharded model (every process must call it, with the same
+    prompts): generation calls the inner model, not the sharded root, so the root's own weights
+    (embeddings, final norm, LM head) are gathered for the block; the decoder blocks gather theirs
+    as they run. Other models: nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.unshard()
+    try:
+        yield model
+    finally:
+        model.reshard()
 
 
 def _unwrap(model):
@@ -129,7 +147,7 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
 
     chat = bool(tokenizer.chat_template) if chat_template is None else chat_template
     rows = []
-    with eval_mode(model):
+    with eval_mode(model), root_unsharded(model):
         for messages in prompts:
             text = render_prompt(tokenizer, messages, chat)
             enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)

@@ -108,8 +108,12 @@ def snapshot_trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def assert_changed(model, before: dict[str, torch.Tensor], adapter: str) -> None:
-    changed = any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before)
+def assert_changed(model, before: dict[str, torch.Tensor], adapter: str, accelerator=None) -> None:
+    """Raise unless some trainable weight moved (in any process: under FSDP each holds a shard)."""
+    changed = any(not torch.equal(local(p.detach()), local(before[n]))
+                  for n, p in model.named_parameters() if n in before)
+    if accelerator is not None:
+        changed = bool(all_processes(torch.tensor(float(changed)), accelerator) > 0)
     if not changed:
         raise TrainingError(
             f"adapter {adapter!r} did not change after an optimiser step with a positive learning rate: its "
@@ -237,10 +241,51 @@ def make_accelerator():
 
 
 def is_sharded(accelerator) -> bool:
+    """Whether accelerate shards the model (FSDP2). Engines reprkit does not run are refused here,
+    before the model loads: FSDP1 (whose flat parameters hide the modules hooks and adapters work
+    on) and DeepSpeed / Megatron-LM (not tested)."""
     from accelerate import DistributedType
 
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
-                                            DistributedType.MEGATRON_LM)
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP:
+        version = getattr(accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        if version != 2:
+            raise TrainingError(
+                f"accelerate is set to FSDP version {version}; reprkit trains under FSDP2 only. Set "
+                "`fsdp_version: 2` in the accelerate config (as configs/accelerate/fsdp.yaml does)"
+            )
+        return True
+    if kind in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise TrainingError(
+            f"reprkit does not run under {kind.value}. For data parallelism use "
+            "configs/accelerate/ddp.yaml; to shard a model too big for one device, configs/accelerate/fsdp.yaml (FSDP2)"
+        )
+    return False
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's shard of an FSDP2 parameter (a DTensor); any other tensor as is."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _full_options(**extra):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True, **extra)
+
+
+def training_state(model, optimizer, sharded: bool) -> tuple[dict | None, dict]:
+    """(adapter weights, optimiser state) to write. Unsharded: (None: the PeftModel saves its own
+    weights, the optimiser's own state dict). Sharded: every process takes part in gathering the
+    trainable weights and the optimiser state to full tensors keyed by parameter name; the main
+    process gets them, the others empty dicts. Frozen weights are never gathered."""
+    if not sharded:
+        return None, optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> torch's optimiser
+    return (get_model_state_dict(model, options=_full_options()),
+            get_optimizer_state_dict(model, optimizer, options=_full_options()))
 
 
 def broadcast_trainable(params: list[torch.Tensor], accelerator) -> None:
@@ -373,14 +418,16 @@ def _write_failed(what: str, run_dir: Path, err: OSError) -> TrainingError:
     )
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> None:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state=None) -> None:
     """Write everything to ``.checkpoint-N.tmp``, then publish it with one rename; on a write error
-    (full disk, permissions) the temporary directory is removed and earlier checkpoints stay."""
+    (full disk, permissions) the temporary directory is removed and earlier checkpoints stay.
+    ``state``: ``training_state(...)`` when gathered beforehand (sharded models)."""
+    adapter_weights, optimizer_state = state if state is not None else (None, optimizer.state_dict())
     tmp = None
     try:
         tmp, final = new_checkpoint_dir(run_dir, step)
-        model.save_pretrained(tmp / "adapter")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        model.save_pretrained(tmp / "adapter", state_dict=adapter_weights)
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {"step": step})
@@ -391,18 +438,43 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler) -> No
         raise _write_failed(f"the checkpoint of step {step}", run_dir, err) from err
 
 
-def save_adapter(run_dir: Path, model) -> None:
+def save_adapter(run_dir: Path, model, adapter_weights: dict | None = None) -> None:
     """The final adapter (PEFT format), published with one rename like a checkpoint."""
     tmp, final = run_dir / ".adapter.tmp", run_dir / "adapter"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=adapter_weights)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _write_failed("the final adapter", run_dir, err) from err
+
+
+def together(accelerator, write, what: str) -> None:
+    """Run ``write`` on the main process; every process then learns whether it worked, so a failed
+    write stops them all at once instead of leaving the others waiting in the next collective."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            write()
+        except Exception as err:  # re-raised below, after the others are told
+            error = err
+    failed = accelerator.num_processes > 1 and bool(all_processes(torch.tensor(float(error is not None)), accelerator) > 0)
+    if error is not None:
+        raise error
+    if failed:
+        raise TrainingError(f"the main process could not write {what}; its error says why")
+
+
+def checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accelerator, sharded: bool):
+    """Gather (sharded: every process takes part) and write (main process) one checkpoint; returns
+    the gathered ``training_state``."""
+    state = training_state(model, optimizer, sharded)
+    together(accelerator, lambda: save_checkpoint(run_dir, step, model, optimizer, scheduler, state),
+             f"the checkpoint of step {step}")
+    return state
 
 
 def checkpoint_bytes(params: list[torch.Tensor]) -> int:
@@ -422,19 +494,39 @@ def check_disk(run_dir: Path, params: list[torch.Tensor]) -> None:
         )
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimiser, scheduler and RNG (safetensors / weights_only loads only)."""
+def load_adapter_weights(path: Path, model) -> None:
+    """A checkpoint's adapter weights into the (not yet sharded) PeftModel; safetensors only."""
     from peft import set_peft_model_state_dict
 
     adapter_file = path / "adapter" / "adapter_model.safetensors"
     result = set_peft_model_state_dict(model, load_file(adapter_file))
     if getattr(result, "unexpected_keys", None):
         raise TrainingError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+
+
+def load_training_state(path: Path, model, optimizer, scheduler) -> int:
+    """Optimiser, scheduler and RNG state of a checkpoint (``torch.load(weights_only=True)`` only);
+    returns its step. The optimiser state is keyed by parameter index (unsharded runs) or by
+    parameter name (sharded runs: spread back over the shards)."""
     import json
 
+    state = torch.load(path / "optimizer.pt", weights_only=True)
+    by_name = any(isinstance(k, str) for k in state.get("state", {}))
+    sharded = any(hasattr(p, "to_local") for g in optimizer.param_groups for p in g["params"])
+    if sharded and not by_name:  # written unsharded: index i is the i-th trainable parameter
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        state = {"state": {names[i]: v for i, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        by_name = True
+    if by_name:  # written sharded (or converted above): spread over this run's parameters, sharded or not
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
+                                 options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
     return json.loads((path / "trainer_state.json").read_text())["step"]
 
 
@@ -442,6 +534,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
 
 
 def _item(x):
+    if hasattr(x, "full_tensor"):  # a DTensor (FSDP2's gradient norm)
+        x = x.full_tensor()
     return x.item() if isinstance(x, torch.Tensor) else x
 
 
@@ -484,6 +578,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
 
     accelerator = make_accelerator()
+    sharded = is_sharded(accelerator)
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
     if not cfg.resume:
         runlog.create(cfg.to_dict())  # before loading anything: fail fast on an unusable directory
@@ -512,25 +607,26 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
         optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
     )
-    hooked = model  # the PeftModel: hooks, adapter switching and checkpoints use it, never a wrapper
-    sharded = is_sharded(accelerator)
-    if sharded:  # FSDP / DeepSpeed own the parameters: every forward goes through their wrapper
+    if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
+        load_adapter_weights(resume_from, model)
+    if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
         model, optimizer = accelerator.prepare(model, optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
     else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
         model = accelerator.prepare_model(model, evaluation_mode=True)
-        hooked = model
         optimizer = accelerator.prepare_optimizer(optimizer)
         broadcast_trainable(params, accelerator)
+    hooked = model
 
     start = 0
     if resume_from is not None:
-        start = load_checkpoint(resume_from, hooked, optimizer, scheduler)
+        start = load_training_state(resume_from, model, optimizer, scheduler)
         runlog.resume(start)
     elif cfg.resume:
         runlog.resume(0)
     log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
     if accelerator.num_processes > 1 and accelerator.is_main_process:
-        print(f"{accelerator.num_processes} processes ({accelerator.distributed_type.value}, "
+        print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
               f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
               f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
 
@@ -579,7 +675,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if not checked and lr > 0:
-                assert_changed(hooked, before, adapter)
+                assert_changed(hooked, before, adapter, accelerator)
                 checked = True
                 del before
 
@@ -596,21 +692,21 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                     postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
                 bar.set_postfix(postfix)
             bar.update(1)
-            if accelerator.is_main_process:
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                    save_checkpoint(run_dir, step, hooked, optimizer, scheduler)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    evaluate_run(hooked, tokenizer, evals, prompts, step, cfg, runlog)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
+                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog)  # sharded: every process runs it
     finally:
         bar.close()
         runlog.close()
 
-    if accelerator.is_main_process:
-        save_checkpoint(run_dir, cfg.steps, hooked, optimizer, scheduler)
-        save_adapter(run_dir, hooked)
-        results = evaluate_run(hooked, tokenizer, evals, prompts, cfg.steps, cfg, runlog)
+    state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
+    together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
+    if sharded or accelerator.is_main_process:
+        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog)
         runlog.close()
-        print(summary(run_dir, results, cfg))
+        if accelerator.is_main_process:
+            print(summary(run_dir, results, cfg))
     accelerator.wait_for_everyone()
     return run_dir
 
