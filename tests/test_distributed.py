@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) under `accelerate launch` train the same adapter as one process on the
-same global batch."""
+"""Two CPU processes (gloo) under `accelerate launch`, data parallel (DDP config) or sharded
+(FSDP2 config), train the same adapter as one process on the same global batch."""
 
 import json
 import os
@@ -21,15 +21,49 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
 
 
-def launch(tiny_folder, run_dir, loss, extra=()):
-    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes", "2",
-           "-m", "reprkit.cli", "train", "--model", str(tiny_folder), "--run-dir", str(run_dir), "--loss", loss,
-           "--steps", "4", "--batch-size", "2", "--warmup-steps", "1", "--lr", "1e-2", "--save-every", "2",
-           "--eval-data", "embedded:arithmetic", "--eval-limit", "4", "--n-samples", "1", "--no-progress", *extra]
+def accelerate_launch(config: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch` of 2 processes with a shipped config. The FSDP config goes through
+    tests/fsdp_on_cpu.py, which turns accelerate's CPU state into FSDP (accelerate itself enables
+    FSDP on GPU-like devices only)."""
+    module = ["--mixed_precision", "no", "-m", "tests.fsdp_on_cpu"] if config == "fsdp" else ["-m", "reprkit.cli"]
+    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / f"configs/accelerate/{config}.yaml"),
+           "--num_processes", "2", *module, "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
+
+
+def launch(tiny_folder, run_dir, loss, extra=(), config="ddp", steps=4):
+    return accelerate_launch(config, [
+        "--model", str(tiny_folder), "--run-dir", str(run_dir), "--loss", loss,
+        "--steps", str(steps), "--batch-size", "2", "--warmup-steps", "1", "--lr", "1e-2", "--save-every", "2",
+        "--eval-data", "embedded:arithmetic", "--eval-limit", "4", "--n-samples", "1", "--no-progress", *extra])
+
+
+def one_process(tiny_folder, run_dir, loss, checkpointing=False):
+    return train(tiny_config(tiny_folder, run_dir, loss=loss, steps=4, batch_size=4, lr=1e-2, save_every=2,
+                             eval_data=("embedded:arithmetic",), eval_limit=4, gradient_checkpointing=checkpointing))
+
+
+def assert_same_training(one: Path, two: Path, tolerance: float = 2e-4) -> None:
+    """Every step's loss and per-layer geometry, and the final adapter tensors, agree."""
+    rows1, _ = read_jsonl(one / "metrics.jsonl")
+    rows2, bad = read_jsonl(two / "metrics.jsonl")
+    assert bad == 0 and [r["step"] for r in rows2] == [r["step"] for r in rows1] == [1, 2, 3, 4]
+    for a, b in zip(rows1, rows2):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a["step"], a["loss"], b["loss"])
+        for layer, v in a["layers"].items():
+            assert b["layers"][layer] == pytest.approx(v, rel=1e-5), (a["step"], layer)
+    w1, w2 = load_file(one / "adapter/adapter_model.safetensors"), load_file(two / "adapter/adapter_model.safetensors")
+    assert w1.keys() == w2.keys()
+    moved = max((w1[k].float() - 0).abs().max().item() for k in w1 if "lora_B" in k)
+    assert moved > 1e-3  # the adapter trained
+    # float summation order differs (two half-batch sums, then an all-reduce or reduce-scatter),
+    # and Adam's normalisation amplifies that
+    for k in w1:
+        rel = ((w2[k].float() - w1[k].float()).norm() / w1[k].float().norm().clamp_min(1e-12)).item()
+        assert rel < tolerance, (k, rel)
 
 
 @pytest.mark.parametrize("loss,checkpointing", [("dpo", False), ("reprpo", True)])
@@ -37,28 +71,67 @@ def test_two_processes_equal_one_process_on_the_global_batch(tiny_folder, tmp_pa
     extra = ["--gradient-checkpointing"] if checkpointing else []
     out = launch(tiny_folder, tmp_path / "two", loss, extra)
     assert "MULTI_CPU" in out.stdout + out.stderr  # really two gloo processes, not one
-    one = train(tiny_config(tiny_folder, tmp_path / "one", loss=loss, steps=4, batch_size=4, lr=1e-2, save_every=2,
-                            eval_data=("embedded:arithmetic",), eval_limit=4, gradient_checkpointing=checkpointing))
+    one = one_process(tiny_folder, tmp_path / "one", loss, checkpointing)
     two = tmp_path / "two"
-    # written once, by the main process: one metrics line per step, one config, checkpoints
-    rows2, bad = read_jsonl(two / "metrics.jsonl")
-    rows1, _ = read_jsonl(one / "metrics.jsonl")
-    assert bad == 0 and [r["step"] for r in rows2] == [1, 2, 3, 4]
+    # written once, by the main process: one config, checkpoints, samples
     assert [p.name for p in two.glob("checkpoint-*")] == ["checkpoint-000004"]  # the latest is kept
     assert len(read_jsonl(two / "samples.jsonl")[0]) == len(read_jsonl(one / "samples.jsonl")[0])
-    # the logged loss is the global batch's (averaged over processes), step by step
-    for a, b in zip(rows1, rows2):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a["step"], a["loss"], b["loss"])
-        for layer, v in a["layers"].items():
-            assert b["layers"][layer] == pytest.approx(v, rel=1e-5), (a["step"], layer)
-    # the final adapters agree (gradients were averaged, every process started from the same weights)
-    w1, w2 = load_file(one / "adapter/adapter_model.safetensors"), load_file(two / "adapter/adapter_model.safetensors")
-    assert w1.keys() == w2.keys()
-    moved = max((w1[k].float() - 0).abs().max().item() for k in w1 if "lora_B" in k)
-    assert moved > 1e-3  # the adapter trained
-    # tolerance: float summation order differs (two half-batch sums, then an all-reduce), and Adam's
-    # normalisation amplifies that; measured 2.8e-5 relative (Frobenius) per tensor after 4 steps
-    for k in w1:
-        rel = ((w2[k].float() - w1[k].float()).norm() / w1[k].float().norm().clamp_min(1e-12)).item()
-        assert rel < 2e-4, (k, rel)
+    # the logged loss is the global batch's (averaged over processes), step by step; the adapters
+    # agree (gradients were averaged, every process started from the same weights): measured 2.8e-5
+    assert_same_training(one, two)
     assert json.loads((two / "eval.json").read_text())["datasets"]["embedded:arithmetic"]["n"] == 4
+
+
+@pytest.mark.parametrize("loss,checkpointing", [("reprpo", False), ("dpo", True)])
+def test_fsdp2_on_two_processes_equals_one_process(tiny_folder, tmp_path, loss, checkpointing):
+    """FSDP2 (configs/accelerate/fsdp.yaml, each decoder block one unit) shards the PeftModel: the
+    policy and frozen passes, the LM head outside the forward (DPO), gradient checkpointing,
+    reduce-scattered gradients, clipping of sharded gradients, the evaluation on every process and
+    the gathered checkpoint all run; the result is the single-process run's."""
+    extra = ["--gradient-checkpointing"] if checkpointing else []
+    out = launch(tiny_folder, tmp_path / "two", loss, extra, config="fsdp")
+    assert "forced FSDP2" in out.stdout and "2 processes (FSDP2" in out.stdout
+    one = one_process(tiny_folder, tmp_path / "one", loss, checkpointing)
+    two = tmp_path / "two"
+    # measured 3.9e-6 (ReprPO) and 2.8e-5 (DPO + checkpointing) relative
+    assert_same_training(one, two)
+    # the checkpoint holds full tensors in PEFT format and an optimiser state keyed by parameter name
+    saved = load_file(two / "checkpoint-000004/adapter/adapter_model.safetensors")
+    assert saved.keys() == load_file(one / "adapter/adapter_model.safetensors").keys()
+    optimizer = torch.load(two / "checkpoint-000004/optimizer.pt", weights_only=True)
+    assert all(isinstance(k, str) and "lora_" in k for k in optimizer["state"])
+    ev1, ev2 = (json.loads((d / "eval.json").read_text())["datasets"]["embedded:arithmetic"] for d in (one, two))
+    assert ev2["n"] == 4 and ev2["accuracy_mean"] == ev1["accuracy_mean"]
+    assert len(read_jsonl(two / "samples.jsonl")[0]) == len(read_jsonl(one / "samples.jsonl")[0])
+
+
+@pytest.mark.parametrize("first", ["fsdp", "ddp"])
+def test_fsdp2_resumes_a_checkpoint(tiny_folder, tmp_path, first):
+    """2 steps (sharded, or data parallel: optimiser state keyed by index), then `--resume` under
+    FSDP2 to step 4: the same steps and adapter as 4 uninterrupted steps."""
+    run = tmp_path / "run"
+    launch(tiny_folder, run, "reprpo", config=first, steps=2)
+    assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
+    accelerate_launch("fsdp", ["--resume", str(run), "--steps", "4"])
+    assert_same_training(one_process(tiny_folder, tmp_path / "one", "reprpo"), run)
+
+
+@pytest.mark.parametrize("kind,version,says", [
+    ("DEEPSPEED", None, "configs/accelerate/fsdp.yaml"),
+    ("MEGATRON_LM", None, "configs/accelerate/ddp.yaml"),
+    ("FSDP", 1, "fsdp_version: 2"),
+])
+def test_engines_reprkit_does_not_run_are_refused_before_anything_is_written(tiny_folder, tmp_path, monkeypatch,
+                                                                             kind, version, says):
+    from types import SimpleNamespace
+
+    from accelerate import DistributedType
+
+    import reprkit.train as T
+
+    fake = SimpleNamespace(distributed_type=DistributedType[kind],
+                           state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))
+    monkeypatch.setattr(T, "make_accelerator", lambda: fake)
+    with pytest.raises(T.TrainingError, match=says):
+        train(tiny_config(tiny_folder, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
