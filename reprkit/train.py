@@ -263,6 +263,16 @@ def is_sharded(accelerator) -> bool:
     return False
 
 
+def first_forward(model, accelerator) -> None:
+    """One token through the freshly sharded model, adapter on. FSDP2 fixes each unit's gradient
+    dtypes at the model's first forward from which parameters require grad then; the first forward
+    of a step is the frozen pass, where peft's ``disable_adapter()`` has switched requires_grad off,
+    and under mixed precision the bf16 gradients would then never be cast back to the float32
+    weights (torch refuses to assign them)."""
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=accelerator.device), use_cache=False)
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of an FSDP2 parameter (a DTensor); any other tensor as is."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -580,8 +590,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     accelerator = make_accelerator()
     sharded = is_sharded(accelerator)
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
-    if not cfg.resume:
-        runlog.create(cfg.to_dict())  # before loading anything: fail fast on an unusable directory
+    if not cfg.resume:  # before loading anything: fail fast on an unusable directory, in every process
+        together(accelerator, lambda: runlog.create(cfg.to_dict()), f"the run directory {run_dir}")
     torch.manual_seed(cfg.seed)
 
     if model is None:
@@ -612,6 +622,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
         model, optimizer = accelerator.prepare(model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
+        first_forward(model, accelerator)
     else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
         model = accelerator.prepare_model(model, evaluation_mode=True)
         optimizer = accelerator.prepare_optimizer(optimizer)

@@ -26,7 +26,10 @@ def make_fsdp_accelerator():
     if accelerator.distributed_type != DistributedType.MULTI_CPU:
         raise SystemExit(f"expected MULTI_CPU processes to turn into FSDP, got {accelerator.distributed_type}")
     accelerator.state.distributed_type = DistributedType.FSDP
-    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from accelerate launch's FSDP_* variables
+    plugin = FullyShardedDataParallelPlugin()  # from accelerate launch's FSDP_* variables
+    if accelerator.mixed_precision != "no":  # as accelerate's state does for FSDP
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
     print(f"forced FSDP{accelerator.state.fsdp_plugin.fsdp_version} on {accelerator.device} processes", flush=True)
     return accelerator
 
