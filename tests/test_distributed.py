@@ -110,7 +110,7 @@ def test_fsdp2_on_two_processes_equals_one_process(tiny_folder, tmp_path, loss, 
 def test_fsdp2_bf16_mixed_precision_as_shipped(tiny_folder, tmp_path):
     """The shipped FSDP config's bf16: FSDP2 computes in bf16 and keeps float32 weights. The run
     differs from float32 (so bf16 was on) by bf16 rounding only. Measured after 4 steps: losses
-    within 0.06% relative, adapter tensors within 4.7%."""
+    within 0.16% relative, adapter tensors within 4.7%."""
     launch(tiny_folder, tmp_path / "bf16", "reprpo", config="fsdp", mixed_precision="bf16")
     one = one_process(tiny_folder, tmp_path / "one", "reprpo")
     rows1, _ = read_jsonl(one / "metrics.jsonl")
