@@ -131,29 +131,27 @@ def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
     return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
 
 
-def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float,
+def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
                        sharded: bool = False) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
 
-    ``model`` is what is called (an FSDP/DeepSpeed wrapper when ``sharded``, else the PeftModel);
-    ``hooked`` the PeftModel whose blocks are hooked and whose adapter is disabled for the
-    reference. Sharded engines see every forward to the end (a forward stopped half-way would
-    leave their gather/reshard hooks half-run).
+    ``model`` is the PeftModel (FSDP2-sharded in place when ``sharded``): its blocks carry the hooks
+    and its adapter is disabled for the reference. Sharded models see every forward to the end (a
+    forward stopped half-way would leave FSDP's gather/reshard hooks half-run).
     """
     inputs, comp, b = _sides(batch)
     stop = not loss.needs_logps and not sharded
-    ref_model = model if sharded else hooked
     ref_hidden, ref_logps = {}, None
     if loss.needs_reference:
-        with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
-            with capture(hooked, layers, stop=stop) as cap:
+        with torch.no_grad(), adapter_disabled(model), eval_mode(model):
+            with capture(model, layers, stop=stop) as cap:
                 if loss.needs_logps:
-                    ref_logps = forward_logps(ref_model, inputs["input_ids"], inputs["attention_mask"], comp)
+                    ref_logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
                 else:
-                    ref_model(**inputs, use_cache=False)
+                    model(**inputs, use_cache=False)
             ref_hidden = cap.hidden_states
     logps = None
-    with capture(hooked, layers, detach=False, stop=stop) as cap:
+    with capture(model, layers, detach=False, stop=stop) as cap:
         if loss.needs_logps:
             logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
         else:
@@ -172,7 +170,7 @@ def forward_pair_batch(model, hooked, batch: dict, layers: list[int], loss, prog
     return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress)
 
 
-def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, progress: float,
+def forward_ranked_batch(model, batch: dict, layers: list[int], loss, progress: float,
                          sharded: bool = False) -> LossInputs:
     """Reference then policy log-probs of all K responses of each item (Plackett-Luce losses).
 
@@ -180,11 +178,11 @@ def forward_ranked_batch(model, hooked, batch: dict, layers: list[int], loss, pr
     """
     ids, attn, comp, valid = batch["input_ids"], batch["attention_mask"], batch["completion_mask"], batch["valid"]
     b, k = valid.shape
-    with torch.no_grad(), adapter_disabled(hooked), eval_mode(hooked):
-        with capture(hooked, layers) as cap:
-            ref_logps = forward_logps(model if sharded else hooked, ids, attn, comp)
+    with torch.no_grad(), adapter_disabled(model), eval_mode(model):
+        with capture(model, layers) as cap:
+            ref_logps = forward_logps(model, ids, attn, comp)
         ref_hidden = cap.hidden_states
-    with capture(hooked, layers, detach=False) as cap:
+    with capture(model, layers, detach=False) as cap:
         logps = forward_logps(model, ids, attn, comp)
     hidden = cap.hidden_states
     n_tokens = comp[:, 1:].sum(-1).clamp_min(1)
@@ -278,10 +276,10 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def _full_options(**extra):
+def _full_options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True, **extra)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
 
 
 def training_state(model, optimizer, sharded: bool) -> tuple[dict | None, dict]:
@@ -627,7 +625,6 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         model = accelerator.prepare_model(model, evaluation_mode=True)
         optimizer = accelerator.prepare_optimizer(optimizer)
         broadcast_trainable(params, accelerator)
-    hooked = model
 
     start = 0
     if resume_from is not None:
@@ -654,18 +651,18 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             t0 = time.perf_counter()
             lr = scheduler.get_last_lr()[0]
             if not checked and lr > 0:
-                before = snapshot_trainable(hooked)
+                before = snapshot_trainable(model)
             rows = []
             for micro in range(cfg.grad_accum):
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
                 with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-                    inputs = forward(model, hooked, batch, layers, loss, progress=(step - 1) / cfg.steps,
+                    inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
                                      sharded=sharded)
                 value, terms = loss(inputs)
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
                         f"loss is {value.item()} at step {step} (terms: { {k: _item(v) for k, v in terms.items()} }); "
-                        f"{nonfinite_source(hooked, batch, ranked=ranked)}. "
+                        f"{nonfinite_source(model, batch, ranked=ranked)}. "
                         f"The run directory {run_dir} keeps everything written up to step {step - 1}. "
                         "Lower --lr or check the data"
                     )
@@ -686,7 +683,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             if not checked and lr > 0:
-                assert_changed(hooked, before, adapter, accelerator)
+                assert_changed(model, before, adapter, accelerator)
                 checked = True
                 del before
 

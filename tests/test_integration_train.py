@@ -27,7 +27,7 @@ def test_steps_on_smollm_reduce_the_loss(loss_name):
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
     values = []
     for _ in range(4):
-        inputs = forward_pair_batch(peft_model, peft_model, batch, layers, loss, progress=0.0)
+        inputs = forward_pair_batch(peft_model, batch, layers, loss, progress=0.0)
         value, _ = loss(inputs)
         values.append(value.item())
         value.backward()

@@ -54,7 +54,7 @@ def child(loss_name: str, batch: int, seq: int, layers: str, steps: int, threads
          "chosen_completion_mask": comp[:batch], "rejected_completion_mask": comp[batch:]}
 
     def step():
-        inputs = forward_pair_batch(model, model, b, sel, loss, progress=0.5)
+        inputs = forward_pair_batch(model, b, sel, loss, progress=0.5)
         value, _ = loss(inputs)
         value.backward()
         opt.step()
