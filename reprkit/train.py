@@ -258,6 +258,9 @@ def is_sharded(accelerator) -> bool:
             f"reprkit does not run under {kind.value}. For data parallelism use "
             "configs/accelerate/ddp.yaml; to shard a model too big for one device, configs/accelerate/fsdp.yaml (FSDP2)"
         )
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and accelerator.is_main_process:
+        log.warning("the accelerate config asks for FSDP, but accelerate enables it on GPUs only; these %s "
+                    "processes run data parallel (%s), each with the whole model", accelerator.num_processes, kind.value)
     return False
 
 

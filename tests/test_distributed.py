@@ -156,3 +156,18 @@ def test_engines_reprkit_does_not_run_are_refused_before_anything_is_written(tin
     with pytest.raises(T.TrainingError, match=says):
         train(tiny_config(tiny_folder, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_config_without_gpus_says_it_runs_data_parallel(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from accelerate import DistributedType
+
+    from reprkit.train import is_sharded
+
+    fake = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, is_main_process=True, num_processes=2)
+    assert is_sharded(fake) is False
+    assert not caplog.records
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert is_sharded(fake) is False
+    assert "run data parallel" in caplog.text and "MULTI_CPU" in caplog.text
