@@ -264,6 +264,27 @@ def is_sharded(accelerator) -> bool:
     return False
 
 
+def wrap_decoder_blocks(accelerator, model) -> None:
+    """FSDP2 units are decoder blocks (the transformer wrap policy). When the config names a block
+    class this model does not have (the shipped config names LlamaDecoderLayer), use the class of
+    the blocks reprkit hooks instead of failing in accelerate, and say so."""
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    plugin = accelerator.state.fsdp_plugin
+    names = plugin.transformer_cls_names_to_wrap
+    if plugin.auto_wrap_policy is not transformer_auto_wrap_policy or not names:
+        return
+    present = {type(m).__name__ for m in model.modules()}
+    if set(names) <= present:
+        return
+    block = type(find_blocks(model)[1][0]).__name__
+    if accelerator.is_main_process:
+        log.warning("the accelerate config wraps %s, which %s does not have; wrapping its decoder blocks (%s) "
+                    "instead (set fsdp_transformer_layer_cls_to_wrap: %s)", ",".join(names),
+                    type(model.get_base_model()).__name__, block, block)
+    plugin.transformer_cls_names_to_wrap = [block]
+
+
 def first_forward(model, accelerator) -> None:
     """One token through the freshly sharded model, adapter on. FSDP2 fixes each unit's gradient
     dtypes at the model's first forward from which parameters require grad then; the first forward
@@ -621,6 +642,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
         load_adapter_weights(resume_from, model)
     if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
+        wrap_decoder_blocks(accelerator, model)
         model, optimizer = accelerator.prepare(model, optimizer)
         params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
         first_forward(model, accelerator)

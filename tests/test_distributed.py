@@ -21,26 +21,27 @@ ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
 
 
-def accelerate_launch(config: str, args: list[str], mixed_precision: str = "no") -> subprocess.CompletedProcess:
+def accelerate_launch(config: str, args: list[str], mixed_precision: str = "no",
+                      launch_options=()) -> subprocess.CompletedProcess:
     """`accelerate launch` of 2 processes with a shipped config. The FSDP config goes through
     tests/fsdp_on_cpu.py, which turns accelerate's CPU state into FSDP (accelerate itself enables
     FSDP on GPU-like devices only)."""
     module = (["--mixed_precision", mixed_precision, "-m", "tests.fsdp_on_cpu"] if config == "fsdp"
               else ["-m", "reprkit.cli"])
     cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / f"configs/accelerate/{config}.yaml"),
-           "--num_processes", "2", *module, "train", *args]
+           "--num_processes", "2", *launch_options, *module, "train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
 
-def launch(tiny_folder, run_dir, loss, extra=(), config="ddp", steps=4, mixed_precision="no"):
+def launch(tiny_folder, run_dir, loss, extra=(), config="ddp", steps=4, mixed_precision="no", launch_options=()):
     return accelerate_launch(config, [
         "--model", str(tiny_folder), "--run-dir", str(run_dir), "--loss", loss,
         "--steps", str(steps), "--batch-size", "2", "--warmup-steps", "1", "--lr", "1e-2", "--save-every", "2",
         "--eval-data", "embedded:arithmetic", "--eval-limit", "4", "--n-samples", "1", "--no-progress", *extra],
-        mixed_precision)
+        mixed_precision, launch_options)
 
 
 def one_process(tiny_folder, run_dir, loss, checkpointing=False):
@@ -129,9 +130,13 @@ def test_fsdp2_bf16_mixed_precision_as_shipped(tiny_folder, tmp_path):
 @pytest.mark.parametrize("first", ["fsdp", "ddp"])
 def test_fsdp2_resumes_a_checkpoint(tiny_folder, tmp_path, first):
     """2 steps (sharded, or data parallel: optimiser state keyed by index), then `--resume` under
-    FSDP2 to step 4: the same steps and adapter as 4 uninterrupted steps."""
+    FSDP2 to step 4: the same steps and adapter as 4 uninterrupted steps. The first sharded run's
+    config names a block class the model does not have: its decoder blocks are wrapped instead."""
     run = tmp_path / "run"
-    launch(tiny_folder, run, "reprpo", config=first, steps=2)
+    wrong_block = ["--fsdp_transformer_layer_cls_to_wrap", "Qwen2DecoderLayer"] if first == "fsdp" else []
+    out = launch(tiny_folder, run, "reprpo", config=first, steps=2, launch_options=wrong_block)
+    if first == "fsdp":
+        assert "wraps Qwen2DecoderLayer, which LlamaForCausalLM does not have" in out.stderr
     assert [p.name for p in run.glob("checkpoint-*")] == ["checkpoint-000002"]
     accelerate_launch("fsdp", ["--resume", str(run), "--steps", "4"])
     assert_same_training(one_process(tiny_folder, tmp_path / "one", "reprpo"), run)
