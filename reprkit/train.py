@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import shutil
 import time
@@ -450,11 +449,11 @@ def _write_failed(what: str, run_dir: Path, err: OSError) -> TrainingError:
     )
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state=None) -> None:
+def save_checkpoint(run_dir: Path, step: int, model, state: tuple[dict | None, dict], scheduler) -> None:
     """Write everything to ``.checkpoint-N.tmp``, then publish it with one rename; on a write error
     (full disk, permissions) the temporary directory is removed and earlier checkpoints stay.
-    ``state``: ``training_state(...)`` when gathered beforehand (sharded models)."""
-    adapter_weights, optimizer_state = state if state is not None else (None, optimizer.state_dict())
+    ``state``: ``training_state(...)``."""
+    adapter_weights, optimizer_state = state
     tmp = None
     try:
         tmp, final = new_checkpoint_dir(run_dir, step)
@@ -504,7 +503,7 @@ def checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, accelerato
     """Gather (sharded: every process takes part) and write (main process) one checkpoint; returns
     the gathered ``training_state``."""
     state = training_state(model, optimizer, sharded)
-    together(accelerator, lambda: save_checkpoint(run_dir, step, model, optimizer, scheduler, state),
+    together(accelerator, lambda: save_checkpoint(run_dir, step, model, state, scheduler),
              f"the checkpoint of step {step}")
     return state
 
@@ -536,7 +535,7 @@ def load_adapter_weights(path: Path, model) -> None:
         raise TrainingError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")
 
 
-def load_training_state(path: Path, model, optimizer, scheduler) -> int:
+def load_training_state(path: Path, model, optimizer, scheduler, sharded: bool) -> int:
     """Optimiser, scheduler and RNG state of a checkpoint (``torch.load(weights_only=True)`` only);
     returns its step. The optimiser state is keyed by parameter index (unsharded runs) or by
     parameter name (sharded runs: spread back over the shards)."""
@@ -544,7 +543,6 @@ def load_training_state(path: Path, model, optimizer, scheduler) -> int:
 
     state = torch.load(path / "optimizer.pt", weights_only=True)
     by_name = any(isinstance(k, str) for k in state.get("state", {}))
-    sharded = any(hasattr(p, "to_local") for g in optimizer.param_groups for p in g["params"])
     if sharded and not by_name:  # written unsharded: index i is the i-th trainable parameter
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         state = {"state": {names[i]: v for i, v in state["state"].items()},
@@ -653,7 +651,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
     start = 0
     if resume_from is not None:
-        start = load_training_state(resume_from, model, optimizer, scheduler)
+        start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
         runlog.resume(start)
     elif cfg.resume:
         runlog.resume(0)
