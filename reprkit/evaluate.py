@@ -168,12 +168,23 @@ def _passes(model, base: bool) -> dict:
 
 
 @torch.no_grad()
-def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True) -> dict:
+def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
+                 shared_prompt: bool = True) -> dict:
     """Summed log-probs ``[N, K]``, completion lengths ``[N, K]`` and ``valid [N, K]`` of every response
-    of every item (``data.encode_ranked``), for the model and (``base``) the frozen model."""
+    of every item (``data.encode_ranked``), for the model and (``base``) the frozen model.
+
+    ``shared_prompt=True`` runs each prompt once and scores its responses from the KV cache, in
+    length-sorted batches (``reprkit.shared_prompt``); ``False`` runs prompt + response as one
+    sequence per response, ``batch_size`` items at a time (the reference path; same numbers)."""
+    from .shared_prompt import shared_prompt_logps
+
     out = {}
     with eval_mode(model):
         for name, ctx in _passes(model, base).items():
+            if shared_prompt:
+                with ctx(model):
+                    out[name] = shared_prompt_logps(model, encoded, pad_token_id, max_items=max(batch_size, 1) * 4)
+                continue
             logps, lengths, valid = [], [], []
             for i in range(0, len(encoded), batch_size):
                 batch = collate_ranked(encoded[i: i + batch_size], pad_token_id)
@@ -193,23 +204,32 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
 def _ranked_summary(logps: torch.Tensor, n_tokens: torch.Tensor, valid: torch.Tensor) -> dict:
     """Accuracy: the best response (index 0) has the highest log-prob among an item's responses."""
     res = {"n": int(valid.shape[0])}
+    items = {}
     for kind, scores in (("mean", logps / n_tokens), ("sum", logps)):
         scores = scores.masked_fill(~valid, float("-inf"))
         others = scores[:, 1:].max(-1).values
-        acc = (scores[:, 0] > others).float().mean().item()
+        correct = (scores[:, 0] > others).float()
+        acc = correct.mean().item()
         res[f"accuracy_{kind}"] = acc
         res[f"accuracy_{kind}_ci95"] = _ci95(acc, res["n"])
+        items["correct" if kind == "mean" else "correct_sum"] = correct.int().tolist()
         if kind == "mean":
             res["margin_mean"] = (scores[:, 0] - others).mean().item()
+            items["margin"] = (scores[:, 0] - others).tolist()
     res["chance"] = (1 / valid.sum(-1).float()).mean().item()
+    res["items"] = items
     return res
 
 
-def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True) -> dict:
+def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
+                  shared_prompt: bool = True) -> dict:
     """Judge-free accuracy on items with 2 to K responses (GENIES): the model prefers the best one
     if it gives it the highest log-probability. Reports per-token-mean and summed variants, the
-    mean margin (best minus the best other, per-token mean), chance level, and ``base``."""
-    scores = ranked_logps(model, encoded, pad_token_id, batch_size, base)
+    mean margin (best minus the best other, per-token mean), chance level, and ``base``.
+
+    ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``: ``correct``
+    (per-token-mean rule, 0/1), ``correct_sum`` and ``margin`` lists, for paired statistics."""
+    scores = ranked_logps(model, encoded, pad_token_id, batch_size, base, shared_prompt=shared_prompt)
     result = _ranked_summary(**scores["policy"])
     if "base" in scores:
         result["base"] = _ranked_summary(**scores["base"])

@@ -1,0 +1,112 @@
+"""Score every response of an item from one pass over its prompt.
+
+An item with K responses (GENIES: 2 to 4, TruthfulQA MC: up to 13) costs the prompt K times when
+each prompt + response runs as its own sequence. Here the prompts of a batch run once with the KV
+cache on; the cache is repeated over each item's responses (``DynamicCache.batch_repeat_interleave``)
+and the responses run on top of it. Items are sorted by length and cut into batches by a token
+budget, so little compute goes to padding. The log-probs equal the one-sequence-per-response path's
+(``reprkit.evaluate.ranked_logps(..., shared_prompt=False)``) to float rounding; tests check both.
+
+>>> lp = shared_prompt_logps(model, encoded, tokenizer.pad_token_id)   # encoded = data.encode_ranked(...)
+>>> lp["logps"].shape, lp["n_tokens"].shape, lp["valid"].shape           # [N, K] each, K = most responses
+
+Prompts are right-padded, so padding sits between a short prompt and its responses: the attention
+mask hides it and the responses get explicit position ids (prompt length + offset), exactly the
+positions they have in the concatenated sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each target token from the final (normed) hidden state that predicts it: ``[n]``."""
+    inner = getattr(model, "module", model)
+    logits = inner.get_output_embeddings()(hidden).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def length_batches(encoded: list[dict], token_budget: int, max_items: int) -> list[list[int]]:
+    """Indices of ``encoded`` in batches of similar length: sorted by prompt + longest response,
+    each batch at most ``max_items`` items and (unless one item exceeds it alone) ``token_budget``
+    tokens counted as the padded prompt pass plus the padded response pass."""
+    def size(e):
+        return len(e["prompt_ids"]), max(len(r) for r in e["responses_ids"]), len(e["responses_ids"])
+
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]["prompt_ids"]) + size(encoded[i])[1], i))
+    batches, current, p_max, r_max, k_max = [], [], 0, 0, 0
+    for i in order:
+        p, r, k = size(encoded[i])
+        np_, nr, nk = max(p_max, p), max(r_max, r), max(k_max, k)
+        cost = (len(current) + 1) * (np_ + nk * nr)
+        if current and (len(current) >= max_items or cost > token_budget):
+            batches.append(current)
+            current, np_, nr, nk = [], p, r, k
+        current.append(i)
+        p_max, r_max, k_max = np_, nr, nk
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots)."""
+    device = next(model.parameters()).device
+    b = len(examples)
+    k = max(len(e["responses_ids"]) for e in examples)
+    p_len = torch.tensor([len(e["prompt_ids"]) for e in examples], device=device)
+    p_max = int(p_len.max())
+    prompt = torch.full((b, p_max), pad_token_id, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros((b, p_max), dtype=torch.long, device=device)
+    for i, e in enumerate(examples):
+        prompt[i, : len(e["prompt_ids"])] = torch.tensor(e["prompt_ids"])
+        prompt_mask[i, : len(e["prompt_ids"])] = 1
+    out = model(input_ids=prompt, attention_mask=prompt_mask, use_cache=True, output_hidden_states=True,
+                logits_to_keep=1)
+    last = out.hidden_states[-1][torch.arange(b, device=device), p_len - 1]  # predicts each first response token
+    cache = out.cache
+    cache.batch_repeat_interleave(k)
+
+    responses = [e["responses_ids"][j] if j < len(e["responses_ids"]) else [] for e in examples for j in range(k)]
+    r_max = max(1, max(len(r) for r in responses))
+    ids = torch.full((b * k, r_max), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros((b * k, r_max), dtype=torch.long, device=device)
+    for row, r in enumerate(responses):
+        if r:
+            ids[row, : len(r)] = torch.tensor(r)
+            mask[row, : len(r)] = 1
+    positions = p_len.repeat_interleave(k)[:, None] + torch.arange(r_max, device=device)
+    attention = torch.cat([prompt_mask.repeat_interleave(k, 0), mask], 1)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
+                use_cache=True, output_hidden_states=True, logits_to_keep=1)
+    # response token j is predicted by the state before it: the prompt's last for j = 0
+    predictors = torch.cat([last.repeat_interleave(k, 0)[:, None], out.hidden_states[-1][:, :-1]], 1)
+    where = mask.bool()
+    token_logps = _head_logps(model, predictors[where], ids[where])
+    rows = where.nonzero()[:, 0]
+    logps = torch.zeros(b * k, dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
+    return logps.view(b, k), mask.sum(-1).view(b, k)
+
+
+@torch.no_grad()
+def shared_prompt_logps(model, encoded: list[dict], pad_token_id: int, token_budget: int = 8192,
+                        max_items: int = 64) -> dict[str, torch.Tensor]:
+    """``{"logps", "n_tokens", "valid"}``, each ``[N, K]`` in the order of ``encoded``: summed
+    completion log-probs, completion lengths (at least 1) and which response slots exist."""
+    n, k = len(encoded), max(len(e["responses_ids"]) for e in encoded)
+    logps = torch.full((n, k), float("-inf"))
+    n_tokens = torch.ones((n, k))
+    valid = torch.zeros((n, k), dtype=torch.bool)
+    for idx in length_batches(encoded, token_budget, max_items):
+        lp, nt = _score_batch(model, [encoded[i] for i in idx], pad_token_id)
+        for row, i in enumerate(idx):
+            m = len(encoded[i]["responses_ids"])
+            logps[i, :m] = lp[row, :m].float().cpu()
+            n_tokens[i, :m] = nt[row, :m].clamp_min(1).float().cpu()
+            valid[i, :m] = True
+    return {"logps": logps, "n_tokens": n_tokens, "valid": valid}
