@@ -6,10 +6,11 @@
 
 from .base import LossInputs, Side
 from .dpo import DPO, PlackettLuce, dr_dpo_loss, plackett_luce_loss, preference_loss
+from .prefvec import PrefVec
 from .reprpo import ReprPO
 from .reroute import Reroute
 
-LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute, "plackett_luce": PlackettLuce}
+LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute, "plackett_luce": PlackettLuce, "prefvec": PrefVec}
 
-__all__ = ["DPO", "LOSSES", "PlackettLuce", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
+__all__ = ["DPO", "LOSSES", "PlackettLuce", "PrefVec", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
            "preference_loss"]

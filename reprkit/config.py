@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reprkit.losses import DPO, PlackettLuce, Reroute, ReprPO
+from reprkit.losses import DPO, LOSSES, PlackettLuce, PrefVec, Reroute, ReprPO
 
 from .models import DEFAULT_MODEL
 
@@ -34,8 +34,8 @@ class LoraSettings:
 class TrainConfig:
     """Train a LoRA adapter with a hidden-state loss (or DPO) and track it against the frozen model."""
 
-    loss: Literal["reprpo", "dpo", "reroute", "plackett_luce"] = "reprpo"
-    """which loss to train; its settings are under --reprpo.*, --dpo.*, --reroute.*, --plackett-luce.*"""
+    loss: Literal["reprpo", "dpo", "reroute", "plackett_luce", "prefvec"] = "reprpo"
+    """which loss to train; its settings are under --reprpo.*, --dpo.*, --reroute.*, --plackett-luce.*, --prefvec.*"""
     model: str = DEFAULT_MODEL
     """hub id, local folder, or the default model's name"""
     data: str = "embedded:arithmetic"
@@ -71,6 +71,8 @@ class TrainConfig:
     """settings of the reroute loss"""
     plackett_luce: PlackettLuce = field(default_factory=PlackettLuce)
     """settings of the plackett_luce loss (all K ranked responses of an item at once)"""
+    prefvec: PrefVec = field(default_factory=PrefVec)
+    """settings of the prefvec loss (move the chosen-rejected gap along the frozen preference vector)"""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """the LoRA adapter"""
     track_layers: str | None = None
@@ -142,7 +144,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        nested = {"reprpo": ReprPO, "dpo": DPO, "reroute": Reroute, "plackett_luce": PlackettLuce, "lora": LoraSettings}
+        nested = {**LOSSES, "lora": LoraSettings}
         for key, typ in nested.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = typ(**d[key])
@@ -157,7 +159,7 @@ class TrainConfig:
 
 
 # Learning rates per loss for LoRA r16 on SmolLM2-135M.
-LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4, "plackett_luce": 1e-4}
+LR_PRESETS = {"reprpo": 3e-4, "dpo": 1e-4, "reroute": 3e-4, "plackett_luce": 1e-4, "prefvec": 1e-3}
 
 # Named presets (``reprkit train --preset NAME``): a method and its settings; flags still override.
 PRESETS: dict[str, dict] = {
@@ -170,6 +172,8 @@ PRESETS: dict[str, dict] = {
     "dr-dpo": {"loss": "dpo", "dpo": DPO(dr_beta=1.0)},
     "reroute": {"loss": "reroute"},
     "plackett-luce": {"loss": "plackett_luce"},
+    "prefvec": {"loss": "prefvec"},
+    "prefvec-hinges": {"loss": "prefvec", "prefvec": PrefVec(w_orth=1.0, w_logp=1.0, w_nll=1.0)},
 }
 
 

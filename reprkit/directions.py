@@ -1,0 +1,150 @@
+"""Directions read from contrast pairs: the mass-mean shift (mean chosen minus mean rejected state)
+or the first principal component of the paired differences, per layer, and what to do with them.
+
+>>> d = from_pairs(model, tokenizer, items, layers="range(.2,.9)", method="mean_diff")
+>>> layer, per_layer = d.best_layer(model, tokenizer, validation_items)   # separation of held-out pairs
+>>> d.score(model, tokenizer, test_items, layer)    # K-way accuracy by projection, as evaluate.item_accuracy
+>>> d.save("directions/alpaca_easy"); Direction.load("directions/alpaca_easy")
+
+States are the mean over completion tokens (``token="mean"``) or the completion's last token
+(``"last"``) of each block's output, in float32; the forward stops after the deepest layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import data as D
+from .evaluate import _ranked_summary
+from .geometry import masked_mean, unit
+from .hooks import capture
+from .reference import eval_mode
+
+
+@torch.no_grad()
+def completion_states(model, encoded: list[dict], pad_token_id: int, layers, token: str = "mean",
+                      batch_size: int = 8) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """``({layer: [N, K, H]}, valid [N, K])``: one state per response of each ranked item
+    (``data.encode_ranked``), reduced over its completion tokens."""
+    if token not in ("mean", "last"):
+        raise ValueError(f"token must be 'mean' or 'last', not {token!r}")
+    out: dict[int, list[torch.Tensor]] = {}
+    valid = []
+    k_all = max(len(e["responses_ids"]) for e in encoded)
+    with eval_mode(model):
+        for i in range(0, len(encoded), batch_size):
+            batch = D.collate_ranked(encoded[i: i + batch_size], pad_token_id)
+            b, k = batch["valid"].shape
+            with capture(model, layers, stop=True) as cap:
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            comp = batch["completion_mask"]
+            if token == "last":
+                last = comp * (comp.cumsum(-1) == comp.sum(-1, keepdim=True))
+                comp = last
+            for layer, h in cap.hidden_states.items():
+                states = masked_mean(h.float(), comp).view(b, k, -1)
+                out.setdefault(layer, []).append(torch.nn.functional.pad(states, (0, 0, 0, k_all - k)))
+            valid.append(torch.nn.functional.pad(batch["valid"], (0, k_all - k), value=False))
+    return {layer: torch.cat(v) for layer, v in out.items()}, torch.cat(valid)
+
+
+@dataclass
+class Direction:
+    """Unit vectors per layer, where they came from, and their projection statistics on that data."""
+
+    vectors: dict[int, torch.Tensor]
+    info: dict = field(default_factory=dict)
+
+    def project(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """Projection of ``[..., H]`` states on the layer's unit vector: ``[...]``."""
+        return hidden.float() @ self.vectors[layer].to(hidden.device)
+
+    def scores(self, model, tokenizer, items: list[dict], layers=None, max_length: int = 256) -> dict[int, dict]:
+        """Per layer, ``evaluate``'s K-way summary with projections in place of log-probs."""
+        encoded = D.encode_ranked(items, tokenizer, max_length, max_length // 2)
+        layers = sorted(self.vectors) if layers is None else layers
+        states, valid = completion_states(model, encoded, tokenizer.pad_token_id, layers, self.info.get("token", "mean"))
+        return {k: _ranked_summary(self.project(states[k], k), torch.ones(valid.shape), valid) for k in layers}
+
+    def score(self, model, tokenizer, items: list[dict], layer: int, max_length: int = 256) -> dict:
+        """K-way accuracy by projection at ``layer``: the best response is right when it projects
+        highest (same rule and keys as ``evaluate.item_accuracy``, margins in projection units)."""
+        return self.scores(model, tokenizer, items, [layer], max_length)[layer]
+
+    def best_layer(self, model, tokenizer, items: list[dict], max_length: int = 256) -> tuple[int, dict[int, dict]]:
+        """The layer whose projection best orders held-out items (accuracy, then margin), and every
+        layer's summary (to plot)."""
+        per_layer = self.scores(model, tokenizer, items, max_length=max_length)
+        best = max(per_layer, key=lambda k: (round(per_layer[k]["accuracy_mean"], 6), per_layer[k]["margin_mean"]))
+        return best, per_layer
+
+    def steer(self, strength: float, layer: int):
+        """An edit for ``capture(model, layer, edit_output=...)`` adding ``strength`` x the unit vector."""
+        from .edits import add_vector
+
+        return add_vector(self.vectors[layer], strength)
+
+    def ablate(self, layer: int):
+        """An edit projecting the direction out of the layer's output."""
+        from .edits import ablate
+
+        return ablate(self.vectors[layer])
+
+    def save(self, path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({str(k): v.contiguous() for k, v in self.vectors.items()}, path / "direction.safetensors")
+        (path / "direction.json").write_text(json.dumps(self.info, indent=2))
+
+    @classmethod
+    def load(cls, path) -> Direction:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        vectors = {int(k): v for k, v in load_file(path / "direction.safetensors").items()}
+        return cls(vectors, json.loads((path / "direction.json").read_text()))
+
+
+def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: str = "mean_diff") -> torch.Tensor:
+    """A unit vector from paired states ``[N, H]``: ``mean_diff`` (mean chosen minus mean rejected)
+    or ``pca`` (first principal component of the centred differences), signed so that chosen
+    projects higher on average."""
+    diff = chosen.float() - rejected.float()
+    if method == "mean_diff":
+        v = diff.mean(0)
+    elif method == "pca":
+        centred = diff - diff.mean(0)
+        v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        if (diff @ v).mean() < 0:
+            v = -v
+    else:
+        raise ValueError(f"method must be 'mean_diff' or 'pca', not {method!r}")
+    return unit(v)
+
+
+def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_diff", token: str = "mean",
+               max_length: int = 256, source: str = "") -> Direction:
+    """Read a direction per layer from items' best vs worst response (``data.to_pairs``)."""
+    pairs = D.to_pairs(items)
+    pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
+    encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_length // 2)
+    states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
+    vectors, stats = {}, {}
+    for layer, s in states.items():
+        v = direction_from_states(s[:, 0], s[:, 1], method)
+        vectors[layer] = v
+        pc, pr = s[:, 0] @ v, s[:, 1] @ v
+        spread = torch.sqrt((pc.var() + pr.var()) / 2).clamp_min(1e-12)
+        stats[str(layer)] = {"chosen_mean": pc.mean().item(), "chosen_std": pc.std().item(),
+                             "rejected_mean": pr.mean().item(), "rejected_std": pr.std().item(),
+                             "separation": ((pc.mean() - pr.mean()) / spread).item(),
+                             "pair_accuracy": (pc > pr).float().mean().item()}
+    info = {"method": method, "token": token, "layers": sorted(vectors), "data": source, "n": len(encoded),
+            "max_length": max_length, "stats": stats}
+    return Direction(vectors, info)

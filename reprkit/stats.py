@@ -1,0 +1,109 @@
+"""Paired statistics for two methods scored on the same items.
+
+Two methods evaluated on the same items are compared item by item: most items are right (or wrong)
+for both, and only the items where they disagree carry information. A paired test uses that; an
+unpaired one (two independent intervals) wastes it and needs several times more items.
+
+>>> a = {"item-1": 1, "item-2": 0, ...}; b = {"item-1": 1, "item-2": 1, ...}   # per-item outcomes
+>>> paired_difference(a, b)      # {"n", "difference", "ci95", "p", "discordant": [a only, b only], ...}
+>>> pooled_difference({"shift-1": (a1, b1), "shift-2": (a2, b2)})   # bootstrap stratified by shift
+
+Outcomes are 0/1 per item, or (several seeds) the mean over seeds per item. The interval is a
+paired bootstrap percentile interval (scipy); the p-value is McNemar's exact test for 0/1
+outcomes and, for seed-averaged ones, the sign-flip permutation test of the per-item differences,
+which is McNemar's exact test again when the outcomes are 0/1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+
+def align(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The two methods' outcomes as arrays over the same items, in one order. The item sets must
+    be equal: a comparison on different items is not paired."""
+    if set(a) != set(b):
+        only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+        raise ValueError(f"paired comparison needs the same items on both sides: {len(only_a)} only in the first "
+                         f"(e.g. {only_a[:2]}), {len(only_b)} only in the second (e.g. {only_b[:2]}); evaluate both "
+                         "methods on the same eval set and limit")
+    ids = sorted(a)
+    return np.array([a[i] for i in ids], dtype=float), np.array([b[i] for i in ids], dtype=float)
+
+
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
+    """McNemar's exact test on 0/1 outcomes: discordant counts and the two-sided binomial p."""
+    if not (np.isin(a, (0, 1)).all() and np.isin(b, (0, 1)).all()):
+        raise ValueError("McNemar's test takes 0/1 outcomes; use sign_flip_p for seed-averaged ones")
+    only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+    p = 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b, 0.5).pvalue
+    return {"only_first": only_a, "only_second": only_b, "p": float(p)}
+
+
+def sign_flip_p(diff: np.ndarray, n_resamples: int = 20000, seed: int = 0) -> float:
+    """Two-sided p of the per-item differences' mean under random sign flips (exact when the
+    nonzero differences are few, else ``n_resamples`` Monte Carlo draws)."""
+    nonzero = diff[diff != 0]
+    if nonzero.size == 0:
+        return 1.0
+    res = stats.permutation_test((nonzero,), np.mean, permutation_type="samples", n_resamples=n_resamples,
+                                 alternative="two-sided", rng=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int = 10000, seed: int = 0,
+                     confidence: float = 0.95) -> list[float]:
+    """Percentile interval of mean(a - b) from resampling items (both methods' outcomes together)."""
+    diff = a - b
+    if np.all(diff == diff[0]):
+        return [float(diff[0]), float(diff[0])]
+    res = stats.bootstrap((diff,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
+                          method="percentile", rng=np.random.default_rng(seed))
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def minimum_detectable(diff: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The accuracy difference this many items would detect with the given power (normal
+    approximation, the observed spread of per-item differences; with no spread, that of one
+    disagreement in the whole set)."""
+    n = len(diff)
+    sd = float(np.std(diff, ddof=1)) if n > 1 and np.std(diff) > 0 else math.sqrt(1 / max(n, 1))
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
+    return float(z * sd / math.sqrt(max(n, 1)))
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float], n_resamples: int = 10000, seed: int = 0) -> dict:
+    """First minus second on the same items: the difference in accuracy, its paired bootstrap 95%
+    interval, p (McNemar exact for 0/1 outcomes, else sign flips), the discordant counts (items
+    only the first / only the second got right, 0/1 outcomes) and the minimum detectable difference."""
+    x, y = align(a, b)
+    diff = x - y
+    out = {"n": len(diff), "first": float(x.mean()), "second": float(y.mean()), "difference": float(diff.mean()),
+           "ci95": paired_bootstrap(x, y, n_resamples, seed), "mde80": minimum_detectable(diff)}
+    binary = np.isin(x, (0, 1)).all() and np.isin(y, (0, 1)).all()
+    if binary:
+        m = mcnemar_exact(x, y)
+        out.update(p=m["p"], discordant=[m["only_first"], m["only_second"]], test="mcnemar-exact")
+    else:
+        out.update(p=sign_flip_p(diff, seed=seed), test="sign-flip")
+    out["significant"] = out["ci95"][0] > 0 or out["ci95"][1] < 0
+    return out
+
+
+def pooled_difference(strata: dict[str, tuple[dict, dict]], n_resamples: int = 10000, seed: int = 0) -> dict:
+    """Mean over strata (shifts) of each stratum's paired difference, with a bootstrap interval that
+    resamples items within each stratum (stratified), so every shift keeps its weight."""
+    diffs = {k: np.subtract(*align(a, b)) for k, (a, b) in strata.items()}
+    point = float(np.mean([d.mean() for d in diffs.values()]))
+    rng = np.random.default_rng(seed)
+    draws = np.zeros(n_resamples)
+    for d in diffs.values():
+        idx = rng.integers(0, len(d), size=(n_resamples, len(d)))
+        draws += d[idx].mean(1)
+    draws /= len(diffs)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"strata": len(diffs), "n": int(sum(len(d) for d in diffs.values())), "difference": point,
+            "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}

@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from reprkit.directions import Direction, direction_from_states
+
+
+def _planted(n=200, h=32, seed=0, scale=0.6):
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randn(h, generator=g)
+    true /= true.norm()
+    base = torch.randn(n, h, generator=g) * 3  # shared content of a pair, large
+    noise = lambda: torch.randn(n, h, generator=g) * 0.1  # noqa: E731
+    coef = scale + 2 * torch.rand(n, 1, generator=g)  # varied strength, so the differences have a main axis
+    chosen = base + coef / 2 * true + noise()
+    rejected = base - coef / 2 * true + noise()
+    return chosen, rejected, true
+
+
+@pytest.mark.parametrize("method", ["mean_diff", "pca"])
+def test_each_method_recovers_a_planted_direction(method):
+    chosen, rejected, true = _planted()
+    v = direction_from_states(chosen, rejected, method)
+    assert torch.nn.functional.cosine_similarity(v, true, dim=0) > 0.99
+    assert ((chosen - rejected) @ v > 0).float().mean() > 0.95  # chosen projects higher
+    # swapping the sides flips the sign
+    assert torch.nn.functional.cosine_similarity(direction_from_states(rejected, chosen, method), true, dim=0) < -0.99
+
+
+def test_unknown_method_names_the_choices():
+    with pytest.raises(ValueError, match="mean_diff"):
+        direction_from_states(torch.zeros(3, 4), torch.zeros(3, 4), "lda")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    d = Direction({3: torch.tensor([0.6, 0.8]), 5: torch.tensor([1.0, 0.0])}, {"method": "mean_diff", "n": 7})
+    d.save(tmp_path / "d")
+    back = Direction.load(tmp_path / "d")
+    assert set(back.vectors) == {3, 5} and torch.equal(back.vectors[3], d.vectors[3])
+    assert back.info == d.info
+    assert back.project(torch.tensor([[3.0, 4.0]]), 3).item() == pytest.approx(5.0)
+
+
+def test_score_ranks_responses_by_projection(tiny_folder, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit import data as D
+    from reprkit.directions import from_pairs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    items = D.load_items("embedded:arithmetic", "train", limit=24)
+    d = from_pairs(model, tokenizer, items, layers=[0, 1], max_length=96)
+    assert set(d.vectors) == {0, 1} and d.info["n"] == 24
+    # on the very items it was read from, a mean-difference direction orders most pairs
+    res = d.score(model, tokenizer, items, layer=1, max_length=96)
+    assert res["n"] == 24 and len(res["items"]["correct"]) == 24
+    assert res["accuracy_mean"] == pytest.approx(d.info["stats"]["1"]["pair_accuracy"])
+    layer, per_layer = d.best_layer(model, tokenizer, items, max_length=96)
+    assert layer in (0, 1) and set(per_layer) == {0, 1}

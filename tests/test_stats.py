@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+
+from reprkit.stats import align, mcnemar_exact, paired_difference, pooled_difference, sign_flip_p
+
+
+def _outcomes(table: dict[tuple[int, int], int]) -> tuple[dict, dict]:
+    """Per-item outcomes from a 2x2 McNemar table {(first, second): count}."""
+    a, b, i = {}, {}, 0
+    for (x, y), count in table.items():
+        for _ in range(count):
+            a[f"item{i}"], b[f"item{i}"] = x, y
+            i += 1
+    return a, b
+
+
+def test_mcnemar_hand_computed_table():
+    # 10 items only the first got right, 2 only the second: two-sided exact p = 2 * P(X <= 2 | 12, 1/2)
+    a, b = _outcomes({(1, 1): 50, (1, 0): 10, (0, 1): 2, (0, 0): 38})
+    res = paired_difference(a, b)
+    assert res["discordant"] == [10, 2]
+    assert res["p"] == pytest.approx(2 * (1 + 12 + 66) / 4096, rel=1e-12)
+    assert res["difference"] == pytest.approx(0.08)
+    assert res["n"] == 100 and res["test"] == "mcnemar-exact"
+
+
+def test_sign_flip_equals_mcnemar_on_binary_outcomes():
+    a, b = _outcomes({(1, 1): 30, (1, 0): 9, (0, 1): 3, (0, 0): 20})
+    x, y = align(a, b)
+    assert sign_flip_p(x - y) == pytest.approx(mcnemar_exact(x, y)["p"], rel=1e-9)
+
+
+def test_paired_interval_uses_the_pairing():
+    # the second method is the first plus 8 wins on 200 items; the items vary a lot in difficulty
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 2, 200)
+    second = first.copy()
+    second[np.flatnonzero(first == 0)[:8]] = 1
+    a = {f"i{k}": int(v) for k, v in enumerate(first)}
+    b = {f"i{k}": int(v) for k, v in enumerate(second)}
+    paired = paired_difference(b, a)
+    assert paired["significant"] and paired["ci95"][0] > 0
+    assert paired["p"] < 0.01
+    # the same outcomes with the pairing broken (items shuffled on one side): no longer decisive
+    ids = list(b)
+    shuffled = dict(zip(ids, [b[i] for i in rng.permutation(ids)]))
+    broken = paired_difference(shuffled, a)
+    assert broken["difference"] == pytest.approx(paired["difference"])
+    assert not broken["significant"]
+    assert broken["ci95"][1] - broken["ci95"][0] > 3 * (paired["ci95"][1] - paired["ci95"][0])
+
+
+def test_align_matches_items_by_id_not_by_order():
+    a = {"x": 1, "y": 0, "z": 1}
+    b = {"z": 1, "x": 1, "y": 0}
+    assert paired_difference(a, b)["ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference(a, {"x": 1, "y": 0, "w": 1})
+
+
+def test_seed_averaged_outcomes_use_sign_flips():
+    a = {f"i{k}": v for k, v in enumerate([1, 0.5, 1, 1, 0.5, 1, 1, 1, 0.5, 1] * 3)}
+    b = {f"i{k}": v for k, v in enumerate([0.5, 0, 1, 0.5, 0, 1, 0.5, 1, 0, 0.5] * 3)}
+    res = paired_difference(a, b)
+    assert res["test"] == "sign-flip" and res["p"] < 0.001 and res["significant"]
+
+
+def test_pooled_difference_is_the_mean_of_strata_with_a_stratified_interval():
+    a1, b1 = _outcomes({(1, 0): 10, (1, 1): 40, (0, 0): 50})   # +0.10
+    a2, b2 = _outcomes({(0, 1): 2, (1, 1): 48, (0, 0): 150})    # -0.01
+    res = pooled_difference({"s1": (a1, b1), "s2": (a2, b2)})
+    assert res["difference"] == pytest.approx((0.10 - 0.01) / 2)
+    assert res["strata"] == 2 and res["n"] == 300
+    assert res["ci95"][0] < res["difference"] < res["ci95"][1]
+    # stratified: a stratum with no spread contributes no width
+    a3, b3 = _outcomes({(1, 1): 100})
+    res = pooled_difference({"s3": (a3, b3), "s4": (a3, b3)})
+    assert res["ci95"] == [0.0, 0.0]
