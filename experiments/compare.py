@@ -1,228 +1,356 @@
-"""Compare methods under distribution shift: methods x GENIES shifts x seeds, one shared budget.
+"""Does training on hidden states generalise better than DPO? The comparison grid.
 
-    python experiments/compare.py --grid experiments/grids/genies3.json --out results/genies3
+    python experiments/compare.py --grid experiments/grids/decisive.json --out results/decisive
+    REPRKIT_DATA_DIR=/my/data python experiments/compare.py --grid g.json --shift-file my-shifts.json --out results/mine
 
-Each cell (shift, method, seed) trains on the shift's source distribution (``train[:90%]``) and
-is evaluated on: its training items, the source test split, the target test split (out of
-distribution), an unrelated distribution, and the perplexity of a retain set relative to the
-frozen model. The ``base`` method is the frozen model itself (no training).
+A shift trains on a GENIES distribution (its source) and tests on another (its target). Phases,
+each resumable (a finished piece writes its JSON and is never recomputed; an interrupted training
+resumes from its last checkpoint):
 
-Learning rates are tuned per method on a small sweep that only sees source-distribution
-validation data (``train[90%:]`` of the first shift's source), never a target.
-
-Resumable: a finished cell writes ``cell.json`` and is never recomputed; an interrupted cell's
-training resumes from its last checkpoint. Outputs: ``results.csv`` (one row per cell and eval
-set), ``results.md`` (mean and spread over seeds, absolute and relative to base) and
-``results.html`` (plotly).
+1. **Learning rate per method**, from a sweep on the first shift's source only: ``sweep_steps``
+   steps on ``train[:90%]``, scored on the held-out ``train[90%:]`` (validation) and on the retain
+   set's perplexity. The rule (``choose_lr``), fixed before any run: among rates whose retain
+   perplexity ratio is at most ``max_ppl_ratio``, the highest validation accuracy, ties broken by
+   the validation margin, then the smaller rate. Never a target.
+2. **Cells** (source, method, seed), every method on every shift for seed 0 before any second seed.
+   A trained method runs ``epochs`` over ``train[:90%]`` in ``curve_points`` segments; after each,
+   source validation and the first ``curve_target_limit`` target items are scored (the curve that
+   compares methods at matched source accuracy). Then the whole test split of the source and of
+   every target, the retain perplexity ratio and a few greedy samples. ``base`` is the frozen
+   model; ``mms`` a mean-difference direction read from the source's training pairs (layer chosen
+   on source validation), scoring by projection, no training. Every score keeps its per-item
+   outcomes (item id, correct, margin) in the cell's ``cell.json``.
+3. **Extras** (seed 0 of each method): TruthfulQA MC1/MC2 and the sycophancy eval on fixed subsets.
+4. **Analysis** (``experiments/analyse.py``): paired differences with intervals, tables, figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
+import hashlib
 import json
-import statistics
+import math
 import time
 from pathlib import Path
 
+import torch
+
 from reprkit import data as D
 from reprkit.config import LoraSettings, TrainConfig, preset
-from reprkit.evalrun import evaluate_target
-from reprkit.runlog import checkpoints, write_json
+from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio
+from reprkit.models import DEFAULT_MODEL, load_model
+from reprkit.runlog import checkpoints, read_config, write_json
 
 TRAIN_SPLIT, VAL_SPLIT = "train[:90%]", "train[90%:]"
 
 
 @dataclasses.dataclass
 class Grid:
-    model: str = "smollm2-135m-instruct"
-    shifts: list[str] = dataclasses.field(default_factory=lambda: ["alpaca_easy", "alpaca_short", "code_easy"])
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["base", "dpo", "reprpo", "reroute"])
-    """presets (see reprkit.config.PRESETS) or "base" for the frozen model"""
-    extra_methods_first_shift: list[str] = dataclasses.field(default_factory=lambda: ["reprpo-direction-only"])
-    """methods run on the first shift only (the direction-only variants)"""
+    model: str = DEFAULT_MODEL
+    shifts: list[str] = dataclasses.field(default_factory=lambda: ["alpaca_easy->alpaca_hard"])
+    """'source->target', or a source alone for every target the shift file gives it"""
+    shift_file: str | None = None
+    """a GENIES-format shift list (default: genies/distribution_shifts/GENIES.json of the data dir)"""
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["base", "mms", "dpo", "reprpo", "reroute"])
+    """'base' (frozen model), 'mms' (read direction) or presets of reprkit.config.PRESETS"""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
-    steps: int = 40
+    epochs: float = 1.0
+    """passes over the source's train[:90%] pairs (steps = ceil(epochs * pairs / batch_size))"""
+    train_limit: int | None = None
+    """use only the first n training items of each source (None: all of train[:90%])"""
     batch_size: int = 4
     max_length: int = 192
+    max_prompt_length: int = 96
     lora_r: int = 16
-    eval_limit: int = 100
-    """items per eval set"""
-    train_eval_limit: int = 50
-    """training items re-scored for the 'train' column"""
-    unrelated: str = "genies:us_history"
+    eval_max_length: int = 256
+    """tokens of prompt + response when scoring (prompts cut to half of it from the left)"""
+    eval_limit: int | None = None
+    """items per final eval set (None: the whole test split)"""
+    curve_points: int = 4
+    """evaluations along each training run (the last at its end), for the matched-accuracy curve"""
+    val_limit: int | None = None
+    """source validation items (train[90%:]) scored along training and in the sweep (None: all)"""
+    curve_target_limit: int = 60
+    """target items scored at each curve point (the first n of the target's test split)"""
     retain_data: str = "hh-rlhf:helpful-base"
-    lr_sweep: list[float] = dataclasses.field(default_factory=lambda: [1e-4, 3e-4, 1e-3])
-    sweep_steps: int = 20
+    retain_limit: int = 100
+    lr_sweep: list[float] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    sweep_steps: int = 40
+    max_ppl_ratio: float = 3.0
+    """a learning rate whose retain perplexity ratio exceeds this broke the model: not a valid choice"""
+    mms_layers: str = "range(.2,.9)"
+    n_samples: int = 4
+    """greedy samples per cell (target test prompts), for a coherence check by eye"""
+    truthfulqa_limit: int = 100
+    sycophancy_limit: int = 200
 
 
-def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run_dir: Path, steps: int) -> TrainConfig:
-    cfg = preset(method)
-    return dataclasses.replace(
-        cfg, model=grid.model, data=f"genies:{source}", train_split=TRAIN_SPLIT, eval_data=(), seed=seed, lr=lr,
-        steps=steps, batch_size=grid.batch_size, max_length=grid.max_length, max_prompt_length=grid.max_length // 2,
-        lora=LoraSettings(r=grid.lora_r, alpha=2 * grid.lora_r), run_dir=str(run_dir), progress=False,
-        save_every=10, warmup_steps=max(1, steps // 10), n_samples=0,
-    )
+# ---------------------------------------------------------------- shifts and items
 
 
-def run_training(cfg: TrainConfig) -> Path:
-    from reprkit.train import train
-
-    run = Path(cfg.run_dir)
-    if (run / "adapter" / "adapter_config.json").is_file() and checkpoints(run) and checkpoints(run)[-1][0] >= cfg.steps:
-        return run
-    if (run / "config.json").is_file():
-        return train(dataclasses.replace(cfg, resume=str(run)))
-    return train(cfg)
-
-
-def tune_lr(grid: Grid, method: str, out: Path) -> float:
-    """Best learning rate by source-validation accuracy (first shift's source, seed 0), ties broken
-    by the larger mean margin (best response minus the best other, per-token log-prob): with a few
-    dozen items accuracy often ties, and the margin says which rate moved preferences further.
-    Cached in ``lr/<method>.json``."""
-    cache = out / "lr" / f"{method}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["lr"]
-    source = grid.shifts[0]
-    scores, margins = {}, {}
-    for lr in grid.lr_sweep:
-        run = out / "lr" / method / f"lr{lr:g}"
-        run_training(train_config(grid, method, source, 0, lr, run, grid.sweep_steps))
-        res = evaluate_target(str(run), [f"genies:{source}"], split=VAL_SPLIT, limit=grid.eval_limit, base=False)
-        scores[lr] = res["datasets"][f"genies:{source}"]["accuracy_mean"]
-        margins[lr] = res["datasets"][f"genies:{source}"]["margin_mean"]
-    best = choose_lr(scores, margins)
-    write_json(cache, {"lr": best, "validation_accuracy": scores, "validation_margin": margins, "source": source,
-                       "split": VAL_SPLIT})
-    return best
+def resolve_shifts(grid: Grid) -> dict[str, list[str]]:
+    """source -> its targets, in the grid's order."""
+    listed = D.genies_shifts(grid.shift_file)
+    out: dict[str, list[str]] = {}
+    for spec in grid.shifts:
+        source, _, target = spec.partition("->")
+        source, target = source.strip(), target.strip()
+        known = [s["target"] for s in listed if s["source"] == source]
+        if not known:
+            raise D.DataError(f"no shift in the shift list has source {source!r}; sources: "
+                              f"{sorted({s['source'] for s in listed})}")
+        if target and target not in known:
+            raise D.DataError(f"the shift list has no shift {source}->{target}; targets of {source}: {known}")
+        out.setdefault(source, [])
+        out[source] += [t for t in ([target] if target else known) if t not in out[source]]
+    return out
 
 
-def choose_lr(accuracy: dict[float, float], margin: dict[float, float]) -> float:
-    """Highest validation accuracy; among ties, the larger mean margin; then the smaller rate."""
-    return max(accuracy, key=lambda lr: (round(accuracy[lr], 6), margin.get(lr, float("-inf")), -lr))
+def item_id(encoded: dict) -> str:
+    """A stable id of an encoded item: its prompt and best response tokens (the same under every method)."""
+    key = json.dumps([encoded["prompt_ids"], encoded["responses_ids"][0]])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def eval_sets(grid: Grid, source: str) -> dict[str, tuple[str, str, int]]:
-    """column -> (dataset, split, limit)"""
-    targets = [s for s in D.shift_sources(source)[1:]]
-    cols = {"train": (f"genies:{source}", TRAIN_SPLIT, grid.train_eval_limit),
-            "source test": (f"genies:{source}", "test", grid.eval_limit)}
-    for i, t in enumerate(targets):
-        cols["target" if i == 0 else f"target {i + 1}"] = (t, "test", grid.eval_limit)
-    cols["unrelated"] = (grid.unrelated, "test", grid.eval_limit)
+def encode_set(grid: Grid, tok, source: str, split: str, limit: int | None) -> list[dict]:
+    items = D.load_items(source, split, limit=limit)
+    return D.encode_ranked(items, tok, grid.eval_max_length, grid.eval_max_length // 2)
+
+
+def score(model, tok, encoded: list[dict]) -> dict:
+    """item_accuracy without the frozen model's pass, with per-item outcomes keyed by item id."""
+    res = item_accuracy(model, encoded, tok.pad_token_id, base=False)
+    items = res.pop("items")
+    res["items"] = {"id": [item_id(e) for e in encoded], "correct": items["correct"],
+                    "margin": [round(m, 5) for m in items["margin"]]}
+    return res
+
+
+def eval_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
+    """column -> (dataset, split, limit) of the final evaluation."""
+    cols = {"source test": (f"genies:{source}", "test", grid.eval_limit)}
+    for t in targets:
+        cols[f"target {t}"] = (f"genies:{t}", "test", grid.eval_limit)
     return cols
 
 
-def run_cell(grid: Grid, out: Path, source: str, method: str, seed: int, lrs: dict) -> dict:
+def curve_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
+    cols = {"source val": (f"genies:{source}", VAL_SPLIT, grid.val_limit)}
+    for t in targets:
+        cols[f"target {t}"] = (f"genies:{t}", "test", grid.curve_target_limit)
+    return cols
+
+
+def score_direction(grid: Grid, model, tok, direction, source: str, split: str, limit: int | None) -> dict:
+    """As ``score``, ranking responses by their projection on a read direction (the mms method)."""
+    direction, layer = direction
+    items = D.load_items(source, split, limit=limit)
+    ids = [item_id(e) for e in D.encode_ranked(items, tok, grid.eval_max_length, grid.eval_max_length // 2)]
+    res = direction.score(model, tok, items, layer, max_length=grid.eval_max_length)
+    items_out = res.pop("items")
+    res["items"] = {"id": ids, "correct": items_out["correct"], "margin": [round(m, 5) for m in items_out["margin"]]}
+    return res
+
+
+def score_sets(grid: Grid, model, tok, sets: dict, direction=None) -> dict:
+    """Score each eval set (log-probs, or projections on ``direction = (Direction, layer)``)."""
+    out = {}
+    for col, (d, s, lim) in sets.items():
+        res = (score_direction(grid, model, tok, direction, d, s, lim) if direction is not None
+               else score(model, tok, encode_set(grid, tok, d, s, lim)))
+        out[col] = {"data": d, "split": s, **res}
+    return out
+
+
+# ---------------------------------------------------------------- training in segments
+
+
+def n_steps(grid: Grid, source: str) -> int:
+    pairs = D.to_pairs(D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit))
+    return math.ceil(grid.epochs * len(pairs) / grid.batch_size)
+
+
+def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run_dir: Path, total: int) -> TrainConfig:
+    cfg = preset(method)
+    return dataclasses.replace(
+        cfg, model=grid.model, data=f"genies:{source}", train_split=TRAIN_SPLIT, eval_data=(), seed=seed, lr=lr,
+        steps=total, batch_size=grid.batch_size, max_length=grid.max_length, max_prompt_length=grid.max_prompt_length,
+        lora=LoraSettings(r=grid.lora_r, alpha=2 * grid.lora_r), run_dir=str(run_dir), progress=False,
+        save_every=0, warmup_steps=max(1, total // 10), n_samples=0, limit=grid.train_limit,
+    )
+
+
+def train_to(cfg: TrainConfig, step: int) -> Path:
+    """Train ``cfg``'s run up to ``step`` (from scratch, or resumed from its last checkpoint). The
+    schedule is the whole run's (warm-up from ``cfg.steps``), so segments equal one run."""
+    from reprkit.train import train
+
+    run = Path(cfg.run_dir)
+    done = checkpoints(run)
+    if done and done[-1][0] >= step:
+        return run
+    if not (run / "config.json").is_file():
+        return train(dataclasses.replace(cfg, steps=step))
+    saved = read_config(run)
+    saved["steps"] = step
+    write_json(run / "config.json", saved)
+    return train(TrainConfig(resume=str(run)))
+
+
+def load_adapter(grid: Grid, run: Path):
+    from peft import PeftModel
+
+    model, tok = load_model(grid.model)
+    return PeftModel.from_pretrained(model, run / "adapter"), tok
+
+
+def retain_ratio(grid: Grid, model, tok) -> dict:
+    pairs = D.to_pairs(D.load_items(grid.retain_data, "test", limit=grid.retain_limit))
+    encoded = D.encode_pairs(pairs, tok, grid.eval_max_length, grid.eval_max_length // 2)
+    return {"data": grid.retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id)}
+
+
+# ---------------------------------------------------------------- learning rates
+
+
+def choose_lr(accuracy: dict[float, float], margin: dict[float, float], ppl_ratio: dict[float, float] | None = None,
+              max_ppl_ratio: float = float("inf")) -> float:
+    """Among rates whose retain perplexity ratio is at most ``max_ppl_ratio``: the highest validation
+    accuracy; ties broken by the larger mean margin, then the smaller rate. When every rate broke the
+    model, the smallest rate."""
+    ppl_ratio = ppl_ratio or {}
+    valid = [lr for lr in accuracy if ppl_ratio.get(lr, 1.0) <= max_ppl_ratio]
+    if not valid:
+        return min(accuracy)
+    return max(valid, key=lambda lr: (round(accuracy[lr], 6), margin.get(lr, float("-inf")), -lr))
+
+
+def tune_lr(grid: Grid, method: str, source: str, out: Path) -> float:
+    cache = out / "lr" / f"{method}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["lr"]
+    records = {}
+    for lr in grid.lr_sweep:
+        rec_file = out / "lr" / method / f"lr{lr:g}.json"
+        if rec_file.is_file():
+            records[lr] = json.loads(rec_file.read_text())
+            continue
+        start = time.time()
+        run = out / "lr" / method / f"lr{lr:g}"
+        train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps), grid.sweep_steps)
+        model, tok = load_adapter(grid, run)
+        val = score(model, tok, encode_set(grid, tok, f"genies:{source}", VAL_SPLIT, grid.val_limit))
+        ppl = retain_ratio(grid, model, tok)
+        records[lr] = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"],
+                       "ppl_ratio": ppl["ratio"], "seconds": time.time() - start}
+        write_json(rec_file, records[lr])
+        print(f"lr sweep {method} {lr:g}: val {val['accuracy_mean']:.3f} margin {val['margin_mean']:.4f} "
+              f"ppl x{ppl['ratio']:.3f}", flush=True)
+    acc = {lr: r["accuracy"] for lr, r in records.items()}
+    best = choose_lr(acc, {lr: r["margin"] for lr, r in records.items()},
+                     {lr: r["ppl_ratio"] for lr, r in records.items()}, grid.max_ppl_ratio)
+    write_json(cache, {"lr": best, "rule": choose_lr.__doc__.split("\n\n")[0].strip(), "max_ppl_ratio": grid.max_ppl_ratio,
+                       "source": source, "split": VAL_SPLIT, "steps": grid.sweep_steps,
+                       "sweep": {f"{lr:g}": r for lr, r in records.items()}})
+    return best
+
+
+# ---------------------------------------------------------------- cells
+
+
+def samples(grid: Grid, model, tok, target: str) -> list[dict]:
+    items = D.load_items(f"genies:{target}", "test", limit=grid.n_samples)
+    return generate_samples(model, tok, [it["prompt"] for it in items], max_new_tokens=48)
+
+
+def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
     if done.is_file():
         return json.loads(done.read_text())
     cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}
+    direction = None
     if method == "base":
-        target = grid.model
+        model, tok = load_model(grid.model)
+        cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets))}]
+    elif method == "mms":
+        model, tok = load_model(grid.model)
+        cell["mms"], direction = read_mms(grid, model, tok, source)
+        cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
     else:
-        target = str(run_training(train_config(grid, method, source, seed, lrs[method], cell_dir / "run", grid.steps)))
-    scores = {}
-    for col, (dataset, split, limit) in eval_sets(grid, source).items():
-        # the frozen model has its own row (method "base"): no second base pass per cell
-        res = evaluate_target(target, [dataset], split=split, limit=limit, base=False)
-        scores[col] = {"data": dataset, "split": split, **res["datasets"][dataset]}
-    ppl = evaluate_target(target, [], split="test", limit=grid.eval_limit, retain_data=grid.retain_data)
-    cell = {"shift": source, "method": method, "seed": seed, "lr": lrs.get(method), "scores": scores,
-            "retain_perplexity": ppl.get("retain_perplexity"), "seconds": time.time() - start}
+        total = n_steps(grid, source)
+        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total)
+        curve_file = cell_dir / "curve.json"
+        curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+        for k in range(1, grid.curve_points + 1):
+            step = round(total * k / grid.curve_points)
+            if any(p["step"] == step for p in curve):
+                continue
+            run = train_to(cfg, step)
+            model, tok = load_adapter(grid, run)
+            curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets))})
+            write_json(curve_file, curve)
+        cell.update(curve=curve, steps=total, pairs_seen=total * grid.batch_size)
+    cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), direction)
+    if method not in ("base", "mms"):
+        cell["retain_perplexity"] = retain_ratio(grid, model, tok)
+    if method != "mms":
+        cell["samples"] = samples(grid, model, tok, targets[0])
+    cell["seconds"] = time.time() - start
     write_json(done, cell)
     return cell
 
 
-def write_outputs(cells: list[dict], out: Path, grid: Grid, wall: float) -> None:
-    rows = []
-    for c in cells:
-        for col, s in c["scores"].items():
-            rows.append({"shift": c["shift"], "method": c["method"], "seed": c["seed"], "lr": c["lr"], "eval": col,
-                         "data": s["data"], "n": s["n"], "accuracy": s["accuracy_mean"],
-                         "accuracy_sum": s["accuracy_sum"], "chance": s["chance"],
-                         "perplexity_ratio": (c["retain_perplexity"] or {}).get("ratio")})
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(markdown_table(cells, grid, wall))
-    figure(cells).write_html(out / "results.html", include_plotlyjs="cdn")
+def read_mms(grid: Grid, model, tok, source: str) -> tuple[dict, tuple]:
+    """A mean-difference direction from the source's training pairs and the layer that best orders
+    the source's validation items: (what was chosen, (Direction, layer))."""
+    from reprkit.directions import from_pairs
 
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return ""
-    m = statistics.mean(values)
-    return f"{m:.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
-
-
-def markdown_table(cells: list[dict], grid: Grid, wall: float) -> str:
-    cols = ["train", "source test", "target", "unrelated"]
-    base = {(c["shift"], col): c["scores"][col]["accuracy_mean"] for c in cells if c["method"] == "base"
-            for col in cols if col in c["scores"]}
-    lines = [f"Model {grid.model}; budget: {grid.steps} steps x {grid.batch_size} pairs, max length {grid.max_length}, "
-             f"LoRA r{grid.lora_r}; seeds {grid.seeds}; {grid.eval_limit} items per eval set; compute time of the cells "
-             f"{wall / 60:.1f} min (learning-rate sweep not included).", "",
-             "| shift | method | " + " | ".join(cols) + " | " + " | ".join(f"{c} vs base" for c in cols) + " | retain ppl ratio |",
-             "|" + "---|" * (3 + 2 * len(cols))]
-    groups: dict[tuple, list[dict]] = {}
-    for c in cells:
-        groups.setdefault((c["shift"], c["method"]), []).append(c)
-    for (shift, method), cs in groups.items():
-        absolute = [_mean_sd([c["scores"][col]["accuracy_mean"] for c in cs if col in c["scores"]]) for col in cols]
-        relative = [_mean_sd([c["scores"][col]["accuracy_mean"] - base[(shift, col)] for c in cs
-                              if col in c["scores"] and (shift, col) in base]) if method != "base" else "" for col in cols]
-        ppl = [c["retain_perplexity"]["ratio"] for c in cs if c.get("retain_perplexity") and c["retain_perplexity"].get("ratio")]
-        lines.append(f"| {shift} | {method} | " + " | ".join(absolute) + " | " + " | ".join(relative) + f" | {_mean_sd(ppl)} |")
-    return "\n".join(lines) + "\n"
-
-
-def figure(cells: list[dict]):
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    shifts = list(dict.fromkeys(c["shift"] for c in cells))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    cols = ["train", "source test", "target", "unrelated"]
-    fig = make_subplots(rows=1, cols=len(shifts), subplot_titles=shifts, shared_yaxes=True)
-    for j, method in enumerate(methods):
-        for i, shift in enumerate(shifts, start=1):
-            cs = [c for c in cells if c["shift"] == shift and c["method"] == method]
-            if not cs:
-                continue
-            ys = [statistics.mean(c["scores"][col]["accuracy_mean"] for c in cs) for col in cols]
-            fig.add_trace(go.Bar(x=cols, y=ys, name=method, legendgroup=method, showlegend=i == 1,
-                                 marker_color=["#aaaaaa", "#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a"][j % 6]),
-                          row=1, col=i)
-    fig.update_layout(barmode="group", yaxis_title="accuracy (mean over seeds)", height=420)
-    return fig
+    items = D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit)
+    direction = from_pairs(model, tok, items, grid.mms_layers, "mean_diff", max_length=grid.eval_max_length,
+                           source=f"genies:{source} {TRAIN_SPLIT}")
+    val = D.load_items(f"genies:{source}", VAL_SPLIT, limit=grid.val_limit)
+    layer, per_layer = direction.best_layer(model, tok, val, max_length=grid.eval_max_length)
+    info = {"layer": layer, "validation": {str(k): v["accuracy_mean"] for k, v in per_layer.items()},
+            "n_pairs": direction.info["n"]}
+    return info, (direction, layer)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--grid", help="JSON file of Grid fields (default: the built-in 3-shift grid)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--grid", help="JSON file of Grid fields")
+    p.add_argument("--shift-file", help="a GENIES-format shift list (overrides the grid's)")
     p.add_argument("--out", default="results/compare")
+    p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells (for a sitting)")
     args = p.parse_args()
     grid = Grid(**json.loads(Path(args.grid).read_text())) if args.grid else Grid()
+    if args.shift_file:
+        grid.shift_file = args.shift_file
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "grid.json", dataclasses.asdict(grid))
-    trained = [m for m in dict.fromkeys(grid.methods + grid.extra_methods_first_shift) if m != "base"]
-    lrs = {m: tune_lr(grid, m, out) for m in trained}
-    cells = []
-    for i, source in enumerate(grid.shifts):
-        methods = grid.methods + (grid.extra_methods_first_shift if i == 0 else [])
-        for method in methods:
-            for seed in ([0] if method == "base" else grid.seeds):
-                cells.append(run_cell(grid, out, source, method, seed, lrs))
-                write_outputs(cells, out, grid, sum(c["seconds"] for c in cells))
-    print((out / "results.md").read_text())
+    shifts = resolve_shifts(grid)
+    first = next(iter(shifts))
+    trained = [m for m in grid.methods if m not in ("base", "mms")]
+    lrs = {m: tune_lr(grid, m, first, out) for m in trained}
+    new = 0
+    for seed in grid.seeds:
+        for source, targets in shifts.items():
+            for method in grid.methods:
+                if seed != grid.seeds[0] and method in ("base", "mms"):
+                    continue  # deterministic: one cell
+                if args.max_cells is not None and new >= args.max_cells:
+                    return
+                fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
+                run_cell(grid, out, source, targets, method, seed, lrs)
+                new += fresh
+                print(f"cell {source} {method} seed{seed} done", flush=True)
+    from analyse import analyse  # noqa: E402 (experiments/ is the script's folder)
+
+    analyse(out)
 
 
 if __name__ == "__main__":

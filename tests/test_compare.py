@@ -1,4 +1,4 @@
-"""The comparison grid runs, writes its tables, and is resumable (a finished cell is not recomputed)."""
+"""The comparison grid runs, keeps per-item outcomes, writes its paired statistics, and resumes."""
 
 import csv
 import importlib.util
@@ -6,17 +6,22 @@ import json
 import sys
 from pathlib import Path
 
-spec = importlib.util.spec_from_file_location("compare", Path(__file__).parents[1] / "experiments" / "compare.py")
+import pytest
+
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+spec = importlib.util.spec_from_file_location("compare", EXPERIMENTS / "compare.py")
 compare = importlib.util.module_from_spec(spec)
 sys.modules["compare"] = compare  # dataclasses look their module up there
 spec.loader.exec_module(compare)
 
 
-def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
-    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy"], methods=["base", "dpo"],
-                        extra_methods_first_shift=["reprpo"], seeds=[0, 1], steps=2, batch_size=2, max_length=96,
-                        lora_r=2, eval_limit=4, train_eval_limit=4, unrelated="embedded:capitals",
-                        retain_data="embedded:capitals", lr_sweep=[1e-3, 1e-4], sweep_steps=1)
+def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch, shared_data):
+    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"],
+                        methods=["base", "mms", "dpo", "reprpo"], seeds=[0, 1], train_limit=8, batch_size=2,
+                        max_length=96, max_prompt_length=48, lora_r=2, eval_max_length=96, eval_limit=6,
+                        curve_points=2, curve_target_limit=4, val_limit=5, retain_data="embedded:capitals", retain_limit=4,
+                        lr_sweep=[1e-3, 1e-4], sweep_steps=1, mms_layers="0,1", n_samples=1)
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
     out = tmp_path / "out"
@@ -24,31 +29,81 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     compare.main()
     rows = list(csv.DictReader(open(out / "results.csv")))
     cells = {(r["method"], r["seed"]) for r in rows}
-    assert cells == {("base", "0"), ("dpo", "0"), ("dpo", "1"), ("reprpo", "0"), ("reprpo", "1")}
-    assert {r["eval"] for r in rows} == {"train", "source test", "target", "unrelated"}
-    assert all(r["data"] == "genies:alpaca_hard" for r in rows if r["eval"] == "target")
+    assert cells == {("base", "0"), ("mms", "0"), ("dpo", "0"), ("dpo", "1"), ("reprpo", "0"), ("reprpo", "1")}
+    assert {r["eval"] for r in rows} == {"source test", "target alpaca_hard"}
+    assert all(r["n"] == "6" for r in rows)
+    # per-item outcomes: the same item ids under every method, so differences are paired
+    cell = json.loads((out / "cells/alpaca_easy/dpo/seed0/cell.json").read_text())
+    base = json.loads((out / "cells/alpaca_easy/base/seed0/cell.json").read_text())
+    items = cell["scores"]["target alpaca_hard"]["items"]
+    assert len(items["id"]) == 6 and set(items["correct"]) <= {0, 1}
+    assert items["id"] == base["scores"]["target alpaca_hard"]["items"]["id"]
+    assert [p["step"] for p in cell["curve"]] == [2, 4] and cell["steps"] == 4  # 8 pairs / 2, two curve points
+    assert cell["curve"][0]["source val"]["n"] == 5 and cell["curve"][0]["target alpaca_hard"]["n"] == 4
+    assert cell["retain_perplexity"]["ratio"] > 0 and len(cell["samples"]) == 1
+    mms = json.loads((out / "cells/alpaca_easy/mms/seed0/cell.json").read_text())
+    assert mms["mms"]["layer"] in (0, 1)
+    paired = list(csv.DictReader(open(out / "paired.csv")))
+    assert {(r["method"], r["vs"]) for r in paired if r["shift"] == "alpaca_easy"} >= {
+        ("dpo", "base"), ("reprpo", "dpo"), ("reprpo", "base"), ("mms", "dpo")}
+    assert any(r["shift"] == "pooled" for r in paired)
+    matched = list(csv.DictReader(open(out / "matched.csv")))
+    assert {r["method"] for r in matched} == {"dpo", "reprpo", "mms"}
     md = (out / "results.md").read_text()
-    assert "| alpaca_easy | dpo |" in md and "vs base" in md and "± " in md
-    assert (out / "results.html").stat().st_size > 1000
+    assert "| alpaca_easy | target alpaca_hard | reprpo |" in md and "vs DPO" in md
+    assert (out / "matched-accuracy.html").stat().st_size > 1000
     lr = json.loads((out / "lr" / "dpo.json").read_text())
-    assert lr["lr"] in (1e-3, 1e-4) and lr["split"] == "train[90%:]"
+    assert lr["lr"] in (1e-3, 1e-4) and lr["split"] == "train[90%:]" and set(lr["sweep"]) == {"0.001", "0.0001"}
     # the base row of the grid is what `reprkit eval` gives for the base model
     base_row = next(r for r in rows if r["method"] == "base" and r["eval"] == "source test")
     from reprkit.evalrun import evaluate_target
 
-    again = evaluate_target(str(tiny_folder), ["genies:alpaca_easy"], split="test", limit=4)
+    again = evaluate_target(str(tiny_folder), ["genies:alpaca_easy"], split="test", limit=6, max_length=96)
     assert float(base_row["accuracy"]) == again["datasets"]["genies:alpaca_easy"]["accuracy_mean"]
     # resumable: a second invocation recomputes nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")}
     calls = []
-    monkeypatch.setattr(compare, "run_training", lambda cfg: calls.append(cfg))
-    monkeypatch.setattr(compare, "evaluate_target", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(compare, "train_to", lambda *a: calls.append(a))
+    monkeypatch.setattr(compare, "score_sets", lambda *a, **k: calls.append(a))
     compare.main()
     assert calls == [] and {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")} == stamps
 
 
-def test_learning_rate_choice_breaks_accuracy_ties_by_margin():
-    acc = {1e-4: 0.6667, 1e-3: 0.6667, 3e-3: 0.5}
-    assert compare.choose_lr(acc, {1e-4: 0.01, 1e-3: 0.20, 3e-3: 0.9}) == 1e-3  # tie on accuracy: larger margin
-    assert compare.choose_lr({1e-4: 0.7, 1e-3: 0.6}, {1e-4: 0.0, 1e-3: 1.0}) == 1e-4  # accuracy first
-    assert compare.choose_lr({1e-4: 0.5, 1e-3: 0.5}, {}) == 1e-4  # nothing else to go on: the smaller rate
+def test_segments_equal_one_run(tiny_folder, tmp_path):
+    """Training in curve segments (resumed from checkpoints) gives the one-run adapter."""
+    from safetensors.torch import load_file
+
+    grid = compare.Grid(model=str(tiny_folder), train_limit=8, batch_size=2, max_length=96, max_prompt_length=48,
+                        lora_r=2)
+    whole = compare.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "whole", 4)
+    parts = compare.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "parts", 4)
+    compare.train_to(whole, 4)
+    compare.train_to(parts, 2)
+    compare.train_to(parts, 4)
+    a = load_file(tmp_path / "whole/adapter/adapter_model.safetensors")
+    b = load_file(tmp_path / "parts/adapter/adapter_model.safetensors")
+    for k in a:
+        assert (a[k] - b[k]).abs().max() <= 1e-6 * (1 + a[k].abs().max()), k
+
+
+@pytest.mark.parametrize("acc,margin,ppl,bound,expect", [
+    ({1e-4: 0.6667, 1e-3: 0.6667, 3e-3: 0.5}, {1e-4: 0.01, 1e-3: 0.20, 3e-3: 0.9}, None, 3.0, 1e-3),  # tie: margin
+    ({1e-4: 0.7, 1e-3: 0.6}, {1e-4: 0.0, 1e-3: 1.0}, None, 3.0, 1e-4),  # accuracy first
+    ({1e-4: 0.5, 1e-3: 0.5}, {}, None, 3.0, 1e-4),  # nothing else to go on: the smaller rate
+    ({1e-4: 0.5, 1e-3: 0.9}, {}, {1e-4: 1.1, 1e-3: 47.0}, 3.0, 1e-4),  # a rate that broke the model is out
+    ({1e-4: 0.5, 1e-3: 0.9}, {}, {1e-4: 5.0, 1e-3: 47.0}, 3.0, 1e-4),  # all broke: the smallest
+])
+def test_learning_rate_rule(acc, margin, ppl, bound, expect):
+    assert compare.choose_lr(acc, margin, ppl, bound) == expect
+
+
+def test_shift_list_file_and_errors(tmp_path, monkeypatch):
+    shifts = tmp_path / "shifts.json"
+    shifts.write_text(json.dumps([{"source": "a", "target": "b"}, {"source": "a", "target": "c"},
+                                  {"source": "d", "target": "b"}]))
+    grid = compare.Grid(shifts=["a", "d->b"], shift_file=str(shifts))
+    assert compare.resolve_shifts(grid) == {"a": ["b", "c"], "d": ["b"]}
+    with pytest.raises(compare.D.DataError, match="targets of a"):
+        compare.resolve_shifts(compare.Grid(shifts=["a->x"], shift_file=str(shifts)))
+    with pytest.raises(compare.D.DataError, match="sources"):
+        compare.resolve_shifts(compare.Grid(shifts=["zzz"], shift_file=str(shifts)))

@@ -1,0 +1,191 @@
+"""Statistics, tables and figures of a comparison grid's cells (``experiments/compare.py``).
+
+    python experiments/analyse.py results/decisive
+
+Writes ``results.csv`` (one row per cell and eval set), ``paired.csv`` (every method against DPO
+and against the base model, per shift and eval set, and pooled over shifts), ``matched.csv``
+(target accuracy where each run's source-validation accuracy reaches DPO's final one),
+``results.md`` (the tables) and plotly figures (``*.html``, and ``*.png`` when kaleido can render).
+Differences are paired on the same items, seeds averaged per item (``reprkit.stats``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from reprkit.stats import paired_difference, pooled_difference
+
+COMPARE_TO = ("dpo", "base")
+
+
+def load_cells(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*/seed*/cell.json"))]
+
+
+def per_item(cells: list[dict], shift: str, method: str, col: str) -> dict[str, float] | None:
+    """Item id -> mean correctness over the method's seeds on one eval set."""
+    runs = [c["scores"][col]["items"] for c in cells if c["shift"] == shift and c["method"] == method and col in c["scores"]]
+    if not runs:
+        return None
+    out: dict[str, list[int]] = {}
+    for r in runs:
+        for i, ok in zip(r["id"], r["correct"]):
+            out.setdefault(i, []).append(ok)
+    return {i: sum(v) / len(v) for i, v in out.items()}
+
+
+def paired_rows(cells: list[dict]) -> list[dict]:
+    shifts = list(dict.fromkeys(c["shift"] for c in cells))
+    methods = list(dict.fromkeys(c["method"] for c in cells))
+    rows, pooled = [], {}
+    for shift in shifts:
+        cols = list(next(c for c in cells if c["shift"] == shift)["scores"])
+        for col in cols:
+            kind = "source" if col.startswith("source") else "target"
+            for method in methods:
+                a = per_item(cells, shift, method, col)
+                for other in COMPARE_TO:
+                    b = per_item(cells, shift, other, col)
+                    if a is None or b is None or method == other:
+                        continue
+                    res = paired_difference(a, b)
+                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **_flat(res)})
+                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (a, b)
+    for (kind, method, other), strata in pooled.items():
+        res = pooled_difference(strata)
+        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res)})
+    return rows
+
+
+def _flat(res: dict) -> dict:
+    out = {k: v for k, v in res.items() if k not in ("ci95", "discordant")}
+    out["ci_low"], out["ci_high"] = res["ci95"]
+    if "discordant" in res:
+        out["only_method"], out["only_other"] = res["discordant"]
+    return out
+
+
+def matched(cells: list[dict]) -> list[dict]:
+    """Per run: target accuracy (curve subset) where source-validation accuracy first reaches DPO's
+    final one (mean over DPO's seeds), by linear interpolation between curve points; the base
+    model's point is every run's step 0."""
+    rows = []
+    for shift in dict.fromkeys(c["shift"] for c in cells):
+        base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
+        dpo = [c for c in cells if c["shift"] == shift and c["method"] == "dpo" and c.get("curve")]
+        if base is None or not dpo:
+            continue
+        level = statistics.mean(c["curve"][-1]["source val"]["accuracy_mean"] for c in dpo)
+        for c in cells:
+            if c["shift"] != shift or not c.get("curve") or c["method"] == "base":
+                continue
+            for target in c["targets"]:
+                col = f"target {target}"
+                points = [base["curve"][0]] + [p for p in c["curve"] if p["step"] > 0]
+                xs = [p["source val"]["accuracy_mean"] for p in points]
+                ys = [p[col]["accuracy_mean"] for p in points]
+                rows.append({"shift": shift, "target": target, "method": c["method"], "seed": c["seed"],
+                             "dpo_final_source_val": level, "final_source_val": xs[-1], "final_target": ys[-1],
+                             "target_at_match": _cross(xs, ys, level)})
+    return rows
+
+
+def _cross(xs: list[float], ys: list[float], level: float) -> float | None:
+    if xs[0] >= level:
+        return ys[0]
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        if x0 < level <= x1:
+            return y0 + (y1 - y0) * (level - x0) / (x1 - x0)
+    return None  # never reached
+
+
+def result_rows(cells: list[dict]) -> list[dict]:
+    rows = []
+    for c in cells:
+        ppl = (c.get("retain_perplexity") or {}).get("ratio")
+        for col, s in c["scores"].items():
+            rows.append({"shift": c["shift"], "method": c["method"], "seed": c["seed"], "lr": c.get("lr"), "eval": col,
+                         "data": s["data"], "n": s["n"], "accuracy": s["accuracy_mean"], "margin": s["margin_mean"],
+                         "chance": s["chance"], "perplexity_ratio": ppl, "steps": c.get("steps"),
+                         "pairs_seen": c.get("pairs_seen"), "seconds": round(c["seconds"], 1)})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict) -> str:
+    from grid_figures import fmt_diff
+
+    wall = sum(c["seconds"] for c in cells)
+    lines = [f"Model {grid['model']}; {grid['epochs']} epoch(s) of each source's train[:90%] in batches of "
+             f"{grid['batch_size']} pairs (max length {grid['max_length']}), LoRA r{grid['lora_r']}; seeds "
+             f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
+             f"{len(cells)} cells, compute {wall / 3600:.2f} h.", "",
+             "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
+    for shift in dict.fromkeys(c["shift"] for c in cells):
+        cs = [c for c in cells if c["shift"] == shift]
+        for col in cs[0]["scores"]:
+            for method in dict.fromkeys(c["method"] for c in cs):
+                mc = [c for c in cs if c["method"] == method and col in c["scores"]]
+                if not mc:
+                    continue
+                acc = statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc)
+                ppl = [c["retain_perplexity"]["ratio"] for c in mc if c.get("retain_perplexity")]
+                ppl_text = f"{statistics.mean(ppl):.2f}" if ppl else ""
+                lines.append(f"| {shift} | {col} | {method} | {len(mc)} | {acc:.3f} | "
+                             f"{fmt_diff(index.get((shift, col, method, 'base')))} | "
+                             f"{fmt_diff(index.get((shift, col, method, 'dpo')))} | {ppl_text} |")
+    lines += ["", "Pooled over shifts (mean of per-shift paired differences, bootstrap stratified by shift):", "",
+              "| eval | method | vs base | vs DPO |", "|---|---|---|---|"]
+    for kind in ("source", "target"):
+        for method in dict.fromkeys(c["method"] for c in cells):
+            b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
+            if b or d:
+                lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
+    if match:
+        lines += ["", "At matched source accuracy (target subset where source validation first reaches DPO's final):", "",
+                  "| shift | target | method | seed | DPO final source val | target at match | final target |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in match:
+            at = "never reached" if r["target_at_match"] is None else f"{r['target_at_match']:.3f}"
+            lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['seed']} | "
+                         f"{r['dpo_final_source_val']:.3f} | {at} | {r['final_target']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def analyse(out: Path) -> None:
+    from grid_figures import curve_figure, difference_figure, save
+
+    out = Path(out)
+    cells = load_cells(out)
+    if not cells:
+        print(f"no finished cells in {out}/cells yet")
+        return
+    grid = json.loads((out / "grid.json").read_text())
+    paired, match = paired_rows(cells), matched(cells)
+    write_csv(out / "results.csv", result_rows(cells))
+    write_csv(out / "paired.csv", paired)
+    write_csv(out / "matched.csv", match)
+    (out / "results.md").write_text(markdown(cells, paired, match, grid))
+    save(curve_figure(cells), out / "matched-accuracy")
+    save(difference_figure(paired), out / "differences")
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    analyse(Path(sys.argv[1] if len(sys.argv) > 1 else "results/decisive"))
