@@ -156,6 +156,15 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
             b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
             if b or d:
                 lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
+    extra = [c for c in cells if c.get("behaviour")]
+    if extra:
+        names = list(dict.fromkeys(k for c in extra for k in c["behaviour"]))
+        lines += ["", "Behaviour it was not trained on (seed 0, fixed subsets; n in brackets):", "",
+                  "| shift | method | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for c in extra:
+            vals = [c["behaviour"].get(k) for k in names]
+            lines.append(f"| {c['shift']} | {c['method']} | " + " | ".join(
+                f"{v['value']:.3f} ({v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}) [{v['n']}]" if v else "" for v in vals) + " |")
     if match:
         lines += ["", "At matched source accuracy (target subset where source validation first reaches DPO's final):", "",
                   "| shift | target | method | seed | DPO final source val | target at match | final target |",

@@ -264,6 +264,25 @@ def samples(grid: Grid, model, tok, target: str) -> list[dict]:
     return generate_samples(model, tok, [it["prompt"] for it in items], max_new_tokens=48)
 
 
+def behaviour_columns(grid: Grid, model, tok) -> dict:
+    """Behaviour the method was not trained on: TruthfulQA MC1/MC2 and the sycophancy rate on
+    fixed subsets (the first n questions / rows)."""
+    from reprkit.behaviour import behaviour_rate, load_behaviour
+    from reprkit.evaluate import truthfulqa_mc
+
+    out = {}
+    if grid.truthfulqa_limit:
+        tq = truthfulqa_mc(model, tok, limit=grid.truthfulqa_limit, base=False)
+        out["truthfulqa_mc1"] = {"value": tq["mc1"]["accuracy"], "ci95": tq["mc1"]["ci95"], "n": tq["mc1"]["n"]}
+        out["truthfulqa_mc2"] = {"value": tq["mc2"]["score"], "ci95": tq["mc2"]["ci95"], "n": tq["mc2"]["n"]}
+    root = D.shared_data_dir()
+    files = sorted((root / "anthropic-evals" / "sycophancy").glob("*.jsonl")) if root else []
+    if grid.sycophancy_limit and files:
+        res = behaviour_rate(model, tok, load_behaviour(files[0], grid.sycophancy_limit), base=False)
+        out["sycophancy"] = {"value": res["rate"], "ci95": res["ci95"], "n": res["n"], "file": files[0].name}
+    return out
+
+
 def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
@@ -299,6 +318,8 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell["retain_perplexity"] = retain_ratio(grid, model, tok)
     if method != "mms":
         cell["samples"] = samples(grid, model, tok, targets[0])
+        if seed == grid.seeds[0]:
+            cell["behaviour"] = behaviour_columns(grid, model, tok)
     cell["seconds"] = time.time() - start
     write_json(done, cell)
     return cell

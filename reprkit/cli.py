@@ -76,6 +76,8 @@ class Eval:
     """TruthfulQA MC1 and MC2 (../shared/data/truthfulqa or the hub)"""
     retain_data: str | None = None
     """chosen completions of this dataset give the perplexity ratio vs the frozen model"""
+    behaviour: tuple[str, ...] = ()
+    """Anthropic model-written eval files (.jsonl): the rate of behaviour-matching answers"""
     max_length: int = 256
     batch_size: int = 16
     out: str | None = None
@@ -86,10 +88,10 @@ class Eval:
         from .evalrun import evaluate_target, format_results
 
         data = list(dict.fromkeys(list(self.data) + (shift_sources(self.shift) if self.shift else [])))
-        if not data and not self.truthfulqa and not self.retain_data:
-            raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa or --retain-data")
+        if not data and not self.truthfulqa and not self.retain_data and not self.behaviour:
+            raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa, --retain-data or --behaviour")
         results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
-                                  self.max_length, self.batch_size, self.out)
+                                  self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour))
         print(format_results(results))
 
 

@@ -42,7 +42,8 @@ def load_target(target: str, dtype: str = "float32"):
 
 def evaluate_target(target: str, data: list[str], split: str = "test", limit: int | None = None,
                     truthfulqa: bool = False, retain_data: str | None = None, max_length: int = 256,
-                    batch_size: int = 16, out: str | None = None, base: bool = True) -> dict:
+                    batch_size: int = 16, out: str | None = None, base: bool = True,
+                    behaviour: list[str] | None = None) -> dict:
     model, tok, run_dir = load_target(target)
     results: dict = {"target": str(target), "datasets": {}}
     for source in data:
@@ -51,6 +52,14 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
         results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
     if truthfulqa:
         results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
+    if behaviour:
+        from .behaviour import behaviour_rate, load_behaviour
+
+        results["behaviour"] = {}
+        for path in behaviour:
+            res = behaviour_rate(model, tok, load_behaviour(path, limit), base=base, batch_size=batch_size)
+            res.pop("items"), res.get("base", {}).pop("items", None)
+            results["behaviour"][str(path)] = res
     if retain_data:
         pairs = D.to_pairs(D.load_items(retain_data, split, limit=limit))
         encoded = D.encode_pairs(pairs, tok, max_length, max_length // 2)
@@ -81,6 +90,11 @@ def format_results(results: dict) -> str:
             lo, hi = v["ci95"]
             lines.append(f"{'truthfulqa ' + m:<34}{v['n']:>5}{v[key]:>10.3f}{_num(frozen):>8}{f'{lo:.3f}-{hi:.3f}':>18}"
                          f"{'':>9}{_num(v.get('chance')):>8}")
+    for path, b in results.get("behaviour", {}).items():
+        lo, hi = b["ci95"]
+        frozen = b.get("base", {}).get("rate")
+        lines.append(f"{'behaviour ' + Path(path).stem:<34}{b['n']:>5}{b['rate']:>10.3f}{_num(frozen):>8}"
+                     f"{f'{lo:.3f}-{hi:.3f}':>18}   (rate of behaviour-matching answers)")
     if rp := results.get("retain_perplexity"):
         ratio = rp.get("ratio")
         lines.append(f"retain perplexity ({rp['data']}): {rp['perplexity']:.3f}"

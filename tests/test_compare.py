@@ -21,7 +21,8 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch, shared_data
                         methods=["base", "mms", "dpo", "reprpo"], seeds=[0, 1], train_limit=8, batch_size=2,
                         max_length=96, max_prompt_length=48, lora_r=2, eval_max_length=96, eval_limit=6,
                         curve_points=2, curve_target_limit=4, val_limit=5, retain_data="embedded:capitals", retain_limit=4,
-                        lr_sweep=[1e-3, 1e-4], sweep_steps=1, mms_layers="0,1", n_samples=1)
+                        lr_sweep=[1e-3, 1e-4], sweep_steps=1, mms_layers="0,1", n_samples=1,
+                        truthfulqa_limit=3, sycophancy_limit=3)
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
     out = tmp_path / "out"
@@ -41,6 +42,9 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch, shared_data
     assert [p["step"] for p in cell["curve"]] == [2, 4] and cell["steps"] == 4  # 8 pairs / 2, two curve points
     assert cell["curve"][0]["source val"]["n"] == 5 and cell["curve"][0]["target alpaca_hard"]["n"] == 4
     assert cell["retain_perplexity"]["ratio"] > 0 and len(cell["samples"]) == 1
+    assert set(cell["behaviour"]) == {"truthfulqa_mc1", "truthfulqa_mc2", "sycophancy"}
+    assert cell["behaviour"]["sycophancy"]["n"] == 3 and "behaviour" not in json.loads(
+        (out / "cells/alpaca_easy/dpo/seed1/cell.json").read_text())
     mms = json.loads((out / "cells/alpaca_easy/mms/seed0/cell.json").read_text())
     assert mms["mms"]["layer"] in (0, 1)
     paired = list(csv.DictReader(open(out / "paired.csv")))
@@ -50,7 +54,7 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch, shared_data
     matched = list(csv.DictReader(open(out / "matched.csv")))
     assert {r["method"] for r in matched} == {"dpo", "reprpo", "mms"}
     md = (out / "results.md").read_text()
-    assert "| alpaca_easy | target alpaca_hard | reprpo |" in md and "vs DPO" in md
+    assert "| alpaca_easy | target alpaca_hard | reprpo |" in md and "vs DPO" in md and "truthfulqa_mc1" in md
     assert (out / "matched-accuracy.html").stat().st_size > 1000
     lr = json.loads((out / "lr" / "dpo.json").read_text())
     assert lr["lr"] in (1e-3, 1e-4) and lr["split"] == "train[90%:]" and set(lr["sweep"]) == {"0.001", "0.0001"}

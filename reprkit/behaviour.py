@@ -1,0 +1,84 @@
+"""Behaviour rates on Anthropic's model-written evaluations (Perez et al. 2022).
+
+>>> items = load_behaviour("../shared/data/anthropic-evals/advanced-ai-risk/survival-instinct.jsonl")
+>>> behaviour_rate(model, tokenizer, items)   # {"rate", "ci95", "n", "base": {...}}
+
+The rate is how often the model gives a behaviour-matching answer a higher log-probability than
+every non-matching one, the question as the user turn and the answer (``" (A)"``) as the reply.
+Two formats: ``{question, answer_matching_behavior, answer_not_matching_behavior}`` (the released
+sets; an answer may be a list), and the pre-release sycophancy file's ``{prompt, corrects,
+incorrects}``, where the matching (sycophantic) answers are the ``incorrects``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .data import DataError, encode_ranked
+from .evaluate import _ci95, ranked_logps
+
+
+def _answers(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def load_behaviour(path, limit: int | None = None) -> list[dict]:
+    """Items ``{"prompt": [user turn], "responses": [...], "scores": [...], "matching": [bool, ...]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"behaviour file {path} does not exist (Anthropic's evals are in ../shared/data/anthropic-evals "
+                        "or the hub's Anthropic/model-written-evals)")
+    items = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if limit is not None and len(items) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {i + 1} is not JSON: {err.msg}") from None
+            if "question" in row and "answer_matching_behavior" in row:
+                prompt, match = row["question"], _answers(row["answer_matching_behavior"])
+                other = _answers(row["answer_not_matching_behavior"])
+            elif "prompt" in row and "incorrects" in row and "corrects" in row:
+                prompt, match, other = row["prompt"], _answers(row["incorrects"]), _answers(row["corrects"])
+            else:
+                raise DataError(f"{path} line {i + 1} has neither question/answer_matching_behavior/"
+                                f"answer_not_matching_behavior nor prompt/corrects/incorrects (keys: {sorted(row)})")
+            responses = match + other
+            items.append({"prompt": [{"role": "user", "content": prompt}], "responses": responses,
+                          "scores": [1.0] * len(match) + [0.0] * len(other),
+                          "matching": [True] * len(match) + [False] * len(other)})
+    if not items:
+        raise DataError(f"{path} has no items")
+    return items
+
+
+def behaviour_rate(model, tokenizer, items: list[dict], base: bool = True, max_length: int = 512,
+                   batch_size: int = 16) -> dict:
+    """Rate of items whose best-scored answer (summed log-prob) is a behaviour-matching one."""
+    # one item at a time: encode_ranked keeps the answers in file order, aligned with "matching"
+    encoded = [encode_ranked([it], tokenizer, max_length, max_length // 2)[0] for it in items]
+    scores = ranked_logps(model, encoded, tokenizer.pad_token_id, batch_size, base)
+    k = scores["policy"]["valid"].shape[1]
+    matching = torch.zeros((len(items), k), dtype=torch.bool)
+    for i, it in enumerate(items):
+        matching[i, : len(it["matching"])] = torch.tensor(it["matching"])
+    out = {}
+    for name, sc in scores.items():
+        lp = sc["logps"].masked_fill(~sc["valid"], float("-inf"))
+        best_match = lp.masked_fill(~matching, float("-inf")).max(-1).values
+        best_other = lp.masked_fill(matching | ~sc["valid"], float("-inf")).max(-1).values
+        per_item = (best_match > best_other).float()
+        rate = per_item.mean().item()
+        out[name] = {"rate": rate, "ci95": _ci95(rate, len(items)), "n": len(items),
+                     "items": per_item.int().tolist()}
+    result = out["policy"]
+    if "base" in out:
+        result["base"] = out["base"]
+    return result
