@@ -1,4 +1,4 @@
-"""``reprkit`` command line: ``reprkit train``, ``reprkit eval``, ``reprkit dashboard``, ``reprkit inspect``."""
+"""``reprkit`` command line: ``reprkit train | eval | dashboard | inspect | direction | steer``."""
 
 from __future__ import annotations
 
@@ -22,17 +22,111 @@ class Inspect:
     """two or more prompts (the cosine compares the first two)"""
     chat: bool = True
     """wrap prompts in the model's chat template"""
+    logit_lens: bool = False
+    """print each layer's top next tokens (the residual stream through the final norm and LM head)"""
+    target: str | None = None
+    """with --logit-lens: also the rank and probability of this token across layers"""
 
     def run(self) -> None:
         from .inspect import format_table, layer_table
         from .models import load_model
 
         model, tok = load_model(self.model)
+        if self.logit_lens:
+            from .lens import format_lens, logit_lens
+
+            res = logit_lens(model, tok, list(self.prompts), self.layers, target=self.target)
+            print("\n\n".join(format_lens(res, prompt=i) for i in range(len(self.prompts))))
+            return
         rows = layer_table(model, tok, self.prompts, self.layers, chat=self.chat)
         print(f"{self.model}: {model.config.num_hidden_layers} blocks, hidden size {model.config.hidden_size}")
         for k, p in enumerate(self.prompts):
             print(f"  prompt {k}: {p!r}")
         print(format_table(rows))
+
+
+@dataclasses.dataclass
+class DirectionCmd:
+    """Read a direction from contrast pairs (best vs worst response) and save it; print each layer's
+    separation on held-out pairs."""
+
+    data: str = "embedded:arithmetic"
+    """preference data (its train split is read; --split to change)"""
+    out: str = "directions/direction"
+    """folder to write (direction.safetensors + direction.json)"""
+    model: str = DEFAULT_MODEL
+    layers: str = "range(.2,.9)"
+    method: str = "mean_diff"
+    """mean_diff (mass-mean shift) or pca (first principal component of the paired differences)"""
+    token: str = "mean"
+    """reduce each completion by its token 'mean' or take its 'last' token"""
+    split: str = "train"
+    heldout_split: str = "test"
+    limit: int | None = None
+    max_length: int = 256
+    gguf: str | None = None
+    """also write a llama.cpp control vector here"""
+
+    def run(self) -> None:
+        from . import data as D
+        from .directions import from_pairs
+        from .models import load_model
+
+        model, tok = load_model(self.model)
+        items = D.load_items(self.data, self.split, limit=self.limit)
+        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length, f"{self.data} {self.split}")
+        held = D.load_items(self.data, self.heldout_split, limit=self.limit)
+        best, per_layer = d.best_layer(model, tok, held, self.max_length)
+        d.info["best_layer"] = best
+        d.info["heldout"] = {str(k): v["accuracy_mean"] for k, v in per_layer.items()}
+        d.save(self.out)
+        print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{f'accuracy ({self.heldout_split})':>18}")
+        for k, v in per_layer.items():
+            st = d.info["stats"][str(k)]
+            print(f"{k:>6}{st['separation']:>20.3f}{st['pair_accuracy']:>18.3f}{v['accuracy_mean']:>18.3f}"
+                  + ("  <- best" if k == best else ""))
+        print(f"written to {self.out}")
+        if self.gguf:
+            d.to_gguf(self.gguf, model_hint=model.config.model_type)
+
+
+@dataclasses.dataclass
+class Steer:
+    """Greedy completions of a prompt unsteered, and steered along a saved direction at +/- a
+    strength calibrated to a KL budget."""
+
+    direction: str
+    """folder written by `reprkit direction`"""
+    prompt: tuple[str, ...] = ("Tell me about your weekend.",)
+    model: str = DEFAULT_MODEL
+    layer: int | None = None
+    """layer to steer (default: the direction's best layer)"""
+    kl: float = 1.0
+    """KL budget (0.9 quantile of per-token KL of next-token distributions over the prompts)"""
+    max_new_tokens: int = 40
+
+    def run(self) -> None:
+        from .data import render_prompt
+        from .directions import Direction
+        from .hooks import capture
+        from .models import load_model
+        from .steering import calibrate_strength
+
+        model, tok = load_model(self.model)
+        d = Direction.load(self.direction)
+        layer = self.layer if self.layer is not None else d.info.get("best_layer", min(d.vectors))
+        texts = [render_prompt(tok, [{"role": "user", "content": p}], bool(tok.chat_template)) for p in self.prompt]
+        cal = calibrate_strength(model, tok, d, texts, layer=layer, kl=self.kl)
+        print(f"layer {layer}: strength {cal['strength']:.3f} gives KL {cal['kl']:.3f} "
+              f"(q{cal['quantile']:.2f} over {cal['n_tokens']} tokens)")
+        for text, prompt in zip(texts, self.prompt):
+            enc = tok(text, return_tensors="pt", add_special_tokens=False)
+            for label, s in (("unsteered", 0.0), (f"+{cal['strength']:.2f}", cal["strength"]),
+                             (f"-{cal['strength']:.2f}", -cal["strength"])):
+                with capture(model, layer, edit_output=d.steer(s, layer)):
+                    out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                         pad_token_id=tok.pad_token_id)
+                print(f"[{label}] {prompt!r} -> {tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)!r}")
 
 
 @dataclasses.dataclass
@@ -133,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
 
         train(parse_train(argv[1:]))
         return
-    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard, "inspect": Inspect}, args=argv, prog="reprkit")
+    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard, "inspect": Inspect,
+                                                    "direction": DirectionCmd, "steer": Steer}, args=argv, prog="reprkit")
     if isinstance(command, TrainConfig):  # only reached for `reprkit --help`
         return
     command.run()

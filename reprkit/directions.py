@@ -94,6 +94,12 @@ class Direction:
 
         return ablate(self.vectors[layer])
 
+    def to_gguf(self, path, strength: float = 1.0, model_hint: str = "llama") -> None:
+        """llama.cpp's control-vector file (``reprkit.steering.to_gguf``)."""
+        from .steering import to_gguf
+
+        to_gguf(self, path, strength, model_hint)
+
     def save(self, path) -> None:
         from safetensors.torch import save_file
 

@@ -746,12 +746,20 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
     """Accuracy before (frozen model) vs after per eval set, the final per-layer cosines, where the run is."""
     from .runlog import read_jsonl
 
+    from .stats import paired_difference
+
     lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
-             f"{'eval data (test)':<40}{'n':>5}{'before':>9}{'after':>9}   preference accuracy, mean log-prob"]
+             f"{'eval data (test)':<40}{'n':>5}{'before':>9}{'after':>9}{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
     for i, (source, r) in enumerate(results["datasets"].items()):
         tag = " (in-distribution)" if i == 0 else " (shifted)"
         base = r.get("base", r)
-        lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}")
+        change = ""
+        if "items" in r and "items" in base:
+            d = paired_difference(dict(enumerate(r["items"]["correct"])), dict(enumerate(base["items"]["correct"])))
+            lo, hi = d["ci95"]
+            change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
+        lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
+    lines.append(f"{'':<40}accuracy by mean log-prob; * the paired interval excludes 0")
     rows, _ = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         last = rows[-1]["layers"]

@@ -56,3 +56,21 @@ def test_score_ranks_responses_by_projection(tiny_folder, tokenizer):
     assert res["accuracy_mean"] == pytest.approx(d.info["stats"]["1"]["pair_accuracy"])
     layer, per_layer = d.best_layer(model, tokenizer, items, max_length=96)
     assert layer in (0, 1) and set(per_layer) == {0, 1}
+
+
+def test_direction_and_steer_commands(tiny_folder, tmp_path, capsys):
+    from reprkit.cli import main
+    from reprkit.steering import read_gguf
+
+    out = tmp_path / "dir"
+    main(["direction", "--model", str(tiny_folder), "--data", "embedded:arithmetic", "--layers", "1,2", "--out", str(out),
+          "--limit", "16", "--max-length", "96", "--gguf", str(tmp_path / "v.gguf")])
+    printed = capsys.readouterr().out
+    assert "<- best" in printed and "separation" in printed
+    d = Direction.load(out)
+    assert d.info["best_layer"] in (1, 2) and set(d.info["heldout"]) == {"1", "2"}
+    assert set(read_gguf(tmp_path / "v.gguf")) == {1, 2}
+    main(["steer", "--direction", str(out), "--model", str(tiny_folder), "--max-new-tokens", "3", "--kl", "0.002",
+          "--prompt", "Hi"])
+    printed = capsys.readouterr().out
+    assert "[unsteered]" in printed and printed.count("'Hi' ->") == 3 and "gives KL" in printed

@@ -23,7 +23,7 @@ def tiny_config(tiny_folder, run_dir, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("loss", ["reprpo", "dpo", "reroute"])
+@pytest.mark.parametrize("loss", ["reprpo", "dpo", "reroute", "prefvec"])
 def test_each_loss_writes_a_complete_run(tiny_folder, tmp_path, loss, capsys):
     run = train(tiny_config(tiny_folder, tmp_path / loss, loss=loss))
     for name in ("config.json", "metrics.jsonl", "eval.json", "samples.jsonl", "adapter/adapter_config.json",
@@ -44,7 +44,7 @@ def test_each_loss_writes_a_complete_run(tiny_folder, tmp_path, loss, capsys):
     else:
         assert "accuracy" not in rows[0]
     out = capsys.readouterr().out
-    assert "(in-distribution)" in out and "cos chosen" in out
+    assert "(in-distribution)" in out and "cos chosen" in out and "McNemar p" in out
 
 
 def test_hidden_state_loss_never_runs_late_layers_or_head(tiny_folder, tmp_path):

@@ -1,0 +1,89 @@
+"""Logit lens: each layer's residual stream read through the model's own final norm and LM head.
+
+>>> res = logit_lens(model, tokenizer, ["The capital of France is"], layers="range(0,1.0,3)", target=" Paris")
+>>> res["top"][29][0][-1]          # [(token, probability), ...] at the last position of prompt 0, layer 29
+>>> res["target"]["rank"][15][0]   # rank of " Paris" at each position of prompt 0, layer 15 (0 = top)
+
+The last layer's lens equals the model's own logits (its final norm and head are the lens).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .hooks import capture
+from .reference import eval_mode
+
+
+def final_norm(model) -> torch.nn.Module:
+    """The norm applied after the last block (Llama/Qwen/Mistral/Gemma ``norm``, GPT-2 ``ln_f``,
+    GPT-NeoX ``final_layer_norm``)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
+    for name in ("norm", "ln_f", "final_layer_norm"):
+        for owner in (decoder, inner):
+            if isinstance(getattr(owner, name, None), torch.nn.Module):
+                return getattr(owner, name)
+    raise ValueError(f"no final norm found on {type(inner).__name__} (looked for norm, ln_f, final_layer_norm)")
+
+
+def lens_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Block-output states ``[..., H]`` -> vocabulary logits ``[..., V]`` (float32, softcapped where
+    the model softcaps)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    logits = inner.get_output_embeddings()(final_norm(model)(hidden)).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@torch.no_grad()
+def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, target: str | None = None) -> dict:
+    """Per layer, position and prompt: the ``top_k`` tokens and probabilities; with ``target`` (a
+    string whose first token is followed), its rank (0 = most likely) and probability.
+
+    Returns ``{"tokens": [[str]], "layers": [int], "top": {layer: [[[(str, p)]]]}, "target": ...}``;
+    positions are each prompt's own (no padding)."""
+    enc = [tokenizer(p, return_tensors="pt") for p in prompts]
+    target_id = None
+    if target is not None:
+        ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"target {target!r} tokenizes to nothing")
+        target_id = ids[0]
+    out = {"tokens": [tokenizer.convert_ids_to_tokens(e["input_ids"][0]) for e in enc], "top": {}}
+    if target_id is not None:
+        out["target"] = {"token": tokenizer.convert_ids_to_tokens(target_id), "id": target_id, "rank": {}, "prob": {}}
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        for e in enc:
+            with capture(model, layers, stop=True) as cap:
+                model(**{k: v.to(device) for k, v in e.items()}, use_cache=False)
+            for layer, h in cap.hidden_states.items():
+                probs = torch.softmax(lens_logits(model, h[0]), -1)  # [T, V]
+                p, idx = probs.topk(top_k, -1)
+                tops = [[(tokenizer.convert_ids_to_tokens(int(i)), float(q)) for i, q in zip(ri, rp)]
+                        for ri, rp in zip(idx, p)]
+                out["top"].setdefault(layer, []).append(tops)
+                if target_id is not None:
+                    pt = probs[:, target_id]
+                    out["target"]["prob"].setdefault(layer, []).append(pt.tolist())
+                    out["target"]["rank"].setdefault(layer, []).append((probs > pt[:, None]).sum(-1).tolist())
+    out["layers"] = sorted(out["top"])
+    return out
+
+
+def format_lens(res: dict, prompt: int = 0, position: int = -1) -> str:
+    """A layer-by-row table of one prompt position: top tokens, and the target's rank and probability."""
+    tok = res["tokens"][prompt][position]
+    lines = [f"logit lens, prompt {prompt}, position {position} (token {tok!r})"]
+    head = f"{'layer':>6}  top tokens"
+    if "target" in res:
+        head += f"  | target {res['target']['token']!r}: rank, prob"
+    lines.append(head)
+    for layer in res["layers"]:
+        tops = ", ".join(f"{t!r} {p:.2f}" for t, p in res["top"][layer][prompt][position][:5])
+        row = f"{layer:>6}  {tops}"
+        if "target" in res:
+            row += f"  | {res['target']['rank'][layer][prompt][position]}, {res['target']['prob'][layer][prompt][position]:.3f}"
+        lines.append(row)
+    return "\n".join(lines)
