@@ -30,18 +30,23 @@ def main() -> None:
     model, tok = load_model(args.model)
     shifts = D.genies_shifts(args.shift_file)
     names = list(dict.fromkeys(n for s in shifts for n in (s["source"], s["target"])))
-    scores, start = {}, time.time()
+    out = Path(args.out)
+    done = json.loads(out.read_text()) if out.is_file() else {}
+    scores, start = done.get("distributions", {}), time.time() - done.get("seconds", 0)
     for name in names:
+        if name in scores:  # resumable: a scored distribution is kept
+            continue
         items = D.load_items(f"genies:{name}", "test", limit=args.limit)
         enc = D.encode_ranked(items, tok, args.max_length, args.max_length // 2)
         res = item_accuracy(model, enc, tok.pad_token_id, base=False)
         scores[name] = {"n": res["n"], "accuracy": res["accuracy_mean"], "chance": res["chance"],
                         "ci95": res["accuracy_mean_ci95"]}
         print(f"{name:<24}{res['n']:>5}{res['accuracy_mean']:>8.3f}  chance {res['chance']:.3f}", flush=True)
-    rows = [{**s, "source_accuracy": scores[s["source"]]["accuracy"], "target_accuracy": scores[s["target"]]["accuracy"],
-             "target_chance": scores[s["target"]]["chance"]} for s in shifts]
-    write_json(Path(args.out), {"model": args.model, "limit": args.limit, "max_length": args.max_length,
-                                "distributions": scores, "shifts": rows, "seconds": time.time() - start})
+        rows = [{**s, "source_accuracy": scores.get(s["source"], {}).get("accuracy"),
+                 "target_accuracy": scores.get(s["target"], {}).get("accuracy"),
+                 "target_chance": scores.get(s["target"], {}).get("chance")} for s in shifts]
+        write_json(out, {"model": args.model, "limit": args.limit, "max_length": args.max_length,
+                         "distributions": scores, "shifts": rows, "seconds": time.time() - start})
 
 
 if __name__ == "__main__":

@@ -288,6 +288,22 @@ def _holdout(rows: list, split: str, fraction: float = 0.1) -> list:
     return rows[:-n_test] if split == "train" else rows[-n_test:]
 
 
+def _from_hub(source: str, hub_id: str, *args, **kwargs):
+    """``datasets.load_dataset`` for a hub fallback; an unreachable hub (offline, no network, no
+    such dataset) becomes a DataError naming where reprkit looked."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, *args, **kwargs)
+    except Exception as err:  # ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
+        local = os.environ.get("REPRKIT_DATA_DIR")
+        raise DataError(
+            f"{source}: not found locally ($REPRKIT_DATA_DIR={local or 'unset'}, ../shared/data) and the hub dataset "
+            f"{hub_id!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            "Set REPRKIT_DATA_DIR to a folder holding it, or go online"
+        ) from err
+
+
 def load_rows(source: str, split: str = "train"):
     """Raw rows of a source (see the module docstring) and their format name."""
     kind, _, name = source.partition(":")
@@ -307,25 +323,19 @@ def load_rows(source: str, split: str = "train"):
                 names = sorted(p.name for p in (shared / "genies" / "distributions").iterdir())
                 raise DataError(f"no GENIES distribution {name!r} split {split!r}; distributions: {names}")
             return _load_file(path), "genies"
-        import datasets
-
-        return datasets.load_dataset(_HUB["genies"], name, split=split), "genies"
+        return _from_hub(source, _HUB["genies"], name, split=split), "genies"
     if kind == "hh-rlhf":
         if shared and (shared / "hh-rlhf" / name).is_dir():
             rows = list(_load_file(shared / "hh-rlhf" / name / "test.jsonl.gz"))
             return _holdout(rows, split), "hh"  # only test splits are shipped: hold out the last 10%
-        import datasets
-
-        return datasets.load_dataset(_HUB["hh-rlhf"], data_dir=name or None, split=split), "hh"
+        return _from_hub(source, _HUB["hh-rlhf"], data_dir=name or None, split=split), "hh"
     path = Path(source)
     if path.is_file():
         return _load_file(path), "auto"
     if path.suffix in _EXTENSIONS or source.startswith((".", "/")):
         raise DataError(f"data file {source} does not exist")
-    import datasets
-
     hub_name, _, config = source.partition(":")
-    return datasets.load_dataset(hub_name, config or None, split=split), "auto"
+    return _from_hub(source, hub_name, config or None, split=split), "auto"
 
 
 _SLICE = re.compile(r"^(\w+)\[(\d*)(%?):(\d*)(%?)\]$")

@@ -16,7 +16,7 @@ sys.modules["compare"] = compare  # dataclasses look their module up there
 spec.loader.exec_module(compare)
 
 
-def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch, shared_data):
+def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"],
                         methods=["base", "mms", "dpo", "reprpo"], seeds=[0, 1], train_limit=8, batch_size=2,
                         max_length=96, max_prompt_length=48, lora_r=2, eval_max_length=96, eval_limit=6,

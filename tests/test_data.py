@@ -219,6 +219,14 @@ def test_split_slices():
     full = D.load_items("genies:alpaca_easy", "train")
     head = D.load_items("genies:alpaca_easy", "train[:90%]")
     tail = D.load_items("genies:alpaca_easy", "train[90%:]")
-    assert len(head) == 540 and len(tail) == 60 and head + tail == full
+    assert len(full) == 60 and len(head) == 54 and len(tail) == 6 and head + tail == full  # the fixture's 60 rows
     assert D.load_items("genies:alpaca_easy", "test[:10]") == D.load_items("genies:alpaca_easy", "test")[:10]
     assert D.split_slice("train") == ("train", None)
+
+
+def test_missing_dataset_offline_names_the_data_dir_and_the_hub_id(monkeypatch):
+    monkeypatch.setattr(D, "shared_data_dir", lambda: None)
+    with pytest.raises(D.DataError, match=r"REPRKIT_DATA_DIR.*'wassname/genies_preferences'"):
+        D.load_items("genies:alpaca_easy", "test")
+    with pytest.raises(D.DataError, match=r"'someone/not-here'.*could not be loaded"):
+        D.load_items("someone/not-here", "train")

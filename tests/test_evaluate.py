@@ -149,7 +149,7 @@ def test_eval_cli_on_a_run_directory_merges_eval_json(tiny_folder, tmp_path, cap
     assert merged["datasets"]["embedded:capitals"]["base"]["accuracy_mean"] == trained["base"]["accuracy_mean"]
 
 
-def test_genies_shift_sources(shared_data):
+def test_genies_shift_sources():
     from reprkit.data import shift_sources
 
     assert shift_sources("alpaca_easy") == ["genies:alpaca_easy", "genies:alpaca_hard"]
