@@ -215,17 +215,43 @@ def parse_train(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point; errors print ``reprkit: error: <message>`` and exit 2 (bad input) or 1 (training
+    stopped); ``--debug`` shows the traceback instead."""
     import logging
-
-    from .config import TrainConfig
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel notices, not ours
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        _run(argv)
+    except Exception as err:
+        if debug:
+            raise
+        from .data import DataError
+        from .train import TrainingError
+
+        usage = isinstance(err, (DataError, ValueError, FileNotFoundError, FileExistsError, PermissionError, OSError,
+                                 KeyError))
+        message = str(err).strip() or type(err).__name__
+        if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, FileExistsError, PermissionError)):
+            message = f"{message} ({type(err).__name__})"
+        print(f"reprkit: error: {message}", file=sys.stderr)
+        if not isinstance(err, TrainingError):
+            print("(run again with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(2 if usage and not isinstance(err, TrainingError) else 1) from None
+
+
+def _run(argv: list[str]) -> None:
+    from .config import TrainConfig
+
     if argv[:1] == ["train"]:
         from .train import train
 
-        train(parse_train(argv[1:]))
+        cfg = parse_train(argv[1:])
+        cfg.validate()  # before anything loads
+        train(cfg)
         return
     command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard, "inspect": Inspect,
                                                     "direction": DirectionCmd, "steer": Steer}, args=argv, prog="reprkit")

@@ -131,6 +131,23 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
             raise ValueError("--warmup-steps, --save-every and --eval-every cannot be negative")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"--lr must be positive (got {self.lr}); typical LoRA rates are 1e-4 to 3e-3")
+        if self.max_prompt_length < 1:
+            raise ValueError("--max-prompt-length must be at least 1")
+        if self.limit is not None and self.limit < 1 or self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError("--limit and --eval-limit must be at least 1 (or omitted for all items)")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise ValueError("--weight-decay cannot be negative and --max-grad-norm must be positive")
+        if self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
+            raise ValueError("--lora.r must be at least 1, --lora.alpha positive, --lora.dropout in [0, 1)")
+        loss = self.loss_fn()
+        for name, value in vars(loss).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (name.startswith("w_") or name in (
+                    "alpha", "target")) and value < 0:
+                raise ValueError(f"--{self.loss.replace('_', '-')}.{name.replace('_', '-')} cannot be negative (got {value})")
+        if getattr(loss, "beta", 1.0) <= 0:
+            raise ValueError(f"--{self.loss}.beta must be positive (got {loss.beta})")
 
     def loss_fn(self):
         return getattr(self, self.loss)

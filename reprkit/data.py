@@ -279,7 +279,36 @@ def _load_file(path: Path):
     builder = _EXTENSIONS.get(path.suffix)
     if builder is None:
         raise DataError(f"{path}: unsupported file type; use .json, .jsonl, .jsonl.gz, .csv or .parquet")
-    return datasets.load_dataset(builder, data_files=str(path), split="train")
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as err:
+        if builder == "json":
+            _raise_bad_json_line(path)
+        raise DataError(f"{path} could not be read as {builder}: {type(err).__name__}: {err}") from err
+
+
+def _raise_bad_json_line(path: Path) -> None:
+    """Name the first line of a JSON-lines file that is not a JSON object (datasets' own error names neither)."""
+    import gzip
+    import json
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:  # a whole-file JSON document (array) is fine as such
+        json.loads(text)
+        return
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            if not isinstance(json.loads(line), dict):
+                raise DataError(f"{path} line {number} is not a JSON object; each line must be one record")
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                            "fix or remove that line") from None
 
 
 def _holdout(rows: list, split: str, fraction: float = 0.1) -> list:

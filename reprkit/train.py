@@ -587,6 +587,12 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
     return results
 
 
+def discard_new_run(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what ``RunLog.create`` wrote (config.json)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.loss}"
 
@@ -612,54 +618,60 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
     if not cfg.resume:  # before loading anything: fail fast on an unusable directory, in every process
         together(accelerator, lambda: runlog.create(cfg.to_dict()), f"the run directory {run_dir}")
-    torch.manual_seed(cfg.seed)
+    try:  # a run that fails before its first step leaves no directory behind (it holds only config.json)
+        torch.manual_seed(cfg.seed)
 
-    if model is None:
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
-    loss = cfg.loss_fn()
-    spec = loss.layer_spec()
-    loss_sel = select_layers(model, spec) if spec is not None else None
-    track_spec = cfg.track_layers or spec or ReprPO().layers
-    layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_sel.indices if loss_sel else ()))
-    if getattr(model, "peft_config", None) is None or not model.peft_config:
-        model = add_lora(model, cfg, loss_sel.last if loss_sel and loss.needs_logps is False else None)
-    adapter = check_adapter(model)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    model.train()
+        if model is None:
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
+        loss = cfg.loss_fn()
+        spec = loss.layer_spec()
+        loss_sel = select_layers(model, spec) if spec is not None else None
+        track_spec = cfg.track_layers or spec or ReprPO().layers
+        layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_sel.indices if loss_sel else ()))
+        if getattr(model, "peft_config", None) is None or not model.peft_config:
+            model = add_lora(model, cfg, loss_sel.last if loss_sel and loss.needs_logps is False else None)
+        adapter = check_adapter(model)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
 
-    train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if accelerator.is_main_process:
-        check_disk(run_dir, params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
-        optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
-    )
-    if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
-        load_adapter_weights(resume_from, model)
-    if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
-        wrap_decoder_blocks(accelerator, model)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
-        first_forward(model, accelerator)
-    else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
-        model = accelerator.prepare_model(model, evaluation_mode=True)
-        optimizer = accelerator.prepare_optimizer(optimizer)
-        broadcast_trainable(params, accelerator)
+        train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if accelerator.is_main_process:
+            check_disk(run_dir, params)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
+            optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
+        )
+        if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
+            load_adapter_weights(resume_from, model)
+        if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
+            wrap_decoder_blocks(accelerator, model)
+            model, optimizer = accelerator.prepare(model, optimizer)
+            params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
+            first_forward(model, accelerator)
+        else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
+            model = accelerator.prepare_model(model, evaluation_mode=True)
+            optimizer = accelerator.prepare_optimizer(optimizer)
+            broadcast_trainable(params, accelerator)
 
-    start = 0
-    if resume_from is not None:
-        start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
-        runlog.resume(start)
-    elif cfg.resume:
-        runlog.resume(0)
-    log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
-    if accelerator.num_processes > 1 and accelerator.is_main_process:
-        print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
-              f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
-              f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
+        start = 0
+        if resume_from is not None:
+            start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
+            runlog.resume(start)
+        elif cfg.resume:
+            runlog.resume(0)
+        log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
+        if accelerator.num_processes > 1 and accelerator.is_main_process:
+            print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
+                  f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
+                  f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
+
+    except BaseException:
+        if not cfg.resume and accelerator.is_main_process:
+            discard_new_run(run_dir)
+        raise
 
     ranked = getattr(loss, "ranked", False)
     batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,

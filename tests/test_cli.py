@@ -47,3 +47,47 @@ def test_config_roundtrip():
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown config fields"):
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def _bad_input_cases(tmp_path, tiny_folder):
+    no_rejected = tmp_path / "no_rejected.jsonl"
+    no_rejected.write_text('{"prompt": "q", "chosen": "a"}\n' * 3)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": \n'
+                      '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    model = ["--model", str(tiny_folder)]
+    return {
+        "missing file": (model + ["--data", str(tmp_path / "nope.jsonl")], "does not exist"),
+        "no rejected column": (model + ["--data", str(no_rejected)], "rejected"),
+        "broken jsonl line": (model + ["--data", str(broken)], r"broken\.jsonl line 2 is not valid JSON"),
+        "layer out of range": (model + ["--reprpo.layers", "99"], "99"),
+        "negative lr": (model + ["--lr", "-1"], "--lr must be positive"),
+        "empty model folder": (["--model", str(empty)], str(empty)),
+        "negative loss weight": (model + ["--reprpo.w-retain", "-2"], "--reprpo.w-retain cannot be negative"),
+        "prompt longer than all": (model + ["--max-prompt-length", "300", "--max-length", "200"], "--max-prompt-length"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing file", "no rejected column", "broken jsonl line", "layer out of range",
+                                  "negative lr", "empty model folder", "negative loss weight", "prompt longer than all"])
+def test_bad_input_gives_one_line_and_leaves_no_run(case, tmp_path, tiny_folder, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, expect = _bad_input_cases(tmp_path, tiny_folder)[case]
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *args, "--run-dir", str(run), "--steps", "2", "--eval-data", "--no-progress"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("reprkit: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    import re
+
+    assert re.search(expect, errors[0]), errors[0]
+    assert not run.exists()  # nothing for the dashboard to list
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_folder):
+    with pytest.raises(ValueError, match="--lr must be positive"):
+        main(["train", "--model", str(tiny_folder), "--lr", "-1", "--debug", "--run-dir", str(tmp_path / "r")])
