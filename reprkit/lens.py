@@ -50,9 +50,9 @@ def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, tar
         if not ids:
             raise ValueError(f"target {target!r} tokenizes to nothing")
         target_id = ids[0]
-    out = {"tokens": [tokenizer.convert_ids_to_tokens(e["input_ids"][0]) for e in enc], "top": {}}
+    out = {"tokens": [[tokenizer.decode([int(i)]) for i in e["input_ids"][0]] for e in enc], "top": {}}
     if target_id is not None:
-        out["target"] = {"token": tokenizer.convert_ids_to_tokens(target_id), "id": target_id, "rank": {}, "prob": {}}
+        out["target"] = {"token": tokenizer.decode([target_id]), "id": target_id, "rank": {}, "prob": {}}
     device = next(model.parameters()).device
     with eval_mode(model):
         for e in enc:
@@ -61,7 +61,7 @@ def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, tar
             for layer, h in cap.hidden_states.items():
                 probs = torch.softmax(lens_logits(model, h[0]), -1)  # [T, V]
                 p, idx = probs.topk(top_k, -1)
-                tops = [[(tokenizer.convert_ids_to_tokens(int(i)), float(q)) for i, q in zip(ri, rp)]
+                tops = [[(tokenizer.decode([int(i)]), float(q)) for i, q in zip(ri, rp)]
                         for ri, rp in zip(idx, p)]
                 out["top"].setdefault(layer, []).append(tops)
                 if target_id is not None:

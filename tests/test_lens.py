@@ -12,10 +12,8 @@ class _Tok:
         ids = [ord(c) % 128 for c in text]
         return {"input_ids": torch.tensor([ids]) if return_tensors else ids}
 
-    def convert_ids_to_tokens(self, ids):
-        if isinstance(ids, int):
-            return chr(ids)
-        return [chr(int(i)) for i in ids]
+    def decode(self, ids):
+        return "".join(chr(int(i)) for i in ids)
 
 
 def test_last_layer_lens_equals_the_model_logits():
