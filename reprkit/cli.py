@@ -172,7 +172,10 @@ class Eval:
     """chosen completions of this dataset give the perplexity ratio vs the frozen model"""
     behaviour: tuple[str, ...] = ()
     """Anthropic model-written eval files (.jsonl): the rate of behaviour-matching answers"""
-    max_length: int = 256
+    max_length: int | None = None
+    """tokens of prompt + response (default: a run's own setting, else 256)"""
+    max_prompt_length: int | None = None
+    """tokens of prompt (default: a run's own setting, else half of --max-length)"""
     batch_size: int = 16
     out: str | None = None
     """where to write the JSON (default: the run's eval.json; nothing for a plain model)"""
@@ -185,7 +188,8 @@ class Eval:
         if not data and not self.truthfulqa and not self.retain_data and not self.behaviour:
             raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa, --retain-data or --behaviour")
         results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
-                                  self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour))
+                                  self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour),
+                                  max_prompt_length=self.max_prompt_length)
         print(format_results(results))
 
 

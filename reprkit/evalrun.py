@@ -40,15 +40,35 @@ def load_target(target: str, dtype: str = "float32"):
     return model, tok, run_dir
 
 
+def encoding_settings(run_dir: Path | None, max_length: int | None = None, max_prompt_length: int | None = None,
+                      chat_template: bool | None = None) -> tuple[int, int, bool | None]:
+    """(max_length, max_prompt_length, chat_template) for evaluation: what is given, else the run's own
+    (its config.json, as its trainer encoded eval items), else 256 / half of max_length / the tokenizer's."""
+    run_cfg = json.loads((run_dir / "config.json").read_text()) if run_dir is not None else {}
+    length = max_length or run_cfg.get("max_length") or 256
+    if max_prompt_length is None:
+        max_prompt_length = run_cfg.get("max_prompt_length") if max_length is None and run_cfg else length // 2
+    if chat_template is None:
+        chat_template = run_cfg.get("chat_template")
+    return length, max_prompt_length, chat_template
+
+
 def evaluate_target(target: str, data: list[str], split: str = "test", limit: int | None = None,
-                    truthfulqa: bool = False, retain_data: str | None = None, max_length: int = 256,
+                    truthfulqa: bool = False, retain_data: str | None = None, max_length: int | None = None,
                     batch_size: int = 16, out: str | None = None, base: bool = True,
-                    behaviour: list[str] | None = None) -> dict:
+                    behaviour: list[str] | None = None, max_prompt_length: int | None = None,
+                    chat_template: bool | None = None) -> dict:
+    """Evaluate ``target`` (see ``load_target``). A run is scored with its own encoding settings
+    (max length, prompt length, chat template from its config.json) unless they are given."""
     model, tok, run_dir = load_target(target)
-    results: dict = {"target": str(target), "datasets": {}}
+    max_length, max_prompt_length, chat_template = encoding_settings(run_dir, max_length, max_prompt_length,
+                                                                     chat_template)
+    results: dict = {"target": str(target), "datasets": {},
+                     "encoding": {"max_length": max_length, "max_prompt_length": max_prompt_length,
+                                  "chat_template": chat_template}}
     for source in data:
         items = D.load_items(source, split, limit=limit)
-        encoded = D.encode_ranked(items, tok, max_length, max_length // 2)
+        encoded = D.encode_ranked(items, tok, max_length, max_prompt_length, chat_template)
         results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
     if truthfulqa:
         results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
@@ -62,7 +82,7 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
             results["behaviour"][str(path)] = res
     if retain_data:
         pairs = D.to_pairs(D.load_items(retain_data, split, limit=limit))
-        encoded = D.encode_pairs(pairs, tok, max_length, max_length // 2)
+        encoded = D.encode_pairs(pairs, tok, max_length, max_prompt_length, chat_template)
         results["retain_perplexity"] = {"data": retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id, batch_size)}
     destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
     if destination is not None:

@@ -16,6 +16,7 @@ One step, top to bottom:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -197,6 +198,15 @@ def forward_ranked_batch(model, batch: dict, layers: list[int], loss, progress: 
               "valid": valid}
     return LossInputs(chosen=side(best, comp[best]), rejected=side(others, other_mask), progress=progress,
                       ranked=ranked)
+
+
+def only_layers(inputs: LossInputs, keep: list[int]) -> LossInputs:
+    """The loss inputs with hidden states of the ``keep`` layers only (the rest were captured for tracking)."""
+    def side(s: Side) -> Side:
+        return dataclasses.replace(s, hidden={k: v for k, v in s.hidden.items() if k in keep},
+                                   ref_hidden={k: v for k, v in s.ref_hidden.items() if k in keep})
+
+    return dataclasses.replace(inputs, chosen=side(inputs.chosen), rejected=side(inputs.rejected))
 
 
 def track(inputs: LossInputs, layers: list[int]) -> dict:
@@ -627,7 +637,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         spec = loss.layer_spec()
         loss_sel = select_layers(model, spec) if spec is not None else None
         track_spec = cfg.track_layers or spec or ReprPO().layers
-        layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_sel.indices if loss_sel else ()))
+        loss_layers = list(loss_sel.indices) if loss_sel else []
+        layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_layers))
+        if loss_layers and not loss.needs_logps and max(layers) > max(loss_layers) and accelerator.is_main_process:
+            log.warning("--track-layers %s reaches layer %d, deeper than the loss needs (%d): every forward now runs "
+                        "to layer %d; the loss itself still reads only layers %s", cfg.track_layers, max(layers),
+                        max(loss_layers), max(layers), loss_layers)
         if getattr(model, "peft_config", None) is None or not model.peft_config:
             model = add_lora(model, cfg, loss_sel.last if loss_sel and loss.needs_logps is False else None)
         adapter = check_adapter(model)
@@ -693,7 +708,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
                     inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
                                      sharded=sharded)
-                value, terms = loss(inputs)
+                value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
                         f"loss is {value.item()} at step {step} (terms: { {k: _item(v) for k, v in terms.items()} }); "

@@ -155,3 +155,39 @@ def test_genies_shift_sources():
     assert shift_sources("alpaca_easy") == ["genies:alpaca_easy", "genies:alpaca_hard"]
     assert shift_sources("alpaca_short") == ["genies:alpaca_short", "genies:alpaca_long", "genies:alpaca_mmlu"]
     assert shift_sources("alpaca_mmlu")[1:] == ["genies:spanish_output", "genies:raven_matrices", "genies:ranking_logic"]
+
+
+def test_mc1_counts_a_tie_as_wrong_like_the_k_way_accuracy(tokenizer, monkeypatch):
+    """Defect: MC1 (argmax) counted a tie at the top as right, K-way accuracy as wrong."""
+    import reprkit.evaluate as E
+
+    rows = [{"question": "q", "mc1_targets": {"t": 1, "f": 0}, "mc2_targets": {"t": 1, "f": 0}}]
+    tie = torch.tensor([[-1.0, -1.0]])
+
+    def fake_ranked(model, encoded, pad, batch_size, base):
+        return {"policy": {"logps": tie, "n_tokens": torch.ones_like(tie), "valid": torch.ones_like(tie, dtype=torch.bool)}}
+
+    monkeypatch.setattr(E, "ranked_logps", fake_ranked)
+    assert E.truthfulqa_mc(None, tokenizer, rows=rows)["mc1"]["accuracy"] == 0.0
+    k_way = E._ranked_summary(tie, torch.ones_like(tie), torch.ones_like(tie, dtype=torch.bool))
+    assert k_way["accuracy_sum"] == 0.0
+
+
+def test_perplexity_interval_is_of_the_token_weighted_ratio():
+    """Defect: the interval came from per-sequence means while the estimate is token-weighted, so it
+    could exclude the estimate. One long sequence with a large difference, many short ones with none."""
+    import math
+
+    from reprkit.evaluate import token_weighted_interval
+
+    n_tok = torch.tensor([400.0] + [4.0] * 30)
+    diff = torch.tensor([400.0 * 0.5] + [0.0] * 30)  # summed NLL differences per sequence
+    r = (diff.sum() / n_tok.sum()).item()
+    lo, hi = token_weighted_interval(diff, n_tok)
+    assert lo <= r <= hi
+    per_seq = diff / n_tok  # the old interval, from per-sequence means: it misses the estimate here
+    m, se = per_seq.mean().item(), per_seq.std().item() / math.sqrt(len(per_seq))
+    assert not (m - 1.96 * se <= r <= m + 1.96 * se)
+    # constant per-token difference: a zero-width interval at it
+    lo, hi = token_weighted_interval(torch.tensor([2.0, 4.0, 6.0]), torch.tensor([1.0, 2.0, 3.0]))
+    assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reprkit.config import TrainConfig
+from reprkit.losses import ReprPO
 from reprkit.runlog import read_jsonl
 from reprkit.train import TrainingError, check_adapter, train
 
@@ -297,3 +298,35 @@ def test_unwritable_run_dir_is_refused_before_loading(tiny_folder, tmp_path):
     with pytest.raises(PermissionError, match="cannot write the run directory .*--run-dir"):
         train(tiny_config(tiny_folder, tmp_path / "a-file" / "r", model="/nonexistent/model"))
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_tracked_layers_never_reach_the_loss(tiny_folder, tmp_path, caplog):
+    """Defect: the trainer handed every captured layer (tracked + loss) to the loss."""
+    base = dict(eval_data=(), n_samples=0, steps=3, save_every=0)
+    plain = train(tiny_config(tiny_folder, tmp_path / "plain", reprpo=ReprPO(layers="1,2"), **base))
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        tracked = train(tiny_config(tiny_folder, tmp_path / "tracked", reprpo=ReprPO(layers="1,2"),
+                                    track_layers="0,1,2,3", **base))
+    a, _ = read_jsonl(plain / "metrics.jsonl")
+    b, _ = read_jsonl(tracked / "metrics.jsonl")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-6)
+    assert set(b[-1]["layers"]) == {"0", "1", "2", "3"} and set(a[-1]["layers"]) == {"1", "2"}
+    assert "deeper than the loss needs" in caplog.text  # tracking layer 3 runs the forward further, and says so
+
+
+def test_reprkit_eval_reproduces_the_trainers_accuracy_on_long_items(tiny_folder, tmp_path):
+    """Defect: `reprkit eval RUN` encoded with its own defaults (256/128), not the run's settings."""
+    from reprkit.evalrun import evaluate_target
+
+    run = train(tiny_config(tiny_folder, tmp_path / "r", eval_data=("genies:alpaca_easy",), eval_limit=8,
+                            max_length=64, max_prompt_length=24, steps=2, n_samples=0))
+    trained = json.loads((run / "eval.json").read_text())["datasets"]["genies:alpaca_easy"]
+    again = evaluate_target(str(run), ["genies:alpaca_easy"], limit=8, out=str(tmp_path / "again.json"))
+    res = again["datasets"]["genies:alpaca_easy"]
+    assert again["encoding"]["max_length"] == 64 and again["encoding"]["max_prompt_length"] == 24
+    assert res["accuracy_mean"] == trained["accuracy_mean"]
+    assert res["margin_mean"] == pytest.approx(trained["margin_mean"], abs=1e-5)
+    longer = evaluate_target(str(run), ["genies:alpaca_easy"], limit=8, max_length=256, out=str(tmp_path / "b.json"))
+    assert longer["datasets"]["genies:alpaca_easy"]["margin_mean"] != pytest.approx(trained["margin_mean"], abs=1e-5)
