@@ -48,6 +48,8 @@ class TrainConfig:
     """split of the eval data to score"""
     pairs: Literal["best_vs_worst", "best_vs_all"] = "best_vs_worst"
     """how items with more than two responses become pairs"""
+    ranking: Literal["best_vs_worst", "full"] = "best_vs_worst"
+    """scored rows (HelpSteer): keep each prompt's best and worst response, or all of them ranked (full)"""
     retain_data: str | None = None
     """reroute only: a separate retain set (chosen side), paired with --reroute-data"""
     reroute_data: str | None = None

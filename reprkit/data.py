@@ -192,6 +192,8 @@ def from_scored_rows(rows, score_columns=HELPSTEER_SCORES, ranking: str = "best_
     correctness). ``ranking="best_vs_worst"`` keeps the best and the worst response per prompt;
     ``"full"`` keeps all, best first. Prompts whose responses all score the same are dropped.
     """
+    if ranking not in ("best_vs_worst", "full"):
+        raise DataError(f"ranking must be 'best_vs_worst' or 'full', not {ranking!r}")
     groups: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for i, row in enumerate(rows):
         prompt, response = _text(row, "prompt", i), _text(row, "response", i)
@@ -224,8 +226,12 @@ def detect_format(columns) -> str:
                     "{prompt, responses} or {prompt, response, helpfulness, correctness}")
 
 
-def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction: float = 0.1) -> list[dict]:
+def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction: float = 0.1,
+             ranking: str = "best_vs_worst") -> list[dict]:
     """Adapt raw rows (an HF ``Dataset`` or a list of dicts) to items; errors name the row.
+
+    ``ranking``: for scored rows (HelpSteer), keep the best and worst response per prompt
+    (``"best_vs_worst"``) or all of them, best first (``"full"``, for Plackett-Luce).
 
     ``bad_rows="raise"`` stops at the first bad row. ``"skip"`` drops bad rows with one warning that
     counts them and names the first few, but still raises when more than ``max_bad_fraction`` of the
@@ -238,7 +244,7 @@ def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction:
         raise ValueError(f"bad_rows must be 'raise' or 'skip', not {bad_rows!r}")
     fmt = detect_format(rows[0].keys()) if fmt == "auto" else fmt
     if fmt == "scored":
-        return from_scored_rows(rows)
+        return from_scored_rows(rows, ranking=ranking)
     adapters = {"pair": from_pair, "hh": _hh_or_messages, "genies": from_genies, "ranked": _ranked_or_genies,
                 "messages": from_messages}
     if fmt not in adapters:
@@ -389,7 +395,7 @@ def _apply_slice(rows: list, sl: slice) -> list:
 
 
 def load_items(source: str, split: str = "train", fmt: str = "auto", limit: int | None = None,
-               bad_rows: str = "skip") -> list[dict]:
+               bad_rows: str = "skip", ranking: str = "best_vs_worst") -> list[dict]:
     """Items of a source and split; ``limit`` keeps the first n. An empty result is an error.
 
     ``split`` may slice, as in HF datasets: ``"train[:90%]"``, ``"train[90%:]"``, ``"test[:100]"``.
@@ -403,7 +409,8 @@ def load_items(source: str, split: str = "train", fmt: str = "auto", limit: int 
         rows = _apply_slice(list(rows), sl)
     rows = list(rows)[:limit] if limit else rows
     try:
-        items = to_items(rows, native if fmt == "auto" and native != "auto" else fmt, bad_rows=bad_rows)
+        items = to_items(rows, native if fmt == "auto" and native != "auto" else fmt, bad_rows=bad_rows,
+                         ranking=ranking)
     except DataError as err:
         raise DataError(f"{source} ({split}): {err}") from None
     if not items:

@@ -412,13 +412,14 @@ def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[
     source, and a few eval prompts per source."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
     if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
-        train_pairs = D.encode_ranked(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit), tokenizer, **kw)
+        train_pairs = D.encode_ranked(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking),
+                                      tokenizer, **kw)
     elif cfg.retain_data:
         pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, cfg.train_split, limit=cfg.limit),
                                      D.load_items(cfg.reroute_data, cfg.train_split, limit=cfg.limit))
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     else:
-        pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit), cfg.pairs)
+        pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking), cfg.pairs)
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     evals, prompts = {}, {}
     for source in cfg.eval_data:

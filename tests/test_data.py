@@ -230,3 +230,21 @@ def test_missing_dataset_offline_names_the_data_dir_and_the_hub_id(monkeypatch):
         D.load_items("genies:alpaca_easy", "test")
     with pytest.raises(D.DataError, match=r"'someone/not-here'.*could not be loaded"):
         D.load_items("someone/not-here", "train")
+
+
+def test_helpsteer_full_ranking_is_reachable(tmp_path):
+    """Defect: the documented full ranking of scored rows was unreachable (always best vs worst)."""
+    import json
+
+    rows = [{"prompt": "p", "response": r, "helpfulness": h, "correctness": c}
+            for r, h, c in [("good", 4, 4), ("ok", 3, 2), ("bad", 0, 1)]]
+    path = tmp_path / "helpsteer.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert D.load_items(str(path))[0]["responses"] == ["good", "bad"]
+    full = D.load_items(str(path), ranking="full")[0]
+    assert full["responses"] == ["good", "ok", "bad"] and full["scores"] == [4.0, 2.5, 0.5]
+    from reprkit.cli import parse_train
+
+    assert parse_train(["--ranking", "full"]).ranking == "full"
+    with pytest.raises(D.DataError, match="ranking must be"):
+        D.load_items(str(path), ranking="pairs")

@@ -56,6 +56,11 @@ def test_preference_accuracy_counts_and_base(tokenizer, tiny_folder):
 def test_wilson_interval():
     lo, hi = _ci95(0.5, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+    # small n, p at or near an end: where Wilson and Wald part (Wald gives [0, 0] and [0.714, 1.086])
+    lo, hi = _ci95(0.0, 10)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = _ci95(0.9, 10)
+    assert lo == pytest.approx(0.5958, abs=1e-4) and hi == pytest.approx(0.9821, abs=1e-4)
 
 
 def test_item_accuracy_on_genies_four_way(tokenizer, tiny_folder):

@@ -185,3 +185,36 @@ def test_reroute_gradient_lowers_cosine():
             v -= 5.0 * v.grad / v.grad.norm()
     _, m2 = fn(inputs)
     assert m2["reroute"] < m1["reroute"]
+
+
+def test_ipo_away_from_the_reference():
+    """IPO is (h - 1/(2 beta))^2: at h = 0 alone, (h + 1/(2 beta))^2 would pass too."""
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])
+    ipo, _, _ = preference_loss(pc, pr, rc, rr, beta=0.25, ipo=True)
+    h = (pc - rc) - (pr - rr)  # [2, -1]
+    torch.testing.assert_close(ipo, (h - 2.0) ** 2)  # [0, 9]
+    assert ipo[0].item() == 0.0 and ipo[1].item() == 9.0
+
+
+def test_reroute_both_coefficients_over_the_schedule():
+    """retain weight alpha t/(2T), reroute weight alpha (1 - t/(2T)), with a retain term that is not 0."""
+    inputs = make_inputs()
+    for k in inputs.chosen.hidden:
+        inputs.chosen.hidden[k] = inputs.chosen.ref_hidden[k] * 1.5  # relative L2 distance 0.5 per token
+    fn = Reroute(alpha=4.0)
+    for progress, c_retain, c_reroute in ((0.0, 0.0, 4.0), (0.5, 1.0, 3.0), (1.0, 2.0, 2.0)):
+        inputs.progress = progress
+        loss, m = fn(inputs)
+        assert m["retain"].item() == pytest.approx(0.5, rel=1e-5)
+        assert m["c_retain"].item() == pytest.approx(c_retain)
+        assert loss.item() == pytest.approx(c_retain * 0.5 + c_reroute * m["reroute"].item(), rel=1e-5)
+
+
+def test_plackett_luce_gradient_is_finite_with_padded_responses():
+    pol = torch.tensor([[-1.0, -2.0, 0.0, 0.0], [-3.0, -1.0, -2.0, 0.0]], requires_grad=True)
+    valid = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    loss = plackett_luce_loss(pol, torch.zeros(2, 4), 0.5, valid=valid)
+    loss.sum().backward()
+    assert torch.isfinite(pol.grad).all()
+    assert (pol.grad[~valid] == 0).all() and (pol.grad[valid] != 0).all()
