@@ -43,6 +43,18 @@ def default_gguf_path() -> Path:
     return path
 
 
+def default_tokenizer():
+    """The default model's tokenizer (chat template included), read from the GGUF file alone: no
+    weight conversion, so tests and tools that need only the tokenizer start in seconds."""
+    from transformers import AutoTokenizer
+
+    converted = cache_dir() / DEFAULT_MODEL
+    if (converted / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    gguf = default_gguf_path()
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
 def default_model_path() -> Path:
     """A plain safetensors checkpoint of the default model, converted from the GGUF file once."""
     target = cache_dir() / DEFAULT_MODEL

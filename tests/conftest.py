@@ -55,12 +55,11 @@ def smollm():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The default model's tokenizer (chat template included)."""
-    from transformers import AutoTokenizer
+    """The default model's tokenizer (chat template included), from the GGUF file: no conversion of
+    the weights, so `make test-fast` never needs the converted model."""
+    from reprkit.models import default_tokenizer
 
-    from reprkit.models import default_model_path
-
-    return AutoTokenizer.from_pretrained(default_model_path())
+    return default_tokenizer()
 
 
 @pytest.fixture

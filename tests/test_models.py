@@ -77,3 +77,12 @@ def test_default_model_loads_from_cache_fast(smollm):
     start = time.perf_counter()
     load_model()
     assert time.perf_counter() - start < 10  # cached safetensors, not a second GGUF conversion
+
+
+def test_default_tokenizer_needs_no_converted_model(tmp_path, monkeypatch):
+    from reprkit.models import default_tokenizer
+
+    monkeypatch.setenv("REPRKIT_CACHE", str(tmp_path))
+    tok = default_tokenizer()
+    assert tok.chat_template and tok.eos_token == "<|im_end|>"
+    assert tok("Hello")["input_ids"] and not any(tmp_path.iterdir())  # nothing converted
