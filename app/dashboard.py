@@ -84,6 +84,11 @@ def main() -> None:
         with tabs[0]:
             st.plotly_chart(figures.layer_curves(runs, "cos", smoothing), key="cos")
             st.plotly_chart(figures.layer_curves(runs, "norm", smoothing), key="norm")
+            st.caption("Movement of each side's mean state along the frozen model's own preference direction "
+                       "(frozen mean chosen minus mean rejected) and off it, in units of that gap: moving toward "
+                       "the preference, or just moving.")
+            st.plotly_chart(figures.layer_curves(runs, "along", smoothing), key="along")
+            st.plotly_chart(figures.layer_curves(runs, "off", smoothing), key="off")
             for run in runs:
                 left, right = st.columns(2)
                 with left:

@@ -15,7 +15,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 SIDES = ("chosen", "rejected")
-_LABEL = {"cos": "cosine to frozen", "norm": "norm ratio policy / frozen"}
+_LABEL = {"cos": "cosine to frozen", "norm": "norm ratio policy / frozen",
+          "along": "moved along the frozen preference direction (x frozen gap)",
+          "off": "moved off the frozen preference direction (x frozen gap)"}
 _SKIP = {"step", "layers", "lr", "grad_norm", "step_time"}
 
 
@@ -33,7 +35,7 @@ def _layer_series(run: dict, metric: str, side: str) -> dict[str, tuple[list, li
 
 
 def layer_curves(runs: list[dict], metric: str = "cos", smoothing: float = 0.0) -> go.Figure:
-    """Per-layer ``metric`` ("cos" or "norm") over steps, chosen and rejected side by side
+    """Per-layer ``metric`` ("cos", "norm", "along" or "off") over steps, chosen and rejected side by side
     (``smoothing``: exponential moving average weight, 0 for raw values)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s}: {_LABEL[metric]}" for s in SIDES], shared_yaxes=True)
     colors: dict[str, str] = {}  # one colour per (run, layer), the same in both panels

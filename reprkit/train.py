@@ -34,7 +34,7 @@ from reprkit.losses.reprpo import ReprPO
 from . import data as D
 from .config import TrainConfig
 from .evaluate import forward_logps, generate_samples, item_accuracy
-from .geometry import similarity
+from .geometry import masked_mean, similarity
 from .hooks import capture
 from .layers import find_blocks, select_layers
 from .models import enable_gradient_checkpointing, load_model
@@ -210,7 +210,10 @@ def only_layers(inputs: LossInputs, keep: list[int]) -> LossInputs:
 
 
 def track(inputs: LossInputs, layers: list[int]) -> dict:
-    """Per layer: mean cosine and norm ratio policy vs frozen over completion tokens, chosen and rejected."""
+    """Per layer: mean cosine and norm ratio policy vs frozen over completion tokens, chosen and
+    rejected; and how far each side's mean state moved along the frozen model's own preference
+    direction of the batch (unit vector of frozen mean chosen minus mean rejected) and off it, both
+    in units of that frozen gap (``along_*``, ``off_*``): "moved toward the preference" vs "moved"."""
     out = {}
     for k in layers:
         row = {}
@@ -220,8 +223,29 @@ def track(inputs: LossInputs, layers: list[int]) -> dict:
             sim = similarity(s.hidden[k].detach(), s.ref_hidden[k], s.mask)
             row[f"cos_{name}"] = sim["cosine"].mean()
             row[f"norm_{name}"] = sim["norm_ratio"].mean()
+        if k in inputs.chosen.ref_hidden and k in inputs.rejected.ref_hidden:
+            row |= preference_movement(inputs, k)
         out[str(k)] = row
     return out
+
+
+def preference_movement(inputs: LossInputs, layer: int) -> dict[str, torch.Tensor]:
+    """``along_{side}`` = (m_side - m*_side) . u / g and ``off_{side}`` = |the rest| / g, with m the
+    batch mean of token-mean states, u the unit frozen preference direction, g = |m*_c - m*_r|."""
+    means = {}
+    for name, s in (("chosen", inputs.chosen), ("rejected", inputs.rejected)):
+        means[name] = (masked_mean(s.hidden[layer].detach(), s.mask).mean(0),
+                       masked_mean(s.ref_hidden[layer], s.mask).mean(0))
+    gap = means["chosen"][1] - means["rejected"][1]
+    g = gap.norm().clamp_min(1e-12)
+    u = gap / g
+    row = {}
+    for name, (policy, frozen) in means.items():
+        moved = policy - frozen
+        along = moved @ u
+        row[f"along_{name}"] = along / g
+        row[f"off_{name}"] = (moved - along * u).norm() / g
+    return row
 
 
 def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:

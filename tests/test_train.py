@@ -330,3 +330,25 @@ def test_reprkit_eval_reproduces_the_trainers_accuracy_on_long_items(tiny_folder
     assert res["margin_mean"] == pytest.approx(trained["margin_mean"], abs=1e-5)
     longer = evaluate_target(str(run), ["genies:alpaca_easy"], limit=8, max_length=256, out=str(tmp_path / "b.json"))
     assert longer["datasets"]["genies:alpaca_easy"]["margin_mean"] != pytest.approx(trained["margin_mean"], abs=1e-5)
+
+
+def test_tracker_separates_moving_toward_the_preference_from_moving():
+    from reprkit.losses import LossInputs, Side
+    from reprkit.train import track
+
+    g = torch.Generator().manual_seed(0)
+    ref_c, ref_r = torch.randn(3, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g)
+    mask = torch.ones(3, 5)
+    gap = ref_c.mean((0, 1)) - ref_r.mean((0, 1))
+    other = torch.randn(8, generator=g)
+    other = other - (other @ gap) / (gap @ gap) * gap  # orthogonal to the gap
+    # rejected moves a quarter of the gap toward chosen; chosen moves sideways by half the gap's length
+    pol_r = ref_r + 0.25 * gap
+    pol_c = ref_c + 0.5 * gap.norm() * other / other.norm()
+    inputs = LossInputs(chosen=Side(mask=mask, hidden={1: pol_c}, ref_hidden={1: ref_c}),
+                        rejected=Side(mask=mask, hidden={1: pol_r}, ref_hidden={1: ref_r}))
+    row = track(inputs, [1])["1"]
+    assert row["along_rejected"].item() == pytest.approx(0.25, rel=1e-4)
+    assert row["off_rejected"].item() == pytest.approx(0.0, abs=1e-4)
+    assert row["along_chosen"].item() == pytest.approx(0.0, abs=1e-4)
+    assert row["off_chosen"].item() == pytest.approx(0.5, rel=1e-4)
