@@ -57,7 +57,9 @@ class DirectionCmd:
     model: str = DEFAULT_MODEL
     layers: str = "range(.2,.9)"
     method: str = "mean_diff"
-    """mean_diff (mass-mean shift) or pca (first principal component of the paired differences)"""
+    """mean_diff (mass-mean shift), pca (first principal component of the paired differences) or probe
+    (logistic regression, --probe-c its inverse regularisation)"""
+    probe_c: float = 1.0
     token: str = "mean"
     """reduce each completion by its token 'mean' or take its 'last' token"""
     split: str = "train"
@@ -74,7 +76,8 @@ class DirectionCmd:
 
         model, tok = load_model(self.model)
         items = D.load_items(self.data, self.split, limit=self.limit)
-        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length, f"{self.data} {self.split}")
+        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length,
+                       f"{self.data} {self.split}", self.probe_c)
         held = D.load_items(self.data, self.heldout_split, limit=self.limit)
         best, per_layer = d.best_layer(model, tok, held, self.max_length)
         d.info["best_layer"] = best

@@ -1,5 +1,6 @@
-"""Directions read from contrast pairs: the mass-mean shift (mean chosen minus mean rejected state)
-or the first principal component of the paired differences, per layer, and what to do with them.
+"""Directions read from contrast pairs: the mass-mean shift (mean chosen minus mean rejected state),
+the first principal component of the paired differences, or a logistic-regression probe's weight,
+per layer, and what to do with them.
 
 >>> d = from_pairs(model, tokenizer, items, layers="range(.2,.9)", method="mean_diff")
 >>> layer, per_layer = d.best_layer(model, tokenizer, validation_items)   # separation of held-out pairs
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import data as D
@@ -117,25 +119,39 @@ class Direction:
         return cls(vectors, json.loads((path / "direction.json").read_text()))
 
 
-def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: str = "mean_diff") -> torch.Tensor:
-    """A unit vector from paired states ``[N, H]``: ``mean_diff`` (mean chosen minus mean rejected)
-    or ``pca`` (first principal component of the centred differences), signed so that chosen
-    projects higher on average."""
+def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: str = "mean_diff",
+                          probe_c: float = 1.0) -> torch.Tensor:
+    """A unit vector from paired states ``[N, H]``, signed so that chosen projects higher on average:
+
+    - ``mean_diff``: mean chosen minus mean rejected (mass-mean shift);
+    - ``pca``: first principal component of the centred paired differences (repeng's);
+    - ``probe``: the weight of an L2-regularised logistic regression (scikit-learn, inverse strength
+      ``probe_c``) telling chosen from rejected states, each pair's midpoint removed first so that
+      what a pair shares (its prompt, its topic) cannot be used.
+    """
     diff = chosen.float() - rejected.float()
     if method == "mean_diff":
         v = diff.mean(0)
     elif method == "pca":
         centred = diff - diff.mean(0)
         v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
-        if (diff @ v).mean() < 0:
-            v = -v
+    elif method == "probe":
+        from sklearn.linear_model import LogisticRegression
+
+        half = (diff / 2).double().numpy()
+        x = np.concatenate([half, -half])
+        y = np.concatenate([np.ones(len(half)), np.zeros(len(half))])
+        clf = LogisticRegression(C=probe_c, fit_intercept=False, max_iter=2000).fit(x, y)
+        v = torch.tensor(clf.coef_[0], dtype=torch.float32)
     else:
-        raise ValueError(f"method must be 'mean_diff' or 'pca', not {method!r}")
+        raise ValueError(f"method must be 'mean_diff', 'pca' or 'probe', not {method!r}")
+    if (diff @ v).mean() < 0:
+        v = -v
     return unit(v)
 
 
 def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_diff", token: str = "mean",
-               max_length: int = 256, source: str = "") -> Direction:
+               max_length: int = 256, source: str = "", probe_c: float = 1.0) -> Direction:
     """Read a direction per layer from items' best vs worst response (``data.to_pairs``)."""
     pairs = D.to_pairs(items)
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
@@ -143,7 +159,7 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
     vectors, stats = {}, {}
     for layer, s in states.items():
-        v = direction_from_states(s[:, 0], s[:, 1], method)
+        v = direction_from_states(s[:, 0], s[:, 1], method, probe_c)
         vectors[layer] = v
         pc, pr = s[:, 0] @ v, s[:, 1] @ v
         spread = torch.sqrt((pc.var() + pr.var()) / 2).clamp_min(1e-12)

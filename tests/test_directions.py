@@ -16,12 +16,12 @@ def _planted(n=200, h=32, seed=0, scale=0.6):
     return chosen, rejected, true
 
 
-@pytest.mark.parametrize("method", ["mean_diff", "pca"])
+@pytest.mark.parametrize("method", ["mean_diff", "pca", "probe"])
 def test_each_method_recovers_a_planted_direction(method):
     chosen, rejected, true = _planted()
     v = direction_from_states(chosen, rejected, method)
     assert torch.nn.functional.cosine_similarity(v, true, dim=0) > 0.99
-    assert ((chosen - rejected) @ v > 0).float().mean() > 0.95  # chosen projects higher
+    assert ((chosen - rejected) @ v > 0).float().mean() > 0.95  # chosen projects higher: the probe separates
     # swapping the sides flips the sign
     assert torch.nn.functional.cosine_similarity(direction_from_states(rejected, chosen, method), true, dim=0) < -0.99
 
