@@ -81,6 +81,7 @@ class DirectionCmd:
         held = D.load_items(self.data, self.heldout_split, limit=self.limit)
         best, per_layer = d.best_layer(model, tok, held, self.max_length)
         d.info["best_layer"] = best
+        d.info["model"] = self.model
         d.info["heldout"] = {str(k): v["accuracy_mean"] for k, v in per_layer.items()}
         d.save(self.out)
         print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{f'accuracy ({self.heldout_split})':>18}")
@@ -161,7 +162,8 @@ class Eval:
     """Evaluate a run directory, a saved adapter or a model (default: the base model) on any data."""
 
     target: tyro.conf.Positional[str] = DEFAULT_MODEL
-    """run directory, adapter directory, hub id / local folder, or the default model's name"""
+    """run directory, adapter directory, saved direction (`reprkit direction`), hub id / local folder, or
+    the default model's name"""
     data: tuple[str, ...] = ()
     """datasets (test split): embedded[:task], genies:<name>, hh-rlhf:<subset>, a file, a hub id"""
     shift: str | None = None

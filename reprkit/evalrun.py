@@ -60,6 +60,8 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
                     chat_template: bool | None = None) -> dict:
     """Evaluate ``target`` (see ``load_target``). A run is scored with its own encoding settings
     (max length, prompt length, chat template from its config.json) unless they are given."""
+    if (Path(target) / "direction.json").is_file():
+        return evaluate_direction(target, data, split, limit, max_length, out)
     model, tok, run_dir = load_target(target)
     max_length, max_prompt_length, chat_template = encoding_settings(run_dir, max_length, max_prompt_length,
                                                                      chat_template)
@@ -91,6 +93,28 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
         merged.update({k: v for k, v in results.items() if k != "datasets"})
         write_json(destination, merged)
         results["written_to"] = str(destination)
+    return results
+
+
+def evaluate_direction(target: str, data: list[str], split: str = "test", limit: int | None = None,
+                       max_length: int | None = None, out: str | None = None) -> dict:
+    """Score a saved ``Direction`` (``reprkit direction``) like an adapter: K-way accuracy by
+    projection at its best layer, on the model it was read from."""
+    from .directions import Direction
+
+    d = Direction.load(target)
+    model, tok = load_model(d.info.get("model", DEFAULT_MODEL))
+    layer = d.info.get("best_layer", min(d.vectors))
+    length = max_length or d.info.get("max_length", 256)
+    results: dict = {"target": str(target), "direction": {"layer": layer, "method": d.info.get("method")},
+                     "datasets": {}}
+    for source in data:
+        res = d.score(model, tok, D.load_items(source, split, limit=limit), layer, max_length=length)
+        res.pop("items", None)
+        results["datasets"][source] = res
+    if out:
+        write_json(Path(out), results)
+        results["written_to"] = out
     return results
 
 

@@ -70,6 +70,9 @@ def test_direction_and_steer_commands(tiny_folder, tmp_path, capsys):
     d = Direction.load(out)
     assert d.info["best_layer"] in (1, 2) and set(d.info["heldout"]) == {"1", "2"}
     assert set(read_gguf(tmp_path / "v.gguf")) == {1, 2}
+    main(["eval", str(out), "--data", "embedded:arithmetic", "--limit", "8"])  # a direction scores like an adapter
+    printed = capsys.readouterr().out
+    assert "embedded:arithmetic" in printed and "n" in printed
     main(["steer", "--direction", str(out), "--model", str(tiny_folder), "--max-new-tokens", "3", "--kl", "0.002",
           "--prompt", "Hi"])
     printed = capsys.readouterr().out
