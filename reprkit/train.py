@@ -51,6 +51,21 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------- the adapter and its guards
 
 
+def plan_layers(model, loss, track_layers: str | None = None) -> tuple[list[int], list[int], int | None]:
+    """(loss layers, layers to capture, last block that gets LoRA or None for all) for a loss and a
+    tracking request: the one place that decides what a step captures and where the adapter stops.
+
+    Tracking defaults to the loss's layers (ReprPO's for losses without any); a hidden-state loss
+    that needs no log-probs puts LoRA only on blocks up to its deepest layer (later blocks get no
+    gradient), a loss that reads the LM head on every block."""
+    spec = loss.layer_spec()
+    loss_layers = list(select_layers(model, spec).indices) if spec is not None else []
+    tracked = select_layers(model, track_layers or spec or ReprPO().layers).indices
+    capture_layers = sorted(set(tracked) | set(loss_layers))
+    lora_last = max(loss_layers) if loss_layers and not loss.needs_logps else None
+    return loss_layers, capture_layers, lora_last
+
+
 def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     """Wrap ``model`` with a fresh LoRA adapter named ``default``."""
     from peft import LoraConfig, get_peft_model
@@ -659,17 +674,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         if model is None:
             model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
         loss = cfg.loss_fn()
-        spec = loss.layer_spec()
-        loss_sel = select_layers(model, spec) if spec is not None else None
-        track_spec = cfg.track_layers or spec or ReprPO().layers
-        loss_layers = list(loss_sel.indices) if loss_sel else []
-        layers = sorted(set(select_layers(model, track_spec).indices) | set(loss_layers))
+        loss_layers, layers, lora_last = plan_layers(model, loss, cfg.track_layers)
         if loss_layers and not loss.needs_logps and max(layers) > max(loss_layers) and accelerator.is_main_process:
             log.warning("--track-layers %s reaches layer %d, deeper than the loss needs (%d): every forward now runs "
                         "to layer %d; the loss itself still reads only layers %s", cfg.track_layers, max(layers),
                         max(loss_layers), max(layers), loss_layers)
         if getattr(model, "peft_config", None) is None or not model.peft_config:
-            model = add_lora(model, cfg, loss_sel.last if loss_sel and loss.needs_logps is False else None)
+            model = add_lora(model, cfg, lora_last)
         adapter = check_adapter(model)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)

@@ -5,8 +5,7 @@ import torch
 
 from reprkit import data as D
 from reprkit.config import TrainConfig
-from reprkit.layers import select_layers
-from reprkit.train import add_lora, forward_pair_batch
+from reprkit.train import add_lora, forward_pair_batch, plan_layers
 
 pytestmark = pytest.mark.integration
 
@@ -18,9 +17,8 @@ def test_steps_on_smollm_reduce_the_loss(loss_name):
     model, tok = load_model()  # a fresh copy: the adapter must not leak into other tests
     cfg = TrainConfig(loss=loss_name)
     loss = cfg.loss_fn()
-    spec = loss.layer_spec() or "0.5"
-    layers = list(select_layers(model, spec).indices)
-    peft_model = add_lora(model, cfg, max(layers) if loss.layer_spec() else None)
+    _, layers, lora_last = plan_layers(model, loss)
+    peft_model = add_lora(model, cfg, lora_last)
     peft_model.train()
     pairs = D.to_pairs(D.load_items("genies:alpaca_easy", "train", limit=2))
     batch = D.collate(D.encode_pairs(pairs, tok, max_length=96, max_prompt_length=64), tok.pad_token_id)

@@ -352,3 +352,16 @@ def test_tracker_separates_moving_toward_the_preference_from_moving():
     assert row["off_rejected"].item() == pytest.approx(0.0, abs=1e-4)
     assert row["along_chosen"].item() == pytest.approx(0.0, abs=1e-4)
     assert row["off_chosen"].item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_plan_layers_is_the_one_place_that_decides(tiny_folder):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.losses import DPO, PrefVec
+    from reprkit.train import plan_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    assert plan_layers(model, ReprPO(layers="1,2")) == ([1, 2], [1, 2], 2)
+    assert plan_layers(model, ReprPO(layers="1"), "0,3") == ([1], [0, 1, 3], 1)
+    assert plan_layers(model, DPO()) == ([], [1, 2], None)  # tracks ReprPO's default layers, LoRA on every block
+    assert plan_layers(model, PrefVec(layers="1", w_nll=1.0))[2] is None  # reads the LM head: LoRA everywhere

@@ -30,10 +30,8 @@ LAYER_SETS = ["19", "9,19", "4,9,14,19", "range(0,20)"]
 
 def child(loss_name: str, batch: int, seq: int, layers: str, steps: int, threads: int) -> dict:
     from reprkit.config import TrainConfig
-    from reprkit.layers import select_layers
-    from reprkit.losses.reprpo import ReprPO
     from reprkit.models import load_model
-    from reprkit.train import add_lora, forward_pair_batch
+    from reprkit.train import add_lora, forward_pair_batch, plan_layers
 
     torch.set_num_threads(threads)
     model, tok = load_model()
@@ -41,9 +39,8 @@ def child(loss_name: str, batch: int, seq: int, layers: str, steps: int, threads
     if loss_name == "reprpo":
         cfg.reprpo.layers = layers
     loss = cfg.loss_fn()
-    spec = loss.layer_spec()
-    sel = list(select_layers(model, spec or ReprPO().layers).indices)
-    model = add_lora(model, cfg, max(sel) if spec else None)
+    _, sel, lora_last = plan_layers(model, loss)
+    model = add_lora(model, cfg, lora_last)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     rnd = random_batch(tok, 2 * batch, seq)
