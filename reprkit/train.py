@@ -227,8 +227,8 @@ def only_layers(inputs: LossInputs, keep: list[int]) -> LossInputs:
 def track(inputs: LossInputs, layers: list[int]) -> dict:
     """Per layer: mean cosine and norm ratio policy vs frozen over completion tokens, chosen and
     rejected; and how far each side's mean state moved along the frozen model's own preference
-    direction of the batch (unit vector of frozen mean chosen minus mean rejected) and off it, both
-    in units of that frozen gap (``along_*``, ``off_*``): "moved toward the preference" vs "moved"."""
+    direction (each pair's frozen mean chosen minus mean rejected) and off it, both in units of that
+    frozen gap (``along_*``, ``off_*``): "moved toward the preference" vs "moved"."""
     out = {}
     for k in layers:
         row = {}
@@ -245,21 +245,21 @@ def track(inputs: LossInputs, layers: list[int]) -> dict:
 
 
 def preference_movement(inputs: LossInputs, layer: int) -> dict[str, torch.Tensor]:
-    """``along_{side}`` = (m_side - m*_side) . u / g and ``off_{side}`` = |the rest| / g, with m the
-    batch mean of token-mean states, u the unit frozen preference direction, g = |m*_c - m*_r|."""
-    means = {}
-    for name, s in (("chosen", inputs.chosen), ("rejected", inputs.rejected)):
-        means[name] = (masked_mean(s.hidden[layer].detach(), s.mask).mean(0),
-                       masked_mean(s.ref_hidden[layer], s.mask).mean(0))
-    gap = means["chosen"][1] - means["rejected"][1]
-    g = gap.norm().clamp_min(1e-12)
+    """Per pair, with m the token-mean state of a side, u the unit vector of the pair's frozen
+    chosen-minus-rejected gap and g its length: ``along_{side}`` = (m - m*) . u / g and ``off_{side}``
+    = |the rest| / g, averaged over pairs (a mean over pairs, so data-parallel processes average to
+    the global batch's value)."""
+    means = {name: (masked_mean(s.hidden[layer].detach(), s.mask), masked_mean(s.ref_hidden[layer], s.mask))
+             for name, s in (("chosen", inputs.chosen), ("rejected", inputs.rejected))}
+    gap = means["chosen"][1] - means["rejected"][1]  # [B, H]
+    g = gap.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     u = gap / g
     row = {}
     for name, (policy, frozen) in means.items():
         moved = policy - frozen
-        along = moved @ u
-        row[f"along_{name}"] = along / g
-        row[f"off_{name}"] = (moved - along * u).norm() / g
+        along = (moved * u).sum(-1, keepdim=True)
+        row[f"along_{name}"] = (along / g).mean()
+        row[f"off_{name}"] = ((moved - along * u).norm(dim=-1, keepdim=True) / g).mean()
     return row
 
 

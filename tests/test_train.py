@@ -339,12 +339,12 @@ def test_tracker_separates_moving_toward_the_preference_from_moving():
     g = torch.Generator().manual_seed(0)
     ref_c, ref_r = torch.randn(3, 5, 8, generator=g), torch.randn(3, 5, 8, generator=g)
     mask = torch.ones(3, 5)
-    gap = ref_c.mean((0, 1)) - ref_r.mean((0, 1))
-    other = torch.randn(8, generator=g)
-    other = other - (other @ gap) / (gap @ gap) * gap  # orthogonal to the gap
-    # rejected moves a quarter of the gap toward chosen; chosen moves sideways by half the gap's length
-    pol_r = ref_r + 0.25 * gap
-    pol_c = ref_c + 0.5 * gap.norm() * other / other.norm()
+    gap = ref_c.mean(1) - ref_r.mean(1)  # each pair's frozen gap [3, 8]
+    other = torch.randn(3, 8, generator=g)
+    other = other - (other * gap).sum(-1, keepdim=True) / (gap * gap).sum(-1, keepdim=True) * gap  # orthogonal
+    # rejected moves a quarter of its pair's gap toward chosen; chosen moves sideways by half the gap's length
+    pol_r = ref_r + 0.25 * gap[:, None]
+    pol_c = ref_c + (0.5 * gap.norm(dim=-1, keepdim=True) * other / other.norm(dim=-1, keepdim=True))[:, None]
     inputs = LossInputs(chosen=Side(mask=mask, hidden={1: pol_c}, ref_hidden={1: ref_c}),
                         rejected=Side(mask=mask, hidden={1: pol_r}, ref_hidden={1: ref_r}))
     row = track(inputs, [1])["1"]
