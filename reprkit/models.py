@@ -171,7 +171,12 @@ def enable_gradient_checkpointing(model, use_reentrant: bool = False) -> None:
 
     Non-reentrant by default: with reentrant checkpointing the first forward of a block runs without
     grad, so a loss capture *inside* a block (e.g. ``layers.3.mlp``) would be cut from the graph.
-    Captures of whole blocks work either way (transformers runs block hooks outside the checkpoint).
+    Captures of whole blocks work either way: transformers' ``GradientCheckpointingLayer`` (5.24)
+    checkpoints a block's ``forward``, not its ``__call__``, so hooks on the block itself run once,
+    outside the checkpoint, while hooks on modules inside it run again when the backward recomputes
+    the block, as far as the recompute goes (torch stops it once the saved tensors are back, so the
+    block's last sub-module may not run again). reprkit's hooks keep the first capture and re-apply
+    edits in a recompute; ``tests/test_hooks.py`` counts all three cases.
     """
     kwargs = {"use_reentrant": use_reentrant}
     if hasattr(model, "activation_checkpointing_enable"):

@@ -253,3 +253,28 @@ def test_project_helper_consistent_with_ablate():
     h = torch.randn(2, 3, 8)
     d = torch.randn(8)
     assert torch.allclose(edits.ablate(d)(h) + project(h, d), h, atol=1e-6)
+
+
+def test_checkpointing_recomputes_inside_a_block_but_not_the_block_hook(inputs):
+    """What enable_gradient_checkpointing's docstring says, against the pinned transformers: a hook on
+    a block runs once (the block's forward is checkpointed, not its __call__); a hook inside it runs
+    again in the recompute."""
+    peft_model = _train_copy("non-reentrant")
+    blocks = peft_model.base_model.model.model.layers
+    counts = {"block": 0, "inside": 0, "last": 0}
+
+    def count(key):
+        def hook(module, args, output):
+            counts[key] += 1
+        return hook
+
+    handles = [blocks[1].register_forward_hook(count("block")), blocks[1].self_attn.register_forward_hook(count("inside")),
+               blocks[1].mlp.register_forward_hook(count("last"))]
+    try:
+        peft_model(**inputs, use_cache=False).logits.pow(2).mean().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    # torch stops a recompute once the saved tensors are back: the block's last sub-module (its MLP)
+    # is not run to its end again, so its hook fires once
+    assert counts == {"block": 1, "inside": 2, "last": 1}
