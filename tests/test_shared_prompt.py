@@ -72,3 +72,25 @@ def test_item_accuracy_same_either_path():
     b = item_accuracy(model, items, 0, base=False, shared_prompt=False)
     assert a["accuracy_mean"] == b["accuracy_mean"] and a["accuracy_sum"] == b["accuracy_sum"]
     assert a["margin_mean"] == pytest.approx(b["margin_mean"], abs=1e-9)
+
+
+@pytest.mark.integration
+def test_shared_prompt_on_smollm_float32_truncated_and_with_an_adapter():
+    """SmolLM2 in float32, GENIES items cut on both sides (prompts from the left to 48 tokens,
+    responses from the right to fit 64): the two paths agree to 1e-4 in summed log-probs, with a
+    LoRA adapter on and off."""
+    from peft import LoraConfig, get_peft_model
+
+    from reprkit import data as D
+    from reprkit.models import load_model
+
+    model, tok = load_model()  # a fresh copy: the adapter must not leak into other tests
+    items = D.load_items("genies:alpaca_easy", "test", limit=10)
+    enc = D.encode_ranked(items, tok, 64, 48)
+    assert any(len(e["prompt_ids"]) == 48 for e in enc) and any(len(e["prompt_ids"]) + len(r) == 64
+                                                                  for e in enc for r in e["responses_ids"])
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    shared = ranked_logps(peft_model, enc, tok.pad_token_id, batch_size=4, base=True, shared_prompt=True)
+    concat = ranked_logps(peft_model, enc, tok.pad_token_id, batch_size=4, base=True, shared_prompt=False)
+    for name in ("policy", "base"):
+        _assert_same(shared[name], concat[name], 1e-4)
