@@ -238,7 +238,8 @@ def track(inputs: LossInputs, layers: list[int]) -> dict:
             sim = similarity(s.hidden[k].detach(), s.ref_hidden[k], s.mask)
             row[f"cos_{name}"] = sim["cosine"].mean()
             row[f"norm_{name}"] = sim["norm_ratio"].mean()
-        if k in inputs.chosen.ref_hidden and k in inputs.rejected.ref_hidden:
+        if (k in inputs.chosen.ref_hidden and k in inputs.rejected.ref_hidden
+                and inputs.chosen.mask.shape[0] == inputs.rejected.mask.shape[0]):  # pairs (not K-response items)
             row |= preference_movement(inputs, k)
         out[str(k)] = row
     return out
