@@ -45,14 +45,18 @@ def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return completion_logps(out.logits, input_ids, completion_mask)
     final = out.hidden_states[-1][:, :-1]  # position t predicts token t + 1
     where = completion_mask[:, 1:].bool()
-    head = _unwrap(model).get_output_embeddings()
-    logits = head(final[where]).float()
-    cap = getattr(_unwrap(model).config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    logits = head_logits(model, final[where])
     token_logps = -F.cross_entropy(logits, input_ids[:, 1:][where], reduction="none")
     rows = where.nonzero()[:, 0]
     return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+
+
+def head_logits(model, final_hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head on final (normed) hidden states, float32, softcapped where the model softcaps."""
+    inner = _unwrap(model)
+    logits = inner.get_output_embeddings()(final_hidden).float()
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @contextmanager

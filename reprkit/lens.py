@@ -30,10 +30,9 @@ def final_norm(model) -> torch.nn.Module:
 def lens_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Block-output states ``[..., H]`` -> vocabulary logits ``[..., V]`` (float32, softcapped where
     the model softcaps)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    logits = inner.get_output_embeddings()(final_norm(model)(hidden)).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    from .evaluate import head_logits
+
+    return head_logits(model, final_norm(model)(hidden))
 
 
 @torch.no_grad()

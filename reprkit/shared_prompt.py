@@ -23,12 +23,9 @@ import torch.nn.functional as F
 
 def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Log-prob of each target token from the final (normed) hidden state that predicts it: ``[n]``."""
-    inner = getattr(model, "module", model)
-    logits = inner.get_output_embeddings()(hidden).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return -F.cross_entropy(logits, targets, reduction="none")
+    from .evaluate import head_logits
+
+    return -F.cross_entropy(head_logits(model, hidden), targets, reduction="none")
 
 
 def length_batches(encoded: list[dict], token_budget: int, max_items: int) -> list[list[int]]:
