@@ -69,6 +69,35 @@ def layer_heatmap(run: dict, metric: str = "cos", side: str = "rejected") -> go.
     return fig
 
 
+def logit_lens_heatmap(res: dict, prompt: int = 0, value: str = "top") -> go.Figure:
+    """Layer x position heatmap of a ``reprkit.lens.logit_lens`` result for one prompt.
+
+    ``value="top"``: colour is the top token's probability and each cell is labelled with that
+    token; ``value="target"``: colour is the target token's probability, labels its rank (needs
+    ``logit_lens(..., target=...)``).
+    """
+    if value not in ("top", "target"):
+        raise ValueError(f"value must be 'top' or 'target', got {value!r}")
+    if value == "target" and "target" not in res:
+        raise ValueError("this lens result has no target: call logit_lens(..., target=' token')")
+    layers, tokens = res["layers"], res["tokens"][prompt]
+    if value == "top":
+        cells = [[res["top"][layer][prompt][t][0] for t in range(len(tokens))] for layer in layers]
+        z = [[p for _, p in row] for row in cells]
+        text = [[tok for tok, _ in row] for row in cells]
+        title = "top token and its probability"
+    else:
+        z = [res["target"]["prob"][layer][prompt] for layer in layers]
+        text = [[f"#{r}" for r in res["target"]["rank"][layer][prompt]] for layer in layers]
+        title = f"probability (and rank) of {res['target']['token']!r}"
+    x = [f"{i}:{tok}" for i, tok in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=[f"L{k}" for k in layers], text=text, texttemplate="%{text}",
+                               zmin=0, zmax=1, colorscale="Viridis", colorbar=dict(title="p")))
+    fig.update_layout(title=f"logit lens, prompt {prompt}: {title}", xaxis_title="position: input token",
+                      yaxis_title="layer", height=max(320, 24 * len(layers) + 120), margin=dict(t=40, b=30))
+    return fig
+
+
 def rotation_scaling(cos: float, ratio: float) -> tuple[float, float]:
     """Split the relative change of a hidden state into rotation and scaling.
 

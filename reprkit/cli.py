@@ -26,6 +26,8 @@ class Inspect:
     """print each layer's top next tokens (the residual stream through the final norm and LM head)"""
     target: str | None = None
     """with --logit-lens: also the rank and probability of this token across layers"""
+    html: str | None = None
+    """with --logit-lens: also write a layer x position heatmap per prompt (plotly) to this .html file"""
 
     def run(self) -> None:
         from .inspect import format_table, layer_table
@@ -37,6 +39,15 @@ class Inspect:
 
             res = logit_lens(model, tok, list(self.prompts), self.layers, target=self.target)
             print("\n\n".join(format_lens(res, prompt=i) for i in range(len(self.prompts))))
+            if self.html:
+                from .app.figures import logit_lens_heatmap
+
+                value = "target" if self.target is not None else "top"
+                with open(self.html, "w") as f:
+                    for i in range(len(self.prompts)):
+                        f.write(logit_lens_heatmap(res, prompt=i, value=value).to_html(
+                            full_html=False, include_plotlyjs="cdn" if i == 0 else False))
+                print(f"heatmaps: {self.html}")
             return
         rows = layer_table(model, tok, self.prompts, self.layers, chat=self.chat)
         print(f"{self.model}: {model.config.num_hidden_layers} blocks, hidden size {model.config.hidden_size}")

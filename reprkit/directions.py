@@ -6,6 +6,7 @@ per layer, and what to do with them.
 >>> layer, per_layer = d.best_layer(model, tokenizer, validation_items)   # separation of held-out pairs
 >>> d.score(model, tokenizer, test_items, layer)    # K-way accuracy by projection, as evaluate.item_accuracy
 >>> d.save("directions/alpaca_easy"); Direction.load("directions/alpaca_easy")
+>>> d = from_prompts(model, tokenizer, ["Act happy. Hi"], ["Act sad. Hi"], layers=15)  # two prompt sets
 
 States are the mean over completion tokens (``token="mean"``) or the completion's last token
 (``"last"``) of each block's output, in float32; the forward stops after the deepest layer.
@@ -150,6 +151,24 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     return unit(v)
 
 
+def _read(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], method: str,
+          probe_c: float) -> tuple[dict[int, torch.Tensor], dict[str, dict]]:
+    """Per layer: the unit vector telling paired states ``a`` (``[N, H]``) from ``b``, and the
+    projection statistics of both sides on it."""
+    vectors, stats = {}, {}
+    for layer in states_a:
+        a, b = states_a[layer], states_b[layer]
+        v = direction_from_states(a, b, method, probe_c)
+        vectors[layer] = v
+        pc, pr = a @ v, b @ v
+        spread = torch.sqrt((pc.var() + pr.var()) / 2).clamp_min(1e-12)
+        stats[str(layer)] = {"chosen_mean": pc.mean().item(), "chosen_std": pc.std().item(),
+                             "rejected_mean": pr.mean().item(), "rejected_std": pr.std().item(),
+                             "separation": ((pc.mean() - pr.mean()) / spread).item(),
+                             "pair_accuracy": (pc > pr).float().mean().item()}
+    return vectors, stats
+
+
 def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_diff", token: str = "mean",
                max_length: int = 256, source: str = "", probe_c: float = 1.0) -> Direction:
     """Read a direction per layer from items' best vs worst response (``data.to_pairs``)."""
@@ -157,16 +176,52 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
     encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_length // 2)
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
-    vectors, stats = {}, {}
-    for layer, s in states.items():
-        v = direction_from_states(s[:, 0], s[:, 1], method, probe_c)
-        vectors[layer] = v
-        pc, pr = s[:, 0] @ v, s[:, 1] @ v
-        spread = torch.sqrt((pc.var() + pr.var()) / 2).clamp_min(1e-12)
-        stats[str(layer)] = {"chosen_mean": pc.mean().item(), "chosen_std": pc.std().item(),
-                             "rejected_mean": pr.mean().item(), "rejected_std": pr.std().item(),
-                             "separation": ((pc.mean() - pr.mean()) / spread).item(),
-                             "pair_accuracy": (pc > pr).float().mean().item()}
+    vectors, stats = _read({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
+                           method, probe_c)
     info = {"method": method, "token": token, "layers": sorted(vectors), "data": source, "n": len(encoded),
             "max_length": max_length, "stats": stats}
+    return Direction(vectors, info)
+
+
+@torch.no_grad()
+def prompt_states(model, tokenizer, prompts: list[str], layers, token: str = "last", chat: bool = False,
+                  max_length: int = 256, batch_size: int = 8) -> dict[int, torch.Tensor]:
+    """``{layer: [N, H]}``: each prompt's state at its last token (``token="last"``) or the mean over
+    its tokens (``"mean"``), float32; with ``chat`` the prompt is wrapped as a user turn of the
+    model's chat template, generation prompt included (the state the model answers from)."""
+    if token not in ("mean", "last"):
+        raise ValueError(f"token must be 'mean' or 'last', not {token!r}")
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    device = next(model.parameters()).device
+    out: dict[int, list[torch.Tensor]] = {}
+    with eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            enc = [tokenizer(p, add_special_tokens=not chat)["input_ids"][-max_length:] for p in prompts[i: i + batch_size]]
+            width = max(len(e) for e in enc)
+            ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in enc], device=device)
+            mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
+            with capture(model, layers, stop=True) as cap:
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+            keep = mask * (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) if token == "last" else mask
+            for layer, h in cap.hidden_states.items():
+                out.setdefault(layer, []).append(masked_mean(h.float(), keep))
+    return {layer: torch.cat(v) for layer, v in out.items()}
+
+
+def from_prompts(model, tokenizer, positive: list[str], negative: list[str], layers, method: str = "mean_diff",
+                 token: str = "last", chat: bool = False, max_length: int = 256, source: str = "",
+                 probe_c: float = 1.0) -> Direction:
+    """Read a direction per layer from two prompt sets, ``positive[i]`` paired with ``negative[i]``
+    (contrastive prompts as in repeng or CAA: "Act honest: ..." vs "Act dishonest: ..."), from each
+    prompt's last-token state (or token mean). Positive prompts project higher."""
+    if len(positive) != len(negative) or not positive:
+        raise ValueError(f"positive and negative prompts must be paired, same non-zero count "
+                         f"(got {len(positive)} and {len(negative)})")
+    states_p = prompt_states(model, tokenizer, list(positive), layers, token, chat, max_length)
+    states_n = prompt_states(model, tokenizer, list(negative), layers, token, chat, max_length)
+    vectors, stats = _read(states_p, states_n, method, probe_c)
+    info = {"method": method, "token": token, "layers": sorted(vectors), "data": source or "prompts",
+            "n": len(positive), "max_length": max_length, "chat": chat, "contrast": "prompts", "stats": stats}
     return Direction(vectors, info)

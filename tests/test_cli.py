@@ -91,3 +91,13 @@ def test_bad_input_gives_one_line_and_leaves_no_run(case, tmp_path, tiny_folder,
 def test_debug_shows_the_traceback(tmp_path, tiny_folder):
     with pytest.raises(ValueError, match="--lr must be positive"):
         main(["train", "--model", str(tiny_folder), "--lr", "-1", "--debug", "--run-dir", str(tmp_path / "r")])
+
+
+def test_inspect_logit_lens_prints_a_table_and_writes_heatmaps(tmp_path, tiny_folder, capsys):
+    html = tmp_path / "lens.html"
+    main(["inspect", "--model", str(tiny_folder), "--logit-lens", "--layers", "0,1", "--prompts", "one two", "three",
+          "--target", " two", "--html", str(html)])
+    out = capsys.readouterr().out
+    assert out.count("logit lens, prompt") == 2 and "target ' two'" in out
+    text = html.read_text()
+    assert text.count("Plotly.newPlot") == 2 and "cdn.plot.ly" in text

@@ -77,3 +77,27 @@ def test_direction_and_steer_commands(tiny_folder, tmp_path, capsys):
           "--prompt", "Hi"])
     printed = capsys.readouterr().out
     assert "[unsteered]" in printed and printed.count("'Hi' ->") == 3 and "gives KL" in printed
+
+
+def test_from_prompts_reads_the_last_prompt_token_of_two_paired_sets(tiny_folder, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.directions import from_prompts, prompt_states
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    pos = ["Act happy. Tell me about your day", "Act happy. Hi"]
+    neg = ["Act sad. Tell me about your day", "Act sad. Hi there, how was the weekend?"]
+    # padded batch = each prompt alone, at its own last token (hidden_states[k + 1] is block k's output)
+    batched = prompt_states(model, tokenizer, pos + neg, layers=[1], token="last")[1]
+    for i, p in enumerate(pos + neg):
+        with torch.no_grad():
+            alone = model(**tokenizer(p, return_tensors="pt"), output_hidden_states=True).hidden_states[2][0, -1]
+        torch.testing.assert_close(batched[i], alone, rtol=1e-4, atol=1e-5)
+    d = from_prompts(model, tokenizer, pos, neg, layers=[1])
+    expected = (batched[:2] - batched[2:]).mean(0)
+    torch.testing.assert_close(d.vectors[1], expected / expected.norm(), rtol=1e-4, atol=1e-5)
+    assert d.info["contrast"] == "prompts" and d.info["n"] == 2 and d.info["stats"]["1"]["pair_accuracy"] == 1.0
+    mean = prompt_states(model, tokenizer, pos[:1], layers=[1], token="mean", chat=True)[1]
+    assert mean.shape == (1, model.config.hidden_size)
+    with pytest.raises(ValueError, match="paired"):
+        from_prompts(model, tokenizer, pos, neg[:1], layers=[1])

@@ -127,3 +127,27 @@ def test_eval_bars_show_the_asymmetric_interval():
     fig = figures.eval_bars([synthetic_run("a")])
     bar = fig.data[1]
     assert bar.error_y.array[0] == pytest.approx(0.1) and bar.error_y.arrayminus[0] == pytest.approx(0.15)
+
+
+def lens_result():
+    # two layers, one prompt of three tokens; the top token at layer 5 is "b" everywhere
+    top = {2: [[[("a", 0.5), ("b", 0.2)], [("c", 0.4), ("a", 0.3)], [("a", 0.9), ("b", 0.1)]]],
+           5: [[[("b", 0.6), ("a", 0.1)], [("b", 0.7), ("c", 0.1)], [("b", 0.8), ("a", 0.1)]]]}
+    target = {"token": "b", "id": 7, "prob": {2: [[0.2, 0.05, 0.1]], 5: [[0.6, 0.7, 0.8]]},
+              "rank": {2: [[1, 3, 1]], 5: [[0, 0, 0]]}}
+    return {"tokens": [["x", "y", "z"]], "layers": [2, 5], "top": top, "target": target}
+
+
+def test_logit_lens_heatmap_is_layer_by_position():
+    fig = figures.logit_lens_heatmap(lens_result())
+    hm = fig.data[0]
+    assert list(hm.y) == ["L2", "L5"] and list(hm.x) == ["0:x", "1:y", "2:z"]
+    assert [list(r) for r in hm.z] == [[0.5, 0.4, 0.9], [0.6, 0.7, 0.8]]
+    assert [list(r) for r in hm.text] == [["a", "c", "a"], ["b", "b", "b"]]
+    fig = figures.logit_lens_heatmap(lens_result(), value="target")
+    assert [list(r) for r in fig.data[0].z] == [[0.2, 0.05, 0.1], [0.6, 0.7, 0.8]]
+    assert list(fig.data[0].text[0]) == ["#1", "#3", "#1"]
+    res = lens_result()
+    del res["target"]
+    with pytest.raises(ValueError, match="target="):
+        figures.logit_lens_heatmap(res, value="target")

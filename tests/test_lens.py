@@ -43,3 +43,14 @@ def test_logit_lens_tables_and_target_rank():
     assert res["target"]["rank"][3][1] == (probs > probs[:, t:t + 1]).sum(-1).tolist()
     assert res["top"][3][1][-1][0][0] == chr(int(probs[-1].argmax()))
     assert "target 'e'" in format_lens(res, prompt=1)
+
+
+def test_lens_heatmap_of_a_real_lens_result():
+    from reprkit.app.figures import logit_lens_heatmap
+
+    res = logit_lens(tiny_llama(), _Tok(), ["abc", "hello"], layers=[0, 3], top_k=2, target="e")
+    hm = logit_lens_heatmap(res, prompt=1, value="target").data[0]
+    assert list(hm.y) == ["L0", "L3"] and len(hm.x) == 5
+    assert list(hm.z[1]) == res["target"]["prob"][3][1]
+    top = logit_lens_heatmap(res, prompt=0).data[0]
+    assert list(top.text[0]) == [res["top"][0][0][t][0][0] for t in range(3)]
