@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: setup
-	$(PY) -m reprkit.cli train
+	$(PY) -m reprkit.cli train --preset demo
 
 test: setup
 	$(PY) -m pytest -q

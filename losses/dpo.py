@@ -97,6 +97,7 @@ class DPO:
     dr_beta: float | None = None
     """Dr. DPO's beta' (None: plain mean over the batch)"""
 
+    default_lr: ClassVar[float] = 1e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = True
 
@@ -132,6 +133,7 @@ class PlackettLuce:
     average_log_prob: bool = False
     """per-token mean log-probs instead of sums"""
 
+    default_lr: ClassVar[float] = 1e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = True
     ranked: ClassVar[bool] = True

@@ -12,6 +12,7 @@ vector, a DPO-style hinge on log-prob ratios and a hinge on the chosen answer's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,8 @@ class PrefVec:
     w_nll: float = 0.0
     """weight of the hinge on the chosen answer's NLL rising above the frozen model's (needs the LM head)"""
 
-    needs_reference = True
+    default_lr: ClassVar[float] = 1e-3  # LoRA r16 on SmolLM2-135M
+    needs_reference: ClassVar[bool] = True
 
     @property
     def needs_logps(self) -> bool:

@@ -87,6 +87,7 @@ class ReprPO:
     w_magnitude: float = 1.0
     """weight of keeping rejected token norms (0: the no-magnitude variant)"""
 
+    default_lr: ClassVar[float] = 3e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True
 

@@ -42,6 +42,7 @@ class Reroute:
     alpha: float = 5.0
     """overall scale; split between retain and reroute by the schedule"""
 
+    default_lr: ClassVar[float] = 3e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True
 

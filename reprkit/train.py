@@ -655,9 +655,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
     resume_from = None
     if cfg.resume:
-        saved = TrainConfig.from_dict(read_config(cfg.resume))
+        saved = type(cfg).from_dict(read_config(cfg.resume))  # type(cfg): registered losses included
         saved.resume, saved.run_dir = cfg.resume, cfg.resume
-        saved.steps = max(saved.steps, cfg.steps) if cfg.steps != TrainConfig.steps else saved.steps
+        saved.steps = max(saved.steps, cfg.steps) if cfg.steps != type(cfg).steps else saved.steps
         cfg = saved
         found = checkpoints(cfg.resume)
         resume_from = found[-1][1] if found else None

@@ -1,11 +1,9 @@
 import json
 import math
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -173,23 +171,28 @@ def _cli(tiny_folder, run_dir, *extra):
             "--eval-data", "embedded:arithmetic", "--eval-limit", "4", "--n-samples", "1", "--no-progress", *extra]
 
 
-def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_folder, tmp_path_factory):
+    full = tmp_path_factory.mktemp("uninterrupted") / "full"
+    subprocess.run(_cli(tiny_folder, full), check=True, capture_output=True)
+    return full
+
+
+@pytest.mark.parametrize("where,step", [("mid-checkpoint", 4), ("checkpointed", 8), ("logged", 10)])
+def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path, uninterrupted, where, step):
+    """SIGKILL at an exact point (tests/kill_at.py): while a checkpoint is being written, just after
+    one is published, and between checkpoints."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    full = tmp_path / "full"
-    subprocess.run(_cli(tiny_folder, full), check=True, env=env, capture_output=True)
+    full = uninterrupted
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(tiny_folder, run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kill_after = random.Random().randint(2, 10)  # a random step, before or after a checkpoint
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        rows, _ = read_jsonl(run / "metrics.jsonl")
-        if len(rows) >= kill_after:
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run([sys.executable, "-m", "tests.kill_at", *_cli(tiny_folder, run)[3:]],
+                            env={**env, "KILL_AT_STEP": str(step), "KILL_WHERE": where}, capture_output=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
     killed_at = len(read_jsonl(run / "metrics.jsonl")[0])
-    assert kill_after <= killed_at < 12, f"the run should be killed mid-way (after {kill_after} steps)"
+    assert killed_at == step
+    leftovers = [p.name for p in run.iterdir() if p.name.startswith(".checkpoint")]
+    assert bool(leftovers) == (where == "mid-checkpoint")  # an unpublished checkpoint is left behind
     subprocess.run(_cli(tiny_folder, run, "--resume", str(run)), check=True, env=env, capture_output=True)
     rows, bad = read_jsonl(run / "metrics.jsonl")
     assert bad == 0 and [r["step"] for r in rows] == list(range(1, 13))
@@ -197,7 +200,7 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
     # the resumed run continues the same data order, optimiser and scheduler state
     for a, b in zip(rows, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
-    assert [p.name for p in run.iterdir() if p.name.startswith("checkpoint-")] == ["checkpoint-000012"]
+    assert [p.name for p in run.iterdir() if p.name.startswith(("checkpoint-", ".checkpoint"))] == ["checkpoint-000012"]
     # and ends with the same adapter as the uninterrupted run
     from safetensors.torch import load_file
 
@@ -206,30 +209,154 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=f"{k} (killed after step {killed_at})")
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        dict(grad_accum=2, gradient_checkpointing=True, schedule="cosine", weight_decay=0.01),
-        dict(dtype="bfloat16"),
-        dict(mixed_precision="bf16", gradient_checkpointing=True),
-        dict(quantization="4bit"),
-        dict(loss="dpo", quantization="8bit"),
-        dict(lora={"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "q_proj,v_proj", "rslora": True}),
-        dict(lora={"dora": True}),
-    ],
-    ids=["accum-ckpt-cosine", "bf16", "autocast-bf16-ckpt", "4bit", "dpo-8bit", "lora-options", "dora"],
-)
-def test_training_options(tiny_folder, tmp_path, options):
+@pytest.fixture
+def loaded(monkeypatch):
+    """The models the trainer loads, kept for inspection after the run."""
+    import reprkit.train as T
+
+    models = []
+    real = T.load_model
+
+    def spy(*args, **kwargs):
+        model, tok = real(*args, **kwargs)
+        models.append(model)
+        return model, tok
+
+    monkeypatch.setattr(T, "load_model", spy)
+    return models
+
+
+def _adapter(run):
+    from safetensors.torch import load_file
+
+    return load_file(run / "adapter" / "adapter_model.safetensors"), json.loads((run / "adapter" / "adapter_config.json").read_text())
+
+
+def test_accumulation_equals_the_larger_batch(tiny_folder, tmp_path):
+    """Two micro-batches of 4 accumulated = one batch of 8 (DPO: a per-pair mean; same data order)."""
+    kw = dict(loss="dpo", steps=2, warmup_steps=0, eval_data=())
+    big = train(tiny_config(tiny_folder, tmp_path / "big", batch_size=8, **kw))
+    acc = train(tiny_config(tiny_folder, tmp_path / "acc", batch_size=4, grad_accum=2, **kw))
+    rows_big, rows_acc = read_jsonl(big / "metrics.jsonl")[0], read_jsonl(acc / "metrics.jsonl")[0]
+    for a, b in zip(rows_acc, rows_big):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    a, b = _adapter(acc)[0], _adapter(big)[0]
+    for k in a:  # Adam's first steps move each weight by about lr = 1e-3, so 2e-5 is 2% of one update
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-5)
+    single = train(tiny_config(tiny_folder, tmp_path / "one", batch_size=4, **kw))  # half the batch differs
+    assert read_jsonl(single / "metrics.jsonl")[0][1]["loss"] != pytest.approx(rows_big[1]["loss"], rel=1e-5)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(tiny_folder, tmp_path):
+    plain = train(tiny_config(tiny_folder, tmp_path / "plain", steps=3, eval_data=()))
+    ckpt = train(tiny_config(tiny_folder, tmp_path / "ckpt", steps=3, eval_data=(), gradient_checkpointing=True))
+    for a, b in zip(read_jsonl(ckpt / "metrics.jsonl")[0], read_jsonl(plain / "metrics.jsonl")[0]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    a, b = _adapter(ckpt)[0], _adapter(plain)[0]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=2e-5)
+
+
+def test_cosine_schedule_and_weight_decay(tiny_folder, tmp_path):
+    """Logged learning rates: linear warm-up, then half a cosine to 0; weight decay reaches AdamW."""
+    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=6, warmup_steps=2, schedule="cosine", weight_decay=0.01,
+                            eval_data=()))
+    lrs = [r["lr"] for r in read_jsonl(run / "metrics.jsonl")[0]]
+    peak = 1e-3
+    # step t (0-based) trains at: warm-up t / 2, then half a cosine over the 4 remaining steps
+    expected = [0.0, peak * 0.5] + [peak * 0.5 * (1 + math.cos(math.pi * (t - 2) / 4)) for t in range(2, 6)]
+    assert lrs == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    state = torch.load(run / "checkpoint-000006" / "optimizer.pt", weights_only=False)
+    assert all(g["weight_decay"] == 0.01 for g in state["param_groups"])
+
+
+def test_clipping_bounds_the_gradient_the_optimiser_sees(tiny_folder, tmp_path, monkeypatch):
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=3, eval_data=(), max_grad_norm=1e-3))
+    logged = [r["grad_norm"] for r in read_jsonl(run / "metrics.jsonl")[0]]
+    assert all(n > 1e-3 for n in logged)  # the raw gradient is larger than the bound, and logged as such
+    assert seen == pytest.approx([1e-3] * 3, rel=1e-3)  # what AdamW stepped with was clipped to it
+
+
+def test_bf16_weights_and_bf16_autocast(tiny_folder, tmp_path, loaded):
+    run = train(tiny_config(tiny_folder, tmp_path / "w", steps=2, eval_data=(), dtype="bfloat16"))
+    assert loaded[-1].model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    assert read_jsonl(run / "metrics.jsonl")[0][-1]["loss"] is not None
+    # autocast: float32 weights, matmuls in bfloat16 (a block's projection outputs bf16 during training)
+    dtypes = []
+    import reprkit.train as T
+
+    real_forward = T.forward_pair_batch
+
+    def spy(model, *args, **kwargs):
+        proj = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+        handle = proj.register_forward_hook(lambda m, i, o: dtypes.append((m.weight.dtype, o.dtype)))
+        try:
+            return real_forward(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(T, "forward_pair_batch", spy):
+        train(tiny_config(tiny_folder, tmp_path / "a", steps=2, eval_data=(), mixed_precision="bf16",
+                          gradient_checkpointing=True))
+    assert dtypes and all(d == (torch.float32, torch.bfloat16) for d in dtypes)
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_options_load_quantized_layers(tiny_folder, tmp_path, loaded, quantization):
+    import bitsandbytes as bnb
+
+    train(tiny_config(tiny_folder, tmp_path / "r", steps=2, eval_data=(), quantization=quantization,
+                      loss="dpo" if quantization == "8bit" else "reprpo"))
+    kind = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
+    layer = loaded[-1].model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(layer, kind)
+
+
+def test_lora_options_reach_the_adapter(tiny_folder, tmp_path, loaded):
+    """rank, alpha, rsLoRA's alpha / sqrt(r) scaling, dropout and target modules."""
     from reprkit.config import LoraSettings
 
-    if "lora" in options:
-        options = {**options, "lora": LoraSettings(**options["lora"])}
-    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=3, eval_data=(), **options))
-    rows, _ = read_jsonl(run / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3] and all(r["loss"] is not None for r in rows)
-    cfg = json.loads((run / "config.json").read_text())
-    assert all(cfg[k] == v for k, v in options.items() if k != "lora")
-    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1, target_modules="q_proj,v_proj", rslora=True)
+    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=2, eval_data=(), lora=lora))
+    weights, cfg = _adapter(run)
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["use_rslora"] and cfg["lora_dropout"] == 0.1
+    assert {k.split(".")[-3] for k in weights} == {"q_proj", "v_proj"}
+    assert all(w.shape[0] == 4 for k, w in weights.items() if "lora_A" in k)
+    q = loaded[-1].model.layers[0].self_attn.q_proj
+    assert q.scaling["default"] == pytest.approx(8 / math.sqrt(4))  # rsLoRA, not alpha / r = 2
+    assert q.lora_dropout["default"].p == 0.1
+
+
+def test_dora_trains_its_magnitude(tiny_folder, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.config import LoraSettings
+
+    run = train(tiny_config(tiny_folder, tmp_path / "r", steps=3, warmup_steps=0, eval_data=(),
+                            lora=LoraSettings(dora=True)))
+    weights, cfg = _adapter(run)
+    assert cfg["use_dora"]
+    magnitudes = {k: v for k, v in weights.items() if "lora_magnitude_vector" in k}
+    assert magnitudes
+    base = dict(AutoModelForCausalLM.from_pretrained(tiny_folder).named_parameters())
+    moved = 0
+    for k, m in magnitudes.items():
+        # DoRA starts each magnitude at the base weight's row norm; training moved them
+        name = k.replace("base_model.model.", "").replace(".lora_magnitude_vector", "").replace(".weight", "") + ".weight"
+        start = torch.linalg.vector_norm(base[name].detach(), dim=1)
+        moved += not torch.allclose(m, start, atol=1e-6)
+    assert moved == len(magnitudes)
 
 
 def test_reroute_with_separate_retain_and_reroute_sets(tiny_folder, tmp_path):
@@ -365,3 +492,51 @@ def test_plan_layers_is_the_one_place_that_decides(tiny_folder):
     assert plan_layers(model, ReprPO(layers="1"), "0,3") == ([1], [0, 1, 3], 1)
     assert plan_layers(model, DPO()) == ([], [1, 2], None)  # tracks ReprPO's default layers, LoRA on every block
     assert plan_layers(model, PrefVec(layers="1", w_nll=1.0))[2] is None  # reads the LM head: LoRA everywhere
+
+
+def test_a_registered_loss_trains_through_the_cli(tiny_folder, tmp_path, monkeypatch):
+    """Adding a loss is one registration: --loss, its --NAME.* flags, its default learning rate and
+    a preset follow, and the trainer runs it."""
+    import dataclasses
+    from typing import ClassVar
+
+    from reprkit import config
+    from reprkit.cli import main, parse_train
+    from reprkit.losses import LOSSES
+
+    @dataclasses.dataclass
+    class Toy:
+        """pull the chosen completion's hidden state toward zero (a toy)"""
+
+        layers: str = "1"
+        """loss layers"""
+        scale: float = 1.0
+        """weight"""
+        default_lr: ClassVar[float] = 5e-3
+        needs_logps: ClassVar[bool] = False
+        needs_reference: ClassVar[bool] = False
+
+        def layer_spec(self):
+            return self.layers
+
+        def __call__(self, inputs):
+            h = next(iter(inputs.chosen.hidden.values()))
+            loss = self.scale * h.float().pow(2).mean()
+            return loss, {"toy": loss.detach()}
+
+    monkeypatch.setattr(config, "LOSSES", dict(LOSSES))
+    monkeypatch.setattr(config, "PRESETS", dict(config.PRESETS))
+    monkeypatch.setattr(config, "TrainConfig", config.TrainConfig)
+    config.register_loss("toy_loss", Toy)
+    cfg = parse_train(["--loss", "toy_loss", "--toy-loss.scale", "2.5"])
+    assert cfg.toy_loss.scale == 2.5 and cfg.learning_rate() == 5e-3
+    assert parse_train(["--preset", "toy-loss"]).loss == "toy_loss"
+    run = tmp_path / "toy"
+    main(["train", "--model", str(tiny_folder), "--loss", "toy_loss", "--toy-loss.scale", "2.5", "--steps", "2",
+          "--batch-size", "2", "--warmup-steps", "0", "--eval-data", "embedded:arithmetic", "--eval-limit", "2",
+          "--n-samples", "1", "--no-progress", "--run-dir", str(run)])
+    rows, _ = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["toy"] > 0 and rows[0]["lr"] == 5e-3
+    assert json.loads((run / "config.json").read_text())["toy_loss"] == {"layers": "1", "scale": 2.5}
+    with pytest.raises(ValueError, match="identifier"):
+        config.register_loss("toy-loss", Toy)
