@@ -84,6 +84,8 @@ class Grid:
     """greedy samples per cell (target test prompts), for a coherence check by eye"""
     truthfulqa_limit: int = 100
     sycophancy_limit: int = 200
+    reference_cache: str | None = "reference-cache"
+    """frozen-model cache directory (relative to --out), shared by every run on the same source; None: off"""
 
 
 # ---------------------------------------------------------------- shifts and items
@@ -171,13 +173,15 @@ def n_steps(grid: Grid, source: str) -> int:
     return math.ceil(grid.epochs * len(pairs) / grid.batch_size)
 
 
-def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run_dir: Path, total: int) -> TrainConfig:
+def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run_dir: Path, total: int,
+                 cache: Path | None = None) -> TrainConfig:
     cfg = preset(method)
     return dataclasses.replace(
         cfg, model=grid.model, data=f"genies:{source}", train_split=TRAIN_SPLIT, eval_data=(), seed=seed, lr=lr,
         steps=total, batch_size=grid.batch_size, max_length=grid.max_length, max_prompt_length=grid.max_prompt_length,
         lora=LoraSettings(r=grid.lora_r, alpha=2 * grid.lora_r), run_dir=str(run_dir), progress=False,
         save_every=0, warmup_steps=max(1, total // 10), n_samples=0, limit=grid.train_limit,
+        reference_cache=str(cache) if cache is not None else None,
     )
 
 
@@ -226,6 +230,10 @@ def choose_lr(accuracy: dict[float, float], margin: dict[float, float], ppl_rati
     return max(valid, key=lambda lr: (round(accuracy[lr], 6), margin.get(lr, float("-inf")), -lr))
 
 
+def cache_dir(grid: Grid, out: Path) -> Path | None:
+    return out / grid.reference_cache if grid.reference_cache else None
+
+
 def tune_lr(grid: Grid, method: str, source: str, out: Path) -> float:
     cache = out / "lr" / f"{method}.json"
     if cache.is_file():
@@ -238,7 +246,7 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path) -> float:
             continue
         start = time.time()
         run = out / "lr" / method / f"lr{lr:g}"
-        train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps), grid.sweep_steps)
+        train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
         val = score(model, tok, encode_set(grid, tok, f"genies:{source}", VAL_SPLIT, grid.val_limit))
         ppl = retain_ratio(grid, model, tok)
@@ -301,7 +309,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
     else:
         total = n_steps(grid, source)
-        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total)
+        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total, cache_dir(grid, out))
         curve_file = cell_dir / "curve.json"
         curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
         for k in range(1, grid.curve_points + 1):

@@ -96,6 +96,9 @@ class _Settings:
     """recompute block activations in the backward (less memory, more time)"""
     seed: int = 0
     """seed of the data order and of LoRA's initialisation"""
+    reference_cache: str | None = None
+    """directory of the frozen-model cache: the frozen pass's outputs on the training pairs are computed
+    once (per model, data, encoding, layers and precision) and read back instead of recomputed each step"""
 
     run_dir: str | None = None
     """where to write the run (default: runs/<time>-<loss>)"""
@@ -140,6 +143,9 @@ class _Settings:
                 raise ValueError(f"--{self.loss.replace('_', '-')}.{name.replace('_', '-')} cannot be negative (got {value})")
         if getattr(loss, "beta", 1.0) <= 0:
             raise ValueError(f"--{self.loss}.beta must be positive (got {loss.beta})")
+        if self.reference_cache and getattr(loss, "ranked", False):
+            raise ValueError(f"--reference-cache covers chosen/rejected pairs; the {self.loss} loss ranks K responses: "
+                             "drop --reference-cache")
 
     def loss_fn(self):
         return getattr(self, self.loss)

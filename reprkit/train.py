@@ -147,8 +147,9 @@ def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
 
 
 def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
-                       sharded: bool = False) -> LossInputs:
+                       sharded: bool = False, reference=None) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
+    With ``reference`` (a ``refcache.ReferenceCache``) the frozen outputs are read from it instead.
 
     ``model`` is the PeftModel (FSDP2-sharded in place when ``sharded``): its blocks carry the hooks
     and its adapter is disabled for the reference. Sharded models see every forward to the end (a
@@ -157,7 +158,9 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
     inputs, comp, b = _sides(batch)
     stop = not loss.needs_logps and not sharded
     ref_hidden, ref_logps = {}, None
-    if loss.needs_reference:
+    if loss.needs_reference and reference is not None:
+        ref_hidden, ref_logps = reference.batch(batch["index"], comp, device=comp.device)
+    elif loss.needs_reference:
         with torch.no_grad(), adapter_disabled(model), eval_mode(model):
             with capture(model, layers, stop=stop) as cap:
                 if loss.needs_logps:
@@ -186,7 +189,7 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
 
 
 def forward_ranked_batch(model, batch: dict, layers: list[int], loss, progress: float,
-                         sharded: bool = False) -> LossInputs:
+                         sharded: bool = False, reference=None) -> LossInputs:
     """Reference then policy log-probs of all K responses of each item (Plackett-Luce losses).
 
     The tracked sides are the best response (chosen) and all other valid responses (rejected).
@@ -484,8 +487,42 @@ def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, p
             perm = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed + epoch))
             perm_epoch = epoch
         global_idx = perm[b * batch_size * world: (b + 1) * batch_size * world]
-        yield collate([encoded[i] for i in global_idx[rank::world].tolist()], pad_token_id)
+        mine = global_idx[rank::world].tolist()
+        batch = collate([encoded[i] for i in mine], pad_token_id)
+        batch["index"] = torch.tensor(mine, dtype=torch.long)  # which pairs (the reference cache reads by it)
+        yield batch
         m += 1
+
+
+def model_fingerprint(model) -> str:
+    """A cheap fingerprint of the base weights (a strided sample of every non-adapter tensor), so
+    that a cache never serves outputs of other weights stored under the same model name."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                continue
+            flat = p.detach().reshape(-1)
+            h.update(name.replace("base_model.model.", "").replace(".base_layer", "").encode())  # wherever LoRA sits
+            h.update(f"{tuple(p.shape)} {flat[:: max(1, flat.numel() // 64)].float().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+def open_reference_cache(cfg: TrainConfig, model, tokenizer, train_pairs: list[dict], layers: list[int], loss,
+                         sharded: bool):
+    """The frozen-model cache of this run's training pairs (built on first use): ``--reference-cache``."""
+    from .refcache import ReferenceCache
+
+    if sharded:
+        raise TrainingError("--reference-cache works with one process or data parallelism, not FSDP sharding")
+    settings = {"dtype": cfg.dtype, "quantization": cfg.quantization, "mixed_precision": cfg.mixed_precision}
+    model_id = f"{cfg.model}:{model_fingerprint(model)}"
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+        return ReferenceCache.open(cfg.reference_cache, model, train_pairs, layers, loss.needs_logps, settings,
+                                   tokenizer.pad_token_id, model_id, batch_size=cfg.batch_size)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -708,6 +745,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             optimizer = accelerator.prepare_optimizer(optimizer)
             broadcast_trainable(params, accelerator)
 
+        reference = None
+        if cfg.reference_cache and loss.needs_reference:
+            reference = open_reference_cache(cfg, model, tokenizer, train_pairs, layers, loss, sharded)
+
         start = 0
         if resume_from is not None:
             start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
@@ -744,7 +785,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
                 with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
                     inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
-                                     sharded=sharded)
+                                     sharded=sharded, reference=reference)
                 value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
