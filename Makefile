@@ -35,6 +35,7 @@ bench: setup
 	$(PY) experiments/bench/eval_throughput.py
 	$(PY) experiments/bench/shared_prompt.py
 	$(PY) experiments/bench/eval_dtype.py
+	$(PY) experiments/bench/grid_throughput.py
 	$(PY) experiments/bench/train_step.py
 	$(PY) experiments/bench/scaling.py
 	$(PY) experiments/bench/memory_7b.py

@@ -1,0 +1,125 @@
+"""Minutes per comparison-grid cell, before and after the throughput work, part by part.
+
+    python experiments/bench/grid_throughput.py [--steps 12] [--items 40] [--repeats 2] [--threads 2]
+
+A grid cell (``experiments/compare.py``, ``experiments/grids/decisive.json``) is one epoch of a
+GENIES source's ``train[:90%]`` (540 pairs: 135 steps of 4, max length 192) plus scoring: 4 curve
+points of 60 source-validation and 60 target items, then the whole test split of source and target
+(250 items each). Running a whole cell twice would take an hour, so each part is timed on a sample
+and the cell is composed from the rates:
+
+- training step, per method (DPO, ReprPO): the median ``step_time`` of ``--steps`` steps after the
+  first two, in a fresh child process per variant, with the frozen pass run every step ("before")
+  or read from ``--reference-cache`` ("after"); the one-time cache build is timed too (one child
+  builds it, a second reads it; the build is the difference of their wall times). Peak memory is
+  the child's peak RSS growth after model load;
+- scoring: seconds per item of ``item_accuracy`` on ``--items`` alpaca_easy test items, one
+  sequence per response ("before") vs the shared-prompt path ("after"), interleaved in one process.
+
+Cell minutes = 135 x step + 1480 x item (+ the cache build once per source and method family,
+shown apart). Only for a machine with nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from common import interleaved, peak_growth_mb, reset_peak, run_child, save, table  # noqa: E402
+
+SOURCE, BATCH, MAX_LEN, MAX_PROMPT = "alpaca_easy", 4, 192, 96
+CELL_STEPS, CELL_ITEMS = 135, 4 * (60 + 60) + 250 + 250
+
+
+def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | None) -> dict:
+    from reprkit.config import LoraSettings, preset
+    from reprkit.models import load_model
+    from reprkit.runlog import read_jsonl
+    from reprkit.train import train
+
+    torch.set_num_threads(threads)
+    model, tok = load_model()
+    base_kb = reset_peak()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = preset(loss)
+        cfg.data, cfg.train_split, cfg.eval_data = f"genies:{SOURCE}", "train[:90%]", ()
+        cfg.steps, cfg.batch_size, cfg.max_length, cfg.max_prompt_length = steps, BATCH, MAX_LEN, MAX_PROMPT
+        cfg.lora, cfg.warmup_steps, cfg.save_every, cfg.n_samples, cfg.progress = LoraSettings(r=16, alpha=32), 1, 0, 0, False
+        cfg.run_dir, cfg.reference_cache, cfg.limit = str(Path(tmp) / "run"), cache or None, limit
+        t0 = time.perf_counter()
+        run = train(cfg, model, tok)
+        wall = time.perf_counter() - t0
+        rows, _ = read_jsonl(run / "metrics.jsonl")
+    times = [r["step_time"] for r in rows][2:] or [r["step_time"] for r in rows]
+    return {"step_s": statistics.median(times), "wall_s": wall, "peak_mb": peak_growth_mb(base_kb)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--items", type=int, default=40)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--losses", nargs="+", default=["dpo", "reprpo"])
+    p.add_argument("--limit", type=int, default=None, help="training items (a smoke run; the cache then covers fewer)")
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--loss")
+    p.add_argument("--cache", default="")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child_train(args.loss, args.steps, args.cache, args.threads, args.limit)))
+        return
+
+    script = str(Path(__file__).resolve())
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    common = ["--steps", str(args.steps), "--threads", str(args.threads), *limit]
+    train_rows, raw = [], {"train": {}, "eval": {}}
+    with tempfile.TemporaryDirectory() as cache_root:
+        for loss in args.losses:
+            cache = str(Path(cache_root) / loss)
+            before = run_child(script, "--loss", loss, *common)
+            build = run_child(script, "--loss", loss, "--cache", cache, "--steps", "3", "--threads", str(args.threads), *limit)
+            hit = run_child(script, "--loss", loss, "--cache", cache, "--steps", "3", "--threads", str(args.threads), *limit)
+            after = run_child(script, "--loss", loss, "--cache", cache, *common)
+            raw["train"][loss] = {"before": before, "build": build, "hit": hit, "after": after}
+            train_rows.append([loss, before["step_s"], after["step_s"], after["step_s"] / before["step_s"],
+                               (build["wall_s"] - hit["wall_s"]) / 60, before["peak_mb"], after["peak_mb"]])
+    print(table(train_rows, ["loss", "step s before", "step s after", "ratio", "cache build min", "peak MB before",
+                             "peak MB after"]))
+
+    from reprkit import data as D
+    from reprkit.evaluate import item_accuracy
+    from reprkit.models import load_model
+
+    torch.set_num_threads(args.threads)
+    model, tok = load_model()
+    items = D.load_items(f"genies:{SOURCE}", "test", limit=args.items)
+    enc = D.encode_ranked(items, tok, 256, 128)
+    fns = {"one_sequence": lambda: item_accuracy(model, enc, tok.pad_token_id, base=False, shared_prompt=False),
+           "shared_prompt": lambda: item_accuracy(model, enc, tok.pad_token_id, base=False, shared_prompt=True)}
+    ev = interleaved(fns, args.repeats, reference="one_sequence", warmup=0)
+    per_item = {k: v["median_s"] / len(enc) for k, v in ev.items()}
+    raw["eval"] = {k: {**v, "per_item_s": per_item[k]} for k, v in ev.items()}
+    print(table([[k, per_item[k], ev[k]["ratio"]] for k in ev], ["scoring", "s per item", "x one_sequence"]))
+
+    rows = []
+    for loss, t in raw["train"].items():
+        for when, step, item in (("before", t["before"]["step_s"], per_item["one_sequence"]),
+                                 ("after", t["after"]["step_s"], per_item["shared_prompt"])):
+            train_min, eval_min = CELL_STEPS * step / 60, CELL_ITEMS * item / 60
+            rows.append([loss, when, train_min, eval_min, train_min + eval_min, train_min / (train_min + eval_min)])
+    print(table(rows, ["cell", "", "train min", "score min", "cell min", "train share"]))
+    save("grid_throughput", {**raw, "cells": rows, "args": vars(args), "cell_steps": CELL_STEPS,
+                             "cell_items": CELL_ITEMS})
+
+
+if __name__ == "__main__":
+    main()
