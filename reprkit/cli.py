@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from typing import Literal
 
 import tyro
 
@@ -193,6 +194,8 @@ class Eval:
     max_prompt_length: int | None = None
     """tokens of prompt (default: a run's own setting, else half of --max-length)"""
     batch_size: int = 16
+    eval_dtype: Literal["float32", "bfloat16"] = "float32"
+    """bfloat16: score under bf16 autocast (measured to agree with float32 item by item, see README)"""
     out: str | None = None
     """where to write the JSON (default: the run's eval.json; nothing for a plain model)"""
 
@@ -205,7 +208,7 @@ class Eval:
             raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa, --retain-data or --behaviour")
         results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
                                   self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour),
-                                  max_prompt_length=self.max_prompt_length)
+                                  max_prompt_length=self.max_prompt_length, eval_dtype=self.eval_dtype)
         print(format_results(results))
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from . import data as D
 from .evaluate import item_accuracy, perplexity_ratio, truthfulqa_mc
 from .models import DEFAULT_MODEL, load_model
@@ -57,12 +59,32 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
                     truthfulqa: bool = False, retain_data: str | None = None, max_length: int | None = None,
                     batch_size: int = 16, out: str | None = None, base: bool = True,
                     behaviour: list[str] | None = None, max_prompt_length: int | None = None,
-                    chat_template: bool | None = None) -> dict:
+                    chat_template: bool | None = None, eval_dtype: str = "float32") -> dict:
     """Evaluate ``target`` (see ``load_target``). A run is scored with its own encoding settings
-    (max length, prompt length, chat template from its config.json) unless they are given."""
+    (max length, prompt length, chat template from its config.json) unless they are given.
+    ``eval_dtype="bfloat16"``: matmuls under bf16 autocast (weights stay as loaded)."""
+    if eval_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"--eval-dtype must be float32 or bfloat16, not {eval_dtype!r}")
     if (Path(target) / "direction.json").is_file():
         return evaluate_direction(target, data, split, limit, max_length, out)
     model, tok, run_dir = load_target(target)
+    device = next(model.parameters()).device
+    with torch.autocast(device.type, torch.bfloat16, enabled=eval_dtype == "bfloat16"):
+        results = _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length,
+                                batch_size, base, behaviour, max_prompt_length, chat_template)
+    results["eval_dtype"] = eval_dtype
+    destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
+    if destination is not None:
+        merged = json.loads(destination.read_text()) if destination.is_file() else {}
+        merged.setdefault("datasets", {}).update(results["datasets"])
+        merged.update({k: v for k, v in results.items() if k != "datasets"})
+        write_json(destination, merged)
+        results["written_to"] = str(destination)
+    return results
+
+
+def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length, batch_size,
+                  base, behaviour, max_prompt_length, chat_template) -> dict:
     max_length, max_prompt_length, chat_template = encoding_settings(run_dir, max_length, max_prompt_length,
                                                                      chat_template)
     results: dict = {"target": str(target), "datasets": {},
@@ -86,13 +108,6 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
         pairs = D.to_pairs(D.load_items(retain_data, split, limit=limit))
         encoded = D.encode_pairs(pairs, tok, max_length, max_prompt_length, chat_template)
         results["retain_perplexity"] = {"data": retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id, batch_size)}
-    destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
-    if destination is not None:
-        merged = json.loads(destination.read_text()) if destination.is_file() else {}
-        merged.setdefault("datasets", {}).update(results["datasets"])
-        merged.update({k: v for k, v in results.items() if k != "datasets"})
-        write_json(destination, merged)
-        results["written_to"] = str(destination)
     return results
 
 

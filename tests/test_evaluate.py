@@ -196,3 +196,23 @@ def test_perplexity_interval_is_of_the_token_weighted_ratio():
     # constant per-token difference: a zero-width interval at it
     lo, hi = token_weighted_interval(torch.tensor([2.0, 4.0, 6.0]), torch.tensor([1.0, 2.0, 3.0]))
     assert lo == pytest.approx(2.0) and hi == pytest.approx(2.0)
+
+
+def test_eval_dtype_bfloat16_scores_under_autocast(tiny_folder, tmp_path):
+    import json
+
+    from reprkit.cli import main
+
+    for dtype in ("float32", "bfloat16"):
+        main(["eval", str(tiny_folder), "--data", "embedded:capitals", "--limit", "8", "--eval-dtype", dtype,
+              "--out", str(tmp_path / f"{dtype}.json")])
+    fp32, bf16 = (json.loads((tmp_path / f"{d}.json").read_text()) for d in ("float32", "bfloat16"))
+    assert fp32["eval_dtype"] == "float32" and bf16["eval_dtype"] == "bfloat16"
+    a = fp32["datasets"]["embedded:capitals"]["items"]["margin"]
+    b = bf16["datasets"]["embedded:capitals"]["items"]["margin"]
+    assert a != b  # autocast took effect: bf16 matmuls round differently
+    assert max(abs(x - y) for x, y in zip(a, b)) < 0.05  # and only by rounding
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        from reprkit.evalrun import evaluate_target
+
+        evaluate_target(str(tiny_folder), ["embedded:capitals"], eval_dtype="fp16")
