@@ -28,6 +28,11 @@ from .hooks import capture
 from .reference import eval_mode
 
 
+def last_token(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` mask -> a mask of each row's last 1 (padding on either side)."""
+    return mask * (mask.cumsum(-1) == mask.sum(-1, keepdim=True))
+
+
 @torch.no_grad()
 def completion_states(model, encoded: list[dict], pad_token_id: int, layers, token: str = "mean",
                       batch_size: int = 8) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -46,8 +51,7 @@ def completion_states(model, encoded: list[dict], pad_token_id: int, layers, tok
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
             comp = batch["completion_mask"]
             if token == "last":
-                last = comp * (comp.cumsum(-1) == comp.sum(-1, keepdim=True))
-                comp = last
+                comp = last_token(comp)
             for layer, h in cap.hidden_states.items():
                 states = masked_mean(h.float(), comp).view(b, k, -1)
                 out.setdefault(layer, []).append(torch.nn.functional.pad(states, (0, 0, 0, k_all - k)))
@@ -204,7 +208,7 @@ def prompt_states(model, tokenizer, prompts: list[str], layers, token: str = "la
             mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=device)
             with capture(model, layers, stop=True) as cap:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
-            keep = mask * (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) if token == "last" else mask
+            keep = last_token(mask) if token == "last" else mask
             for layer, h in cap.hidden_states.items():
                 out.setdefault(layer, []).append(masked_mean(h.float(), keep))
     return {layer: torch.cat(v) for layer, v in out.items()}

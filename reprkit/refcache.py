@@ -82,10 +82,9 @@ class ReferenceCache:
         comp = completion_mask.bool()
         hidden = {}
         for layer in self.layers:
-            first = self._file.get_tensor(f"{rows[0][0]}.{rows[0][1]}.{layer}")
-            out = torch.zeros(2 * b, comp.shape[1], first.shape[-1], dtype=first.dtype)
-            for r, (i, side) in enumerate(rows):
-                states = first if r == 0 else self._file.get_tensor(f"{i}.{side}.{layer}")
+            states_rows = [self._file.get_tensor(f"{i}.{side}.{layer}") for i, side in rows]
+            out = torch.zeros(2 * b, comp.shape[1], states_rows[0].shape[-1], dtype=states_rows[0].dtype)
+            for r, ((i, side), states) in enumerate(zip(rows, states_rows)):
                 if states.shape[0] != int(comp[r].sum()):
                     raise RuntimeError(f"reference cache {self.path}: pair {i} has {states.shape[0]} {side} "
                                        f"tokens, the batch {int(comp[r].sum())}; delete the file to rebuild it")
@@ -121,6 +120,8 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
     """One frozen pass over all pairs (longest first, so padding stays small), written atomically."""
     from safetensors.torch import save_file
 
+    from .train import _sides
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     order = sorted(range(len(encoded)), key=lambda i: -max(
@@ -131,10 +132,8 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
     with adapter_disabled(model), eval_mode(model):
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
-            batch = D.collate([encoded[i] for i in idx], pad_token_id)
-            ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(device)
-            attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]]).to(device)
-            comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]]).to(device)
+            inputs, comp, _ = _sides(D.collate([encoded[i] for i in idx], pad_token_id))  # the trainer's layout
+            ids, attn, comp = inputs["input_ids"].to(device), inputs["attention_mask"].to(device), comp.to(device)
             with capture(model, layers, stop=stop) as cap:
                 if needs_logps:
                     logps = forward_logps(model, ids, attn, comp)
