@@ -23,8 +23,19 @@ OUT_DIR = Path(os.environ.get("REPRKIT_BENCH_OUT", "bench-results"))
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "gpu": torch.cuda.is_available()}
+    """What a figure was measured on: bf16 timings in particular depend on the CPU's instruction set
+    (without AVX512-BF16 or AMX, bf16 matmuls are emulated and far slower than float32)."""
+    info = {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.is_available(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    lines = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    flags = set(lines.get("flags\t\t", lines.get("flags", "")).split())
+    info["cpu"] = lines.get("model name\t", "").strip()
+    info["native_bf16"] = bool(flags & {"avx512_bf16", "amx_bf16"})
+    return info
 
 
 def random_batch(tok, batch: int, seq: int, seed: int = 0) -> dict:

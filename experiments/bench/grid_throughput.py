@@ -1,6 +1,6 @@
 """Minutes per comparison-grid cell, before and after the throughput work, part by part.
 
-    python experiments/bench/grid_throughput.py [--steps 12] [--items 40] [--repeats 2] [--threads 2]
+    python experiments/bench/grid_throughput.py [--steps 12] [--items 40] [--repeats 2] [--threads 2] [--limit 64]
 
 A grid cell (``experiments/compare.py``, ``experiments/grids/decisive.json``) is one epoch of a
 GENIES source's ``train[:90%]`` (540 pairs: 135 steps of 4, max length 192) plus scoring: 4 curve
@@ -10,11 +10,13 @@ and the cell is composed from the rates:
 
 - training step, per method (DPO, ReprPO): the median ``step_time`` of ``--steps`` steps after the
   first two, in a fresh child process per variant, with the frozen pass run every step ("before")
-  or read from ``--reference-cache`` ("after"); the one-time cache build is timed too (one child
-  builds it, a second reads it; the build is the difference of their wall times). Peak memory is
-  the child's peak RSS growth after model load;
+  or read from ``--reference-cache`` ("after"), and with ``--bf16`` also with the cache under bf16
+  autocast ("after, bf16"); the one-time cache build is timed too (one child builds it over ``--limit`` training
+  pairs, a second reads it; the build is the difference of their wall times, scaled to 540 pairs).
+  Peak memory is the child's peak RSS growth after model load;
 - scoring: seconds per item of ``item_accuracy`` on ``--items`` alpaca_easy test items, one
-  sequence per response ("before") vs the shared-prompt path ("after"), interleaved in one process.
+  sequence per response ("before"), the shared-prompt path ("after") and (``--bf16``) the
+  shared-prompt path under bf16 autocast, interleaved in one process.
 
 Cell minutes = 135 x step + 1480 x item (+ the cache build once per source and method family,
 shown apart). Only for a machine with nothing else running.
@@ -39,7 +41,7 @@ SOURCE, BATCH, MAX_LEN, MAX_PROMPT = "alpaca_easy", 4, 192, 96
 CELL_STEPS, CELL_ITEMS = 135, 4 * (60 + 60) + 250 + 250
 
 
-def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | None) -> dict:
+def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | None, mixed: str = "no") -> dict:
     from reprkit.config import LoraSettings, preset
     from reprkit.models import load_model
     from reprkit.runlog import read_jsonl
@@ -54,6 +56,7 @@ def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | No
         cfg.steps, cfg.batch_size, cfg.max_length, cfg.max_prompt_length = steps, BATCH, MAX_LEN, MAX_PROMPT
         cfg.lora, cfg.warmup_steps, cfg.save_every, cfg.n_samples, cfg.progress = LoraSettings(r=16, alpha=32), 1, 0, 0, False
         cfg.run_dir, cfg.reference_cache, cfg.limit = str(Path(tmp) / "run"), cache or None, limit
+        cfg.mixed_precision = mixed
         t0 = time.perf_counter()
         run = train(cfg, model, tok)
         wall = time.perf_counter() - t0
@@ -69,31 +72,45 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--losses", nargs="+", default=["dpo", "reprpo"])
-    p.add_argument("--limit", type=int, default=None, help="training items (a smoke run; the cache then covers fewer)")
+    p.add_argument("--limit", type=int, default=64, help="training items read (the cache covers these; its build is scaled to 540)")
     p.add_argument("--child", action="store_true")
     p.add_argument("--loss")
     p.add_argument("--cache", default="")
+    p.add_argument("--mixed", default="no")
+    p.add_argument("--bf16", action="store_true",
+                   help="also time bf16 autocast (only worth it on a CPU with native bf16: AVX512-BF16 or AMX)")
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child_train(args.loss, args.steps, args.cache, args.threads, args.limit)))
+        print(json.dumps(child_train(args.loss, args.steps, args.cache, args.threads, args.limit, args.mixed)))
         return
 
     script = str(Path(__file__).resolve())
     limit = ["--limit", str(args.limit)] if args.limit else []
     common = ["--steps", str(args.steps), "--threads", str(args.threads), *limit]
+    short = ["--steps", "3", "--threads", str(args.threads), *limit]
+    pairs = args.limit or 540
     train_rows, raw = [], {"train": {}, "eval": {}}
     with tempfile.TemporaryDirectory() as cache_root:
         for loss in args.losses:
             cache = str(Path(cache_root) / loss)
             before = run_child(script, "--loss", loss, *common)
-            build = run_child(script, "--loss", loss, "--cache", cache, "--steps", "3", "--threads", str(args.threads), *limit)
-            hit = run_child(script, "--loss", loss, "--cache", cache, "--steps", "3", "--threads", str(args.threads), *limit)
+            build = run_child(script, "--loss", loss, "--cache", cache, *short)
+            hit = run_child(script, "--loss", loss, "--cache", cache, *short)
             after = run_child(script, "--loss", loss, "--cache", cache, *common)
             raw["train"][loss] = {"before": before, "build": build, "hit": hit, "after": after}
-            train_rows.append([loss, before["step_s"], after["step_s"], after["step_s"] / before["step_s"],
-                               (build["wall_s"] - hit["wall_s"]) / 60, before["peak_mb"], after["peak_mb"]])
-    print(table(train_rows, ["loss", "step s before", "step s after", "ratio", "cache build min", "peak MB before",
-                             "peak MB after"]))
+            variants = [("before", before, None, None), ("after", after, build, hit)]
+            if args.bf16:
+                bf16 = ["--mixed", "bf16"]
+                raw["train"][loss].update(
+                    build_bf16=run_child(script, "--loss", loss, "--cache", cache, *short, *bf16),
+                    hit_bf16=run_child(script, "--loss", loss, "--cache", cache, *short, *bf16),
+                    after_bf16=run_child(script, "--loss", loss, "--cache", cache, *common, *bf16))
+                t = raw["train"][loss]
+                variants.append(("after, bf16", t["after_bf16"], t["build_bf16"], t["hit_bf16"]))
+            for name, run, b, h in variants:
+                build_min = (b["wall_s"] - h["wall_s"]) / 60 * 540 / pairs if b else None
+                train_rows.append([loss, name, run["step_s"], run["step_s"] / before["step_s"], build_min, run["peak_mb"]])
+    print(table(train_rows, ["loss", "", "step s", "x before", "cache build min (540 pairs)", "peak MB"]))
 
     from reprkit import data as D
     from reprkit.evaluate import item_accuracy
@@ -103,8 +120,14 @@ def main() -> None:
     model, tok = load_model()
     items = D.load_items(f"genies:{SOURCE}", "test", limit=args.items)
     enc = D.encode_ranked(items, tok, 256, 128)
+    def bf16_shared():
+        with torch.autocast("cpu", torch.bfloat16):
+            return item_accuracy(model, enc, tok.pad_token_id, base=False, shared_prompt=True)
+
     fns = {"one_sequence": lambda: item_accuracy(model, enc, tok.pad_token_id, base=False, shared_prompt=False),
            "shared_prompt": lambda: item_accuracy(model, enc, tok.pad_token_id, base=False, shared_prompt=True)}
+    if args.bf16:
+        fns["shared_prompt_bf16"] = bf16_shared
     ev = interleaved(fns, args.repeats, reference="one_sequence", warmup=0)
     per_item = {k: v["median_s"] / len(enc) for k, v in ev.items()}
     raw["eval"] = {k: {**v, "per_item_s": per_item[k]} for k, v in ev.items()}
@@ -112,8 +135,11 @@ def main() -> None:
 
     rows = []
     for loss, t in raw["train"].items():
-        for when, step, item in (("before", t["before"]["step_s"], per_item["one_sequence"]),
-                                 ("after", t["after"]["step_s"], per_item["shared_prompt"])):
+        whens = [("before", t["before"]["step_s"], per_item["one_sequence"]),
+                 ("after", t["after"]["step_s"], per_item["shared_prompt"])]
+        if args.bf16:
+            whens.append(("after, bf16", t["after_bf16"]["step_s"], per_item["shared_prompt_bf16"]))
+        for when, step, item in whens:
             train_min, eval_min = CELL_STEPS * step / 60, CELL_ITEMS * item / 60
             rows.append([loss, when, train_min, eval_min, train_min + eval_min, train_min / (train_min + eval_min)])
     print(table(rows, ["cell", "", "train min", "score min", "cell min", "train share"]))
