@@ -1,0 +1,64 @@
+"""Does today's scoring reproduce a committed grid's base-model rows?
+
+    python experiments/reproduce_base_rows.py results/genies3-small [--threads 1]
+
+Re-scores every ``base`` row of ``RESULTS/results.csv`` (the frozen model: same items, same
+encoding, 256 tokens with prompts cut to 128, as ``experiments/compare.py`` scores) with the
+comparison grid's scoring as it is now: the shared-prompt path and length-sorted batches
+(``compare.score``). Prints old and new accuracy (per-token mean and summed rules) and writes
+``RESULTS/base-rows-reproduced.json``; exits 1 when any accuracy differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import Grid, encode_set, score  # noqa: E402
+
+from reprkit.models import load_model  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", type=Path)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = json.loads((args.results / "grid.json").read_text())
+    with (args.results / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "base"]
+    seen, out = set(), []
+    model, tok = load_model(grid["model"])
+    g = Grid(model=grid["model"])
+    for r in rows:
+        split = "train[:90%]" if r["eval"] == "train" else "test"
+        key = (r["data"], split, int(r["n"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        res = score(model, tok, encode_set(g, tok, r["data"], split, int(r["n"])))
+        rec = {"data": r["data"], "split": split, "n": int(r["n"]),
+               "old": {"accuracy": float(r["accuracy"]), "accuracy_sum": float(r["accuracy_sum"])},
+               "new": {"accuracy": res["accuracy_mean"], "accuracy_sum": res["accuracy_sum"]}}
+        rec["equal"] = all(abs(rec["old"][k] - rec["new"][k]) < 1e-6 for k in rec["old"])
+        out.append(rec)
+        print(f"{r['data']:32s} {split:12s} n={r['n']:>3s}  mean {rec['old']['accuracy']:.3f} -> "
+              f"{rec['new']['accuracy']:.3f}   sum {rec['old']['accuracy_sum']:.3f} -> {rec['new']['accuracy_sum']:.3f}"
+              f"   {'equal' if rec['equal'] else 'DIFFERENT'}", flush=True)
+    (args.results / "base-rows-reproduced.json").write_text(json.dumps(out, indent=1) + "\n")
+    bad = [r for r in out if not r["equal"]]
+    print(f"{len(out) - len(bad)} of {len(out)} base rows reproduced exactly")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
