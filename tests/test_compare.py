@@ -112,3 +112,31 @@ def test_shift_list_file_and_errors(tmp_path, monkeypatch):
         compare.resolve_shifts(compare.Grid(shifts=["a->x"], shift_file=str(shifts)))
     with pytest.raises(compare.D.DataError, match="sources"):
         compare.resolve_shifts(compare.Grid(shifts=["zzz"], shift_file=str(shifts)))
+
+
+def test_new_distributions_through_the_data_dir_and_a_shift_file(tiny_folder, tmp_path, monkeypatch):
+    """Any GENIES-format folder works: distributions the shipped list has never heard of, found
+    through $REPRKIT_DATA_DIR, and a shift list given on the command line; no code changes."""
+    import shutil
+
+    fixtures = Path(__file__).parent / "data" / "genies" / "distributions"
+    root = tmp_path / "data"
+    for old, new in (("alpaca_easy", "persona_unhelpful"), ("alpaca_hard", "persona_other")):
+        shutil.copytree(fixtures / old, root / "genies" / "distributions" / new)
+    shift_file = tmp_path / "my-shifts.json"
+    shift_file.write_text(json.dumps([{"source": "persona_unhelpful", "target": "persona_other"}]))
+    monkeypatch.setenv("REPRKIT_DATA_DIR", str(root))
+    grid = compare.Grid(model=str(tiny_folder), shifts=["persona_unhelpful"], methods=["base", "mms"], seeds=[0],
+                        eval_max_length=96, eval_limit=5, val_limit=4, curve_target_limit=3, mms_layers="0,1",
+                        n_samples=1, truthfulqa_limit=0, sycophancy_limit=0, retain_data="embedded:capitals")
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
+    out = tmp_path / "out"
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--shift-file", str(shift_file), "--out", str(out)])
+    compare.main()
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["shift"], r["method"], r["eval"]) for r in rows} == {
+        (s, m, e) for s in ["persona_unhelpful"] for m in ["base", "mms"]
+        for e in ["source test", "target persona_other"]}
+    assert all(r["n"] == "5" for r in rows)
+    assert json.loads((out / "grid.json").read_text())["shift_file"] == str(shift_file)

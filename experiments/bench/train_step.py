@@ -11,6 +11,10 @@ Runs alternate reprkit / TRL within each round; ratios are medians over rounds o
 (reprkit step / TRL step) from the same round. Peak memory is the peak RSS growth after model load.
 Settings: fp32; bf16 = autocast (TRL ``bf16=True``, reprkit ``--mixed-precision bf16``);
 +gc = gradient checkpointing.
+
+``--live-memory`` runs the children with glibc's mmap threshold fixed at 128 KiB
+(``MALLOC_MMAP_THRESHOLD_``): freed blocks go back to the OS, so the peak RSS follows the live
+peak instead of what the allocator kept (slower steps; for the memory columns only).
 """
 
 from __future__ import annotations
@@ -110,6 +114,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--settings", nargs="+", default=["fp32", "bf16", "bf16+gc"])
     p.add_argument("--methods", nargs="+", default=["trl-dpo", "dpo", "reprpo", "reroute"])
+    p.add_argument("--live-memory", action="store_true",
+                   help="children with MALLOC_MMAP_THRESHOLD_=131072: peak RSS ~ live peak (times are then not comparable)")
     p.add_argument("--child", nargs="*")
     args = p.parse_args()
     if args.child is not None:
@@ -119,15 +125,16 @@ def main() -> None:
         print(json.dumps(res))
         return
 
+    env = {"MALLOC_MMAP_THRESHOLD_": "131072"} if args.live_memory else None
     results: dict = {"pairs": PAIRS, "tokens": TOKENS, "lora_r": RANK, "steps": args.steps, "rounds": args.rounds,
-                     "settings": {}}
+                     "live_memory": args.live_memory, "settings": {}}
     for setting in args.settings:
         runs = {m: [] for m in args.methods}
         for r in range(args.rounds):
             order = args.methods[r % len(args.methods):] + args.methods[: r % len(args.methods)]
             for m in order:
                 runs[m].append(run_child(__file__, m, setting, "--steps", str(args.steps),
-                                         "--threads", str(args.threads)))
+                                         "--threads", str(args.threads), env=env))
                 print(f"  {setting} round {r} {m}: {runs[m][-1]['step_s']:.2f} s/step, "
                       f"peak +{runs[m][-1]['peak_MB']:.0f} MB", flush=True)
         summary = {}
@@ -145,7 +152,7 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct, {PAIRS} pairs x {TOKENS} tokens, LoRA r{RANK} all-linear, "
           f"{args.threads} threads, medians over {args.rounds} alternating rounds of {args.steps} steps")
     print(table(rows, ["setting", "method", "step s", "x TRL", "peak +MB", "x TRL mem"]))
-    save("train_step", results)
+    save("train_step_live" if args.live_memory else "train_step", results)
 
 
 if __name__ == "__main__":
