@@ -86,6 +86,9 @@ class Grid:
     sycophancy_limit: int = 200
     reference_cache: str | None = "reference-cache"
     """frozen-model cache directory (relative to --out), shared by every run on the same source; None: off"""
+    shared_prompt: bool = True
+    """cells train with each pair's prompt run once (``--shared-prompt``; the same loss to float
+    rounding, 0.70-0.75x the step); the learning-rate sweep runs the concatenated layout"""
 
 
 # ---------------------------------------------------------------- shifts and items
@@ -174,14 +177,14 @@ def n_steps(grid: Grid, source: str) -> int:
 
 
 def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run_dir: Path, total: int,
-                 cache: Path | None = None) -> TrainConfig:
+                 cache: Path | None = None, shared_prompt: bool = False) -> TrainConfig:
     cfg = preset(method)
     return dataclasses.replace(
         cfg, model=grid.model, data=f"genies:{source}", train_split=TRAIN_SPLIT, eval_data=(), seed=seed, lr=lr,
         steps=total, batch_size=grid.batch_size, max_length=grid.max_length, max_prompt_length=grid.max_prompt_length,
         lora=LoraSettings(r=grid.lora_r, alpha=2 * grid.lora_r), run_dir=str(run_dir), progress=False,
         save_every=0, warmup_steps=max(1, total // 10), n_samples=0, limit=grid.train_limit,
-        reference_cache=str(cache) if cache is not None else None,
+        reference_cache=str(cache) if cache is not None else None, shared_prompt=shared_prompt,
     )
 
 
@@ -309,7 +312,8 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
     else:
         total = n_steps(grid, source)
-        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total, cache_dir(grid, out))
+        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total, cache_dir(grid, out),
+                           shared_prompt=grid.shared_prompt)
         curve_file = cell_dir / "curve.json"
         curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
         for k in range(1, grid.curve_points + 1):

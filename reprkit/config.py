@@ -94,6 +94,9 @@ class _Settings:
     """load the base model in 4-bit (nf4) or 8-bit with bitsandbytes"""
     gradient_checkpointing: bool = False
     """recompute block activations in the backward (less memory, more time)"""
+    shared_prompt: bool = False
+    """run each pair's prompt once and both completions on its KV cache (fewer tokens per step; the
+    same loss to float rounding; not with gradient checkpointing, FSDP or ranked losses)"""
     seed: int = 0
     """seed of the data order and of LoRA's initialisation"""
     reference_cache: str | None = None
@@ -143,6 +146,9 @@ class _Settings:
                 raise ValueError(f"--{self.loss.replace('_', '-')}.{name.replace('_', '-')} cannot be negative (got {value})")
         if getattr(loss, "beta", 1.0) <= 0:
             raise ValueError(f"--{self.loss}.beta must be positive (got {loss.beta})")
+        if self.shared_prompt and (self.gradient_checkpointing or getattr(loss, "ranked", False)):
+            raise ValueError("--shared-prompt needs the KV cache in the training forward and chosen/rejected pairs: "
+                             "drop it with --gradient-checkpointing or a ranked loss")
         if self.reference_cache and getattr(loss, "ranked", False):
             raise ValueError(f"--reference-cache covers chosen/rejected pairs; the {self.loss} loss ranks K responses: "
                              "drop --reference-cache")

@@ -107,3 +107,77 @@ def shared_prompt_logps(model, encoded: list[dict], pad_token_id: int, token_bud
             n_tokens[i, :m] = nt[row, :m].clamp_min(1).float().cpu()
             valid[i, :m] = True
     return {"logps": logps, "n_tokens": n_tokens, "valid": valid}
+
+
+# ---------------------------------------------------------------- training: chosen and rejected share one prompt pass
+
+
+def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
+    """A collated pair batch (``data.collate``) re-laid for one prompt pass: ``prompt_ids``,
+    ``prompt_mask`` ``[B, P]`` (right-padded), and the completions item-major (row 2i chosen i, row
+    2i + 1 rejected i) as ``completion_ids``, ``completion_mask`` ``[2B, C]``, ``positions`` (their
+    positions in the concatenated sequence) and ``order``, the permutation back to chosen-first rows.
+    None when some pair's chosen and rejected prompts differ (nothing to share)."""
+    ids = {s: batch[f"{s}_input_ids"] for s in ("chosen", "rejected")}
+    comp = {s: batch[f"{s}_completion_mask"].bool() for s in ("chosen", "rejected")}
+    prompt_len = {s: (batch[f"{s}_attention_mask"].bool() & ~comp[s]).sum(-1) for s in ("chosen", "rejected")}
+    if not torch.equal(prompt_len["chosen"], prompt_len["rejected"]):
+        return None
+    p_len = prompt_len["chosen"]
+    b, device = p_len.shape[0], p_len.device
+    p_max = int(p_len.max())
+    in_prompt = torch.arange(p_max, device=device)[None] < p_len[:, None]
+    prompt = {s: ids[s][:, :p_max] * in_prompt for s in ("chosen", "rejected")}
+    if not torch.equal(prompt["chosen"], prompt["rejected"]):
+        return None
+    c_len = torch.stack([comp["chosen"].sum(-1), comp["rejected"].sum(-1)], 1).reshape(-1)  # item-major
+    c_max = max(1, int(c_len.max()))
+    completion = torch.zeros((2 * b, c_max), dtype=torch.long, device=device)
+    c_mask = torch.arange(c_max, device=device)[None] < c_len[:, None]
+    for j, s in enumerate(("chosen", "rejected")):
+        completion[j::2][c_mask[j::2]] = ids[s][comp[s]]
+    order = torch.cat([torch.arange(0, 2 * b, 2, device=device), torch.arange(1, 2 * b, 2, device=device)])
+    return {"prompt_ids": prompt["chosen"], "prompt_mask": in_prompt.long(), "prompt_len": p_len,
+            "completion_ids": completion, "completion_mask": c_mask.long(),
+            "positions": p_len.repeat_interleave(2)[:, None] + torch.arange(c_max, device=device), "order": order}
+
+
+def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bool
+                ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None, torch.Tensor]:
+    """Block outputs at ``layers`` on the completion tokens (``{layer: [2B, C, H]}``, chosen rows
+    then rejected rows), summed completion log-probs ``[2B]`` (``logps``) and the completion mask
+    ``[2B, C]``, from one pass over each prompt and one over both completions on top of its KV cache
+    (``DynamicCache.batch_repeat_interleave``). Gradients reach the prompt's keys and values through
+    the cache. ``stop``: both passes end after the deepest of ``layers`` (no log-probs then)."""
+    from transformers import DynamicCache
+
+    from .hooks import capture
+
+    cache = DynamicCache(config=_config(model))
+    b = lay["prompt_ids"].shape[0]
+    with capture(model, layers, stop=stop):  # the prompt's block outputs are not needed, only its cache
+        out = model(input_ids=lay["prompt_ids"], attention_mask=lay["prompt_mask"], cache=cache, use_cache=True,
+                    output_hidden_states=logps, logits_to_keep=1)
+    last = out.hidden_states[-1][torch.arange(b, device=lay["prompt_len"].device), lay["prompt_len"] - 1] if logps else None
+    cache.batch_repeat_interleave(2)
+    attention = torch.cat([lay["prompt_mask"].repeat_interleave(2, 0), lay["completion_mask"]], 1)
+    with capture(model, layers, stop=stop, detach=detach) as cap:
+        out = model(input_ids=lay["completion_ids"], attention_mask=attention, position_ids=lay["positions"],
+                    cache=cache, use_cache=True, output_hidden_states=logps, logits_to_keep=1)
+    order = lay["order"]
+    hidden = {k: v[order] for k, v in cap.hidden_states.items()}
+    mask = lay["completion_mask"][order]
+    summed = None
+    if logps:
+        ids, where = lay["completion_ids"], lay["completion_mask"].bool()
+        predictors = torch.cat([last.repeat_interleave(2, 0)[:, None], out.hidden_states[-1][:, :-1]], 1)
+        token_logps = _head_logps(model, predictors[where], ids[where])
+        rows = where.nonzero()[:, 0]
+        summed = torch.zeros(ids.shape[0], dtype=token_logps.dtype, device=ids.device).index_add(0, rows, token_logps)
+        summed = summed[order]
+    return hidden, summed, mask
+
+
+def _config(model):
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.config

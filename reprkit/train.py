@@ -147,34 +147,48 @@ def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
 
 
 def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
-                       sharded: bool = False, reference=None) -> LossInputs:
+                       sharded: bool = False, reference=None, shared_prompt: bool = False) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
     With ``reference`` (a ``refcache.ReferenceCache``) the frozen outputs are read from it instead.
+    With ``shared_prompt`` each pair's prompt runs once and both completions run on its KV cache
+    (``shared_prompt.pair_states``); the loss inputs then hold completion positions only, which is
+    all any pair loss reads (everything is masked to the completion), so the loss is the same.
 
     ``model`` is the PeftModel (FSDP2-sharded in place when ``sharded``): its blocks carry the hooks
     and its adapter is disabled for the reference. Sharded models see every forward to the end (a
     forward stopped half-way would leave FSDP's gather/reshard hooks half-run).
     """
+    from .shared_prompt import pair_layout, pair_states
+
     inputs, comp, b = _sides(batch)
     stop = not loss.needs_logps and not sharded
+    lay = pair_layout(batch) if shared_prompt else None
+    if lay is not None:
+        comp = lay["completion_mask"][lay["order"]]
     ref_hidden, ref_logps = {}, None
     if loss.needs_reference and reference is not None:
         ref_hidden, ref_logps = reference.batch(batch["index"], comp, device=comp.device)
     elif loss.needs_reference:
         with torch.no_grad(), adapter_disabled(model), eval_mode(model):
-            with capture(model, layers, stop=stop) as cap:
-                if loss.needs_logps:
-                    ref_logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
-                else:
-                    model(**inputs, use_cache=False)
-            ref_hidden = cap.hidden_states
+            if lay is not None:
+                ref_hidden, ref_logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=True)
+            else:
+                with capture(model, layers, stop=stop) as cap:
+                    if loss.needs_logps:
+                        ref_logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
+                    else:
+                        model(**inputs, use_cache=False)
+                ref_hidden = cap.hidden_states
     logps = None
-    with capture(model, layers, detach=False, stop=stop) as cap:
-        if loss.needs_logps:
-            logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
-        else:
-            model(**inputs, use_cache=False)
-    hidden = cap.hidden_states
+    if lay is not None:
+        hidden, logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=False)
+    else:
+        with capture(model, layers, detach=False, stop=stop) as cap:
+            if loss.needs_logps:
+                logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
+            else:
+                model(**inputs, use_cache=False)
+        hidden = cap.hidden_states
 
     def side(sl):
         return Side(
@@ -703,6 +717,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
     accelerator = make_accelerator()
     sharded = is_sharded(accelerator)
+    if sharded and cfg.shared_prompt:
+        raise TrainingError("--shared-prompt works with one process or data parallelism, not FSDP sharding: drop it")
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
     if not cfg.resume:  # before loading anything: fail fast on an unusable directory, in every process
         together(accelerator, lambda: runlog.create(cfg.to_dict()), f"the run directory {run_dir}")
@@ -771,6 +787,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                             accelerator.process_index, accelerator.num_processes,
                             collate=D.collate_ranked if ranked else D.collate)
     forward = forward_ranked_batch if ranked else forward_pair_batch
+    shared = {"shared_prompt": True} if cfg.shared_prompt else {}
     bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
                desc=f"{cfg.loss}", dynamic_ncols=True)
     checked = False
@@ -785,7 +802,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
                 batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
                 with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
                     inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
-                                     sharded=sharded, reference=reference)
+                                     sharded=sharded, reference=reference, **shared)
                 value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(

@@ -94,3 +94,95 @@ def test_shared_prompt_on_smollm_float32_truncated_and_with_an_adapter():
     concat = ranked_logps(peft_model, enc, tok.pad_token_id, batch_size=4, base=True, shared_prompt=False)
     for name in ("policy", "base"):
         _assert_same(shared[name], concat[name], 1e-4)
+
+
+# ---------------------------------------------------------------- training (--shared-prompt)
+
+
+def _pair_batch(n: int = 5, seed: int = 3, same_prompt: bool = True) -> dict:
+    """A collated pair batch of random token ids: prompts and completions of varied lengths."""
+    from reprkit.data import collate
+
+    g = torch.Generator().manual_seed(seed)
+
+    def ids(lo, hi):
+        return torch.randint(1, TINY["vocab_size"], (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
+    rows = []
+    for _ in range(n):
+        prompt = ids(1, 25)
+        rows.append({"chosen_prompt_ids": prompt, "chosen_ids": ids(1, 12),
+                     "rejected_prompt_ids": prompt if same_prompt else ids(1, 25), "rejected_ids": ids(1, 12)})
+    return collate(rows, 0)
+
+
+@pytest.mark.parametrize("name", ["reprpo", "dpo", "reroute", "prefvec"])
+def test_shared_prompt_step_equals_the_concatenated_step_float64(name):
+    """Loss value, tracked statistics and every LoRA gradient of one step agree (a float64 model; the
+    losses compute in float32, which bounds the agreement at about 1e-7 relative)."""
+    from peft import LoraConfig, get_peft_model
+
+    from reprkit.config import TrainConfig
+    from reprkit.train import forward_pair_batch, plan_layers, track
+
+    model = get_peft_model(tiny_llama().double(), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    loss = TrainConfig(loss=name).loss_fn()
+    loss_layers, layers, _ = plan_layers(model, loss)
+    batch = _pair_batch()
+    results = []
+    for shared in (False, True):
+        model.zero_grad()
+        inputs = forward_pair_batch(model, batch, layers, loss, progress=0.5, shared_prompt=shared)
+        value, _ = loss(inputs)
+        value.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        stats = {(k, s): float(v) for k, row in track(inputs, layers).items() for s, v in row.items()}
+        results.append((value.detach(), grads, stats, inputs.chosen.mask.shape[1]))
+    (v0, g0, s0, t0), (v1, g1, s1, t1) = results
+    assert t1 < t0  # the shared layout holds completion positions only
+    torch.testing.assert_close(v1, v0, rtol=1e-6, atol=1e-9)
+    assert g1.keys() == g0.keys() and max(g.abs().max() for g in g0.values()) > 1e-6  # gradients to compare
+    for n in g0:
+        assert (g1[n] - g0[n]).abs().max() <= 1e-5 * g0[n].abs().max(), n  # relative to the tensor's scale
+    assert s1 == pytest.approx(s0, rel=1e-4, abs=1e-6)  # along/off: float32 differences of near-equal means
+
+
+def test_pair_layout_only_when_prompts_are_shared():
+    from reprkit.shared_prompt import pair_layout
+
+    assert pair_layout(_pair_batch(same_prompt=False)) is None
+    batch = _pair_batch(n=4)
+    lay = pair_layout(batch)
+    comp = batch["chosen_completion_mask"].sum(-1), batch["rejected_completion_mask"].sum(-1)
+    # chosen rows then rejected rows, after the item-major layout is put back in order
+    assert torch.equal(lay["completion_mask"][lay["order"]].sum(-1), torch.cat(comp))
+    prompt_len = batch["chosen_attention_mask"].sum(-1) - comp[0]
+    assert torch.equal(lay["positions"][::2, 0], prompt_len)  # the first completion token follows its prompt
+
+
+def test_shared_prompt_run_equals_a_plain_run(tiny_folder, tmp_path):
+    """Through the trainer: same losses, tracked statistics and adapter (float32, 3 steps), with and
+    without the frozen-model cache (built in the concatenated layout, read in the shared one)."""
+    from .test_refcache import _run, _same
+
+    for loss in ("reprpo", "dpo"):
+        plain = _run(tiny_folder, tmp_path / f"plain-{loss}", loss=loss)
+        shared = _run(tiny_folder, tmp_path / f"shared-{loss}", loss=loss, shared_prompt=True)
+        _same(*shared, *plain)
+    # DPO for the cache: at a zero-initialised adapter the policy equals the frozen model, where a
+    # hidden-state loss's gradient (a norm of policy minus frozen states at 0) points wherever float
+    # rounding does; states from two layouts differ by that rounding, so step 1 would not compare
+    cache = str(tmp_path / "cache")
+    _run(tiny_folder, tmp_path / "build", reference_cache=cache, loss="dpo")
+    cached = _run(tiny_folder, tmp_path / "cached", reference_cache=cache, shared_prompt=True, loss="dpo")
+    _same(*cached, *_run(tiny_folder, tmp_path / "again", loss="dpo"))
+
+
+def test_shared_prompt_refused_where_it_cannot_work():
+    from reprkit.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--shared-prompt"):
+        TrainConfig(shared_prompt=True, gradient_checkpointing=True).validate()
+    with pytest.raises(ValueError, match="--shared-prompt"):
+        TrainConfig(shared_prompt=True, loss="plackett_luce").validate()

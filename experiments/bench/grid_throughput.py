@@ -41,7 +41,8 @@ SOURCE, BATCH, MAX_LEN, MAX_PROMPT = "alpaca_easy", 4, 192, 96
 CELL_STEPS, CELL_ITEMS = 135, 4 * (60 + 60) + 250 + 250
 
 
-def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | None, mixed: str = "no") -> dict:
+def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | None, mixed: str = "no",
+                shared_prompt: bool = False) -> dict:
     from reprkit.config import LoraSettings, preset
     from reprkit.models import load_model
     from reprkit.runlog import read_jsonl
@@ -56,7 +57,7 @@ def child_train(loss: str, steps: int, cache: str, threads: int, limit: int | No
         cfg.steps, cfg.batch_size, cfg.max_length, cfg.max_prompt_length = steps, BATCH, MAX_LEN, MAX_PROMPT
         cfg.lora, cfg.warmup_steps, cfg.save_every, cfg.n_samples, cfg.progress = LoraSettings(r=16, alpha=32), 1, 0, 0, False
         cfg.run_dir, cfg.reference_cache, cfg.limit = str(Path(tmp) / "run"), cache or None, limit
-        cfg.mixed_precision = mixed
+        cfg.mixed_precision, cfg.shared_prompt = mixed, shared_prompt
         t0 = time.perf_counter()
         run = train(cfg, model, tok)
         wall = time.perf_counter() - t0
