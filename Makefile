@@ -27,7 +27,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
-# about 15-20 minutes on 2 cores; tables on stdout, JSON in bench-results/
+# about an hour on 2 cores; tables on stdout, JSON in bench-results/
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) experiments/bench/capture.py
@@ -36,6 +36,7 @@ bench: setup
 	$(PY) experiments/bench/shared_prompt.py
 	$(PY) experiments/bench/eval_dtype.py
 	$(PY) experiments/bench/grid_throughput.py
+	$(PY) experiments/bench/shared_prompt_train.py --cache
 	$(PY) experiments/bench/train_step.py
 	$(PY) experiments/bench/scaling.py
 	$(PY) experiments/bench/memory_7b.py
