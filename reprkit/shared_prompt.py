@@ -117,11 +117,12 @@ def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
     ``prompt_mask`` ``[B, P]`` (right-padded), and the completions item-major (row 2i chosen i, row
     2i + 1 rejected i) as ``completion_ids``, ``completion_mask`` ``[2B, C]``, ``positions`` (their
     positions in the concatenated sequence) and ``order``, the permutation back to chosen-first rows.
-    None when some pair's chosen and rejected prompts differ (nothing to share)."""
+    None when some pair's chosen and rejected prompts differ (nothing to share; truncation can cut
+    them differently) or a prompt is empty: the caller then runs the concatenated layout."""
     ids = {s: batch[f"{s}_input_ids"] for s in ("chosen", "rejected")}
     comp = {s: batch[f"{s}_completion_mask"].bool() for s in ("chosen", "rejected")}
     prompt_len = {s: (batch[f"{s}_attention_mask"].bool() & ~comp[s]).sum(-1) for s in ("chosen", "rejected")}
-    if not torch.equal(prompt_len["chosen"], prompt_len["rejected"]):
+    if not torch.equal(prompt_len["chosen"], prompt_len["rejected"]) or not bool((prompt_len["chosen"] > 0).all()):
         return None
     p_len = prompt_len["chosen"]
     b, device = p_len.shape[0], p_len.device

@@ -149,9 +149,17 @@ def test_shared_prompt_step_equals_the_concatenated_step_float64(name):
 
 
 def test_pair_layout_only_when_prompts_are_shared():
+    from reprkit.config import TrainConfig
     from reprkit.shared_prompt import pair_layout
+    from reprkit.train import forward_pair_batch
 
-    assert pair_layout(_pair_batch(same_prompt=False)) is None
+    differ = _pair_batch(same_prompt=False)
+    assert pair_layout(differ) is None
+    model, loss = tiny_llama(), TrainConfig(loss="dpo").loss_fn()
+    with torch.no_grad():  # such a batch runs the concatenated layout: the same inputs either way
+        a = forward_pair_batch(model, differ, [1], loss, 0.0, shared_prompt=True)
+        b = forward_pair_batch(model, differ, [1], loss, 0.0)
+    assert a.chosen.mask.shape == b.chosen.mask.shape and torch.equal(a.chosen.logps, b.chosen.logps)
     batch = _pair_batch(n=4)
     lay = pair_layout(batch)
     comp = batch["chosen_completion_mask"].sum(-1), batch["rejected_completion_mask"].sum(-1)
