@@ -174,17 +174,18 @@ def test_shared_prompt_run_equals_a_plain_run(tiny_folder, tmp_path):
     without the frozen-model cache (built in the concatenated layout, read in the shared one)."""
     from .test_refcache import _run, _same
 
+    plain = {}
     for loss in ("reprpo", "dpo"):
-        plain = _run(tiny_folder, tmp_path / f"plain-{loss}", loss=loss)
+        plain[loss] = _run(tiny_folder, tmp_path / f"plain-{loss}", loss=loss)
         shared = _run(tiny_folder, tmp_path / f"shared-{loss}", loss=loss, shared_prompt=True)
-        _same(*shared, *plain)
+        _same(*shared, *plain[loss])
     # DPO for the cache: at a zero-initialised adapter the policy equals the frozen model, where a
     # hidden-state loss's gradient (a norm of policy minus frozen states at 0) points wherever float
     # rounding does; states from two layouts differ by that rounding, so step 1 would not compare
     cache = str(tmp_path / "cache")
     _run(tiny_folder, tmp_path / "build", reference_cache=cache, loss="dpo")
     cached = _run(tiny_folder, tmp_path / "cached", reference_cache=cache, shared_prompt=True, loss="dpo")
-    _same(*cached, *_run(tiny_folder, tmp_path / "again", loss="dpo"))
+    _same(*cached, *plain["dpo"])
 
 
 def test_shared_prompt_refused_where_it_cannot_work():
