@@ -2,9 +2,10 @@
 
 An item with K responses (GENIES: 2 to 4, TruthfulQA MC: up to 13) costs the prompt K times when
 each prompt + response runs as its own sequence. Here the prompts of a batch run once with the KV
-cache on; the cache is repeated over each item's responses (``DynamicCache.batch_repeat_interleave``)
-and the responses run on top of it. Items are sorted by length and cut into batches by a token
-budget, so little compute goes to padding. The log-probs equal the one-sequence-per-response path's
+cache on; the responses run on top of it, in chunks of similar length, each chunk on a copy of
+the cache that holds its rows' prompts (``DynamicCache.batch_select_indices``). Items are sorted by
+length and cut into batches by a token budget, and responses are chunked by length, so little
+compute goes to padding. The log-probs equal the one-sequence-per-response path's
 (``reprkit.evaluate.ranked_logps(..., shared_prompt=False)``) to float rounding; tests check both.
 
 >>> lp = shared_prompt_logps(model, encoded, tokenizer.pad_token_id)   # encoded = data.encode_ranked(...)
@@ -51,8 +52,31 @@ def length_batches(encoded: list[dict], token_budget: int, max_items: int) -> li
     return batches
 
 
+def response_chunks(lengths: list[int], max_waste: float = 0.25) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length and cut where padding every row of a chunk to its
+    longest would add more than ``max_waste`` of the chunk's real tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    chunks, current, real = [], [], 0
+    for i in order:
+        n = lengths[i]  # the longest so far: rows come in ascending length
+        if current and (len(current) + 1) * n > (1 + max_waste) * (real + n):
+            chunks.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots)."""
+    """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots).
+
+    The prompts run once; the responses then run in chunks of similar length (``response_chunks``),
+    each on a copy of the prompt cache that holds its rows' prompts (``batch_select_indices``), so
+    a short response is not padded to the longest one of the batch."""
+    import copy
+
     device = next(model.parameters()).device
     b = len(examples)
     k = max(len(e["responses_ids"]) for e in examples)
@@ -67,27 +91,35 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.
                 logits_to_keep=1)
     last = out.hidden_states[-1][torch.arange(b, device=device), p_len - 1]  # predicts each first response token
     cache = out.cache
-    cache.batch_repeat_interleave(k)
 
-    responses = [e["responses_ids"][j] if j < len(e["responses_ids"]) else [] for e in examples for j in range(k)]
-    r_max = max(1, max(len(r) for r in responses))
-    ids = torch.full((b * k, r_max), pad_token_id, dtype=torch.long, device=device)
-    mask = torch.zeros((b * k, r_max), dtype=torch.long, device=device)
-    for row, r in enumerate(responses):
-        if r:
+    slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
+    responses = [examples[i]["responses_ids"][j] for i, j in slots]
+    logps = torch.zeros((b, k), dtype=last.dtype, device=device)
+    counts = torch.zeros((b, k), dtype=torch.long, device=device)
+    for chunk in response_chunks([len(r) for r in responses]):
+        item = torch.tensor([slots[c][0] for c in chunk], device=device)
+        slot = torch.tensor([slots[c][1] for c in chunk], device=device)
+        rows = [responses[c] for c in chunk]
+        r_max = max(len(r) for r in rows)
+        ids = torch.full((len(rows), r_max), pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), r_max), dtype=torch.long, device=device)
+        for row, r in enumerate(rows):
             ids[row, : len(r)] = torch.tensor(r)
             mask[row, : len(r)] = 1
-    positions = p_len.repeat_interleave(k)[:, None] + torch.arange(r_max, device=device)
-    attention = torch.cat([prompt_mask.repeat_interleave(k, 0), mask], 1)
-    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=cache,
-                use_cache=True, output_hidden_states=True, logits_to_keep=1)
-    # response token j is predicted by the state before it: the prompt's last for j = 0
-    predictors = torch.cat([last.repeat_interleave(k, 0)[:, None], out.hidden_states[-1][:, :-1]], 1)
-    where = mask.bool()
-    token_logps = _head_logps(model, predictors[where], ids[where])
-    rows = where.nonzero()[:, 0]
-    logps = torch.zeros(b * k, dtype=token_logps.dtype, device=device).index_add(0, rows, token_logps)
-    return logps.view(b, k), mask.sum(-1).view(b, k)
+        chunk_cache = copy.deepcopy(cache)
+        chunk_cache.batch_select_indices(item)
+        positions = p_len[item][:, None] + torch.arange(r_max, device=device)
+        attention = torch.cat([prompt_mask[item], mask], 1)
+        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=chunk_cache,
+                    use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        # response token j is predicted by the state before it: the prompt's last for j = 0
+        predictors = torch.cat([last[item][:, None], out.hidden_states[-1][:, :-1]], 1)
+        where = mask.bool()
+        token_logps = _head_logps(model, predictors[where], ids[where])
+        sums = torch.zeros(len(rows), dtype=token_logps.dtype, device=device).index_add(0, where.nonzero()[:, 0], token_logps)
+        logps[item, slot] = sums.to(logps.dtype)
+        counts[item, slot] = mask.sum(-1)
+    return logps, counts
 
 
 @torch.no_grad()

@@ -195,3 +195,18 @@ def test_shared_prompt_refused_where_it_cannot_work():
         TrainConfig(shared_prompt=True, gradient_checkpointing=True).validate()
     with pytest.raises(ValueError, match="--shared-prompt"):
         TrainConfig(shared_prompt=True, loss="plackett_luce").validate()
+
+
+def test_response_chunks_sorted_complete_and_within_the_waste_bound():
+    from reprkit.shared_prompt import response_chunks
+
+    g = torch.Generator().manual_seed(4)
+    lengths = torch.randint(1, 60, (50,), generator=g).tolist()
+    chunks = response_chunks(lengths, max_waste=0.25)
+    assert sorted(i for c in chunks for i in c) == list(range(50))
+    flat = [lengths[i] for c in chunks for i in c]
+    assert flat == sorted(flat)
+    for c in chunks:
+        real, padded = sum(lengths[i] for i in c), len(c) * max(lengths[i] for i in c)
+        assert padded <= 1.25 * real
+    assert 1 < len(chunks) < 50
