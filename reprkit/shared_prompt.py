@@ -4,8 +4,8 @@ An item with K responses (GENIES: 2 to 4, TruthfulQA MC: up to 13) costs the pro
 each prompt + response runs as its own sequence. Here the prompts of a batch run once with the KV
 cache on; the responses run on top of it, in chunks of similar length, each chunk on a copy of
 the cache that holds its rows' prompts (``DynamicCache.batch_select_indices``). Items are sorted by
-length and cut into batches by a token budget, and responses are chunked by length, so little
-compute goes to padding. The log-probs equal the one-sequence-per-response path's
+prompt length and cut into batches by a token budget, and responses are chunked by length, so
+little compute goes to padding. The log-probs equal the one-sequence-per-response path's
 (``reprkit.evaluate.ranked_logps(..., shared_prompt=False)``) to float rounding; tests check both.
 
 >>> lp = shared_prompt_logps(model, encoded, tokenizer.pad_token_id)   # encoded = data.encode_ranked(...)
@@ -30,23 +30,20 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def length_batches(encoded: list[dict], token_budget: int, max_items: int) -> list[list[int]]:
-    """Indices of ``encoded`` in batches of similar length: sorted by prompt + longest response,
-    each batch at most ``max_items`` items and (unless one item exceeds it alone) ``token_budget``
-    tokens counted as the padded prompt pass plus the padded response pass."""
-    def size(e):
-        return len(e["prompt_ids"]), max(len(r) for r in e["responses_ids"]), len(e["responses_ids"])
-
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]["prompt_ids"]) + size(encoded[i])[1], i))
-    batches, current, p_max, r_max, k_max = [], [], 0, 0, 0
+    """Indices of ``encoded`` in batches of similar prompt length: sorted by prompt length, each
+    batch at most ``max_items`` items and (unless one item exceeds it alone) ``token_budget``
+    tokens counted as the padded prompt pass plus the batch's response tokens (responses run in
+    chunks of similar length, ``response_chunks``, so they pad little)."""
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]["prompt_ids"]), i))
+    batches, current, p_max, responses = [], [], 0, 0
     for i in order:
-        p, r, k = size(encoded[i])
-        np_, nr, nk = max(p_max, p), max(r_max, r), max(k_max, k)
-        cost = (len(current) + 1) * (np_ + nk * nr)
-        if current and (len(current) >= max_items or cost > token_budget):
+        p, r = len(encoded[i]["prompt_ids"]), sum(len(x) for x in encoded[i]["responses_ids"])
+        np_ = max(p_max, p)
+        if current and (len(current) >= max_items or (len(current) + 1) * np_ + responses + r > token_budget):
             batches.append(current)
-            current, np_, nr, nk = [], p, r, k
+            current, np_, responses = [], p, 0
         current.append(i)
-        p_max, r_max, k_max = np_, nr, nk
+        p_max, responses = np_, responses + r
     if current:
         batches.append(current)
     return batches

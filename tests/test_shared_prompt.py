@@ -60,9 +60,10 @@ def test_length_batches_cover_every_item_once_within_budget():
     for b in batches:
         assert len(b) <= 8
         p = max(len(items[i]["prompt_ids"]) for i in b)
-        r = max(len(x) for i in b for x in items[i]["responses_ids"])
-        k = max(len(items[i]["responses_ids"]) for i in b)
-        assert len(b) == 1 or len(b) * (p + k * r) <= 300
+        r = sum(len(x) for i in b for x in items[i]["responses_ids"])
+        assert len(b) == 1 or len(b) * p + r <= 300
+    prompts = [len(items[i]["prompt_ids"]) for b in batches for i in b]
+    assert prompts == sorted(prompts)  # batches of similar prompt length
 
 
 def test_item_accuracy_same_either_path():
