@@ -20,7 +20,8 @@ resumes from its last checkpoint):
    model; ``mms`` a mean-difference direction read from the source's training pairs (layer chosen
    on source validation), scoring by projection, no training. Every score keeps its per-item
    outcomes (item id, correct, margin) in the cell's ``cell.json``.
-3. **Extras** (seed 0 of each method): TruthfulQA MC1/MC2 and the sycophancy eval on fixed subsets.
+3. **Extras** (seed 0 of each method): TruthfulQA MC1/MC2 and the sycophancy eval on fixed subsets
+   (sycophancy: rows taken in turn from each answer letter, ``letter_balanced``).
 4. **Analysis** (``experiments/analyse.py``): paired differences with intervals, tables, figures.
 """
 
@@ -289,16 +290,55 @@ def behaviour_columns(grid: Grid, model, tok) -> dict:
     root = D.shared_data_dir()
     files = sorted((root / "anthropic-evals" / "sycophancy").glob("*.jsonl")) if root else []
     if grid.sycophancy_limit and files:
-        res = behaviour_rate(model, tok, load_behaviour(files[0], grid.sycophancy_limit), base=False)
-        out["sycophancy"] = {"value": res["rate"], "ci95": res["ci95"], "n": res["n"], "file": files[0].name}
+        items = letter_balanced(load_behaviour(files[0]), grid.sycophancy_limit)
+        res = behaviour_rate(model, tok, items, base=False)
+        out["sycophancy"] = {"value": res["rate"], "ci95": res["ci95"], "n": res["n"], "file": files[0].name,
+                             "subset": BALANCED}
     return out
+
+
+BALANCED = "letter-balanced"
+
+
+def letter_balanced(items: list[dict], n: int) -> list[dict]:
+    """The first ``n`` rows taken in turn from each behaviour-matching answer (" (A)", " (B)", ...),
+    in file order: a model's preference for one answer letter then cannot pass for the behaviour
+    (the file's first 200 rows all have the sycophantic answer at " (A)")."""
+    groups: dict[str, list[dict]] = {}
+    for it in items:
+        groups.setdefault(it["responses"][it["matching"].index(True)].strip(), []).append(it)
+    out, queues = [], [list(g) for g in groups.values()]
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def refresh_behaviour(grid: Grid, cell: dict, cell_dir: Path) -> dict:
+    """Recompute a finished cell's behaviour columns when they predate the letter-balanced
+    sycophancy subset (the model or the cell's adapter is loaded again; nothing else changes)."""
+    syc = cell.get("behaviour", {}).get("sycophancy")
+    if syc is None or syc.get("subset") == BALANCED:
+        return cell
+    if cell["method"] == "base":
+        model, tok = load_model(grid.model)
+    elif (cell_dir / "run" / "adapter").is_dir():
+        model, tok = load_adapter(grid, cell_dir / "run")
+    else:
+        print(f"cell {cell_dir}: sycophancy column predates the balanced subset and the adapter is gone; "
+              "left as it is", flush=True)
+        return cell
+    cell["behaviour"] = behaviour_columns(grid, model, tok)
+    write_json(cell_dir / "cell.json", cell)
+    return cell
 
 
 def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return refresh_behaviour(grid, json.loads(done.read_text()), cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}

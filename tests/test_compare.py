@@ -140,3 +140,12 @@ def test_new_distributions_through_the_data_dir_and_a_shift_file(tiny_folder, tm
         for e in ["source test", "target persona_other"]}
     assert all(r["n"] == "5" for r in rows)
     assert json.loads((out / "grid.json").read_text())["shift_file"] == str(shift_file)
+
+
+def test_sycophancy_subset_is_balanced_by_answer_letter():
+    rows = [{"responses": [" (A)", " (B)"], "matching": [True, False]} for _ in range(6)]
+    rows += [{"responses": [" (A)", " (B)"], "matching": [False, True]} for _ in range(2)]
+    picked = compare.letter_balanced(rows, 4)
+    letters = [r["responses"][r["matching"].index(True)] for r in picked]
+    assert sorted(letters) == [" (A)", " (A)", " (B)", " (B)"]
+    assert len(compare.letter_balanced(rows, 100)) == 8  # all rows when n exceeds them
