@@ -181,9 +181,10 @@ def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bo
     the cache. ``stop``: both passes end after the deepest of ``layers`` (no log-probs then)."""
     from transformers import DynamicCache
 
+    from .evaluate import _unwrap
     from .hooks import capture
 
-    cache = DynamicCache(config=_config(model))
+    cache = DynamicCache(config=_unwrap(model).config)  # a PeftModel hands .config through
     b = lay["prompt_ids"].shape[0]
     with capture(model, layers, stop=stop):  # the prompt's block outputs are not needed, only its cache
         out = model(input_ids=lay["prompt_ids"], attention_mask=lay["prompt_mask"], cache=cache, use_cache=True,
@@ -207,7 +208,3 @@ def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bo
         summed = summed[order]
     return hidden, summed, mask
 
-
-def _config(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.config
