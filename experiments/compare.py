@@ -356,6 +356,13 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
                            shared_prompt=grid.shared_prompt)
         curve_file = cell_dir / "curve.json"
         curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+        # a curve point belongs to the run it was scored on: when the run's checkpoints are gone
+        # (a run directory is not committed), its points are scored again on the new run
+        last = max((s for s, _ in checkpoints(cell_dir / "run")), default=0)
+        if any(p["step"] > last for p in curve):
+            print(f"cell {cell_dir}: curve points past the run's last checkpoint ({last}) are scored again",
+                  flush=True)
+            curve = [p for p in curve if p["step"] <= last]
         for k in range(1, grid.curve_points + 1):
             step = round(total * k / grid.curve_points)
             if any(p["step"] == step for p in curve):

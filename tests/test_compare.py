@@ -149,3 +149,19 @@ def test_sycophancy_subset_is_balanced_by_answer_letter():
     letters = [r["responses"][r["matching"].index(True)] for r in picked]
     assert sorted(letters) == [" (A)", " (A)", " (B)", " (B)"]
     assert len(compare.letter_balanced(rows, 100)) == 8  # all rows when n exceeds them
+
+
+def test_curve_points_of_a_lost_run_are_scored_again(tiny_folder, tmp_path):
+    """A cell's curve.json can outlive its run directory (runs are not committed): points past the
+    run's last checkpoint belong to another run and are scored again on this one."""
+    grid = compare.Grid(model=str(tiny_folder), methods=["dpo"], seeds=[0, 1], train_limit=4, batch_size=2,
+                        max_length=96, max_prompt_length=48, lora_r=2, eval_max_length=96, eval_limit=2,
+                        curve_points=2, curve_target_limit=2, val_limit=2, retain_data="embedded:capitals",
+                        retain_limit=2, n_samples=1, reference_cache=None)
+    out = tmp_path / "out"
+    cell_dir = out / "cells" / "alpaca_easy" / "dpo" / "seed1"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "curve.json").write_text(json.dumps([{"step": 1, "stale": True}]))
+    cell = compare.run_cell(grid, out, "alpaca_easy", ["alpaca_hard"], "dpo", 1, {"dpo": 1e-3})
+    assert [p["step"] for p in cell["curve"]] == [1, 2]
+    assert not any("stale" in p for p in cell["curve"]) and "source val" in cell["curve"][0]
