@@ -103,6 +103,30 @@ def _cross(xs: list[float], ys: list[float], level: float) -> float | None:
     return None  # never reached
 
 
+def cell_seconds(cell: dict) -> float:
+    """A cell's wall time over all its sittings (its ``timing`` parts where it has them)."""
+    parts = cell.get("timing")
+    if not parts:
+        return cell["seconds"]
+    return sum(v for k, v in parts.items() if not k.startswith("of which"))
+
+
+def cost_lines(cells: list[dict]) -> list[str]:
+    """Mean minutes per cell by part, per method (cells that recorded their parts)."""
+    timed = [c for c in cells if c.get("timing")]
+    if not timed:
+        return []
+    parts = list(dict.fromkeys(k for c in timed for k in c["timing"]))
+    lines = ["", "Wall time per cell, minutes (mean over cells that recorded their parts; a machine of 2 cores):", "",
+             "| method | cells | " + " | ".join(parts) + " | total |", "|---|---|" + "---|" * (len(parts) + 1)]
+    for method in dict.fromkeys(c["method"] for c in timed):
+        mc = [c for c in timed if c["method"] == method]
+        vals = [statistics.mean(c["timing"].get(k, 0.0) for c in mc) / 60 for k in parts]
+        total = statistics.mean(cell_seconds(c) for c in mc) / 60
+        lines.append(f"| {method} | {len(mc)} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {total:.1f} |")
+    return lines
+
+
 def result_rows(cells: list[dict]) -> list[dict]:
     rows = []
     for c in cells:
@@ -111,7 +135,7 @@ def result_rows(cells: list[dict]) -> list[dict]:
             rows.append({"shift": c["shift"], "method": c["method"], "seed": c["seed"], "lr": c.get("lr"), "eval": col,
                          "data": s["data"], "n": s["n"], "accuracy": s["accuracy_mean"], "margin": s["margin_mean"],
                          "chance": s["chance"], "perplexity_ratio": ppl, "steps": c.get("steps"),
-                         "pairs_seen": c.get("pairs_seen"), "seconds": round(c["seconds"], 1)})
+                         "pairs_seen": c.get("pairs_seen"), "seconds": round(cell_seconds(c), 1)})
     return rows
 
 
@@ -128,7 +152,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict) -> str:
     from grid_figures import fmt_diff
 
-    wall = sum(c["seconds"] for c in cells)
+    wall = sum(cell_seconds(c) for c in cells)
     lines = [f"Model {grid['model']}; {grid['epochs']} epoch(s) of each source's train[:90%] in batches of "
              f"{grid['batch_size']} pairs (max length {grid['max_length']}), LoRA r{grid['lora_r']}; seeds "
              f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
@@ -173,6 +197,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
             at = "never reached" if r["target_at_match"] is None else f"{r['target_at_match']:.3f}"
             lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['seed']} | "
                          f"{r['dpo_final_source_val']:.3f} | {at} | {r['final_target']:.3f} |")
+    lines += cost_lines(cells)
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,9 @@ resumes from its last checkpoint):
    every target, the retain perplexity ratio and a few greedy samples. ``base`` is the frozen
    model; ``mms`` a mean-difference direction read from the source's training pairs (layer chosen
    on source validation), scoring by projection, no training. Every score keeps its per-item
-   outcomes (item id, correct, margin) in the cell's ``cell.json``.
+   outcomes (item id, correct, margin) in the cell's ``cell.json``, and its wall time by part
+   (``timing``: training, of which optimiser steps, curve scoring, final scoring, ...; summed over
+   the sittings a cell took, where ``seconds`` is the last sitting's).
 3. **Extras** (seed 0 of each method): TruthfulQA MC1/MC2 and the sycophancy eval on fixed subsets
    (sycophancy: rows taken in turn from each answer letter, ``letter_balanced``).
 4. **Analysis** (``experiments/analyse.py``): paired differences with intervals, tables, figures.
@@ -41,7 +43,7 @@ from reprkit import data as D
 from reprkit.config import LoraSettings, TrainConfig, preset
 from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio
 from reprkit.models import DEFAULT_MODEL, load_model
-from reprkit.runlog import checkpoints, read_config, write_json
+from reprkit.runlog import checkpoints, read_config, read_run, write_json
 
 TRAIN_SPLIT, VAL_SPLIT = "train[:90%]", "train[90%:]"
 
@@ -342,14 +344,27 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
     cell_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}
+    timing: dict[str, float] = {}
+    clock = [time.time()]
+
+    def lap(part: str) -> None:
+        now = time.time()
+        timing[part] = timing.get(part, 0.0) + now - clock[0]
+        clock[0] = now
+
     direction = None
     if method == "base":
         model, tok = load_model(grid.model)
+        lap("load")
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets))}]
+        lap("curve scoring")
     elif method == "mms":
         model, tok = load_model(grid.model)
+        lap("load")
         cell["mms"], direction = read_mms(grid, model, tok, source)
+        lap("direction")
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
+        lap("curve scoring")
     else:
         total = n_steps(grid, source)
         cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total, cache_dir(grid, out),
@@ -367,19 +382,32 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
             step = round(total * k / grid.curve_points)
             if any(p["step"] == step for p in curve):
                 continue
+            t0 = time.time()
             run = train_to(cfg, step)
+            t1 = time.time()
             model, tok = load_adapter(grid, run)
-            curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets))})
+            curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets)),
+                          "seconds": {"train": t1 - t0, "scoring": time.time() - t1}})
             write_json(curve_file, curve)
+        clock[0] = time.time()
+        for part, key in (("train", "train"), ("curve scoring", "scoring")):
+            timing[part] = sum(p.get("seconds", {}).get(key, 0.0) for p in curve)
+        steps = {m["step"]: m["step_time"] for m in read_run(cell_dir / "run")["metrics"] if "step_time" in m}
+        timing["of which steps"] = sum(steps.values())  # the rest: loading, the frozen-model cache, checkpoints
         cell.update(curve=curve, steps=total, pairs_seen=total * grid.batch_size)
     cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), direction)
+    lap("final scoring")
     if method not in ("base", "mms"):
         cell["retain_perplexity"] = retain_ratio(grid, model, tok)
+        lap("retain perplexity")
     if method != "mms":
         cell["samples"] = samples(grid, model, tok, targets[0])
+        lap("samples")
         if seed == grid.seeds[0]:
             cell["behaviour"] = behaviour_columns(grid, model, tok)
+            lap("behaviour")
     cell["seconds"] = time.time() - start
+    cell["timing"] = {k: round(v, 1) for k, v in timing.items()}
     write_json(done, cell)
     return cell
 

@@ -42,6 +42,9 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     assert [p["step"] for p in cell["curve"]] == [2, 4] and cell["steps"] == 4  # 8 pairs / 2, two curve points
     assert cell["curve"][0]["source val"]["n"] == 5 and cell["curve"][0]["target alpaca_hard"]["n"] == 4
     assert cell["retain_perplexity"]["ratio"] > 0 and len(cell["samples"]) == 1
+    parts = cell["timing"]
+    assert {"train", "of which steps", "curve scoring", "final scoring", "retain perplexity", "behaviour"} <= set(parts)
+    assert 0 < parts["of which steps"] <= parts["train"] and sum(parts.values()) - parts["of which steps"] <= cell["seconds"] + 1
     assert set(cell["behaviour"]) == {"truthfulqa_mc1", "truthfulqa_mc2", "sycophancy"}
     assert cell["behaviour"]["sycophancy"]["n"] == 3 and "behaviour" not in json.loads(
         (out / "cells/alpaca_easy/dpo/seed1/cell.json").read_text())
@@ -55,6 +58,7 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     assert {r["method"] for r in matched} == {"dpo", "reprpo", "mms"}
     md = (out / "results.md").read_text()
     assert "| alpaca_easy | target alpaca_hard | reprpo |" in md and "vs DPO" in md and "truthfulqa_mc1" in md
+    assert "| dpo | 2 |" in md  # wall time by part, two DPO cells
     assert (out / "matched-accuracy.html").stat().st_size > 1000
     lr = json.loads((out / "lr" / "dpo.json").read_text())
     assert lr["lr"] == 1e-3 and lr["split"] == "train[90%:]" and set(lr["sweep"]) == {"0.001"}
