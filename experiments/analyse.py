@@ -71,8 +71,11 @@ def _flat(res: dict) -> dict:
 
 def matched(cells: list[dict]) -> list[dict]:
     """Per run: target accuracy (curve subset) where source-validation accuracy first reaches DPO's
-    final one (mean over DPO's seeds), by linear interpolation between curve points; the base
-    model's point is every run's step 0."""
+    final one (mean over DPO's seeds), by linear interpolation between curve points. The base
+    model's point is every trained run's step 0, so a run whose frozen model already meets the level
+    is matched there, at the base target accuracy; mms (no training) has one point, its own."""
+    from grid_figures import run_points
+
     rows = []
     for shift in dict.fromkeys(c["shift"] for c in cells):
         base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
@@ -85,7 +88,7 @@ def matched(cells: list[dict]) -> list[dict]:
                 continue
             for target in c["targets"]:
                 col = f"target {target}"
-                points = [base["curve"][0]] + [p for p in c["curve"] if p["step"] > 0]
+                points = run_points(base, c)
                 xs = [p["source val"]["accuracy_mean"] for p in points]
                 ys = [p[col]["accuracy_mean"] for p in points]
                 rows.append({"shift": shift, "target": target, "method": c["method"], "seed": c["seed"],

@@ -17,9 +17,16 @@ def fmt_diff(row: dict | None) -> str:
     return f"{float(row['difference']):+.3f} ({float(row['ci_low']):+.3f}, {float(row['ci_high']):+.3f}){p}{star}"
 
 
+def run_points(base: dict, cell: dict) -> list[dict]:
+    """A run's curve points with the frozen model as its step 0; a method without training (mms)
+    has only its own point."""
+    trained = [p for p in cell["curve"] if p["step"] > 0]
+    return [base["curve"][0]] + trained if trained else list(cell["curve"])
+
+
 def curve_figure(cells: list[dict]):
     """Target (curve subset) against source-validation accuracy along training, one line per run,
-    one panel per shift and target; the base model is every run's first point."""
+    one panel per shift and target; the base model is every trained run's first point."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -32,7 +39,7 @@ def curve_figure(cells: list[dict]):
         for c in cells:
             if c["shift"] != shift or not c.get("curve"):
                 continue
-            points = [base["curve"][0]] + [p for p in c["curve"] if p["step"] > 0]
+            points = run_points(base, c)
             fig.add_trace(go.Scatter(
                 x=[p["source val"]["accuracy_mean"] for p in points], y=[p[col]["accuracy_mean"] for p in points],
                 mode="lines+markers", name=c["method"], legendgroup=c["method"], showlegend=c["method"] not in shown,

@@ -56,6 +56,8 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     assert any(r["shift"] == "pooled" for r in paired)
     matched = list(csv.DictReader(open(out / "matched.csv")))
     assert {r["method"] for r in matched} == {"dpo", "reprpo", "mms"}
+    mms_row = next(r for r in matched if r["method"] == "mms")  # its own point, not the frozen model's
+    assert float(mms_row["final_source_val"]) == mms["curve"][0]["source val"]["accuracy_mean"]
     md = (out / "results.md").read_text()
     assert "| alpaca_easy | target alpaca_hard | reprpo |" in md and "vs DPO" in md and "truthfulqa_mc1" in md
     assert "| dpo | 2 |" in md  # wall time by part, two DPO cells
