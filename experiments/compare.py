@@ -12,7 +12,8 @@ resumes from its last checkpoint):
    set's perplexity. The rule (``choose_lr``), fixed before any run: among rates whose retain
    perplexity ratio is at most ``max_ppl_ratio``, the highest validation accuracy, ties broken by
    the validation margin, then the smaller rate. Never a target.
-2. **Cells** (source, method, seed), every method on every shift for seed 0 before any second seed.
+2. **Cells** (source, method, seed): base and mms on every shift first, then every trained method on
+   every shift for seed 0 before any second seed (``cell_order``).
    A trained method runs ``epochs`` over ``train[:90%]`` in ``curve_points`` segments; after each,
    source validation and the first ``curve_target_limit`` target items are scored (the curve that
    compares methods at matched source accuracy). Then the whole test split of the source and of
@@ -427,6 +428,16 @@ def read_mms(grid: Grid, model, tok, source: str) -> tuple[dict, tuple]:
     return info, (direction, layer)
 
 
+def cell_order(grid: Grid, sources: list[str]) -> list[tuple[int, str, str]]:
+    """(seed, source, method) in the order the grid runs them: the untrained cells (base, mms; one
+    seed, they are deterministic) of every shift first, cheap and each shift's reference rows; then
+    every trained method on every shift with the first seed before any later seed."""
+    untrained = [m for m in grid.methods if m in ("base", "mms")]
+    trained = [m for m in grid.methods if m not in untrained]
+    order = [(grid.seeds[0], s, m) for s in sources for m in untrained]
+    return order + [(seed, s, m) for seed in grid.seeds for s in sources for m in trained]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", help="JSON file of Grid fields")
@@ -445,17 +456,13 @@ def main() -> None:
     trained = [m for m in grid.methods if m not in ("base", "mms")]
     lrs = {m: tune_lr(grid, m, first, out) for m in trained}
     new = 0
-    for seed in grid.seeds:
-        for source, targets in shifts.items():
-            for method in grid.methods:
-                if seed != grid.seeds[0] and method in ("base", "mms"):
-                    continue  # deterministic: one cell
-                if args.max_cells is not None and new >= args.max_cells:
-                    return
-                fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
-                run_cell(grid, out, source, targets, method, seed, lrs)
-                new += fresh
-                print(f"cell {source} {method} seed{seed} done", flush=True)
+    for seed, source, method in cell_order(grid, list(shifts)):
+        if args.max_cells is not None and new >= args.max_cells:
+            return
+        fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
+        run_cell(grid, out, source, shifts[source], method, seed, lrs)
+        new += fresh
+        print(f"cell {source} {method} seed{seed} done", flush=True)
     from analyse import analyse  # noqa: E402 (experiments/ is the script's folder)
 
     analyse(out)

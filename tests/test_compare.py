@@ -171,3 +171,11 @@ def test_curve_points_of_a_lost_run_are_scored_again(tiny_folder, tmp_path):
     cell = compare.run_cell(grid, out, "alpaca_easy", ["alpaca_hard"], "dpo", 1, {"dpo": 1e-3})
     assert [p["step"] for p in cell["curve"]] == [1, 2]
     assert not any("stale" in p for p in cell["curve"]) and "source val" in cell["curve"][0]
+
+
+def test_cell_order_reference_rows_first_then_seed_by_seed():
+    grid = compare.Grid(methods=["base", "mms", "dpo", "reprpo"], seeds=[0, 1])
+    order = compare.cell_order(grid, ["a", "b"])
+    assert order[:4] == [(0, "a", "base"), (0, "a", "mms"), (0, "b", "base"), (0, "b", "mms")]
+    assert order[4:8] == [(0, "a", "dpo"), (0, "a", "reprpo"), (0, "b", "dpo"), (0, "b", "reprpo")]
+    assert [c[0] for c in order[8:]] == [1] * 4 and len(order) == 12  # untrained methods: one seed
