@@ -444,6 +444,8 @@ def main() -> None:
     p.add_argument("--shift-file", help="a GENIES-format shift list (overrides the grid's)")
     p.add_argument("--out", default="results/compare")
     p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells (for a sitting)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="this sitting runs only these of the grid's methods (the grid itself is unchanged)")
     args = p.parse_args()
     grid = Grid(**json.loads(Path(args.grid).read_text())) if args.grid else Grid()
     if args.shift_file:
@@ -455,8 +457,12 @@ def main() -> None:
     first = next(iter(shifts))
     trained = [m for m in grid.methods if m not in ("base", "mms")]
     lrs = {m: tune_lr(grid, m, first, out) for m in trained}
+    if args.methods and (unknown := set(args.methods) - set(grid.methods)):
+        raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
     new = 0
     for seed, source, method in cell_order(grid, list(shifts)):
+        if args.methods and method not in args.methods:
+            continue
         if args.max_cells is not None and new >= args.max_cells:
             return
         fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()

@@ -179,3 +179,19 @@ def test_cell_order_reference_rows_first_then_seed_by_seed():
     assert order[:4] == [(0, "a", "base"), (0, "a", "mms"), (0, "b", "base"), (0, "b", "mms")]
     assert order[4:8] == [(0, "a", "dpo"), (0, "a", "reprpo"), (0, "b", "dpo"), (0, "b", "reprpo")]
     assert [c[0] for c in order[8:]] == [1] * 4 and len(order) == 12  # untrained methods: one seed
+
+
+def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
+    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+                        calls.append((seed, source, method)))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard"], "methods": ["base", "mms", "dpo"]}))
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "mms"])
+    compare.main()
+    assert calls == [(0, "alpaca_easy", "mms")]
+    assert json.loads((tmp_path / "out" / "grid.json").read_text())["methods"] == ["base", "mms", "dpo"]
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "dpx"])
+    with pytest.raises(SystemExit, match="dpx"):
+        compare.main()
