@@ -346,12 +346,13 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
     start = time.time()
     cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}
     timing: dict[str, float] = {}
-    clock = [time.time()]
+    clock = start
 
     def lap(part: str) -> None:
+        nonlocal clock
         now = time.time()
-        timing[part] = timing.get(part, 0.0) + now - clock[0]
-        clock[0] = now
+        timing[part] = timing.get(part, 0.0) + now - clock
+        clock = now
 
     direction = None
     if method == "base":
@@ -390,7 +391,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
             curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets)),
                           "seconds": {"train": t1 - t0, "scoring": time.time() - t1}})
             write_json(curve_file, curve)
-        clock[0] = time.time()
+        clock = time.time()
         for part, key in (("train", "train"), ("curve scoring", "scoring")):
             timing[part] = sum(p.get("seconds", {}).get(key, 0.0) for p in curve)
         steps = {m["step"]: m["step_time"] for m in read_run(cell_dir / "run")["metrics"] if "step_time" in m}
