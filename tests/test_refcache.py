@@ -111,3 +111,21 @@ def test_model_fingerprint_follows_the_base_weights_not_the_adapter():
         changed.model.layers[1].mlp.down_proj.weight[0, 0] += 1.0
     assert model_fingerprint(changed) != plain
     assert model_fingerprint(tiny_llama(seed=1)) != plain
+
+
+def test_model_fingerprint_reads_only_a_prefix_of_each_tensor():
+    """Memory-mapped weights: a sample spread over each tensor paged in the whole file; the
+    fingerprint reads the first FINGERPRINT_ELEMENTS of each, and nothing past them."""
+    from reprkit.train import FINGERPRINT_ELEMENTS, model_fingerprint
+
+    from .conftest import tiny_llama
+
+    plain = model_fingerprint(tiny_llama())
+    tail, head = tiny_llama(), tiny_llama()
+    with torch.no_grad():
+        for p in tail.parameters():
+            p.view(-1)[FINGERPRINT_ELEMENTS:] += 1.0
+        head.model.embed_tokens.weight.view(-1)[FINGERPRINT_ELEMENTS - 1] += 1.0
+    assert any(p.numel() > FINGERPRINT_ELEMENTS for p in tail.parameters())
+    assert model_fingerprint(tail) == plain
+    assert model_fingerprint(head) != plain

@@ -91,6 +91,39 @@ def peak_growth_mb(before_kb: int) -> float:
     return (status_kb("VmHWM") - before_kb) / 1024
 
 
+class RssParts:
+    """Peak anonymous and file-backed RSS (MB) over a block, sampled from /proc every few ms.
+
+    VmHWM counts both; only anonymous memory is allocated, while file-backed pages (memory-mapped
+    weights or caches that were read) are clean and dropped by the kernel under pressure. Sampling
+    can miss a spike shorter than the interval; the split is what it is for."""
+
+    def __init__(self, interval_s: float = 0.003):
+        import threading
+
+        self.interval_s, self.peak = interval_s, {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], status_kb(k))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> RssParts:
+        self.before = {k: status_kb(k) for k in self.peak}
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def growth_mb(self) -> dict:
+        return {f"peak_{k[3:].lower()}_mb": (self.peak[k] - self.before[k]) / 1024 for k in self.peak}
+
+
 def run_child(script: str, *args: str, env: dict | None = None) -> dict:
     """Run ``script --child ...`` in a fresh process; its last stdout line is a JSON object."""
     cmd = [sys.executable, script, "--child", *args]
