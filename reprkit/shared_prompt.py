@@ -29,27 +29,30 @@ def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -F.cross_entropy(head_logits(model, hidden), targets, reduction="none")
 
 
-def length_batches(encoded: list[dict], token_budget: int, max_items: int) -> list[list[int]]:
+def length_batches(encoded: list[dict], token_budget: int, max_items: int, max_waste: float = 0.1
+                   ) -> list[list[int]]:
     """Indices of ``encoded`` in batches of similar prompt length: sorted by prompt length, each
-    batch at most ``max_items`` items and (unless one item exceeds it alone) ``token_budget``
-    tokens counted as the padded prompt pass plus the batch's response tokens (responses run in
-    chunks of similar length, ``response_chunks``, so they pad little)."""
+    batch at most ``max_items`` items, (unless one item exceeds it alone) ``token_budget`` tokens
+    counted as the padded prompt pass plus the batch's response tokens (responses run in chunks of
+    similar length, ``response_chunks``, so they pad little), and cut where padding every prompt
+    to the batch's longest would add more than ``max_waste`` of its real prompt tokens."""
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]["prompt_ids"]), i))
-    batches, current, p_max, responses = [], [], 0, 0
+    batches, current, p_max, prompts, responses = [], [], 0, 0, 0
     for i in order:
         p, r = len(encoded[i]["prompt_ids"]), sum(len(x) for x in encoded[i]["responses_ids"])
-        np_ = max(p_max, p)
-        if current and (len(current) >= max_items or (len(current) + 1) * np_ + responses + r > token_budget):
+        np_ = max(p_max, p)  # p itself: prompts come in ascending length
+        if current and (len(current) >= max_items or (len(current) + 1) * np_ + responses + r > token_budget
+                        or (len(current) + 1) * np_ > (1 + max_waste) * (prompts + p)):
             batches.append(current)
-            current, np_, responses = [], p, 0
+            current, np_, prompts, responses = [], p, 0, 0
         current.append(i)
-        p_max, responses = np_, responses + r
+        p_max, prompts, responses = np_, prompts + p, responses + r
     if current:
         batches.append(current)
     return batches
 
 
-def response_chunks(lengths: list[int], max_waste: float = 0.25) -> list[list[int]]:
+def response_chunks(lengths: list[int], max_waste: float = 0.1) -> list[list[int]]:
     """Indices of ``lengths`` sorted by length and cut where padding every row of a chunk to its
     longest would add more than ``max_waste`` of the chunk's real tokens."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -66,14 +69,29 @@ def response_chunks(lengths: list[int], max_waste: float = 0.25) -> list[list[in
     return chunks
 
 
+def _rows_of(cache, index: torch.Tensor):
+    """A cache holding only the batch rows ``index`` of ``cache``, which stays as it was.
+
+    ``batch_select_indices`` rebinds each layer's keys and values to new (indexed) tensors, so a
+    copy of the layer objects that shares the tensors is enough; copying the tensors themselves
+    (``copy.deepcopy``) moved the whole batch's cache through memory once per chunk."""
+    import copy
+
+    if not hasattr(cache, "layers"):  # a cache class without per-layer objects: copy it all
+        chunk = copy.deepcopy(cache)
+    else:
+        chunk = copy.copy(cache)
+        chunk.layers = [copy.copy(layer) for layer in cache.layers]
+    chunk.batch_select_indices(index)
+    return chunk
+
+
 def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots).
 
     The prompts run once; the responses then run in chunks of similar length (``response_chunks``),
     each on a copy of the prompt cache that holds its rows' prompts (``batch_select_indices``), so
     a short response is not padded to the longest one of the batch."""
-    import copy
-
     device = next(model.parameters()).device
     b = len(examples)
     k = max(len(e["responses_ids"]) for e in examples)
@@ -103,8 +121,7 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.
         for row, r in enumerate(rows):
             ids[row, : len(r)] = torch.tensor(r)
             mask[row, : len(r)] = 1
-        chunk_cache = copy.deepcopy(cache)
-        chunk_cache.batch_select_indices(item)
+        chunk_cache = _rows_of(cache, item)
         positions = p_len[item][:, None] + torch.arange(r_max, device=device)
         attention = torch.cat([prompt_mask[item], mask], 1)
         out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=chunk_cache,

@@ -66,6 +66,33 @@ def test_length_batches_cover_every_item_once_within_budget():
     assert prompts == sorted(prompts)  # batches of similar prompt length
 
 
+def test_length_batches_bound_the_prompt_padding():
+    items = _items(2, n=40)
+    batches = length_batches(items, token_budget=10**6, max_items=64, max_waste=0.1)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    for b in batches:
+        lengths = [len(items[i]["prompt_ids"]) for i in b]
+        assert len(b) == 1 or len(b) * max(lengths) <= 1.1 * sum(lengths)
+    assert 1 < len(batches) < 40
+    assert len(length_batches(items, token_budget=10**6, max_items=64, max_waste=10.0)) == 1
+
+
+def test_chunk_cache_rows_leave_the_batch_cache_as_it_was():
+    from reprkit.shared_prompt import _rows_of
+
+    model = tiny_llama()
+    ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(0))
+    cache = model(input_ids=ids, use_cache=True).cache
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    rows = _rows_of(cache, torch.tensor([2, 0]))
+    extra = torch.randint(3, 100, (2, 3), generator=torch.Generator().manual_seed(1))
+    model(input_ids=extra, cache=rows, use_cache=True)  # grows the chunk's cache only
+    for layer, (k, v), chunk in zip(cache.layers, before, rows.layers):
+        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+        assert chunk.keys.shape[0] == 2 and chunk.keys.shape[-2] == 10
+        assert torch.equal(chunk.keys[:, :, :7], k[[2, 0]])
+
+
 def test_item_accuracy_same_either_path():
     model = tiny_llama().double()
     items = _items(3, n=12)
@@ -204,6 +231,7 @@ def test_response_chunks_sorted_complete_and_within_the_waste_bound():
     g = torch.Generator().manual_seed(4)
     lengths = torch.randint(1, 60, (50,), generator=g).tolist()
     chunks = response_chunks(lengths, max_waste=0.25)
+    assert len(response_chunks(lengths)) >= len(chunks)  # the default bound (0.1) is tighter
     assert sorted(i for c in chunks for i in c) == list(range(50))
     flat = [lengths[i] for c in chunks for i in c]
     assert flat == sorted(flat)

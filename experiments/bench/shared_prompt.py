@@ -1,15 +1,21 @@
 """Shared-prompt scoring vs one sequence per response, on the same GENIES items, interleaved.
 
-    python experiments/bench/shared_prompt.py --items 40 --sets alpaca_easy code_easy
+    python experiments/bench/shared_prompt.py --items 40 --sets alpaca_easy code_easy --repeats 2
 
-Prints the time of each path, the speed-up, the token counts (what the model runs through, padding
-excluded) and the largest difference in summed log-probs between the two paths.
+Prints the median time of each path over ``--repeats`` interleaved repeats (after a warm-up of both
+paths on 4 items), the median per-repeat speed-up, the token counts (what the model runs through,
+padding excluded) and the largest difference in summed log-probs between the two paths.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import interleaved  # noqa: E402
 
 from reprkit import data as D
 from reprkit.evaluate import ranked_logps
@@ -21,6 +27,7 @@ def main() -> None:
     p.add_argument("--items", type=int, default=40)
     p.add_argument("--sets", nargs="+", default=["alpaca_easy", "code_easy"])
     p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     model, tok = load_model()
     for name in args.sets:
@@ -28,16 +35,21 @@ def main() -> None:
                               args.max_length // 2)
         concat_tokens = sum(len(e["prompt_ids"]) * len(e["responses_ids"]) + sum(map(len, e["responses_ids"])) for e in enc)
         shared_tokens = sum(len(e["prompt_ids"]) + sum(map(len, e["responses_ids"])) for e in enc)
-        t = time.perf_counter()
-        a = ranked_logps(model, enc, tok.pad_token_id, base=False, shared_prompt=True)["policy"]
-        shared = time.perf_counter() - t
-        t = time.perf_counter()
-        b = ranked_logps(model, enc, tok.pad_token_id, base=False, shared_prompt=False)["policy"]
-        concat = time.perf_counter() - t
+        out = {}
+
+        def run(shared: bool, items=enc):
+            out[shared] = ranked_logps(model, items, tok.pad_token_id, base=False, shared_prompt=shared)["policy"]
+
+        run(True, enc[:4]), run(False, enc[:4])  # warm-up
+        t = interleaved({"shared": lambda: run(True), "one_sequence": lambda: run(False)}, args.repeats,
+                        reference="one_sequence", warmup=0)
+        shared, concat = t["shared"]["median_s"], t["one_sequence"]["median_s"]
+        a, b = out[True], out[False]
         v = a["valid"]
-        print(f"{name}: {len(enc)} items; shared prompt {shared:.1f} s, one sequence per response {concat:.1f} s, "
-              f"x{concat / shared:.2f}; tokens {concat_tokens} -> {shared_tokens} (limit x{concat_tokens / shared_tokens:.2f}); "
-              f"max |diff| of summed log-probs {(a['logps'][v] - b['logps'][v]).abs().max():.1e}", flush=True)
+        print(f"{name}: {len(enc)} items; shared prompt {shared:.1f} s, one sequence per response {concat:.1f} s "
+              f"(medians of {args.repeats}), x{1 / t['shared']['ratio']:.2f}; tokens {concat_tokens} -> {shared_tokens} "
+              f"(limit x{concat_tokens / shared_tokens:.2f}: {shared_tokens / concat_tokens / t['shared']['ratio']:.2f} of it "
+              f"reached); max |diff| of summed log-probs {(a['logps'][v] - b['logps'][v]).abs().max():.1e}", flush=True)
 
 
 if __name__ == "__main__":
