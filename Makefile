@@ -34,8 +34,10 @@ bench: setup
 	$(PY) experiments/bench/edit_generate.py
 	$(PY) experiments/bench/eval_throughput.py
 	$(PY) experiments/bench/shared_prompt.py
+	$(PY) experiments/bench/shared_prompt_batching.py
 	$(PY) experiments/bench/eval_dtype.py
 	$(PY) experiments/bench/grid_throughput.py
+	$(PY) experiments/bench/fingerprint_pages.py
 	$(PY) experiments/bench/shared_prompt_train.py --cache
 	$(PY) experiments/bench/train_step.py
 	$(PY) experiments/bench/scaling.py
