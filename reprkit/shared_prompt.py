@@ -37,16 +37,16 @@ def length_batches(encoded: list[dict], token_budget: int, max_items: int, max_w
     similar length, ``response_chunks``, so they pad little), and cut where padding every prompt
     to the batch's longest would add more than ``max_waste`` of its real prompt tokens."""
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]["prompt_ids"]), i))
-    batches, current, p_max, prompts, responses = [], [], 0, 0, 0
+    batches, current, prompts, responses = [], [], 0, 0
     for i in order:
         p, r = len(encoded[i]["prompt_ids"]), sum(len(x) for x in encoded[i]["responses_ids"])
-        np_ = max(p_max, p)  # p itself: prompts come in ascending length
-        if current and (len(current) >= max_items or (len(current) + 1) * np_ + responses + r > token_budget
-                        or (len(current) + 1) * np_ > (1 + max_waste) * (prompts + p)):
+        # prompts come in ascending length, so p is the longest of the batch so far
+        if current and (len(current) >= max_items or (len(current) + 1) * p + responses + r > token_budget
+                        or (len(current) + 1) * p > (1 + max_waste) * (prompts + p)):
             batches.append(current)
-            current, np_, prompts, responses = [], p, 0, 0
+            current, prompts, responses = [], 0, 0
         current.append(i)
-        p_max, prompts, responses = np_, prompts + p, responses + r
+        prompts, responses = prompts + p, responses + r
     if current:
         batches.append(current)
     return batches

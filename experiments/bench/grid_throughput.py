@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--live-memory", action="store_true",
                    help="children with MALLOC_MMAP_THRESHOLD_=131072: peak RSS ~ live peak (times then not comparable)")
     p.add_argument("--skip-eval", action="store_true", help="training steps only (with --live-memory, say)")
-    p.add_argument("--shared-prompt", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shared-prompt", action="store_true", help="(with --child) train with shared-prompt pairs")
     p.add_argument("--child", action="store_true")
     p.add_argument("--loss")
     p.add_argument("--cache", default="")
