@@ -204,6 +204,28 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
     return "\n".join(lines) + "\n"
 
 
+def sweep_lines(out: Path) -> list[str]:
+    """The learning-rate sweeps (``lr/``, ``lr-epoch/``): validation accuracy / margin / retain
+    perplexity ratio per method and rate, and the rate the rule chose."""
+    lines = []
+    for folder in ("lr", "lr-epoch"):
+        recs = {f.stem: json.loads(f.read_text()) for f in sorted((out / folder).glob("*.json"))}
+        if not recs:
+            continue
+        rates = sorted({float(lr) for r in recs.values() for lr in r["sweep"]})
+        first = next(iter(recs.values()))
+        budget = f"{first['steps']} steps" if first["steps"] != "epochs" else "the cells' whole budget"
+        lines += ["", f"Learning-rate sweep `{folder}/` ({budget} per rate on {first['source']}; validation "
+                  f"{first['split']}: accuracy / margin / retain perplexity ratio; '-' not run):", "",
+                  "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " | chosen |", "|---|" + "---|" * (len(rates) + 1)]
+        for method, r in recs.items():
+            sweep = {float(lr): v for lr, v in r["sweep"].items()}
+            cells = [f"{v['accuracy']:.3f} / {v['margin']:.3f} / x{v['ppl_ratio']:.4g}" if (v := sweep.get(lr)) else "-"
+                     for lr in rates]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['lr']:g} |")
+    return lines
+
+
 def analyse(out: Path) -> None:
     from grid_figures import curve_figure, difference_figure, save
 
@@ -217,7 +239,7 @@ def analyse(out: Path) -> None:
     write_csv(out / "results.csv", result_rows(cells))
     write_csv(out / "paired.csv", paired)
     write_csv(out / "matched.csv", match)
-    (out / "results.md").write_text(markdown(cells, paired, match, grid))
+    (out / "results.md").write_text(markdown(cells, paired, match, grid) + "\n".join(sweep_lines(out)) + "\n")
     save(curve_figure(cells), out / "matched-accuracy")
     save(difference_figure(paired), out / "differences")
     print((out / "results.md").read_text())

@@ -8,10 +8,13 @@ each resumable (a finished piece writes its JSON and is never recomputed; an int
 resumes from its last checkpoint):
 
 1. **Learning rate per method**, from a sweep on the first shift's source only: ``sweep_steps``
-   steps on ``train[:90%]``, scored on the held-out ``train[90%:]`` (validation) and on the retain
-   set's perplexity. The rule (``choose_lr``), fixed before any run: among rates whose retain
-   perplexity ratio is at most ``max_ppl_ratio``, the highest validation accuracy, ties broken by
-   the validation margin, then the smaller rate. Never a target.
+   steps on ``train[:90%]`` (or, with ``sweep_steps: null``, a cell's whole budget, whose chosen
+   run then *is* the first shift's seed-0 cell), scored on the held-out ``train[90%:]``
+   (validation) and on the retain set's perplexity. The rule (``choose_lr``): among rates whose
+   retain perplexity ratio is at most ``max_ppl_ratio``, the highest validation accuracy, ties
+   broken by the validation margin, then the smaller rate. Never a target. ``lr_below`` rates are
+   tried while every rate broke the model, ``lr_above`` rates while the largest rate is the choice;
+   ``skip_broken_from`` names a shorter sweep whose broken rates are not run again.
 2. **Cells** (source, method, seed): base and mms on every shift first, then every trained method on
    every shift for seed 0 before any second seed (``cell_order``).
    A trained method runs ``epochs`` over ``train[:90%]`` in ``curve_points`` segments; after each,
@@ -35,6 +38,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -80,7 +84,16 @@ class Grid:
     retain_data: str = "hh-rlhf:helpful-base"
     retain_limit: int = 100
     lr_sweep: list[float] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
-    sweep_steps: int = 40
+    sweep_steps: int | None = 40
+    """steps per swept rate (records in ``lr/``); None: each rate trains a cell's whole budget
+    (``epochs``, in the cells' curve segments and layout, records in ``lr-epoch/``), and the first
+    shift's seed-0 cell of each method is the chosen rate's run"""
+    lr_below: list[float] = dataclasses.field(default_factory=list)
+    """smaller rates tried in turn, only while every rate swept so far broke the model"""
+    lr_above: list[float] = dataclasses.field(default_factory=list)
+    """larger rates tried in turn, only while the largest rate swept so far is the rule's choice"""
+    skip_broken_from: str | None = None
+    """a shorter sweep's folder (relative to --out): a rate that broke the model there is not run again"""
     max_ppl_ratio: float = 3.0
     """a learning rate whose retain perplexity ratio exceeds this broke the model: not a valid choice"""
     mms_layers: str = "range(.2,.9)"
@@ -241,34 +254,124 @@ def cache_dir(grid: Grid, out: Path) -> Path | None:
     return out / grid.reference_cache if grid.reference_cache else None
 
 
-def tune_lr(grid: Grid, method: str, source: str, out: Path) -> float:
-    cache = out / "lr" / f"{method}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())["lr"]
-    records = {}
-    for lr in grid.lr_sweep:
-        rec_file = out / "lr" / method / f"lr{lr:g}.json"
-        if rec_file.is_file():
-            records[lr] = json.loads(rec_file.read_text())
-            continue
-        start = time.time()
-        run = out / "lr" / method / f"lr{lr:g}"
+def sweep_dir(grid: Grid, out: Path) -> Path:
+    return out / ("lr" if grid.sweep_steps else "lr-epoch")
+
+
+def broken_before(grid: Grid, out: Path, method: str) -> set[float]:
+    """Rates whose retain perplexity ratio exceeded the bound in the shorter sweep
+    ``skip_broken_from``: a longer run at the same rate is not run."""
+    rec = out / grid.skip_broken_from / f"{method}.json" if grid.skip_broken_from else None
+    if rec is None or not rec.is_file():
+        return set()
+    return {float(lr) for lr, r in json.loads(rec.read_text())["sweep"].items() if r["ppl_ratio"] > grid.max_ppl_ratio}
+
+
+def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[str], lr: float) -> dict:
+    """Validation accuracy and margin, retain perplexity ratio of one rate (computed once, then read)."""
+    rec_file = sweep_dir(grid, out) / method / f"lr{lr:g}.json"
+    if rec_file.is_file():
+        return json.loads(rec_file.read_text())
+    start = time.time()
+    run = sweep_dir(grid, out) / method / f"lr{lr:g}"
+    if grid.sweep_steps:
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
         val = score(model, tok, encode_set(grid, tok, f"genies:{source}", VAL_SPLIT, grid.val_limit))
-        ppl = retain_ratio(grid, model, tok)
-        records[lr] = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"],
-                       "ppl_ratio": ppl["ratio"], "seconds": time.time() - start}
-        write_json(rec_file, records[lr])
-        print(f"lr sweep {method} {lr:g}: val {val['accuracy_mean']:.3f} margin {val['margin_mean']:.4f} "
-              f"ppl x{ppl['ratio']:.3f}", flush=True)
-    acc = {lr: r["accuracy"] for lr, r in records.items()}
-    best = choose_lr(acc, {lr: r["margin"] for lr, r in records.items()},
-                     {lr: r["ppl_ratio"] for lr, r in records.items()}, grid.max_ppl_ratio)
+        ppl = retain_ratio(grid, model, tok)["ratio"]
+        rec = {"steps": grid.sweep_steps}
+    else:
+        cell_file = out / "cells" / source / method / f"seed{grid.seeds[0]}" / "cell.json"
+        cell = json.loads(cell_file.read_text()) if cell_file.is_file() else {}
+        if cell.get("lr") == lr:  # the cell is this rate's run: read, not run again
+            curve, ppl = cell["curve"], cell["retain_perplexity"]["ratio"]
+            start -= sum(sum(p.get("seconds", {}).values()) for p in curve)  # the run's training and curve
+            rec = {"steps": cell["steps"], "from": str(cell_file.relative_to(out))}
+        else:
+            curve, model, tok, total = train_curve(grid, out, source, targets, method, grid.seeds[0], lr, run)
+            ppl = retain_ratio(grid, model, tok)["ratio"]
+            rec = {"steps": total}
+        val = curve[-1]["source val"]
+        rec["val_curve"] = [[p["step"], p["source val"]["accuracy_mean"]] for p in curve]
+    rec = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"], "ppl_ratio": ppl,
+           "seconds": time.time() - start, **rec}
+    rec_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json(rec_file, rec)
+    print(f"lr sweep {method} {lr:g}: val {rec['accuracy']:.3f} margin {rec['margin']:.4f} ppl x{ppl:.3f}", flush=True)
+    return rec
+
+
+def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] | None = None) -> float:
+    """The rate ``choose_lr`` picks from the sweep over ``lr_sweep`` (then ``lr_below``, one at a time,
+    while every rate so far broke the model); rates that broke it in ``skip_broken_from`` are not run."""
+    cache = sweep_dir(grid, out) / f"{method}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["lr"]
+    skipped = broken_before(grid, out, method)
+    records: dict[float, dict] = {}
+
+    def chosen() -> float:
+        return choose_lr({lr: r["accuracy"] for lr, r in records.items()},
+                         {lr: r["margin"] for lr, r in records.items()},
+                         {lr: r["ppl_ratio"] for lr, r in records.items()}, grid.max_ppl_ratio)
+
+    def go_on(lr: float) -> bool:
+        if lr in grid.lr_below:  # only while every rate so far broke the model
+            return all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values())
+        if lr in grid.lr_above:  # only while the largest rate so far is the one chosen
+            return bool(records) and chosen() == max(records)
+        return True
+
+    for lr in [*grid.lr_sweep, *grid.lr_below, *grid.lr_above]:
+        if lr in skipped:
+            continue
+        if not go_on(lr):
+            if lr in grid.lr_below:
+                continue
+            break
+        records[lr] = sweep_point(grid, out, method, source, targets or [], lr)
+    if not records:
+        raise SystemExit(f"every rate of the sweep broke the model in {grid.skip_broken_from}: give the grid "
+                         "smaller rates (lr_sweep or lr_below)")
+    best = chosen()
+    cache.parent.mkdir(parents=True, exist_ok=True)
     write_json(cache, {"lr": best, "rule": choose_lr.__doc__.split("\n\n")[0].strip(), "max_ppl_ratio": grid.max_ppl_ratio,
-                       "source": source, "split": VAL_SPLIT, "steps": grid.sweep_steps,
-                       "sweep": {f"{lr:g}": r for lr, r in records.items()}})
+                       "source": source, "split": VAL_SPLIT, "steps": grid.sweep_steps or "epochs",
+                       "sweep": {f"{lr:g}": r for lr, r in records.items()},
+                       "skipped (broke the model in a shorter sweep)": sorted(skipped)})
     return best
+
+
+def adopt_sweep_run(grid: Grid, out: Path, method: str, source: str, lr: float) -> None:
+    """After a whole-budget sweep the first shift's seed-0 cell of ``method`` is the chosen rate's
+    run: its curve and run directory are copied in. A finished cell of another rate moves into the
+    sweep's folder (it is that rate's record); an unfinished cell of another rate is discarded."""
+    if grid.sweep_steps:
+        return
+    cell_dir = out / "cells" / source / method / f"seed{grid.seeds[0]}"
+    if (cell_dir / "cell.json").is_file():
+        old = json.loads((cell_dir / "cell.json").read_text()).get("lr")
+        if old == lr:
+            return
+        keep = sweep_dir(grid, out) / method / f"lr{old:g}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in ("cell.json", "curve.json"):
+            if (cell_dir / name).is_file():
+                shutil.move(cell_dir / name, keep / name)
+        print(f"cell {cell_dir}: trained at {old:g}, the sweep chose {lr:g}; kept in {keep}", flush=True)
+        shutil.rmtree(cell_dir)
+    elif cell_dir.is_dir():
+        run = cell_dir / "run"
+        if (run / "config.json").is_file() and read_config(run).get("lr") == lr:
+            return
+        print(f"cell {cell_dir}: unfinished at another rate than the sweep's {lr:g}; discarded", flush=True)
+        shutil.rmtree(cell_dir)
+    src = sweep_dir(grid, out) / method / f"lr{lr:g}"
+    if (src / "curve.json").is_file():
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "curve.json", cell_dir / "curve.json")
+        if (src / "run").is_dir():
+            shutil.copytree(src / "run", cell_dir / "run")
 
 
 # ---------------------------------------------------------------- cells
@@ -337,6 +440,39 @@ def refresh_behaviour(grid: Grid, cell: dict, cell_dir: Path) -> dict:
     return cell
 
 
+def train_curve(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lr: float,
+                folder: Path) -> tuple[list[dict], object, object, int]:
+    """Train ``method`` at ``lr`` for a cell's budget in ``curve_points`` segments (run in
+    ``folder/run``), scoring source validation and the first target items after each
+    (``folder/curve.json``, resumable): (curve, model with the final adapter, tokenizer, steps)."""
+    total = n_steps(grid, source)
+    cfg = train_config(grid, method, source, seed, lr, folder / "run", total, cache_dir(grid, out),
+                       shared_prompt=grid.shared_prompt)
+    curve_file = folder / "curve.json"
+    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+    # a curve point belongs to the run it was scored on: when the run's checkpoints are gone
+    # (a run directory is not committed), its points are scored again on the new run
+    last = max((s for s, _ in checkpoints(folder / "run")), default=0)
+    if any(p["step"] > last for p in curve):
+        print(f"cell {folder}: curve points past the run's last checkpoint ({last}) are scored again", flush=True)
+        curve = [p for p in curve if p["step"] <= last]
+    model = tok = None
+    for k in range(1, grid.curve_points + 1):
+        step = round(total * k / grid.curve_points)
+        if any(p["step"] == step for p in curve):
+            continue
+        t0 = time.time()
+        run = train_to(cfg, step)
+        t1 = time.time()
+        model, tok = load_adapter(grid, run)
+        curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets)),
+                      "seconds": {"train": t1 - t0, "scoring": time.time() - t1}})
+        write_json(curve_file, curve)
+    if model is None:  # every point was scored before (an adopted sweep run, or a sitting that stopped here)
+        model, tok = load_adapter(grid, train_to(cfg, total))
+    return curve, model, tok, total
+
+
 def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
@@ -368,29 +504,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
         lap("curve scoring")
     else:
-        total = n_steps(grid, source)
-        cfg = train_config(grid, method, source, seed, lrs[method], cell_dir / "run", total, cache_dir(grid, out),
-                           shared_prompt=grid.shared_prompt)
-        curve_file = cell_dir / "curve.json"
-        curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
-        # a curve point belongs to the run it was scored on: when the run's checkpoints are gone
-        # (a run directory is not committed), its points are scored again on the new run
-        last = max((s for s, _ in checkpoints(cell_dir / "run")), default=0)
-        if any(p["step"] > last for p in curve):
-            print(f"cell {cell_dir}: curve points past the run's last checkpoint ({last}) are scored again",
-                  flush=True)
-            curve = [p for p in curve if p["step"] <= last]
-        for k in range(1, grid.curve_points + 1):
-            step = round(total * k / grid.curve_points)
-            if any(p["step"] == step for p in curve):
-                continue
-            t0 = time.time()
-            run = train_to(cfg, step)
-            t1 = time.time()
-            model, tok = load_adapter(grid, run)
-            curve.append({"step": step, **score_sets(grid, model, tok, curve_sets(grid, source, targets)),
-                          "seconds": {"train": t1 - t0, "scoring": time.time() - t1}})
-            write_json(curve_file, curve)
+        curve, model, tok, total = train_curve(grid, out, source, targets, method, seed, lrs[method], cell_dir)
         clock = time.time()
         for part, key in (("train", "train"), ("curve scoring", "scoring")):
             timing[part] = sum(p.get("seconds", {}).get(key, 0.0) for p in curve)
@@ -457,7 +571,9 @@ def main() -> None:
     shifts = resolve_shifts(grid)
     first = next(iter(shifts))
     trained = [m for m in grid.methods if m not in ("base", "mms")]
-    lrs = {m: tune_lr(grid, m, first, out) for m in trained}
+    lrs = {m: tune_lr(grid, m, first, out, shifts[first]) for m in trained}
+    for m in trained:
+        adopt_sweep_run(grid, out, m, first, lrs[m])
     if args.methods and (unknown := set(args.methods) - set(grid.methods)):
         raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
     new = 0

@@ -195,3 +195,89 @@ def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "dpx"])
     with pytest.raises(SystemExit, match="dpx"):
         compare.main()
+
+
+def sweep_table(monkeypatch, table):
+    """sweep_point replaced by a table of (accuracy, ppl ratio) per rate; returns the rates run."""
+    ran = []
+
+    def fake(grid, out, method, source, targets, lr):
+        ran.append(lr)
+        acc, ppl = table[lr]
+        return {"accuracy": acc, "margin": 0.0, "n": 10, "ppl_ratio": ppl}
+
+    monkeypatch.setattr(compare, "sweep_point", fake)
+    return ran
+
+
+@pytest.mark.parametrize("table,expect_run,expect", [
+    # every swept rate broke the model: smaller rates in turn until one does not
+    ({3e-4: (0.7, 3.4), 1e-3: (0.6, 9.0), 1e-4: (0.65, 5.0), 3e-5: (0.6, 1.5)}, [3e-4, 1e-3, 1e-4, 3e-5], 3e-5),
+    ({3e-4: (0.7, 3.4), 1e-3: (0.6, 9.0), 1e-4: (0.65, 1.2), 3e-5: (0.6, 1.5)}, [3e-4, 1e-3, 1e-4], 1e-4),
+    # the largest rate is the choice: a larger one is tried, and only while it stays the choice
+    ({3e-4: (0.6, 1.0), 1e-3: (0.7, 1.0), 1e-2: (0.8, 1.0), 3e-2: (0.5, 1.0)}, [3e-4, 1e-3, 1e-2, 3e-2], 1e-2),
+    ({3e-4: (0.7, 1.0), 1e-3: (0.6, 1.0)}, [3e-4, 1e-3], 3e-4),
+])
+def test_sweep_extends_below_when_all_broke_and_above_when_the_largest_wins(tmp_path, monkeypatch, table,
+                                                                            expect_run, expect):
+    ran = sweep_table(monkeypatch, table)
+    grid = compare.Grid(lr_sweep=[3e-4, 1e-3], lr_below=[1e-4, 3e-5], lr_above=[1e-2, 3e-2], max_ppl_ratio=3.0,
+                        sweep_steps=None)
+    assert compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path) == expect
+    assert ran == expect_run
+    rec = json.loads((tmp_path / "lr-epoch" / "dpo.json").read_text())
+    assert rec["lr"] == expect and rec["steps"] == "epochs" and len(rec["sweep"]) == len(expect_run)
+
+
+def test_sweep_skips_rates_that_broke_the_model_in_a_shorter_sweep(tmp_path, monkeypatch):
+    ran = sweep_table(monkeypatch, {3e-4: (0.6, 1.0), 1e-3: (0.7, 1.0)})
+    (tmp_path / "lr").mkdir()
+    (tmp_path / "lr" / "dpo.json").write_text(json.dumps(
+        {"lr": 3e-4, "sweep": {"0.0003": {"ppl_ratio": 1.4}, "0.001": {"ppl_ratio": 2.0}, "0.003": {"ppl_ratio": 4e5}}}))
+    grid = compare.Grid(lr_sweep=[3e-4, 1e-3, 3e-3], sweep_steps=None, skip_broken_from="lr")
+    assert compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path) == 1e-3
+    assert ran == [3e-4, 1e-3]
+    assert json.loads((tmp_path / "lr-epoch" / "dpo.json").read_text())["skipped (broke the model in a shorter sweep)"] == [3e-3]
+    (tmp_path / "lr-epoch" / "dpo.json").unlink()
+    grid = compare.Grid(lr_sweep=[3e-3], sweep_steps=None, skip_broken_from="lr")
+    with pytest.raises(SystemExit, match="smaller rates"):
+        compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path)
+
+
+def test_whole_budget_sweep_becomes_the_first_cell(tiny_folder, tmp_path, monkeypatch):
+    """With ``sweep_steps: null`` each rate trains a cell's budget; the chosen rate's run is the
+    first shift's seed-0 cell (not trained again), and a finished cell of another rate (a record of
+    that rate: read, not run again) moves into the sweep's folder."""
+    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"], methods=["dpo"], seeds=[0],
+                        train_limit=4, batch_size=2, max_length=96, max_prompt_length=48, lora_r=2,
+                        eval_max_length=96, eval_limit=2, curve_points=2, curve_target_limit=2, val_limit=2,
+                        retain_data="embedded:capitals", retain_limit=2, n_samples=1, truthfulqa_limit=0,
+                        sycophancy_limit=0, lr_sweep=[5e-4, 1e-3], sweep_steps=None, max_ppl_ratio=50.0)
+    out = tmp_path / "out"
+    old = out / "cells" / "alpaca_easy" / "dpo" / "seed0"
+    old.mkdir(parents=True)
+    val = {"accuracy_mean": 1.0, "margin_mean": 0.5, "n": 2}
+    (old / "cell.json").write_text(json.dumps({"lr": 5e-4, "steps": 2, "retain_perplexity": {"ratio": 1000.0},
+                                               "curve": [{"step": 2, "source val": val}]}))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
+    trained = []
+    real_train_to = compare.train_to
+    monkeypatch.setattr(compare, "train_to", lambda cfg, step: trained.append((cfg.run_dir, cfg.lr, step)) or
+                        real_train_to(cfg, step))
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(out)])
+    compare.main()
+    sweep = json.loads((out / "lr-epoch" / "dpo.json").read_text())
+    assert sweep["lr"] == 1e-3  # 5e-4 broke the model (x1000 > 50)
+    assert sweep["sweep"]["0.0005"]["from"] == "cells/alpaca_easy/dpo/seed0/cell.json"
+    assert sweep["sweep"]["0.001"]["val_curve"][-1][0] == 2 and sweep["sweep"]["0.001"]["steps"] == 2
+    assert json.loads((out / "lr-epoch" / "dpo" / "lr0.0005" / "cell.json").read_text())["lr"] == 5e-4
+    cell = json.loads((old / "cell.json").read_text())
+    assert cell["lr"] == 1e-3 and cell["curve"] == json.loads((out / "lr-epoch" / "dpo" / "lr0.001" / "curve.json").read_text())
+    # trained once, in the sweep's folder; the cell only loaded the finished run
+    assert {(Path(r).parent.name, lr) for r, lr, _ in trained} == {("lr0.001", 1e-3), ("seed0", 1e-3)}
+    assert [s for r, _, s in trained if Path(r).parent.name == "seed0"] == [2]
+    assert "of which steps" in cell["timing"] and cell["scores"]["source test"]["n"] == 2
+    md = (out / "results.md").read_text()
+    assert "Learning-rate sweep `lr-epoch/` (the cells' whole budget" in md
+    assert "| dpo | 1.000 / 0.500 / x1000 | " in md and md.rstrip().endswith("| 0.001 |")
