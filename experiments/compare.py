@@ -14,7 +14,8 @@ resumes from its last checkpoint):
    retain perplexity ratio is at most ``max_ppl_ratio``, the highest validation accuracy, ties
    broken by the validation margin, then the smaller rate. Never a target. ``lr_below`` rates are
    tried while every rate broke the model, ``lr_above`` rates while the largest rate is the choice;
-   ``skip_broken_from`` names a shorter sweep whose broken rates are not run again.
+   ``skip_broken_from`` names a shorter sweep whose broken rates are not run again. A method is
+   tuned when its first cell comes up.
 2. **Cells** (source, method, seed): base and mms on every shift first, then every trained method on
    every shift for seed 0 before any second seed (``cell_order``).
    A trained method runs ``epochs`` over ``train[:90%]`` in ``curve_points`` segments; after each,
@@ -570,18 +571,20 @@ def main() -> None:
     write_json(out / "grid.json", dataclasses.asdict(grid))
     shifts = resolve_shifts(grid)
     first = next(iter(shifts))
-    trained = [m for m in grid.methods if m not in ("base", "mms")]
-    lrs = {m: tune_lr(grid, m, first, out, shifts[first]) for m in trained}
-    for m in trained:
-        adopt_sweep_run(grid, out, m, first, lrs[m])
     if args.methods and (unknown := set(args.methods) - set(grid.methods)):
         raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
+    lrs: dict[str, float] = {}
     new = 0
     for seed, source, method in cell_order(grid, list(shifts)):
         if args.methods and method not in args.methods:
             continue
         if args.max_cells is not None and new >= args.max_cells:
             return
+        if method not in ("base", "mms") and method not in lrs:
+            # tuned when its first cell comes up: a whole-budget sweep's chosen run is then
+            # finished as that cell in the same sitting (its run directory is not committed)
+            lrs[method] = tune_lr(grid, method, first, out, shifts[first])
+            adopt_sweep_run(grid, out, method, first, lrs[method])
         fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
         run_cell(grid, out, source, shifts[source], method, seed, lrs)
         new += fresh

@@ -182,15 +182,15 @@ def test_cell_order_reference_rows_first_then_seed_by_seed():
 
 
 def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
+    calls, tuned = [], []
+    monkeypatch.setattr(compare, "tune_lr", lambda *a: tuned.append(a[1]) or 1e-3)
     monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
                         calls.append((seed, source, method)))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard"], "methods": ["base", "mms", "dpo"]}))
     monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "mms"])
     compare.main()
-    assert calls == [(0, "alpaca_easy", "mms")]
+    assert calls == [(0, "alpaca_easy", "mms")] and tuned == []  # no sweep for a method this sitting skips
     assert json.loads((tmp_path / "out" / "grid.json").read_text())["methods"] == ["base", "mms", "dpo"]
     monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "dpx"])
     with pytest.raises(SystemExit, match="dpx"):
