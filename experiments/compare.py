@@ -273,7 +273,7 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
     rec_file = sweep_dir(grid, out) / method / f"lr{lr:g}.json"
     if rec_file.is_file():
         return json.loads(rec_file.read_text())
-    start = time.time()
+    start, spent = time.time(), 0.0
     run = sweep_dir(grid, out) / method / f"lr{lr:g}"
     if grid.sweep_steps:
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
@@ -286,7 +286,8 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
         cell = json.loads(cell_file.read_text()) if cell_file.is_file() else {}
         if cell.get("lr") == lr:  # the cell is this rate's run: read, not run again
             curve, ppl = cell["curve"], cell["retain_perplexity"]["ratio"]
-            start -= sum(sum(p.get("seconds", {}).values()) for p in curve)  # the run's training and curve
+            spent = sum(sum(p.get("seconds", {}).values()) for p in curve)  # the run's training and curve
+            start -= spent
             rec = {"steps": cell["steps"], "from": str(cell_file.relative_to(out))}
         else:
             curve, model, tok, total = train_curve(grid, out, source, targets, method, grid.seeds[0], lr, run)
@@ -296,6 +297,8 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
         rec["val_curve"] = [[p["step"], p["source val"]["accuracy_mean"]] for p in curve]
     rec = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"], "ppl_ratio": ppl,
            "seconds": time.time() - start, **rec}
+    if "from" in rec and not spent:
+        rec["seconds"] = None  # a cell that predates per-point timing
     rec_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(rec_file, rec)
     print(f"lr sweep {method} {lr:g}: val {rec['accuracy']:.3f} margin {rec['margin']:.4f} ppl x{ppl:.3f}", flush=True)

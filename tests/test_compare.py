@@ -270,6 +270,7 @@ def test_whole_budget_sweep_becomes_the_first_cell(tiny_folder, tmp_path, monkey
     sweep = json.loads((out / "lr-epoch" / "dpo.json").read_text())
     assert sweep["lr"] == 1e-3  # 5e-4 broke the model (x1000 > 50)
     assert sweep["sweep"]["0.0005"]["from"] == "cells/alpaca_easy/dpo/seed0/cell.json"
+    assert sweep["sweep"]["0.0005"]["seconds"] is None  # that cell kept no time per curve point
     assert sweep["sweep"]["0.001"]["val_curve"][-1][0] == 2 and sweep["sweep"]["0.001"]["steps"] == 2
     assert json.loads((out / "lr-epoch" / "dpo" / "lr0.0005" / "cell.json").read_text())["lr"] == 5e-4
     cell = json.loads((old / "cell.json").read_text())

@@ -30,3 +30,35 @@ def test_readme_decisive_table_matches_results_csv():
         assert round(acc(method, "source test"), 3) == source, method
         assert round(acc(method, "target alpaca_hard"), 3) == target, method
     assert {m for m, *_ in rows} == {r["method"] for r in csv_rows}, "a finished cell is missing from the README table"
+
+
+def test_readme_revised_sweep_table_matches_its_records():
+    """The README's table of the whole-epoch learning-rate sweep quotes results/decisive/lr-epoch/:
+    each finished rate's validation accuracy and margin, and the chosen rate once a method is done."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "results/decisive/lr-epoch"
+    lines = (root / "README.md").read_text().splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| method (whole epoch) |"))
+    rates = [float(c) for c in lines[head].strip("|").split("|")[1:-1]]
+    methods = set()
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        method, *cells, chosen = [c.strip() for c in line.strip("|").split("|")]
+        methods.add(method)
+        for lr, cell in zip(rates, cells, strict=True):
+            rec = folder / method / f"lr{lr:g}.json"
+            if rec.is_file():
+                r = json.loads(rec.read_text())
+                assert cell.startswith(f"{r['accuracy']:.3f} / {r['margin']:.3f} / x"), (method, lr, cell)
+            else:
+                assert not cell[:1].isdigit(), f"{method} {lr:g}: the README quotes a point with no record"
+        done = folder / f"{method}.json"
+        if done.is_file():
+            assert float(chosen.split()[0]) == json.loads(done.read_text())["lr"], method
+        else:
+            assert chosen.startswith("running"), method
+    started = {p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("lr*.json"))}
+    assert started <= methods, f"sweep points missing from the README table: {sorted(started - methods)}"
