@@ -306,8 +306,9 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
 
 
 def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] | None = None) -> float:
-    """The rate ``choose_lr`` picks from the sweep over ``lr_sweep`` (then ``lr_below``, one at a time,
-    while every rate so far broke the model); rates that broke it in ``skip_broken_from`` are not run."""
+    """The rate ``choose_lr`` picks from the sweep over ``lr_sweep``, then ``lr_below`` one at a time
+    while every rate so far broke the model, then ``lr_above`` one at a time while the largest rate so
+    far is the chosen one. Rates that broke the model in ``skip_broken_from`` are not run."""
     cache = sweep_dir(grid, out) / f"{method}.json"
     if cache.is_file():
         return json.loads(cache.read_text())["lr"]
@@ -319,21 +320,19 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
                          {lr: r["margin"] for lr, r in records.items()},
                          {lr: r["ppl_ratio"] for lr, r in records.items()}, grid.max_ppl_ratio)
 
-    def go_on(lr: float) -> bool:
-        if lr in grid.lr_below:  # only while every rate so far broke the model
-            return all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values())
-        if lr in grid.lr_above:  # only while the largest rate so far is the one chosen
-            return bool(records) and chosen() == max(records)
-        return True
-
-    for lr in [*grid.lr_sweep, *grid.lr_below, *grid.lr_above]:
-        if lr in skipped:
-            continue
-        if not go_on(lr):
-            if lr in grid.lr_below:
+    def run(lrs: list[float], while_) -> None:
+        for lr in lrs:
+            if lr in skipped:
                 continue
-            break
-        records[lr] = sweep_point(grid, out, method, source, targets or [], lr)
+            if not while_():
+                return
+            records[lr] = sweep_point(grid, out, method, source, targets or [], lr)
+
+    run(grid.lr_sweep, lambda: True)
+    # smaller rates only while every rate so far broke the model
+    run(grid.lr_below, lambda: all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values()))
+    # larger rates only while the largest rate so far is the one chosen
+    run(grid.lr_above, lambda: bool(records) and chosen() == max(records))
     if not records:
         raise SystemExit(f"every rate of the sweep broke the model in {grid.skip_broken_from}: give the grid "
                          "smaller rates (lr_sweep or lr_below)")
