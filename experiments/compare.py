@@ -308,7 +308,8 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
 def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] | None = None) -> float:
     """The rate ``choose_lr`` picks from the sweep over ``lr_sweep``, then ``lr_below`` one at a time
     while every rate so far broke the model, then ``lr_above`` one at a time while the largest rate so
-    far is the chosen one. Rates that broke the model in ``skip_broken_from`` are not run."""
+    far is the chosen one. Rates that broke the model in ``skip_broken_from`` are not run, nor is an
+    ``lr_above`` rate above one of them."""
     cache = sweep_dir(grid, out) / f"{method}.json"
     if cache.is_file():
         return json.loads(cache.read_text())["lr"]
@@ -331,8 +332,9 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
     run(grid.lr_sweep, lambda: True)
     # smaller rates only while every rate so far broke the model
     run(grid.lr_below, lambda: all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values()))
-    # larger rates only while the largest rate so far is the one chosen
-    run(grid.lr_above, lambda: bool(records) and chosen() == max(records))
+    # larger rates only while the largest rate so far is the one chosen, and never above a rate that
+    # broke the model in the shorter sweep
+    run(grid.lr_above, lambda: bool(records) and chosen() == max([*records, *skipped]))
     if not records:
         raise SystemExit(f"every rate of the sweep broke the model in {grid.skip_broken_from}: give the grid "
                          "smaller rates (lr_sweep or lr_below)")

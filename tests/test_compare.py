@@ -239,6 +239,12 @@ def test_sweep_skips_rates_that_broke_the_model_in_a_shorter_sweep(tmp_path, mon
     assert ran == [3e-4, 1e-3]
     assert json.loads((tmp_path / "lr-epoch" / "dpo.json").read_text())["skipped (broke the model in a shorter sweep)"] == [3e-3]
     (tmp_path / "lr-epoch" / "dpo.json").unlink()
+    # the largest rate run wins, but a larger one broke the model before: no rate above is tried
+    ran.clear()
+    grid = compare.Grid(lr_sweep=[3e-4, 1e-3, 3e-3], lr_above=[1e-2], sweep_steps=None, skip_broken_from="lr")
+    assert compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path) == 1e-3
+    assert ran == [3e-4, 1e-3]
+    (tmp_path / "lr-epoch" / "dpo.json").unlink()
     grid = compare.Grid(lr_sweep=[3e-3], sweep_steps=None, skip_broken_from="lr")
     with pytest.raises(SystemExit, match="smaller rates"):
         compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path)
