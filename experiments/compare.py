@@ -566,6 +566,9 @@ def main() -> None:
     p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells (for a sitting)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="this sitting runs only these of the grid's methods (the grid itself is unchanged)")
+    p.add_argument("--sources", nargs="+", default=None,
+                   help="this sitting runs only the shifts from these sources (the grid itself is unchanged); "
+                        "a method not tuned yet still gets its sweep and its first-shift cell")
     args = p.parse_args()
     grid = Grid(**json.loads(Path(args.grid).read_text())) if args.grid else Grid()
     if args.shift_file:
@@ -577,10 +580,16 @@ def main() -> None:
     first = next(iter(shifts))
     if args.methods and (unknown := set(args.methods) - set(grid.methods)):
         raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
+    if args.sources and (unknown := set(args.sources) - set(shifts)):
+        raise SystemExit(f"--sources: {sorted(unknown)} not among the grid's sources {list(shifts)}")
     lrs: dict[str, float] = {}
     new = 0
     for seed, source, method in cell_order(grid, list(shifts)):
         if args.methods and method not in args.methods:
+            continue
+        untuned = (source == first and seed == grid.seeds[0] and method not in ("base", "mms")
+                   and not (sweep_dir(grid, out) / f"{method}.json").is_file())
+        if args.sources and source not in args.sources and not untuned:
             continue
         if args.max_cells is not None and new >= args.max_cells:
             return

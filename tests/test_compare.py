@@ -197,6 +197,29 @@ def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
         compare.main()
 
 
+def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
+    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
+    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+                        calls.append((seed, source, method)))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
+                                 "methods": ["base", "dpo", "reprpo"], "seeds": [0, 1],
+                                 "sweep_steps": None}))
+    argv = ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--sources", "alpaca_short"]
+    monkeypatch.setattr("sys.argv", argv)
+    (tmp_path / "out" / "lr-epoch").mkdir(parents=True)
+    (tmp_path / "out" / "lr-epoch" / "dpo.json").write_text(json.dumps({"lr": 1e-3}))
+    compare.main()
+    # reprpo is not tuned yet: its sweep's chosen run is finished as its first-shift cell this sitting
+    assert calls == [(0, "alpaca_short", "base"), (0, "alpaca_easy", "reprpo"), (0, "alpaca_short", "dpo"),
+                     (0, "alpaca_short", "reprpo"), (1, "alpaca_short", "dpo"), (1, "alpaca_short", "reprpo")]
+    monkeypatch.setattr("sys.argv", argv[:-1] + ["alpaca_hard"])
+    with pytest.raises(SystemExit, match="alpaca_hard"):
+        compare.main()
+
+
 def sweep_table(monkeypatch, table):
     """sweep_point replaced by a table of (accuracy, ppl ratio) per rate; returns the rates run."""
     ran = []
