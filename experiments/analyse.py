@@ -152,6 +152,37 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = ()) -> list[str]:
+    """One row per method, one column per shift: source / target test accuracy (seed means) and,
+    below, the target difference against DPO (DPO's own row: against the base model) with its
+    paired 95% interval; the last column pools the target difference over the shifts run."""
+    from grid_figures import fmt_diff
+
+    index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
+    shifts = list(dict.fromkeys(c["shift"] for c in cells))
+    cols = {s: list(next(c for c in cells if c["shift"] == s)["scores"]) for s in shifts}
+    title = {s: f"{s} -> {cols[s][-1].split(' ', 1)[1]}" for s in shifts}
+    lines = ["| method | " + " | ".join(title[s] for s in shifts) + " | pooled target |",
+             "|---|" + "---|" * (len(shifts) + 1)]
+    present = set(c["method"] for c in cells)
+    for method in [m for m in order if m in present] + sorted(present - set(order)):
+        vs = "base" if method == "dpo" else "dpo"
+        row = []
+        for s in shifts:
+            mc = [c for c in cells if c["shift"] == s and c["method"] == method]
+            if not mc:
+                row.append("not run")
+                continue
+            src, tgt = (statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc) for col in cols[s])
+            diff = index.get((s, cols[s][-1], method, vs))
+            row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else ""))
+        pooled = index.get(("pooled", "target", method, vs))
+        n = int(pooled["strata"]) if pooled else 0
+        row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({n} shift{'s' * (n > 1)})" if pooled else "")
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
 def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict) -> str:
     from grid_figures import fmt_diff
 
@@ -160,6 +191,9 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              f"{grid['batch_size']} pairs (max length {grid['max_length']}), LoRA r{grid['lora_r']}; seeds "
              f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
              f"{len(cells)} cells, compute {wall / 3600:.2f} h.", "",
+             "At a glance: source / target test accuracy; below, the target difference against DPO (DPO's row: "
+             "against the base model), paired 95% interval, McNemar p, * where the interval excludes 0:", "",
+             *overview_lines(cells, paired, grid.get("methods", [])), "",
              "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}

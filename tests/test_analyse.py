@@ -1,0 +1,38 @@
+"""The comparison's overview table quotes the paired statistics of the cells it is given."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+EXPERIMENTS = Path(__file__).parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+spec = importlib.util.spec_from_file_location("analyse", EXPERIMENTS / "analyse.py")
+analyse = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(analyse)
+
+
+def _cell(shift, target, method, source_ok, target_ok):
+    def scores(ok):
+        return {"items": {"id": [f"i{k}" for k in range(len(ok))], "correct": ok}, "accuracy_mean": sum(ok) / len(ok)}
+
+    return {"shift": shift, "method": method, "seed": 0,
+            "scores": {"source test": scores(source_ok), f"target {target}": scores(target_ok)}}
+
+
+def test_overview_rows_columns_and_differences():
+    n = 40
+    cells = [
+        _cell("a", "b", "base", [1] * 20 + [0] * 20, [1] * 20 + [0] * 20),
+        _cell("a", "b", "dpo", [1] * 30 + [0] * 10, [1] * 20 + [0] * 20),
+        # wins on every target item DPO lost: +0.5, far outside any interval
+        _cell("a", "b", "reprpo", [1] * 20 + [0] * 20, [1] * n),
+        _cell("c", "d", "base", [1] * 10 + [0] * 30, [0] * n),
+    ]
+    lines = analyse.overview_lines(cells, analyse.paired_rows(cells), ["base", "dpo", "reprpo"])
+    assert lines[0] == "| method | a -> b | c -> d | pooled target |"
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
+    assert list(rows) == ["base", "dpo", "reprpo"]
+    assert "0.500 / 1.000<br>vs DPO +0.500 (+0.350, +0.650)" in rows["reprpo"] and rows["reprpo"].count("*") == 2
+    assert "0.750 / 0.500<br>vs base +0.000" in rows["dpo"] and "*" not in rows["dpo"]
+    assert "| not run |" in rows["reprpo"] and "(1 shift)" in rows["reprpo"]
+    assert "0.250 / 0.000 |" in rows["base"]  # no DPO on that shift: accuracies only
