@@ -62,3 +62,20 @@ def test_readme_revised_sweep_table_matches_its_records():
             assert chosen.startswith("running"), method
     started = {p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("lr*.json"))}
     assert started <= methods, f"sweep points missing from the README table: {sorted(started - methods)}"
+
+
+def test_readme_overview_table_is_the_analysis_one():
+    """The README's at-a-glance table of the decisive grid is the one `experiments/analyse.py`
+    last wrote to results/decisive/results.md (regenerate and copy it when cells land)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def block(text: str) -> list[str]:
+        lines = text.splitlines()
+        head = next((i for i, line in enumerate(lines) if line.startswith("| method | alpaca_easy -> ")), None)
+        assert head is not None, "no at-a-glance table"
+        end = next((i for i in range(head, len(lines)) if not lines[i].startswith("|")), len(lines))
+        return lines[head:end]
+
+    readme = block((root / "README.md").read_text())
+    assert len(readme) >= 4
+    assert readme == block((root / "results/decisive/results.md").read_text())
