@@ -152,10 +152,23 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = ()) -> list[str]:
+def ppl_text(cells: list[dict], bound: float | None = None) -> str:
+    """The retain perplexity ratio of a method's cells (mean over seeds), naming each seed whose
+    ratio is past ``bound`` (the grid's ``max_ppl_ratio``, by which rates were ruled out)."""
+    ratios = [(c["seed"], c["retain_perplexity"]["ratio"]) for c in cells if c.get("retain_perplexity")]
+    if not ratios:
+        return ""
+    text = f"{statistics.mean(r for _, r in ratios):.2f}"
+    over = [f"seed {s} x{r:.2f}" for s, r in ratios if bound is not None and r > bound]
+    return text + (f" ({', '.join(over)}: past the x{bound:g} bound)" if over else "")
+
+
+def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
+                   bound: float | None = None) -> list[str]:
     """One row per method, one column per shift: source / target test accuracy (seed means) and,
     below, the target difference against DPO (DPO's own row: against the base model) with its
-    paired 95% interval; the last column pools the target difference over the shifts run."""
+    paired 95% interval and the retain perplexity ratio (damage; seeds past ``bound`` named);
+    the last column pools the target difference over the shifts run."""
     from grid_figures import fmt_diff
 
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
@@ -175,7 +188,9 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = ())
                 continue
             src, tgt = (statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc) for col in cols[s])
             diff = index.get((s, cols[s][-1], method, vs))
-            row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else ""))
+            damage = ppl_text(mc, bound)
+            row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else "")
+                       + (f"<br>retain ppl x{damage}" if damage else ""))
         pooled = index.get(("pooled", "target", method, vs))
         n = int(pooled["strata"]) if pooled else 0
         row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({n} shift{'s' * (n > 1)})" if pooled else "")
@@ -192,8 +207,9 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
              f"{len(cells)} cells, compute {wall / 3600:.2f} h.", "",
              "At a glance: source / target test accuracy; below, the target difference against DPO (DPO's row: "
-             "against the base model), paired 95% interval, McNemar p, * where the interval excludes 0:", "",
-             *overview_lines(cells, paired, grid.get("methods", [])), "",
+             "against the base model), paired 95% interval, McNemar p, * where the interval excludes 0; "
+             "then the retain perplexity ratio:", "",
+             *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio")), "",
              "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
@@ -205,11 +221,10 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
                 if not mc:
                     continue
                 acc = statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc)
-                ppl = [c["retain_perplexity"]["ratio"] for c in mc if c.get("retain_perplexity")]
-                ppl_text = f"{statistics.mean(ppl):.2f}" if ppl else ""
                 lines.append(f"| {shift} | {col} | {method} | {len(mc)} | {acc:.3f} | "
                              f"{fmt_diff(index.get((shift, col, method, 'base')))} | "
-                             f"{fmt_diff(index.get((shift, col, method, 'dpo')))} | {ppl_text} |")
+                             f"{fmt_diff(index.get((shift, col, method, 'dpo')))} | "
+                             f"{ppl_text(mc, grid.get('max_ppl_ratio'))} |")
     lines += ["", "Pooled over shifts (mean of per-shift paired differences, bootstrap stratified by shift):", "",
               "| eval | method | vs base | vs DPO |", "|---|---|---|---|"]
     for kind in ("source", "target"):

@@ -11,12 +11,13 @@ analyse = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(analyse)
 
 
-def _cell(shift, target, method, source_ok, target_ok):
+def _cell(shift, target, method, source_ok, target_ok, ppl=None, seed=0):
     def scores(ok):
         return {"items": {"id": [f"i{k}" for k in range(len(ok))], "correct": ok}, "accuracy_mean": sum(ok) / len(ok)}
 
-    return {"shift": shift, "method": method, "seed": 0,
-            "scores": {"source test": scores(source_ok), f"target {target}": scores(target_ok)}}
+    return {"shift": shift, "method": method, "seed": seed,
+            "scores": {"source test": scores(source_ok), f"target {target}": scores(target_ok)},
+            **({"retain_perplexity": {"ratio": ppl}} if ppl is not None else {})}
 
 
 def test_overview_rows_columns_and_differences():
@@ -36,3 +37,17 @@ def test_overview_rows_columns_and_differences():
     assert "0.750 / 0.500<br>vs base +0.000" in rows["dpo"] and "*" not in rows["dpo"]
     assert "| not run |" in rows["reprpo"] and "(1 shift)" in rows["reprpo"]
     assert "0.250 / 0.000 |" in rows["base"]  # no DPO on that shift: accuracies only
+
+
+def test_overview_damage_names_seeds_past_the_bound():
+    ok = [1] * 30 + [0] * 10
+    cells = [_cell("a", "b", "base", ok, ok),
+             _cell("a", "b", "dpo", ok, ok, ppl=2.5, seed=0), _cell("a", "b", "dpo", ok, ok, ppl=3.5, seed=1),
+             _cell("a", "b", "reprpo", ok, ok, ppl=1.2)]
+    rows = {line.split(" | ")[0].strip("| "): line for line in
+            analyse.overview_lines(cells, analyse.paired_rows(cells), ["base", "dpo", "reprpo"], bound=3.0)[2:]}
+    assert "<br>retain ppl x3.00 (seed 1 x3.50: past the x3 bound)" in rows["dpo"]
+    assert "<br>retain ppl x1.20 |" in rows["reprpo"] and "bound" not in rows["reprpo"]
+    assert "retain ppl" not in rows["base"]
+    # without a bound the mean alone
+    assert analyse.ppl_text(cells[1:3]) == "3.00"
