@@ -47,7 +47,7 @@ def sign_flip_p(diff: np.ndarray, n_resamples: int = 20000, seed: int = 0) -> fl
     """Two-sided p of the per-item differences' mean under random sign flips (exact when the
     nonzero differences are few, else ``n_resamples`` Monte Carlo draws)."""
     nonzero = diff[diff != 0]
-    if nonzero.size == 0:
+    if nonzero.size < 2:  # no or one nonzero difference: both signs give the same |mean|, p = 1
         return 1.0
     res = stats.permutation_test((nonzero,), np.mean, permutation_type="samples", n_resamples=n_resamples,
                                  alternative="two-sided", rng=np.random.default_rng(seed))

@@ -76,3 +76,14 @@ def test_pooled_difference_is_the_mean_of_strata_with_a_stratified_interval():
     a3, b3 = _outcomes({(1, 1): 100})
     res = pooled_difference({"s3": (a3, b3), "s4": (a3, b3)})
     assert res["ci95"] == [0.0, 0.0]
+
+
+def test_one_discordant_item_gives_p_one():
+    # a single nonzero difference: flipping its sign leaves |mean| unchanged, so p = 1,
+    # as McNemar's exact test gives for one discordant pair (a seed-averaged 0.5 hit this)
+    diff = np.zeros(250)
+    diff[7] = 0.5
+    assert sign_flip_p(diff) == 1.0
+    x, y = np.zeros(20), np.zeros(20)
+    x[3] = 1
+    assert sign_flip_p(x - y) == pytest.approx(mcnemar_exact(x, y)["p"])
