@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from reprkit.stats import paired_difference, pooled_difference
+from reprkit.stats import paired_difference, pooled_difference, pooled_seed_item_difference, seed_item_difference
 
 COMPARE_TO = ("dpo", "base")
 
@@ -38,6 +38,21 @@ def per_item(cells: list[dict], shift: str, method: str, col: str) -> dict[str, 
     return {i: sum(v) / len(v) for i, v in out.items()}
 
 
+def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list[dict[str, int]]:
+    """One ``{item id: correct}`` per seed of the method on one eval set, in seed order."""
+    runs = sorted((c for c in cells if c["shift"] == shift and c["method"] == method and col in c["scores"]),
+                  key=lambda c: c["seed"])
+    return [dict(zip(c["scores"][col]["items"]["id"], c["scores"][col]["items"]["correct"])) for c in runs]
+
+
+def _seed_flat(res: dict) -> dict:
+    """The seed-and-item interval's columns of a paired row."""
+    out = {"seed_ci_low": res["ci95"][0], "seed_ci_high": res["ci95"][1], "seed_significant": res["significant"]}
+    if "per_seed" in res:
+        out["per_seed"] = " / ".join(f"{d:+.3f}" for d in res["per_seed"])
+    return out
+
+
 def paired_rows(cells: list[dict]) -> list[dict]:
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     methods = list(dict.fromkeys(c["method"] for c in cells))
@@ -53,11 +68,14 @@ def paired_rows(cells: list[dict]) -> list[dict]:
                     if a is None or b is None or method == other:
                         continue
                     res = paired_difference(a, b)
-                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **_flat(res)})
-                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (a, b)
+                    ra, rb = per_seed_items(cells, shift, method, col), per_seed_items(cells, shift, other, col)
+                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **_flat(res),
+                                 **_seed_flat(seed_item_difference(ra, rb))})
+                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (a, b, ra, rb)
     for (kind, method, other), strata in pooled.items():
-        res = pooled_difference(strata)
-        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res)})
+        res = pooled_difference({k: v[:2] for k, v in strata.items()})
+        seeds = pooled_seed_item_difference({k: v[2:] for k, v in strata.items()})
+        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds)})
     return rows
 
 
@@ -198,6 +216,28 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
     return lines
 
 
+def seed_lines(paired: list[dict]) -> list[str]:
+    """Target differences against DPO (DPO's: against the base model) with the spread between seeds
+    in the interval: each seed's own difference, and the interval that resamples seeds and items.
+    A difference 'holds across seeds' only where that interval excludes 0 too."""
+    rows = [r for r in paired if r["eval"] != "source" and not r["eval"].startswith("source")
+            and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
+    if not rows:
+        return []
+    lines = ["", "Against seed-to-seed spread: target difference against DPO (DPO's row: against the base model); "
+             "items only = the paired interval over items with seeds averaged (as above); seeds and items = the "
+             "bootstrap that resamples each method's seeds as well as the items:", "",
+             "| shift | method | difference | each seed | items only 95% CI | seeds and items 95% CI | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        items, both = r["significant"] in (True, "True"), r["seed_significant"] in (True, "True")
+        verdict = ("holds across seeds" if both else "items only: not across seeds" if items else "not significant")
+        lines.append(f"| {r['shift']} | {r['method']} | {float(r['difference']):+.3f} | {r.get('per_seed') or ''} | "
+                     f"({float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}) | "
+                     f"({float(r['seed_ci_low']):+.3f}, {float(r['seed_ci_high']):+.3f}) | {verdict} |")
+    return lines
+
+
 def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict) -> str:
     from grid_figures import fmt_diff
 
@@ -232,6 +272,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
             b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
             if b or d:
                 lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
+    lines += seed_lines(paired)
     extra = [c for c in cells if c.get("behaviour")]
     if extra:
         names = list(dict.fromkeys(k for c in extra for k in c["behaviour"]))

@@ -12,6 +12,12 @@ Outcomes are 0/1 per item, or (several seeds) the mean over seeds per item. The 
 paired bootstrap percentile interval (scipy); the p-value is McNemar's exact test for 0/1
 outcomes and, for seed-averaged ones, the sign-flip permutation test of the per-item differences,
 which is McNemar's exact test again when the outcomes are 0/1.
+
+Averaging seeds per item leaves the spread between training seeds out of the interval: two seeds
+can disagree by more than the difference the items call significant. ``seed_item_difference``
+resamples each method's seeds as well as the items and gives the interval that holds both:
+
+>>> seed_item_difference([a_seed0, a_seed1], [b_seed0, b_seed1])   # {"difference", "ci95", "per_seed", ...}
 """
 
 from __future__ import annotations
@@ -107,3 +113,59 @@ def pooled_difference(strata: dict[str, tuple[dict, dict]], n_resamples: int = 1
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return {"strata": len(diffs), "n": int(sum(len(d) for d in diffs.values())), "difference": point,
             "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}
+
+
+def _seed_item_draws(a_runs: list[dict], b_runs: list[dict], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap draws of mean(a - b) that resample both the runs (seeds) of each method and the
+    items (the same items for both: the pairing is kept)."""
+    ids = sorted(a_runs[0])
+    for runs in (a_runs, b_runs):
+        for r in runs:
+            align(r, a_runs[0])
+    A = np.array([[r[i] for i in ids] for r in a_runs], dtype=float)   # seeds x items
+    B = np.array([[r[i] for i in ids] for r in b_runs], dtype=float)
+    n = len(ids)
+    sa = A[rng.integers(0, len(A), (n_resamples, len(A)))].mean(1)      # draws x items
+    sb = B[rng.integers(0, len(B), (n_resamples, len(B)))].mean(1)
+    items = rng.integers(0, n, (n_resamples, n))
+    draws = np.take_along_axis(sa - sb, items, axis=1).mean(1)
+    return draws
+
+
+def _run_mean_difference(a_runs: list[dict], b_runs: list[dict]) -> float:
+    return float(np.mean([np.mean(list(r.values())) for r in a_runs]) - np.mean([np.mean(list(r.values())) for r in b_runs]))
+
+
+def seed_item_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]],
+                         n_resamples: int = 4000, seed: int = 0) -> dict:
+    """First minus second with an interval that holds the spread between training seeds as well as
+    between items: each bootstrap draw resamples each method's runs (seeds) and then the items,
+    paired. ``a_runs`` and ``b_runs`` are one ``{item id: 0/1}`` per seed; a method without seeds
+    (the base model) passes one run. With one run on each side this is the item-paired interval;
+    where seeds disagree by more than the items' noise it is wider. Also returns each seed's own
+    difference (first's seed s minus second's seed s where the second has as many runs, else minus
+    the second's seed mean)."""
+    if not a_runs or not b_runs:
+        raise ValueError("seed_item_difference needs at least one run on each side")
+    draws = _seed_item_draws(a_runs, b_runs, n_resamples, np.random.default_rng(seed))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    mean_b = {i: float(np.mean([r[i] for r in b_runs])) for i in a_runs[0]}
+    per_seed = []
+    for s, r in enumerate(a_runs):
+        other = b_runs[s] if len(b_runs) == len(a_runs) else mean_b
+        x, y = align(r, other)
+        per_seed.append(float((x - y).mean()))
+    return {"n": len(a_runs[0]), "runs": [len(a_runs), len(b_runs)], "difference": _run_mean_difference(a_runs, b_runs),
+            "per_seed": per_seed, "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}
+
+
+def pooled_seed_item_difference(strata: dict[str, tuple[list[dict], list[dict]]], n_resamples: int = 4000,
+                                seed: int = 0) -> dict:
+    """``seed_item_difference`` pooled over strata (shifts): the mean of the strata's differences,
+    each draw resampling seeds and items within every stratum."""
+    rng = np.random.default_rng(seed)
+    draws = np.mean([_seed_item_draws(a, b, n_resamples, rng) for a, b in strata.values()], axis=0)
+    point = float(np.mean([_run_mean_difference(a, b) for a, b in strata.values()]))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return {"strata": len(strata), "difference": point, "ci95": [float(lo), float(hi)],
+            "significant": bool(lo > 0 or hi < 0)}

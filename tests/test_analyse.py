@@ -51,3 +51,25 @@ def test_overview_damage_names_seeds_past_the_bound():
     assert "retain ppl" not in rows["base"]
     # without a bound the mean alone
     assert analyse.ppl_text(cells[1:3]) == "3.00"
+
+
+def test_seed_table_tells_a_seed_disagreement_from_a_difference_that_holds():
+    base = [1] * 100 + [0] * 100
+    dpo = [1] * 100 + [0] * 100
+    # reprpo: seed 0 wins 40 items DPO loses, seed 1 wins 2; reroute: both seeds win 20
+    r0, r1 = [1] * 140 + [0] * 60, [1] * 102 + [0] * 98
+    rr = [1] * 120 + [0] * 80
+    cells = [_cell("a", "b", "base", base, base)]
+    for seed in (0, 1):
+        cells += [_cell("a", "b", "dpo", dpo, dpo, seed=seed),
+                  _cell("a", "b", "reprpo", dpo, [r0, r1][seed], seed=seed),
+                  _cell("a", "b", "reroute", dpo, rr, seed=seed)]
+    paired = analyse.paired_rows(cells)
+    rows = {(r["shift"], r["method"]): r for r in paired if r["eval"] != "source test" and r["vs"] == "dpo"}
+    assert rows[("a", "reprpo")]["per_seed"] == "+0.200 / +0.010"
+    assert rows[("a", "reprpo")]["significant"] and not rows[("a", "reprpo")]["seed_significant"]
+    assert rows[("a", "reroute")]["seed_significant"]
+    lines = {line.split(" | ")[1]: line for line in analyse.seed_lines(paired) if line.startswith("| a |")}
+    assert lines["reprpo"].endswith("items only: not across seeds |")
+    assert lines["reroute"].endswith("holds across seeds |")
+    assert lines["dpo"].endswith("not significant |")

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from reprkit.stats import align, mcnemar_exact, paired_difference, pooled_difference, sign_flip_p
+from reprkit.stats import (align, mcnemar_exact, paired_difference, pooled_difference, pooled_seed_item_difference,
+                           seed_item_difference, sign_flip_p)
 
 
 def _outcomes(table: dict[tuple[int, int], int]) -> tuple[dict, dict]:
@@ -87,3 +88,52 @@ def test_one_discordant_item_gives_p_one():
     x, y = np.zeros(20), np.zeros(20)
     x[3] = 1
     assert sign_flip_p(x - y) == pytest.approx(mcnemar_exact(x, y)["p"])
+
+
+def _runs(rng, n, p_right, k):
+    return [{f"i{j}": int(v) for j, v in enumerate(rng.random(n) < p_right)} for _ in range(k)]
+
+
+def test_seed_item_interval_holds_the_seed_spread():
+    rng = np.random.default_rng(1)
+    base = _runs(rng, 250, 0.5, 1)[0]
+    # seed 0 of the method is the base model plus 20 wins; seed 1 plus 2 wins: the items call the
+    # seed-averaged +0.044 decisive, but the seeds disagree by 0.072
+    wins = [i for i, v in base.items() if v == 0]
+    seed0, seed1 = dict(base), dict(base)
+    for i in wins[:20]:
+        seed0[i] = 1
+    for i in wins[:2]:
+        seed1[i] = 1
+    items = paired_difference({i: (seed0[i] + seed1[i]) / 2 for i in base}, base)
+    both = seed_item_difference([seed0, seed1], [base])
+    assert items["significant"] and items["difference"] == pytest.approx(0.044)
+    assert both["difference"] == pytest.approx(0.044)
+    assert both["per_seed"] == pytest.approx([0.08, 0.008])
+    assert both["runs"] == [2, 1]
+    assert both["ci95"][0] < 0.01 < items["ci95"][0]
+    assert both["ci95"][1] - both["ci95"][0] > 1.5 * (items["ci95"][1] - items["ci95"][0])
+    # seeds that agree: the interval is the items' one again, and decisive
+    agree = seed_item_difference([seed0, seed0], [base])
+    alone = paired_difference(seed0, base)
+    assert agree["significant"] and agree["ci95"] == pytest.approx(alone["ci95"], abs=0.012)
+
+
+def test_seed_item_difference_pairs_seeds_and_needs_the_same_items():
+    a = [{"x": 1, "y": 1}, {"x": 0, "y": 1}]
+    b = [{"x": 0, "y": 1}, {"x": 0, "y": 0}]
+    assert seed_item_difference(a, b)["per_seed"] == [0.5, 0.5]
+    with pytest.raises(ValueError, match="same items"):
+        seed_item_difference(a, [{"x": 0, "z": 1}])
+    with pytest.raises(ValueError, match="at least one run"):
+        seed_item_difference(a, [])
+
+
+def test_pooled_seed_item_difference():
+    rng = np.random.default_rng(2)
+    s1 = (_runs(rng, 200, 0.7, 2), _runs(rng, 200, 0.5, 2))
+    s2 = (_runs(rng, 100, 0.5, 2), _runs(rng, 100, 0.5, 1))
+    res = pooled_seed_item_difference({"s1": s1, "s2": s2})
+    one = [seed_item_difference(*s) for s in (s1, s2)]
+    assert res["difference"] == pytest.approx(np.mean([r["difference"] for r in one]))
+    assert res["strata"] == 2 and res["ci95"][0] < res["difference"] < res["ci95"][1]
