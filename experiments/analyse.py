@@ -28,14 +28,8 @@ def load_cells(out: Path) -> list[dict]:
 
 def per_item(cells: list[dict], shift: str, method: str, col: str) -> dict[str, float] | None:
     """Item id -> mean correctness over the method's seeds on one eval set."""
-    runs = [c["scores"][col]["items"] for c in cells if c["shift"] == shift and c["method"] == method and col in c["scores"]]
-    if not runs:
-        return None
-    out: dict[str, list[int]] = {}
-    for r in runs:
-        for i, ok in zip(r["id"], r["correct"]):
-            out.setdefault(i, []).append(ok)
-    return {i: sum(v) / len(v) for i, v in out.items()}
+    runs = per_seed_items(cells, shift, method, col)
+    return {i: sum(r[i] for r in runs) / len(runs) for i in runs[0]} if runs else None
 
 
 def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list[dict[str, int]]:
@@ -220,8 +214,7 @@ def seed_lines(paired: list[dict]) -> list[str]:
     """Target differences against DPO (DPO's: against the base model) with the spread between seeds
     in the interval: each seed's own difference, and the interval that resamples seeds and items.
     A difference 'holds across seeds' only where that interval excludes 0 too."""
-    rows = [r for r in paired if r["eval"] != "source" and not r["eval"].startswith("source")
-            and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
+    rows = [r for r in paired if not r["eval"].startswith("source") and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
     if not rows:
         return []
     lines = ["", "Against seed-to-seed spread: target difference against DPO (DPO's row: against the base model); "

@@ -110,9 +110,13 @@ def pooled_difference(strata: dict[str, tuple[dict, dict]], n_resamples: int = 1
         idx = rng.integers(0, len(d), size=(n_resamples, len(d)))
         draws += d[idx].mean(1)
     draws /= len(diffs)
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"strata": len(diffs), "n": int(sum(len(d) for d in diffs.values())), "difference": point,
-            "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}
+    return {"strata": len(diffs), "n": int(sum(len(d) for d in diffs.values())), "difference": point, **_interval(draws)}
+
+
+def _interval(draws: np.ndarray) -> dict:
+    """The 95% percentile interval of bootstrap draws, and whether it excludes 0."""
+    lo, hi = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+    return {"ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
 
 
 def _seed_item_draws(a_runs: list[dict], b_runs: list[dict], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -148,7 +152,6 @@ def seed_item_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, 
     if not a_runs or not b_runs:
         raise ValueError("seed_item_difference needs at least one run on each side")
     draws = _seed_item_draws(a_runs, b_runs, n_resamples, np.random.default_rng(seed))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
     mean_b = {i: float(np.mean([r[i] for r in b_runs])) for i in a_runs[0]}
     per_seed = []
     for s, r in enumerate(a_runs):
@@ -156,7 +159,7 @@ def seed_item_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, 
         x, y = align(r, other)
         per_seed.append(float((x - y).mean()))
     return {"n": len(a_runs[0]), "runs": [len(a_runs), len(b_runs)], "difference": _run_mean_difference(a_runs, b_runs),
-            "per_seed": per_seed, "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}
+            "per_seed": per_seed, **_interval(draws)}
 
 
 def pooled_seed_item_difference(strata: dict[str, tuple[list[dict], list[dict]]], n_resamples: int = 4000,
@@ -166,6 +169,4 @@ def pooled_seed_item_difference(strata: dict[str, tuple[list[dict], list[dict]]]
     rng = np.random.default_rng(seed)
     draws = np.mean([_seed_item_draws(a, b, n_resamples, rng) for a, b in strata.values()], axis=0)
     point = float(np.mean([_run_mean_difference(a, b) for a, b in strata.values()]))
-    lo, hi = np.percentile(draws, [2.5, 97.5])
-    return {"strata": len(strata), "difference": point, "ci95": [float(lo), float(hi)],
-            "significant": bool(lo > 0 or hi < 0)}
+    return {"strata": len(strata), "difference": point, **_interval(draws)}
