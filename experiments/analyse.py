@@ -7,6 +7,11 @@ and against the base model, per shift and eval set, and pooled over shifts), ``m
 (target accuracy where each run's source-validation accuracy reaches DPO's final one),
 ``results.md`` (the tables) and plotly figures (``*.html``, and ``*.png`` when kaleido can render).
 Differences are paired on the same items, seeds averaged per item (``reprkit.stats``).
+
+Cells of seeds beyond the grid's (``compare.py --seeds``) are a follow-up chosen after the grid's
+result: they stay out of the tables above, which are the design's, and get their own section of
+``results.md``, ``followup-results.csv`` (their cells), ``followup-paired.csv`` (the differences
+they change, recomputed over every seed beside the grid's own) and ``followup-matched.csv``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,81 @@ def _seed_flat(res: dict) -> dict:
     if "per_seed" in res:
         out["per_seed"] = " / ".join(f"{d:+.3f}" for d in res["per_seed"])
     return out
+
+
+def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
+    """(the grid's cells, the cells of seeds beyond the grid's)."""
+    seeds = set(grid.get("seeds") or {c["seed"] for c in cells})
+    return [c for c in cells if c["seed"] in seeds], [c for c in cells if c["seed"] not in seeds]
+
+
+def followup_rows(cells: list[dict], extra: list[dict]) -> list[dict]:
+    """For each shift and method with follow-up cells: its differences against DPO (DPO's: against
+    the base model) on every eval set, over all its seeds, grid's and follow-up's together."""
+    rows = []
+    for shift, method in dict.fromkeys((c["shift"], c["method"]) for c in extra):
+        other = "base" if method == "dpo" else "dpo"
+        for col in next(c for c in extra if c["shift"] == shift and c["method"] == method)["scores"]:
+            a, b = per_item(cells, shift, method, col), per_item(cells, shift, other, col)
+            if b is None:
+                continue
+            ra, rb = per_seed_items(cells, shift, method, col), per_seed_items(cells, shift, other, col)
+            rows.append({"shift": shift, "eval": col, "method": method, "vs": other,
+                         "seeds": f"{len(ra)} / {len(rb)}", **_flat(paired_difference(a, b)),
+                         **_seed_flat(seed_item_difference(ra, rb))})
+    return rows
+
+
+def followup_lines(extra: list[dict], follow: list[dict], paired: list[dict], match: list[dict] = ()) -> list[str]:
+    """The follow-up's section: its cells and cost, then each difference with the grid's seeds
+    beside the same difference with the follow-up's seeds added; then, where given, the matched
+    source accuracy rows of the follow-up's methods with its seeds added."""
+    if not extra:
+        return []
+    keys = [(c["shift"], c["method"], c["seed"]) for c in extra]
+    which = "; ".join(f"{s}: " + ", ".join(f"{m} seed {d}" for s2, m, d in keys if s2 == s)
+                      for s in dict.fromkeys(k[0] for k in keys))
+    index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
+    lines = ["", f"Follow-up beyond the grid's seeds ({which}; {len(extra)} cells, compute "
+             f"{sum(cell_seconds(c) for c in extra) / 3600:.2f} h), run after the grid's result (`compare.py --seeds`): "
+             "a follow-up, not part of the design's test, and the tables above leave it out. Each difference "
+             "with the grid's seeds, then with the follow-up's added "
+             "(items-only and seeds-and-items 95% intervals):", "",
+             "| shift | eval | method | vs | grid's seeds: difference, items, seeds and items | seeds | "
+             "with follow-up: difference | each seed | items only 95% CI | seeds and items 95% CI | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in follow:
+        g = index.get((r["shift"], r["eval"], r["method"], r["vs"]))
+        grid_text = (f"{float(g['difference']):+.3f}, ({float(g['ci_low']):+.3f}, {float(g['ci_high']):+.3f}), "
+                     f"({float(g['seed_ci_low']):+.3f}, {float(g['seed_ci_high']):+.3f})") if g else "-"
+        lines.append(f"| {r['shift']} | {r['eval']} | {r['method']} | {r['vs']} | {grid_text} | {r['seeds']} | "
+                     f"{r['difference']:+.3f} | {r['per_seed']} | ({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | "
+                     f"({r['seed_ci_low']:+.3f}, {r['seed_ci_high']:+.3f}) | {verdict(r)} |")
+    if match:
+        lines += ["", "The follow-up's methods at matched source accuracy, every seed (DPO's level: the mean of "
+                  "all its seeds' final source validation):", "",
+                  "| shift | target | method | seed | DPO final source val | target at match | final target |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [matched_line(r) for r in match]
+    return lines
+
+
+def followup_matched(everything: list[dict], extra: list[dict]) -> list[dict]:
+    """``matched`` over every seed, for the shifts and methods the follow-up ran."""
+    keys = {(c["shift"], c["method"]) for c in extra}
+    return [r for r in matched(everything) if (r["shift"], r["method"]) in keys]
+
+
+def matched_line(r: dict) -> str:
+    at = "never reached" if r["target_at_match"] is None else f"{r['target_at_match']:.3f}"
+    return (f"| {r['shift']} | {r['target']} | {r['method']} | {r['seed']} | "
+            f"{r['dpo_final_source_val']:.3f} | {at} | {r['final_target']:.3f} |")
+
+
+def verdict(r: dict) -> str:
+    """Whether a paired row's difference holds over items and over seeds."""
+    items, both = r["significant"] in (True, "True"), r["seed_significant"] in (True, "True")
+    return "holds across seeds" if both else "items only: not across seeds" if items else "not significant"
 
 
 def paired_rows(cells: list[dict]) -> list[dict]:
@@ -223,15 +303,13 @@ def seed_lines(paired: list[dict]) -> list[str]:
              "| shift | method | difference | each seed | items only 95% CI | seeds and items 95% CI | verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        items, both = r["significant"] in (True, "True"), r["seed_significant"] in (True, "True")
-        verdict = ("holds across seeds" if both else "items only: not across seeds" if items else "not significant")
         lines.append(f"| {r['shift']} | {r['method']} | {float(r['difference']):+.3f} | {r.get('per_seed') or ''} | "
                      f"({float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}) | "
-                     f"({float(r['seed_ci_low']):+.3f}, {float(r['seed_ci_high']):+.3f}) | {verdict} |")
+                     f"({float(r['seed_ci_low']):+.3f}, {float(r['seed_ci_high']):+.3f}) | {verdict(r)} |")
     return lines
 
 
-def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict) -> str:
+def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict, followup: list[str] = ()) -> str:
     from grid_figures import fmt_diff
 
     wall = sum(cell_seconds(c) for c in cells)
@@ -265,7 +343,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
             b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
             if b or d:
                 lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
-    lines += seed_lines(paired)
+    lines += seed_lines(paired) + list(followup)
     extra = [c for c in cells if c.get("behaviour")]
     if extra:
         names = list(dict.fromkeys(k for c in extra for k in c["behaviour"]))
@@ -279,10 +357,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
         lines += ["", "At matched source accuracy (target subset where source validation first reaches DPO's final):", "",
                   "| shift | target | method | seed | DPO final source val | target at match | final target |",
                   "|---|---|---|---|---|---|---|"]
-        for r in match:
-            at = "never reached" if r["target_at_match"] is None else f"{r['target_at_match']:.3f}"
-            lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['seed']} | "
-                         f"{r['dpo_final_source_val']:.3f} | {at} | {r['final_target']:.3f} |")
+        lines += [matched_line(r) for r in match]
     lines += cost_lines(cells)
     return "\n".join(lines) + "\n"
 
@@ -318,11 +393,18 @@ def analyse(out: Path) -> None:
         print(f"no finished cells in {out}/cells yet")
         return
     grid = json.loads((out / "grid.json").read_text())
+    everything = cells
+    cells, extra = split_followup(everything, grid)
     paired, match = paired_rows(cells), matched(cells)
+    follow, fmatch = followup_rows(everything, extra), followup_matched(everything, extra)
     write_csv(out / "results.csv", result_rows(cells))
     write_csv(out / "paired.csv", paired)
     write_csv(out / "matched.csv", match)
-    (out / "results.md").write_text(markdown(cells, paired, match, grid) + "\n".join(sweep_lines(out)) + "\n")
+    write_csv(out / "followup-results.csv", result_rows(extra))
+    write_csv(out / "followup-paired.csv", follow)
+    write_csv(out / "followup-matched.csv", fmatch)
+    text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch))
+    (out / "results.md").write_text(text + "\n".join(sweep_lines(out)) + "\n")
     save(curve_figure(cells), out / "matched-accuracy")
     save(difference_figure(paired), out / "differences")
     print((out / "results.md").read_text())

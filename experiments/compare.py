@@ -548,14 +548,15 @@ def read_mms(grid: Grid, model, tok, source: str) -> tuple[dict, tuple]:
     return info, (direction, layer)
 
 
-def cell_order(grid: Grid, sources: list[str]) -> list[tuple[int, str, str]]:
+def cell_order(grid: Grid, sources: list[str], seeds: list[int] | None = None) -> list[tuple[int, str, str]]:
     """(seed, source, method) in the order the grid runs them: the untrained cells (base, mms; one
-    seed, they are deterministic) of every shift first, cheap and each shift's reference rows; then
-    every trained method on every shift with the first seed before any later seed."""
+    seed, the grid's first: they are deterministic) of every shift first, cheap and each shift's
+    reference rows; then every trained method on every shift with the first seed before any later
+    seed. ``seeds`` (default: the grid's) are the trained cells' seeds."""
     untrained = [m for m in grid.methods if m in ("base", "mms")]
     trained = [m for m in grid.methods if m not in untrained]
     order = [(grid.seeds[0], s, m) for s in sources for m in untrained]
-    return order + [(seed, s, m) for seed in grid.seeds for s in sources for m in trained]
+    return order + [(seed, s, m) for seed in (seeds or grid.seeds) for s in sources for m in trained]
 
 
 def main() -> None:
@@ -569,6 +570,10 @@ def main() -> None:
     p.add_argument("--sources", nargs="+", default=None,
                    help="this sitting runs only the shifts from these sources (the grid itself is unchanged); "
                         "a method not tuned yet still gets its sweep and its first-shift cell")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="this sitting trains these seeds (default: the grid's); a seed outside the grid's adds "
+                        "cells beside it, e.g. a third seed on one shift to settle a difference the seeds split. "
+                        "The grid's first seed stays the one that tunes rates and scores behaviour")
     args = p.parse_args()
     grid = Grid(**json.loads(Path(args.grid).read_text())) if args.grid else Grid()
     if args.shift_file:
@@ -584,7 +589,7 @@ def main() -> None:
         raise SystemExit(f"--sources: {sorted(unknown)} not among the grid's sources {list(shifts)}")
     lrs: dict[str, float] = {}
     new = 0
-    for seed, source, method in cell_order(grid, list(shifts)):
+    for seed, source, method in cell_order(grid, list(shifts), args.seeds):
         if args.methods and method not in args.methods:
             continue
         untuned = (source == first and seed == grid.seeds[0] and method not in ("base", "mms")

@@ -15,7 +15,7 @@ def _cell(shift, target, method, source_ok, target_ok, ppl=None, seed=0):
     def scores(ok):
         return {"items": {"id": [f"i{k}" for k in range(len(ok))], "correct": ok}, "accuracy_mean": sum(ok) / len(ok)}
 
-    return {"shift": shift, "method": method, "seed": seed,
+    return {"shift": shift, "method": method, "seed": seed, "seconds": 60.0,
             "scores": {"source test": scores(source_ok), f"target {target}": scores(target_ok)},
             **({"retain_perplexity": {"ratio": ppl}} if ppl is not None else {})}
 
@@ -73,3 +73,27 @@ def test_seed_table_tells_a_seed_disagreement_from_a_difference_that_holds():
     assert lines["reprpo"].endswith("items only: not across seeds |")
     assert lines["reroute"].endswith("holds across seeds |")
     assert lines["dpo"].endswith("not significant |")
+
+
+def test_a_followup_seed_stays_out_of_the_design_tables_and_gets_its_own():
+    ok = [1] * 100 + [0] * 100
+    r0, r1, r2 = [1] * 140 + [0] * 60, [1] * 102 + [0] * 98, [1] * 130 + [0] * 70  # +0.200, +0.010, +0.150
+    cells = [_cell("a", "b", "base", ok, ok), _cell("c", "d", "base", ok, ok)]
+    for seed in (0, 1, 2):
+        cells += [_cell("a", "b", "dpo", ok, ok, seed=seed), _cell("a", "b", "reprpo", ok, [r0, r1, r2][seed], seed=seed)]
+    main, extra = analyse.split_followup(cells, {"seeds": [0, 1]})
+    assert {(c["method"], c["seed"]) for c in extra} == {("dpo", 2), ("reprpo", 2)} and len(main) == 6
+    paired = analyse.paired_rows(main)
+    grid_row = next(r for r in paired if (r["method"], r["vs"], r["eval"]) == ("reprpo", "dpo", "target b"))
+    assert grid_row["per_seed"] == "+0.200 / +0.010" and abs(grid_row["difference"] - 0.105) < 1e-9
+    follow = analyse.followup_rows(cells, extra)
+    # the follow-up's shift and methods only: dpo against base, reprpo against DPO, each eval set
+    assert {(r["shift"], r["method"], r["vs"]) for r in follow} == {("a", "dpo", "base"), ("a", "reprpo", "dpo")}
+    row = next(r for r in follow if (r["method"], r["eval"]) == ("reprpo", "target b"))
+    assert row["seeds"] == "3 / 3" and row["per_seed"] == "+0.200 / +0.010 / +0.150"
+    assert abs(row["difference"] - 0.12) < 1e-9
+    lines = analyse.followup_lines(extra, follow, paired)
+    assert "a: dpo seed 2, reprpo seed 2; 2 cells" in lines[1]
+    line = next(x for x in lines if x.startswith("| a | target b | reprpo | dpo |"))
+    assert "| +0.105, (" in line and "| 3 / 3 | +0.120 |" in line
+    assert analyse.followup_lines([], [], paired) == []

@@ -220,6 +220,25 @@ def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
         compare.main()
 
 
+def test_a_sitting_can_add_a_seed_beyond_the_grids(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
+    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
+    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+                        calls.append((seed, source, method, grid.seeds)))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
+                                 "methods": ["base", "dpo", "reprpo"], "seeds": [0, 1], "sweep_steps": None}))
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"),
+                                     "--sources", "alpaca_short", "--methods", "dpo", "--seeds", "2"])
+    (tmp_path / "out" / "lr-epoch").mkdir(parents=True)
+    (tmp_path / "out" / "lr-epoch" / "dpo.json").write_text(json.dumps({"lr": 1e-3}))
+    compare.main()
+    # only the new seed's cell; the grid (and what it records) keeps its seeds, seed 0 still tunes
+    assert calls == [(2, "alpaca_short", "dpo", [0, 1])]
+    assert json.loads((tmp_path / "out" / "grid.json").read_text())["seeds"] == [0, 1]
+
+
 def sweep_table(monkeypatch, table):
     """sweep_point replaced by a table of (accuracy, ppl ratio) per rate; returns the rates run."""
     ran = []
