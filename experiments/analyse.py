@@ -5,13 +5,15 @@
 Writes ``results.csv`` (one row per cell and eval set), ``paired.csv`` (every method against DPO
 and against the base model, per shift and eval set, and pooled over shifts), ``matched.csv``
 (target accuracy where each run's source-validation accuracy reaches DPO's final one),
+``matched-paired.csv`` (there, each method against DPO on the same items),
 ``results.md`` (the tables) and plotly figures (``*.html``, and ``*.png`` when kaleido can render).
 Differences are paired on the same items, seeds averaged per item (``reprkit.stats``).
 
 Cells of seeds beyond the grid's (``compare.py --seeds``) are a follow-up chosen after the grid's
 result: they stay out of the tables above, which are the design's, and get their own section of
 ``results.md``, ``followup-results.csv`` (their cells), ``followup-paired.csv`` (the differences
-they change, recomputed over every seed beside the grid's own) and ``followup-matched.csv``.
+they change, recomputed over every seed beside the grid's own), ``followup-matched.csv`` and
+``followup-matched-paired.csv``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from pathlib import Path
 from reprkit.stats import paired_difference, pooled_difference, pooled_seed_item_difference, seed_item_difference
 
 COMPARE_TO = ("dpo", "base")
+MATCHED_TITLE = ("At matched source accuracy, paired: target (curve subset) against DPO's where each run's source "
+                 "validation first reaches DPO's final (mean over its seeds), per-item outcomes interpolated between "
+                 "checkpoints as the accuracies are; runs that never reach the level are left out (counted):")
 
 
 def load_cells(out: Path) -> list[dict]:
@@ -75,7 +80,8 @@ def followup_rows(cells: list[dict], extra: list[dict]) -> list[dict]:
     return rows
 
 
-def followup_lines(extra: list[dict], follow: list[dict], paired: list[dict], match: list[dict] = ()) -> list[str]:
+def followup_lines(extra: list[dict], follow: list[dict], paired: list[dict], match: list[dict] = (),
+                   match_paired: list[dict] = ()) -> list[str]:
     """The follow-up's section: its cells and cost, then each difference with the grid's seeds
     beside the same difference with the follow-up's seeds added; then, where given, the matched
     source accuracy rows of the follow-up's methods with its seeds added."""
@@ -106,13 +112,17 @@ def followup_lines(extra: list[dict], follow: list[dict], paired: list[dict], ma
                   "| shift | target | method | seed | DPO final source val | target at match | final target |",
                   "|---|---|---|---|---|---|---|"]
         lines += [matched_line(r) for r in match]
+    lines += matched_paired_lines(match_paired, "The same, paired against DPO, every seed:")
     return lines
 
 
-def followup_matched(everything: list[dict], extra: list[dict]) -> list[dict]:
-    """``matched`` over every seed, for the shifts and methods the follow-up ran."""
+def followup_matched(everything: list[dict], extra: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``matched`` and ``matched_paired_rows`` over every seed, for the shifts and methods the
+    follow-up ran."""
     keys = {(c["shift"], c["method"]) for c in extra}
-    return [r for r in matched(everything) if (r["shift"], r["method"]) in keys]
+    paired = matched_paired_rows([c for c in everything if c["shift"] in {k[0] for k in keys}], {k[1] for k in keys})
+    return ([r for r in matched(everything) if (r["shift"], r["method"]) in keys],
+            [r for r in paired if (r["shift"], r["method"]) in keys])
 
 
 def matched_line(r: dict) -> str:
@@ -190,12 +200,91 @@ def matched(cells: list[dict]) -> list[dict]:
 
 
 def _cross(xs: list[float], ys: list[float], level: float) -> float | None:
+    at = _crossing(xs, level)
+    if at is None:
+        return None
+    i, w = at
+    return ys[i] if w == 0 else ys[i] + (ys[i + 1] - ys[i]) * w
+
+
+def _crossing(xs: list[float], level: float) -> tuple[int, float] | None:
+    """Where ``xs`` first reaches ``level``: (point i, weight w of point i + 1), linear between
+    points; None where it never does."""
     if xs[0] >= level:
-        return ys[0]
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
+        return 0, 0.0
+    for i, (x0, x1) in enumerate(zip(xs, xs[1:])):
         if x0 < level <= x1:
-            return y0 + (y1 - y0) * (level - x0) / (x1 - x0)
+            return i, (level - x0) / (x1 - x0)
     return None  # never reached
+
+
+def matched_items(base: dict, cell: dict, col: str, level: float) -> dict[str, float] | None:
+    """A run's per-item target outcomes (curve subset) where its source validation first reaches
+    ``level``, interpolated between the two checkpoints around it as ``matched`` interpolates the
+    accuracy (so their mean is that run's ``target_at_match``); None where it never does."""
+    from grid_figures import run_points
+
+    points = run_points(base, cell)
+    at = _crossing([p["source val"]["accuracy_mean"] for p in points], level)
+    if at is None:
+        return None
+    i, w = at
+    lo = dict(zip(points[i][col]["items"]["id"], points[i][col]["items"]["correct"]))
+    if w == 0:
+        return {k: float(v) for k, v in lo.items()}
+    hi = dict(zip(points[i + 1][col]["items"]["id"], points[i + 1][col]["items"]["correct"]))
+    return {k: lo[k] + (hi[k] - lo[k]) * w for k in lo}
+
+
+def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> list[dict]:
+    """Each trained method's target (curve subset) against DPO's at DPO's final source validation
+    (mean over DPO's seeds), paired by item: both the seed-averaged items interval and the one that
+    resamples seeds as well. Runs that never reach the level are left out and counted (``reached``):
+    a method most of whose runs never reach it is compared on the runs that did."""
+    rows = []
+    for shift in dict.fromkeys(c["shift"] for c in cells):
+        base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
+        runs = [c for c in cells if c["shift"] == shift and c.get("curve") and c["method"] not in ("base", "mms")]
+        dpo = [c for c in runs if c["method"] == "dpo"]
+        if base is None or not dpo:
+            continue
+        level = statistics.mean(c["curve"][-1]["source val"]["accuracy_mean"] for c in dpo)
+        for target in base["targets"]:
+            col = f"target {target}"
+            at = {}
+            for c in sorted(runs, key=lambda c: c["seed"]):
+                at.setdefault(c["method"], []).append(matched_items(base, c, col, level))
+            b_runs = [r for r in at["dpo"] if r is not None]
+            for method, a_all in at.items():
+                a_runs = [r for r in a_all if r is not None]
+                if method == "dpo" or (methods is not None and method not in methods):
+                    continue
+                row = {"shift": shift, "target": target, "method": method, "vs": "dpo", "level": level,
+                       "reached": f"{len(a_runs)} of {len(a_all)} / {len(b_runs)} of {len(at['dpo'])}"}
+                if base["curve"][0]["source val"]["accuracy_mean"] >= level:
+                    row["note"] = "the frozen model is at the level: every run is read at step 0"
+                elif a_runs and b_runs:
+                    a = {k: statistics.mean(r[k] for r in a_runs) for k in a_runs[0]}
+                    b = {k: statistics.mean(r[k] for r in b_runs) for k in b_runs[0]}
+                    row.update(_flat(paired_difference(a, b)), **_seed_flat(seed_item_difference(a_runs, b_runs)))
+                rows.append(row)
+    return rows
+
+
+def matched_paired_lines(rows: list[dict], title: str) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", title, "", "| shift | target | method | runs at the level (method / DPO) | difference | "
+             "items only 95% CI | seeds and items 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "difference" not in r:
+            lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | "
+                         f"{r.get('note') or 'never reached'} | | | |")
+            continue
+        lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | {r['difference']:+.3f} | "
+                     f"({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | ({r['seed_ci_low']:+.3f}, {r['seed_ci_high']:+.3f}) | "
+                     f"{verdict(r)} |")
+    return lines
 
 
 def cell_seconds(cell: dict) -> float:
@@ -309,7 +398,8 @@ def seed_lines(paired: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict, followup: list[str] = ()) -> str:
+def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict, followup: list[str] = (),
+             match_paired: list[dict] = ()) -> str:
     from grid_figures import fmt_diff
 
     wall = sum(cell_seconds(c) for c in cells)
@@ -358,6 +448,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
                   "| shift | target | method | seed | DPO final source val | target at match | final target |",
                   "|---|---|---|---|---|---|---|"]
         lines += [matched_line(r) for r in match]
+    lines += matched_paired_lines(match_paired, MATCHED_TITLE)
     lines += cost_lines(cells)
     return "\n".join(lines) + "\n"
 
@@ -396,14 +487,18 @@ def analyse(out: Path) -> None:
     everything = cells
     cells, extra = split_followup(everything, grid)
     paired, match = paired_rows(cells), matched(cells)
-    follow, fmatch = followup_rows(everything, extra), followup_matched(everything, extra)
+    match_paired = matched_paired_rows(cells)
+    follow, (fmatch, fmatch_paired) = followup_rows(everything, extra), followup_matched(everything, extra)
     write_csv(out / "results.csv", result_rows(cells))
     write_csv(out / "paired.csv", paired)
     write_csv(out / "matched.csv", match)
+    write_csv(out / "matched-paired.csv", match_paired)
     write_csv(out / "followup-results.csv", result_rows(extra))
     write_csv(out / "followup-paired.csv", follow)
     write_csv(out / "followup-matched.csv", fmatch)
-    text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch))
+    write_csv(out / "followup-matched-paired.csv", fmatch_paired)
+    text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch, fmatch_paired),
+                    match_paired)
     (out / "results.md").write_text(text + "\n".join(sweep_lines(out)) + "\n")
     save(curve_figure(cells), out / "matched-accuracy")
     save(difference_figure(paired), out / "differences")

@@ -97,3 +97,46 @@ def test_a_followup_seed_stays_out_of_the_design_tables_and_gets_its_own():
     line = next(x for x in lines if x.startswith("| a | target b | reprpo | dpo |"))
     assert "| +0.105, (" in line and "| 3 / 3 | +0.120 |" in line
     assert analyse.followup_lines([], [], paired) == []
+
+
+def _point(step, source_acc, target_ok):
+    return {"step": step, "source val": {"accuracy_mean": source_acc},
+            "target b": {"accuracy_mean": sum(target_ok) / len(target_ok),
+                         "items": {"id": [f"i{k}" for k in range(len(target_ok))], "correct": target_ok}}}
+
+
+def _run(method, seed, points):
+    return {**_cell("a", "b", method, [1], [1], seed=seed), "targets": ["b"], "curve": points}
+
+
+def test_matched_paired_reads_each_run_where_its_source_reaches_dpos_level():
+    n = 40
+    zeros, ones, half = [0] * n, [1] * n, [1] * 20 + [0] * 20
+    base = {**_cell("a", "b", "base", [1], [1]), "targets": ["b"], "curve": [_point(0, 0.5, zeros)]}
+    cells = [base,
+             # DPO: final source 0.8 in both seeds, so the level is 0.8; read at the last checkpoint
+             _run("dpo", 0, [_point(1, 0.6, ones), _point(2, 0.8, half)]),
+             _run("dpo", 1, [_point(1, 0.7, ones), _point(2, 0.8, half)]),
+             # reprpo reaches 0.8 half-way between its checkpoints (0.7 -> 0.9): items 0.5 * 1 + 0.5 * 0
+             _run("reprpo", 0, [_point(1, 0.7, ones), _point(2, 0.9, zeros)]),
+             _run("reprpo", 1, [_point(1, 0.7, ones), _point(2, 0.9, zeros)]),
+             _run("reroute", 0, [_point(1, 0.5, ones), _point(2, 0.6, ones)])]  # never reaches 0.8
+    at = analyse.matched_items(base, cells[3], "target b", 0.8)
+    assert all(abs(v - 0.5) < 1e-9 for v in at.values()) and len(at) == n
+    # the items' mean is the accuracy matched() interpolates
+    row = next(r for r in analyse.matched(cells) if (r["method"], r["seed"]) == ("reprpo", 0))
+    assert abs(row["target_at_match"] - 0.5) < 1e-9
+    rows = {r["method"]: r for r in analyse.matched_paired_rows(cells)}
+    assert set(rows) == {"reprpo", "reroute"}
+    assert rows["reprpo"]["reached"] == "2 of 2 / 2 of 2" and abs(rows["reprpo"]["difference"]) < 1e-9
+    assert not rows["reprpo"]["significant"]  # +0.5 on half the items, -0.5 on the other half
+    assert rows["reroute"]["reached"] == "0 of 1 / 2 of 2" and "difference" not in rows["reroute"]
+    lines = analyse.matched_paired_lines(list(rows.values()), "title")
+    assert lines[-1] == "| a | b | reroute | 0 of 1 / 2 of 2 | never reached | | | |"
+    # a method above DPO on every item at the level is significant
+    cells[3]["curve"][1] = cells[4]["curve"][1] = _point(2, 0.9, ones)
+    assert analyse.matched_paired_rows(cells, {"reprpo"})[0]["seed_significant"]
+    # where the frozen model already reaches DPO's level every run is read at step 0: no comparison
+    base["curve"][0]["source val"]["accuracy_mean"] = 0.85
+    rows = analyse.matched_paired_rows(cells)
+    assert all("difference" not in r and "step 0" in r["note"] for r in rows)
