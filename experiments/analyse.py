@@ -36,10 +36,16 @@ def load_cells(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*/seed*/cell.json"))]
 
 
-def per_item(cells: list[dict], shift: str, method: str, col: str) -> dict[str, float] | None:
-    """Item id -> mean correctness over the method's seeds on one eval set."""
-    runs = per_seed_items(cells, shift, method, col)
-    return {i: sum(r[i] for r in runs) / len(runs) for i in runs[0]} if runs else None
+def seed_mean(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Item id -> mean outcome over runs (seeds)."""
+    return {i: sum(r[i] for r in runs) / len(runs) for i in runs[0]}
+
+
+def compare_runs(a_runs: list[dict], b_runs: list[dict]) -> dict:
+    """First minus second as a row: the items-only paired statistics on the seeds' per-item means,
+    and the interval that resamples seeds as well as items."""
+    return {**_flat(paired_difference(seed_mean(a_runs), seed_mean(b_runs))),
+            **_seed_flat(seed_item_difference(a_runs, b_runs))}
 
 
 def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list[dict[str, int]]:
@@ -70,13 +76,10 @@ def followup_rows(cells: list[dict], extra: list[dict]) -> list[dict]:
     for shift, method in dict.fromkeys((c["shift"], c["method"]) for c in extra):
         other = "base" if method == "dpo" else "dpo"
         for col in next(c for c in extra if c["shift"] == shift and c["method"] == method)["scores"]:
-            a, b = per_item(cells, shift, method, col), per_item(cells, shift, other, col)
-            if b is None:
-                continue
             ra, rb = per_seed_items(cells, shift, method, col), per_seed_items(cells, shift, other, col)
-            rows.append({"shift": shift, "eval": col, "method": method, "vs": other,
-                         "seeds": f"{len(ra)} / {len(rb)}", **_flat(paired_difference(a, b)),
-                         **_seed_flat(seed_item_difference(ra, rb))})
+            if rb:
+                rows.append({"shift": shift, "eval": col, "method": method, "vs": other,
+                             "seeds": f"{len(ra)} / {len(rb)}", **compare_runs(ra, rb)})
     return rows
 
 
@@ -120,9 +123,9 @@ def followup_matched(everything: list[dict], extra: list[dict]) -> tuple[list[di
     """``matched`` and ``matched_paired_rows`` over every seed, for the shifts and methods the
     follow-up ran."""
     keys = {(c["shift"], c["method"]) for c in extra}
-    paired = matched_paired_rows([c for c in everything if c["shift"] in {k[0] for k in keys}], {k[1] for k in keys})
-    return ([r for r in matched(everything) if (r["shift"], r["method"]) in keys],
-            [r for r in paired if (r["shift"], r["method"]) in keys])
+    cells = [c for c in everything if c["shift"] in {k[0] for k in keys}]
+    return ([r for r in matched(cells) if (r["shift"], r["method"]) in keys],
+            [r for r in matched_paired_rows(cells, {k[1] for k in keys}) if (r["shift"], r["method"]) in keys])
 
 
 def matched_line(r: dict) -> str:
@@ -146,19 +149,16 @@ def paired_rows(cells: list[dict]) -> list[dict]:
         for col in cols:
             kind = "source" if col.startswith("source") else "target"
             for method in methods:
-                a = per_item(cells, shift, method, col)
+                ra = per_seed_items(cells, shift, method, col)
                 for other in COMPARE_TO:
-                    b = per_item(cells, shift, other, col)
-                    if a is None or b is None or method == other:
+                    rb = per_seed_items(cells, shift, other, col)
+                    if not ra or not rb or method == other:
                         continue
-                    res = paired_difference(a, b)
-                    ra, rb = per_seed_items(cells, shift, method, col), per_seed_items(cells, shift, other, col)
-                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **_flat(res),
-                                 **_seed_flat(seed_item_difference(ra, rb))})
-                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (a, b, ra, rb)
+                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **compare_runs(ra, rb)})
+                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
     for (kind, method, other), strata in pooled.items():
-        res = pooled_difference({k: v[:2] for k, v in strata.items()})
-        seeds = pooled_seed_item_difference({k: v[2:] for k, v in strata.items()})
+        res = pooled_difference({k: (seed_mean(ra), seed_mean(rb)) for k, (ra, rb) in strata.items()})
+        seeds = pooled_seed_item_difference(strata)
         rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds)})
     return rows
 
@@ -264,9 +264,7 @@ def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> l
                 if base["curve"][0]["source val"]["accuracy_mean"] >= level:
                     row["note"] = "the frozen model is at the level: every run is read at step 0"
                 elif a_runs and b_runs:
-                    a = {k: statistics.mean(r[k] for r in a_runs) for k in a_runs[0]}
-                    b = {k: statistics.mean(r[k] for r in b_runs) for k in b_runs[0]}
-                    row.update(_flat(paired_difference(a, b)), **_seed_flat(seed_item_difference(a_runs, b_runs)))
+                    row.update(compare_runs(a_runs, b_runs))
                 rows.append(row)
     return rows
 
@@ -383,7 +381,8 @@ def seed_lines(paired: list[dict]) -> list[str]:
     """Target differences against DPO (DPO's: against the base model) with the spread between seeds
     in the interval: each seed's own difference, and the interval that resamples seeds and items.
     A difference 'holds across seeds' only where that interval excludes 0 too."""
-    rows = [r for r in paired if not r["eval"].startswith("source") and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
+    rows = [r for r in paired if not r["eval"].startswith("source")
+            and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
     if not rows:
         return []
     lines = ["", "Against seed-to-seed spread: target difference against DPO (DPO's row: against the base model); "
