@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .data import DataError, encode_ranked
-from .evaluate import _ci95, ranked_logps
+from .evaluate import ranked_logps
+from .scoring import wilson_ci95
 
 
 def _answers(value) -> list[str]:
@@ -76,7 +77,7 @@ def behaviour_rate(model, tokenizer, items: list[dict], base: bool = True, max_l
         best_other = lp.masked_fill(matching | ~sc["valid"], float("-inf")).max(-1).values
         per_item = (best_match > best_other).float()
         rate = per_item.mean().item()
-        out[name] = {"rate": rate, "ci95": _ci95(rate, len(items)), "n": len(items),
+        out[name] = {"rate": rate, "ci95": wilson_ci95(rate, len(items)), "n": len(items),
                      "items": per_item.int().tolist()}
     result = out["policy"]
     if "base" in out:

@@ -73,7 +73,9 @@ class DirectionCmd:
     (logistic regression, --probe-c its inverse regularisation)"""
     probe_c: float = 1.0
     token: str = "mean"
-    """reduce each completion by its token 'mean' or take its 'last' token"""
+    """which token(s) of each response: 'mean' (its completion tokens), 'mean_response' (its own
+    tokens, template end tokens excluded), 'last' (its own last token) or 'last_completion' (the
+    completion's last token, a chat template's end token)"""
     split: str = "train"
     heldout_split: str = "test"
     limit: int | None = None

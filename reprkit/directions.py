@@ -8,8 +8,10 @@ per layer, and what to do with them.
 >>> d.save("directions/alpaca_easy"); Direction.load("directions/alpaca_easy")
 >>> d = from_prompts(model, tokenizer, ["Act happy. Hi"], ["Act sad. Hi"], layers=15)  # two prompt sets
 
-States are the mean over completion tokens (``token="mean"``) or the completion's last token
-(``"last"``) of each block's output, in float32; the forward stops after the deepest layer.
+States are the mean over completion tokens (``token="mean"``), the response's own last token
+(``"last"``: the answer's, not the chat template's end tokens), or another reduction of
+``TOKENS``, of each block's output, in float32; the forward stops after the deepest layer. A saved
+direction records which (``info["token"]`` and ``info["token_rule"]``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,19 @@ import numpy as np
 import torch
 
 from . import data as D
-from .evaluate import _ranked_summary
 from .geometry import masked_mean, unit
 from .hooks import capture
 from .reference import eval_mode
+from .scoring import ranked_summary
+
+
+TOKENS = {
+    "mean": "mean over the completion's tokens, the chat template's end tokens included",
+    "mean_response": "mean over the response's own tokens (template end tokens excluded)",
+    "last": "the response's own last token (template end tokens excluded)",
+    "last_completion": "the completion's last token (with a chat template: its trailing end token)",
+}
+"""Which token(s) of a response a state is read from."""
 
 
 def last_token(mask: torch.Tensor) -> torch.Tensor:
@@ -37,9 +48,9 @@ def last_token(mask: torch.Tensor) -> torch.Tensor:
 def completion_states(model, encoded: list[dict], pad_token_id: int, layers, token: str = "mean",
                       batch_size: int = 8) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """``({layer: [N, K, H]}, valid [N, K])``: one state per response of each ranked item
-    (``data.encode_ranked``), reduced over its completion tokens."""
-    if token not in ("mean", "last"):
-        raise ValueError(f"token must be 'mean' or 'last', not {token!r}")
+    (``data.encode_ranked``), reduced over its tokens as ``token`` says (``TOKENS``)."""
+    if token not in TOKENS:
+        raise ValueError(f"token must be one of {sorted(TOKENS)}, not {token!r}")
     out: dict[int, list[torch.Tensor]] = {}
     valid = []
     k_all = max(len(e["responses_ids"]) for e in encoded)
@@ -49,8 +60,8 @@ def completion_states(model, encoded: list[dict], pad_token_id: int, layers, tok
             b, k = batch["valid"].shape
             with capture(model, layers, stop=True) as cap:
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            comp = batch["completion_mask"]
-            if token == "last":
+            comp = batch["response_mask" if token in ("last", "mean_response") else "completion_mask"]
+            if token in ("last", "last_completion"):
                 comp = last_token(comp)
             for layer, h in cap.hidden_states.items():
                 states = masked_mean(h.float(), comp).view(b, k, -1)
@@ -75,7 +86,7 @@ class Direction:
         encoded = D.encode_ranked(items, tokenizer, max_length, max_length // 2)
         layers = sorted(self.vectors) if layers is None else layers
         states, valid = completion_states(model, encoded, tokenizer.pad_token_id, layers, self.info.get("token", "mean"))
-        return {k: _ranked_summary(self.project(states[k], k), torch.ones(valid.shape), valid) for k in layers}
+        return {k: ranked_summary(self.project(states[k], k), torch.ones(valid.shape), valid, keep_logps=False) for k in layers}
 
     def score(self, model, tokenizer, items: list[dict], layer: int, max_length: int = 256) -> dict:
         """K-way accuracy by projection at ``layer``: the best response is right when it projects
@@ -182,8 +193,8 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
     vectors, stats = _read({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
                            method, probe_c)
-    info = {"method": method, "token": token, "layers": sorted(vectors), "data": source, "n": len(encoded),
-            "max_length": max_length, "stats": stats}
+    info = {"method": method, "token": token, "token_rule": TOKENS[token], "layers": sorted(vectors),
+            "data": source, "n": len(encoded), "max_length": max_length, "stats": stats}
     return Direction(vectors, info)
 
 

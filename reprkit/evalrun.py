@@ -134,13 +134,28 @@ def evaluate_direction(target: str, data: list[str], split: str = "test", limit:
 
 
 def format_results(results: dict) -> str:
-    """A dataset-by-metric table: accuracy after / frozen, interval, n."""
-    lines = [f"{'data':<34}{'n':>5}{'acc mean':>10}{'frozen':>8}{'95% interval':>18}{'acc sum':>9}{'chance':>8}"]
+    """A dataset-by-metric table: accuracy under each scoring rule (``reprkit.scoring``), the frozen
+    model's, chance (1 / responses), the length-only baselines; then what truncation cut, per set."""
+    lines = [f"{'data':<34}{'n':>5}{'chance':>8}{'mean':>8}{'95% interval':>14}{'sum':>7}{'ratio':>7}"
+             f"{'frozen mean':>12}{'frozen sum':>11}{'shortest':>9}{'longest':>8}"]
+    notes = []
     for source, r in results["datasets"].items():
-        base = r.get("base", {}).get("accuracy_mean")
+        base = r.get("base", {})
         lo, hi = r["accuracy_mean_ci95"]
-        lines.append(f"{source:<34}{r['n']:>5}{r['accuracy_mean']:>10.3f}{_num(base):>8}"
-                     f"{f'{lo:.3f}-{hi:.3f}':>18}{r['accuracy_sum']:>9.3f}{r['chance']:>8.3f}")
+        lb = r.get("length_baseline", {})
+        lines.append(f"{source:<34}{r['n']:>5}{r['chance']:>8.3f}{r['accuracy_mean']:>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}"
+                     f"{r['accuracy_sum']:>7.3f}{_num(r.get('accuracy_ratio')):>7}{_num(base.get('accuracy_mean')):>12}"
+                     f"{_num(base.get('accuracy_sum')):>11}{_num(lb.get('accuracy_shortest')):>9}"
+                     f"{_num(lb.get('accuracy_longest')):>8}")
+        if "truncation" in r:
+            from .truncation import describe
+
+            notes.append(f"  {source}: {describe(r['truncation'])}")
+    lines.append("rules: mean = mean log-prob per response token, sum = summed log-prob, ratio = summed log-prob "
+                 "ratio to the frozen model (adapters only); the best response must score strictly highest. "
+                 "shortest / longest: the model-free length baselines (ties split)")
+    if notes:
+        lines += ["truncation (prompts cut from the left, responses from the right):", *notes]
     if tq := results.get("truthfulqa"):
         b = tq.get("base", {})
         for m, key in (("mc1", "accuracy"), ("mc2", "score")):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .data import collate, collate_ranked
 from .reference import adapter_disabled, eval_mode
+from .scoring import length_baseline, ranked_summary, wilson_ci95
 
 
 def completion_logps(logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
@@ -92,16 +93,6 @@ def pair_logps(model, batch: dict) -> dict[str, torch.Tensor]:
     return {"chosen": logps[:b], "rejected": logps[b:], "chosen_n": n[:b], "rejected_n": n[b:]}
 
 
-def _ci95(p: float, n: int) -> list[float]:
-    """Wilson 95% interval of a proportion."""
-    if n == 0:
-        return [float("nan"), float("nan")]
-    z = 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [centre - half, centre + half]
-
-
 def _summarise(chosen, rejected, chosen_n, rejected_n) -> dict:
     mean_margin = chosen / chosen_n - rejected / rejected_n
     n = len(chosen)
@@ -110,9 +101,9 @@ def _summarise(chosen, rejected, chosen_n, rejected_n) -> dict:
     return {
         "n": n,
         "accuracy_mean": acc_mean,
-        "accuracy_mean_ci95": _ci95(acc_mean, n),
+        "accuracy_mean_ci95": wilson_ci95(acc_mean, n),
         "accuracy_sum": acc_sum,
-        "accuracy_sum_ci95": _ci95(acc_sum, n),
+        "accuracy_sum_ci95": wilson_ci95(acc_sum, n),
         "margin_mean": mean_margin.mean().item(),
     }
 
@@ -205,38 +196,29 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
     return out
 
 
-def _ranked_summary(logps: torch.Tensor, n_tokens: torch.Tensor, valid: torch.Tensor) -> dict:
-    """Accuracy: the best response (index 0) has the highest log-prob among an item's responses."""
-    res = {"n": int(valid.shape[0])}
-    items = {}
-    for kind, scores in (("mean", logps / n_tokens), ("sum", logps)):
-        scores = scores.masked_fill(~valid, float("-inf"))
-        others = scores[:, 1:].max(-1).values
-        correct = (scores[:, 0] > others).float()
-        acc = correct.mean().item()
-        res[f"accuracy_{kind}"] = acc
-        res[f"accuracy_{kind}_ci95"] = _ci95(acc, res["n"])
-        items["correct" if kind == "mean" else "correct_sum"] = correct.int().tolist()
-        if kind == "mean":
-            res["margin_mean"] = (scores[:, 0] - others).mean().item()
-            items["margin"] = (scores[:, 0] - others).tolist()
-    res["chance"] = (1 / valid.sum(-1).float()).mean().item()
-    res["items"] = items
-    return res
-
-
 def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
-                  shared_prompt: bool = True) -> dict:
+                  shared_prompt: bool = True, keep_logps: bool = True) -> dict:
     """Judge-free accuracy on items with 2 to K responses (GENIES): the model prefers the best one
-    if it gives it the highest log-probability. Reports per-token-mean and summed variants, the
-    mean margin (best minus the best other, per-token mean), chance level, and ``base``.
+    if it gives it the highest score. Every rule of ``reprkit.scoring`` is reported: ``mean``
+    (per-token mean log-prob), ``sum`` and, with ``base`` and an adapter on the model, ``ratio``
+    (log-prob ratio to the frozen model); the mean margin, chance level, the model-free
+    ``length_baseline`` and what truncation cut (``truncation``); and ``base`` (the frozen model).
 
-    ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``: ``correct``
-    (per-token-mean rule, 0/1), ``correct_sum`` and ``margin`` lists, for paired statistics."""
+    ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``: ``correct`` and
+    ``margin`` (mean rule), ``correct_sum``/``margin_sum``, ``correct_ratio``/``margin_ratio``,
+    each response's ``logps`` and ``n_tokens``, for paired statistics under any rule."""
+    from .truncation import truncation_report
+
     scores = ranked_logps(model, encoded, pad_token_id, batch_size, base, shared_prompt=shared_prompt)
-    result = _ranked_summary(**scores["policy"])
+    ref = scores["base"]["logps"] if "base" in scores else None
+    result = ranked_summary(**scores["policy"], ref_logps=ref, keep_logps=keep_logps)
     if "base" in scores:
-        result["base"] = _ranked_summary(**scores["base"])
+        result["base"] = ranked_summary(**scores["base"], keep_logps=keep_logps)
+    lengths = length_baseline(encoded)
+    result["length_baseline"] = {k: lengths[k] for k in ("accuracy_shortest", "accuracy_longest", "rule")}
+    result["items"]["shortest"], result["items"]["longest"] = lengths["shortest"], lengths["longest"]
+    if encoded and "prompt_cut" in encoded[0]:
+        result["truncation"] = truncation_report(encoded)
     return result
 
 
@@ -302,7 +284,7 @@ def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int |
                 best_true = lp.masked_fill(~truth, float("-inf")).max(-1).values
                 best_false = lp.masked_fill(truth | ~sc["valid"], float("-inf")).max(-1).values
                 per_item = (best_true > best_false).float()
-                value = {"accuracy": per_item.mean().item(), "ci95": _ci95(per_item.mean().item(), len(rows)),
+                value = {"accuracy": per_item.mean().item(), "ci95": wilson_ci95(per_item.mean().item(), len(rows)),
                          "chance": (1 / sc["valid"].sum(-1).float()).mean().item()}
             else:
                 p = torch.softmax(lp, -1)

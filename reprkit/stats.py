@@ -18,6 +18,14 @@ can disagree by more than the difference the items call significant. ``seed_item
 resamples each method's seeds as well as the items and gives the interval that holds both:
 
 >>> seed_item_difference([a_seed0, a_seed1], [b_seed0, b_seed1])   # {"difference", "ci95", "per_seed", ...}
+
+That bootstrap resamples 2 or 3 seeds with replacement, which shrinks their variance by (n - 1) / n
+and overstates certainty with few seeds. ``seed_t_difference`` is the seed-level inference meant
+for few seeds: a Welch t-interval over per-seed accuracies (plus the items' sampling variance),
+with Satterthwaite's degrees of freedom; ``holm`` adjusts a family of p-values.
+
+>>> seed_t_difference([a_seed0, a_seed1, a_seed2], [b_seed0, b_seed1, b_seed2])   # {"difference", "ci95", "p", "df"}
+>>> holm({"shift-1": 0.01, "shift-2": 0.04})                                      # {"shift-1": 0.02, "shift-2": 0.04}
 """
 
 from __future__ import annotations
@@ -47,6 +55,14 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict:
     only_a, only_b = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
     p = 1.0 if only_a + only_b == 0 else stats.binomtest(only_a, only_a + only_b, 0.5).pvalue
     return {"only_first": only_a, "only_second": only_b, "p": float(p)}
+
+
+def sign_flip_floor(diff: np.ndarray, n_resamples: int = 20000) -> float:
+    """The smallest p ``sign_flip_p`` can return for these differences: exact enumeration of 2^m sign
+    patterns (m nonzero differences) when that is at most ``n_resamples``, else Monte Carlo."""
+    m = int(np.count_nonzero(diff))
+    draws = 2 ** m if m < 64 and 2 ** m <= n_resamples else n_resamples + 1
+    return min(1.0, 2 / draws)
 
 
 def sign_flip_p(diff: np.ndarray, n_resamples: int = 20000, seed: int = 0) -> float:
@@ -94,7 +110,7 @@ def paired_difference(a: dict[str, float], b: dict[str, float], n_resamples: int
         m = mcnemar_exact(x, y)
         out.update(p=m["p"], discordant=[m["only_first"], m["only_second"]], test="mcnemar-exact")
     else:
-        out.update(p=sign_flip_p(diff, seed=seed), test="sign-flip")
+        out.update(p=sign_flip_p(diff, seed=seed), test="sign-flip permutation", p_floor=sign_flip_floor(diff))
     out["significant"] = out["ci95"][0] > 0 or out["ci95"][1] < 0
     return out
 
@@ -170,3 +186,56 @@ def pooled_seed_item_difference(strata: dict[str, tuple[list[dict], list[dict]]]
     draws = np.mean([_seed_item_draws(a, b, n_resamples, rng) for a, b in strata.values()], axis=0)
     point = float(np.mean([_run_mean_difference(a, b) for a, b in strata.values()]))
     return {"strata": len(strata), "difference": point, **_interval(draws)}
+
+
+def seed_t_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], confidence: float = 0.95) -> dict:
+    """First minus second, inferred at the level of training seeds, right for few seeds.
+
+    Each run's accuracy is the mean of its per-item outcomes. The difference is the mean of the
+    first's run accuracies minus the second's. Its variance is the Welch sum over the methods with
+    more than one run, ``s_a^2 / n_a + s_b^2 / n_b`` (seeds fixed at one run, such as the frozen
+    model, add none), plus the items' sampling variance ``var(d_i) / N`` of the per-item difference of
+    seed means (the item set is a sample too). The interval and two-sided p use Student's t with
+    Satterthwaite's degrees of freedom over those terms. With one run each this is the paired t-test
+    over items; with few seeds the seed terms dominate and the degrees of freedom are few, as they
+    should be (3 seeds against 3 seeds: about 2 to 4).
+    """
+    if not a_runs or not b_runs:
+        raise ValueError("seed_t_difference needs at least one run on each side")
+    ids = sorted(a_runs[0])
+    for r in [*a_runs, *b_runs]:
+        align(r, a_runs[0])
+    A = np.array([[r[i] for i in ids] for r in a_runs], dtype=float)
+    B = np.array([[r[i] for i in ids] for r in b_runs], dtype=float)
+    acc_a, acc_b = A.mean(1), B.mean(1)
+    diff = float(acc_a.mean() - acc_b.mean())
+    terms = []  # (variance term, its degrees of freedom)
+    for acc in (acc_a, acc_b):
+        if len(acc) > 1:
+            terms.append((float(acc.var(ddof=1)) / len(acc), len(acc) - 1))
+    d = A.mean(0) - B.mean(0)
+    if len(d) > 1:
+        terms.append((float(d.var(ddof=1)) / len(d), len(d) - 1))
+    var = sum(v for v, _ in terms)
+    out = {"n": len(ids), "runs": [len(a_runs), len(b_runs)], "difference": diff,
+           "per_seed_accuracy": [acc_a.tolist(), acc_b.tolist()], "test": "welch-t (seeds) + item variance"}
+    if var <= 0:
+        return {**out, "se": 0.0, "df": float("inf"), "ci95": [diff, diff], "p": 1.0 if diff == 0 else 0.0,
+                "significant": diff != 0}
+    df = var ** 2 / sum(v ** 2 / k for v, k in terms if v > 0)
+    se = math.sqrt(var)
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return {**out, "se": se, "df": float(df), "ci95": [diff - half, diff + half], "p": p,
+            "significant": bool(diff - half > 0 or diff + half < 0)}
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family of p-values (controls the family-wise error rate):
+    the k-th smallest of m is multiplied by m - k + 1, then made monotone, capped at 1."""
+    order = sorted(pvalues, key=pvalues.get)
+    m, running, out = len(order), 0.0, {}
+    for k, key in enumerate(order):
+        running = max(running, min(1.0, (m - k) * pvalues[key]))
+        out[key] = running
+    return out

@@ -39,6 +39,7 @@ from .hooks import capture
 from .layers import find_blocks, select_layers
 from .models import enable_gradient_checkpointing, load_model
 from .reference import adapter_disabled, eval_mode
+from .truncation import describe as describe_truncation, truncation_report
 from .runlog import RunLog, checkpoints, commit_checkpoint, new_checkpoint_dir, read_config, write_json
 
 log = logging.getLogger(__name__)
@@ -688,8 +689,11 @@ def _mean_dicts(rows: list[dict]) -> dict:
     return out
 
 
-def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog) -> dict:
+def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog,
+                 train_truncation: dict | None = None) -> dict:
     results = {"step": step, "datasets": {}}
+    if train_truncation is not None:
+        results["train_truncation"] = train_truncation
     for source, encoded in evals.items():
         results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
     runlog.write_eval(results)
@@ -751,6 +755,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         model.train()
 
         train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
+        train_cut = truncation_report(train_pairs)
+        if accelerator.is_main_process and not cfg.resume:
+            print(f"training data {cfg.data} ({cfg.train_split}): {describe_truncation(train_cut)}", flush=True)
         params = [p for p in model.parameters() if p.requires_grad]
         if accelerator.is_main_process:
             check_disk(run_dir, params)
@@ -858,7 +865,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
-                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog)  # sharded: every process runs it
+                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut)  # sharded: every process runs it
     finally:
         bar.close()
         runlog.close()
@@ -866,7 +873,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
     together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
     if sharded or accelerator.is_main_process:
-        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog)
+        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog, train_cut)
         runlog.close()
         if accelerator.is_main_process:
             print(summary(run_dir, results, cfg))
@@ -891,7 +898,14 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
             lo, hi = d["ci95"]
             change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
         lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
-    lines.append(f"{'':<40}accuracy by mean log-prob; * the paired interval excludes 0")
+    lines.append(f"{'':<40}accuracy by mean log-prob per token; * the paired interval excludes 0")
+    from .truncation import describe as describe_truncation
+
+    if cut := results.get("train_truncation"):
+        lines.append(f"training pairs: {describe_truncation(cut)}")
+    for source, r in results["datasets"].items():
+        if r.get("truncation", {}).get("cut") or r.get("truncation", {}).get("dropped"):
+            lines.append(f"{source}: {describe_truncation(r['truncation'])}")
     rows, _ = read_jsonl(run_dir / "metrics.jsonl")
     if rows:
         last = rows[-1]["layers"]

@@ -101,3 +101,29 @@ def test_from_prompts_reads_the_last_prompt_token_of_two_paired_sets(tiny_folder
     assert mean.shape == (1, model.config.hidden_size)
     with pytest.raises(ValueError, match="paired"):
         from_prompts(model, tokenizer, pos, neg[:1], layers=[1])
+
+
+def test_last_token_reads_the_answer_not_the_chat_templates_end(tiny_folder, tokenizer):
+    """With a chat template the completion ends '<|im_end|>' '\\n': "last" must read the answer's own
+    last token, "last_completion" the template's; they differ, and "last" equals a state read by hand
+    at the answer token."""
+    import torch
+    from reprkit import data as D
+    from reprkit.directions import completion_states
+    from reprkit.hooks import capture
+
+    from transformers import AutoModelForCausalLM
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_folder), tokenizer
+    items = [{"prompt": [{"role": "user", "content": "Pick one"}], "responses": [" (A)", " (B)"], "scores": [1.0, 0.0]}]
+    enc = D.encode_ranked(items, tok, 64, 32)
+    suffix = enc[0]["suffix_lens"][0]
+    assert suffix >= 1, "the chat template adds end tokens after the answer"
+    last, _ = completion_states(model, enc, tok.pad_token_id, [1], token="last")
+    tail, _ = completion_states(model, enc, tok.pad_token_id, [1], token="last_completion")
+    assert not torch.allclose(last[1], tail[1])
+    ids = torch.tensor([enc[0]["prompt_ids"] + enc[0]["responses_ids"][0]])
+    with torch.no_grad(), capture(model, [1], stop=True) as cap:
+        model(input_ids=ids)
+    answer_pos = ids.shape[1] - suffix - 1
+    torch.testing.assert_close(last[1][0, 0], cap[1][0, answer_pos].float())

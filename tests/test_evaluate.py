@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from reprkit.evaluate import _ci95, completion_logps, forward_logps, preference_accuracy
+from reprkit.scoring import ranked_summary, wilson_ci95
+from reprkit.evaluate import completion_logps, forward_logps, preference_accuracy
 
 
 def test_forward_logps_matches_full_logits(model, inputs):
@@ -54,12 +55,12 @@ def test_preference_accuracy_counts_and_base(tokenizer, tiny_folder):
 
 
 def test_wilson_interval():
-    lo, hi = _ci95(0.5, 100)
+    lo, hi = wilson_ci95(0.5, 100)
     assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
     # small n, p at or near an end: where Wilson and Wald part (Wald gives [0, 0] and [0.714, 1.086])
-    lo, hi = _ci95(0.0, 10)
+    lo, hi = wilson_ci95(0.0, 10)
     assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
-    lo, hi = _ci95(0.9, 10)
+    lo, hi = wilson_ci95(0.9, 10)
     assert lo == pytest.approx(0.5958, abs=1e-4) and hi == pytest.approx(0.9821, abs=1e-4)
 
 
@@ -174,7 +175,7 @@ def test_mc1_counts_a_tie_as_wrong_like_the_k_way_accuracy(tokenizer, monkeypatc
 
     monkeypatch.setattr(E, "ranked_logps", fake_ranked)
     assert E.truthfulqa_mc(None, tokenizer, rows=rows)["mc1"]["accuracy"] == 0.0
-    k_way = E._ranked_summary(tie, torch.ones_like(tie), torch.ones_like(tie, dtype=torch.bool))
+    k_way = ranked_summary(tie, torch.ones_like(tie), torch.ones_like(tie, dtype=torch.bool))
     assert k_way["accuracy_sum"] == 0.0
 
 

@@ -1,0 +1,108 @@
+"""Scoring rules: how log-probabilities of an item's responses become "the model prefers the best".
+
+An item has K responses, the best first. The model prefers the best one when the best scores
+strictly highest (a tie counts as wrong); chance is 1 / K. Which score is compared is a choice that
+can decide the answer where responses differ in length, so every rule is kept per item:
+
+- ``mean``: the mean log-prob per response token (length-normalised);
+- ``sum``: the summed log-prob of the response (favours short responses);
+- ``ratio``: the summed log-prob ratio to the frozen model, log p(y|x) - log p_ref(y|x) (DPO's
+  implicit reward): what training changed, the frozen model's own preference removed. Only for a
+  trained model scored beside its frozen model.
+
+A model-free baseline sits beside them: ``length_baseline`` scores "prefer the shortest" and
+"prefer the longest" response, ties split evenly (the expected accuracy of a random tie-break).
+
+>>> ranked_summary(logps, n_tokens, valid, ref_logps=frozen_logps)   # accuracy_mean/_sum/_ratio, items
+>>> length_baseline(encoded)                                         # {"shortest": [...], "longest": [...]}
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+RULES = {
+    "mean": "mean log-prob per response token",
+    "sum": "summed response log-prob",
+    "ratio": "summed log-prob ratio to the frozen model (DPO's implicit reward)",
+}
+
+
+def wilson_ci95(p: float, n: int) -> list[float]:
+    """Wilson 95% interval of a proportion."""
+    if n == 0:
+        return [float("nan"), float("nan")]
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [centre - half, centre + half]
+
+
+def rule_scores(logps: torch.Tensor, n_tokens: torch.Tensor, ref_logps: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+    """Per rule, the score of every response ``[N, K]`` (see the module docstring)."""
+    out = {"mean": logps / n_tokens, "sum": logps}
+    if ref_logps is not None:
+        out["ratio"] = logps - ref_logps
+    return out
+
+
+def best_vs_others(scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct 0/1, margin: the best response's score minus the best other's) per item."""
+    scores = scores.masked_fill(~valid, float("-inf"))
+    others = scores[:, 1:].max(-1).values
+    return (scores[:, 0] > others).float(), scores[:, 0] - others
+
+
+def ranked_summary(logps: torch.Tensor, n_tokens: torch.Tensor, valid: torch.Tensor,
+                   ref_logps: torch.Tensor | None = None, keep_logps: bool = True) -> dict:
+    """Accuracy under each rule (``accuracy_mean``, ``accuracy_sum``, with ``ref_logps``
+    ``accuracy_ratio``), each with its Wilson interval; ``margin_mean``; ``chance`` (mean of 1 / K);
+    and ``items``: per item ``correct``/``margin`` (mean rule), ``correct_sum``/``margin_sum``,
+    ``correct_ratio``/``margin_ratio``, and (``keep_logps``) each response's summed ``logps`` and
+    ``n_tokens`` so that any rule can be recomputed later."""
+    n = int(valid.shape[0])
+    res: dict = {"n": n, "rules": {}}
+    items: dict = {}
+    for rule, scores in rule_scores(logps, n_tokens, ref_logps).items():
+        correct, margin = best_vs_others(scores, valid)
+        acc = correct.mean().item() if n else float("nan")
+        res[f"accuracy_{rule}"] = acc
+        res[f"accuracy_{rule}_ci95"] = wilson_ci95(acc, n)
+        res["rules"][rule] = RULES[rule]
+        suffix = "" if rule == "mean" else f"_{rule}"
+        items[f"correct{suffix}"] = correct.int().tolist()
+        items[f"margin{suffix}"] = margin.tolist()
+        if rule == "mean":
+            res["margin_mean"] = margin.mean().item() if n else float("nan")
+    res["chance"] = (1 / valid.sum(-1).float()).mean().item() if n else float("nan")
+    if keep_logps:
+        k = valid.sum(-1).tolist()
+        items["logps"] = [[round(v, 4) for v in row[:kk]] for row, kk in zip(logps.tolist(), k)]
+        items["n_tokens"] = [[int(v) for v in row[:kk]] for row, kk in zip(n_tokens.tolist(), k)]
+    res["items"] = items
+    return res
+
+
+def response_lengths(encoded: list[dict]) -> list[list[int]]:
+    """Tokens of each response's own text as scored (template end tokens excluded)."""
+    return [[len(r) - s for r, s in zip(e["responses_ids"], e.get("suffix_lens", [0] * len(e["responses_ids"])))]
+            for e in encoded]
+
+
+def _prefer(lengths: list[int], pick) -> float:
+    target = pick(lengths)
+    tied = [i for i, v in enumerate(lengths) if v == target]
+    return 1.0 / len(tied) if 0 in tied else 0.0
+
+
+def length_baseline(encoded: list[dict]) -> dict:
+    """Model-free baselines per item: ``shortest`` (1 where the best response is the shortest, 1/m
+    where it ties with m - 1 others for shortest, else 0) and ``longest``; and their accuracies."""
+    lengths = response_lengths(encoded)
+    out = {"shortest": [_prefer(ls, min) for ls in lengths], "longest": [_prefer(ls, max) for ls in lengths]}
+    n = max(len(lengths), 1)
+    return {**out, "accuracy_shortest": sum(out["shortest"]) / n, "accuracy_longest": sum(out["longest"]) / n,
+            "rule": "response length in tokens as scored; ties split evenly"}
