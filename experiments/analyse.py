@@ -315,7 +315,7 @@ def result_rows(cells: list[dict]) -> list[dict]:
         ppl = (c.get("retain_perplexity") or {}).get("ratio")
         for col, s in c["scores"].items():
             rows.append({"shift": c["shift"], "method": c["method"], "seed": c["seed"], "lr": c.get("lr"), "eval": col,
-                         "data": s["data"], "n": s["n"], "accuracy": s["accuracy_mean"], "margin": s["margin_mean"],
+                         "data": s["data"], "n": s["n"], "accuracy": s["accuracy_mean"], "margin": s.get("margin_mean"),
                          "chance": s["chance"], "perplexity_ratio": ppl, "steps": c.get("steps"),
                          "pairs_seen": c.get("pairs_seen"), "seconds": round(cell_seconds(c), 1)})
     return rows
@@ -498,6 +498,13 @@ def analyse(out: Path) -> None:
     write_csv(out / "followup-matched-paired.csv", fmatch_paired)
     text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch, fmatch_paired),
                     match_paired)
+    from rule_tables import has_logps, markdown_lines, rule_rows, verdicts
+
+    if has_logps(cells):  # grids whose cells keep log-probs: every rule, seed-level tests, Holm
+        rules = rule_rows(cells, grid.get("methods", []))
+        write_csv(out / "rules.csv", rules)
+        write_csv(out / "verdicts.csv", verdicts(rules))
+        text += "\n".join(markdown_lines(rules, grid)) + "\n"
     (out / "results.md").write_text(text + "\n".join(sweep_lines(out)) + "\n")
     save(curve_figure(cells), out / "matched-accuracy")
     save(difference_figure(paired), out / "differences")

@@ -73,7 +73,12 @@ class Grid:
     max_prompt_length: int = 96
     lora_r: int = 16
     eval_max_length: int = 256
-    """tokens of prompt + response when scoring (prompts cut to half of it from the left)"""
+    """tokens of prompt + response when scoring"""
+    eval_max_prompt_length: int | None = None
+    """tokens of prompt when scoring, cut from the left (None: half of eval_max_length)"""
+    max_cut_share: float | None = None
+    """refuse (before any run) a training or eval set whose share of cut items exceeds this, naming
+    the lengths that would fit (None: report the share, refuse nothing: the first grids' setting)"""
     eval_limit: int | None = None
     """items per final eval set (None: the whole test split)"""
     curve_points: int = 4
@@ -84,15 +89,23 @@ class Grid:
     """target items scored at each curve point (the first n of the target's test split)"""
     retain_data: str = "hh-rlhf:helpful-base"
     retain_limit: int = 100
-    lr_sweep: list[float] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    lr_sweep: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    """rates swept, for every method, or per method ``{method: [rates]}``"""
+    tune_per_shift: bool = False
+    """sweep each method's rate on every shift's own source validation (records in
+    ``lr-epoch/<source>/``); False: once, on the first shift, for all shifts (the first grids)"""
+    lr_rule: str = "accuracy-margin-smaller"
+    """'accuracy-margin-smaller' (``choose_lr``: highest validation accuracy, ties by margin, then
+    the smaller rate) or 'not-worse-larger' (``choose_lr_not_worse``: the largest rate whose
+    validation outcomes are not significantly below the best rate's)"""
     sweep_steps: int | None = 40
     """steps per swept rate (records in ``lr/``); None: each rate trains a cell's whole budget
     (``epochs``, in the cells' curve segments and layout, records in ``lr-epoch/``), and the first
     shift's seed-0 cell of each method is the chosen rate's run"""
-    lr_below: list[float] = dataclasses.field(default_factory=list)
-    """smaller rates tried in turn, only while every rate swept so far broke the model"""
-    lr_above: list[float] = dataclasses.field(default_factory=list)
-    """larger rates tried in turn, only while the largest rate swept so far is the rule's choice"""
+    lr_below: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=list)
+    """smaller rates tried in turn, only while every rate swept so far broke the model (or per method)"""
+    lr_above: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=list)
+    """larger rates tried in turn, only while the largest rate swept so far is the rule's choice (or per method)"""
     skip_broken_from: str | None = None
     """a shorter sweep's folder (relative to --out): a rate that broke the model there is not run again"""
     max_ppl_ratio: float = 3.0
@@ -136,17 +149,29 @@ def item_id(encoded: dict) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def eval_prompt_length(grid: Grid) -> int:
+    return grid.eval_max_prompt_length or grid.eval_max_length // 2
+
+
 def encode_set(grid: Grid, tok, source: str, split: str, limit: int | None) -> list[dict]:
     items = D.load_items(source, split, limit=limit)
-    return D.encode_ranked(items, tok, grid.eval_max_length, grid.eval_max_length // 2)
+    return D.encode_ranked(items, tok, grid.eval_max_length, eval_prompt_length(grid))
+
+
+ITEM_KEYS = ("correct", "margin", "correct_sum", "margin_sum", "logps", "n_tokens", "shortest", "longest")
 
 
 def score(model, tok, encoded: list[dict]) -> dict:
-    """item_accuracy without the frozen model's pass, with per-item outcomes keyed by item id."""
+    """item_accuracy without the frozen model's pass, with per-item outcomes keyed by item id: under
+    the mean and the sum rule, each response's summed log-prob and token count (the ratio rule is
+    computed against the base cell's, on the same items), the length-only baselines; and what
+    truncation cut (``truncation``)."""
     res = item_accuracy(model, encoded, tok.pad_token_id, base=False)
     items = res.pop("items")
-    res["items"] = {"id": [item_id(e) for e in encoded], "correct": items["correct"],
-                    "margin": [round(m, 5) for m in items["margin"]]}
+    res["items"] = {"id": [item_id(e) for e in encoded]}
+    for key in ITEM_KEYS:
+        values = items[key]
+        res["items"][key] = [round(m, 5) for m in values] if key.startswith("margin") else values
     return res
 
 
@@ -169,19 +194,40 @@ def score_direction(grid: Grid, model, tok, direction, source: str, split: str, 
     """As ``score``, ranking responses by their projection on a read direction (the mms method)."""
     direction, layer = direction
     items = D.load_items(source, split, limit=limit)
-    ids = [item_id(e) for e in D.encode_ranked(items, tok, grid.eval_max_length, grid.eval_max_length // 2)]
-    res = direction.score(model, tok, items, layer, max_length=grid.eval_max_length)
+    encoded = D.encode_ranked(items, tok, grid.eval_max_length, eval_prompt_length(grid))
+    ids = [item_id(e) for e in encoded]
+    res = direction.score(model, tok, items, layer, max_length=grid.eval_max_length,
+                          max_prompt_length=eval_prompt_length(grid))
     items_out = res.pop("items")
     res["items"] = {"id": ids, "correct": items_out["correct"], "margin": [round(m, 5) for m in items_out["margin"]]}
     return res
 
 
-def score_sets(grid: Grid, model, tok, sets: dict, direction=None) -> dict:
-    """Score each eval set (log-probs, or projections on ``direction = (Direction, layer)``)."""
+def score_length(grid: Grid, tok, source: str, split: str, limit: int | None) -> dict:
+    """The model-free length baselines as a method's scores: ``correct`` is "prefer the shortest"
+    (ties split), ``correct_longest`` "prefer the longest"."""
+    from reprkit.scoring import length_baseline
+    from reprkit.truncation import truncation_report
+
+    encoded = encode_set(grid, tok, source, split, limit)
+    lb = length_baseline(encoded)
+    k = [len(e["responses_ids"]) for e in encoded]
+    return {"n": len(encoded), "accuracy_mean": lb["accuracy_shortest"], "accuracy_longest": lb["accuracy_longest"],
+            "chance": sum(1 / x for x in k) / len(k), "rule": lb["rule"], "truncation": truncation_report(encoded),
+            "items": {"id": [item_id(e) for e in encoded], "correct": lb["shortest"], "correct_longest": lb["longest"]}}
+
+
+def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool = False) -> dict:
+    """Score each eval set (log-probs, projections on ``direction = (Direction, layer)``, or with
+    ``length`` the length-only baselines)."""
     out = {}
     for col, (d, s, lim) in sets.items():
-        res = (score_direction(grid, model, tok, direction, d, s, lim) if direction is not None
-               else score(model, tok, encode_set(grid, tok, d, s, lim)))
+        if length:
+            res = score_length(grid, tok, d, s, lim)
+        elif direction is not None:
+            res = score_direction(grid, model, tok, direction, d, s, lim)
+        else:
+            res = score(model, tok, encode_set(grid, tok, d, s, lim))
         out[col] = {"data": d, "split": s, **res}
     return out
 
@@ -232,7 +278,7 @@ def load_adapter(grid: Grid, run: Path):
 
 def retain_ratio(grid: Grid, model, tok) -> dict:
     pairs = D.to_pairs(D.load_items(grid.retain_data, "test", limit=grid.retain_limit))
-    encoded = D.encode_pairs(pairs, tok, grid.eval_max_length, grid.eval_max_length // 2)
+    encoded = D.encode_pairs(pairs, tok, grid.eval_max_length, eval_prompt_length(grid))
     return {"data": grid.retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id)}
 
 
@@ -251,12 +297,48 @@ def choose_lr(accuracy: dict[float, float], margin: dict[float, float], ppl_rati
     return max(valid, key=lambda lr: (round(accuracy[lr], 6), margin.get(lr, float("-inf")), -lr))
 
 
+def choose_lr_not_worse(outcomes: dict[float, list[int]], ppl_ratio: dict[float, float],
+                        max_ppl_ratio: float = float("inf"), alpha: float = 0.05) -> tuple[float, dict]:
+    """Among rates whose retain perplexity ratio is at most ``max_ppl_ratio``: the largest rate whose
+    validation outcomes (0/1 per item, the same items for every rate) are not significantly below the
+    most accurate rate's (exact McNemar, p >= ``alpha``; the most accurate rate itself qualifies).
+    Ties in accuracy thus go to the larger rate, and a sweep whose accuracies cannot tell rates apart
+    (no valid rate significantly below the best) falls back to the largest rate within the bound, and
+    says so. When every rate broke the model, the smallest rate. Returns (rate, why)."""
+    import numpy as np
+
+    from reprkit.stats import mcnemar_exact
+
+    valid = sorted(lr for lr in outcomes if ppl_ratio.get(lr, 1.0) <= max_ppl_ratio)
+    if not valid:
+        return min(outcomes), {"told_apart": False, "why": "every rate broke the model: the smallest"}
+    acc = {lr: float(np.mean(outcomes[lr])) for lr in valid}
+    best = max(valid, key=lambda lr: (acc[lr], lr))
+    p = {lr: (1.0 if lr == best else mcnemar_exact(np.array(outcomes[best]), np.array(outcomes[lr]))["p"])
+         for lr in valid}
+    worse = [lr for lr in valid if p[lr] < alpha and acc[lr] < acc[best]]
+    chosen = max(lr for lr in valid if lr not in worse)
+    told = bool(worse)
+    why = (f"the largest rate not significantly below the most accurate ({best:g}, {acc[best]:.3f}); "
+           f"significantly worse: {[f'{lr:g}' for lr in worse]}" if told else
+           "validation cannot tell the valid rates apart (none significantly below the most accurate): "
+           "the largest rate within the perplexity bound")
+    return chosen, {"told_apart": told, "why": why, "mcnemar_p_vs_best": {f"{lr:g}": p[lr] for lr in valid},
+                    "most_accurate": best}
+
+
+def method_rates(grid: Grid, method: str, field: str = "lr_sweep") -> list[float]:
+    rates = getattr(grid, field)
+    return rates.get(method, []) if isinstance(rates, dict) else rates
+
+
 def cache_dir(grid: Grid, out: Path) -> Path | None:
     return out / grid.reference_cache if grid.reference_cache else None
 
 
-def sweep_dir(grid: Grid, out: Path) -> Path:
-    return out / ("lr" if grid.sweep_steps else "lr-epoch")
+def sweep_dir(grid: Grid, out: Path, source: str | None = None) -> Path:
+    base = out / ("lr" if grid.sweep_steps else "lr-epoch")
+    return base / source if grid.tune_per_shift and source else base
 
 
 def broken_before(grid: Grid, out: Path, method: str) -> set[float]:
@@ -270,11 +352,11 @@ def broken_before(grid: Grid, out: Path, method: str) -> set[float]:
 
 def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[str], lr: float) -> dict:
     """Validation accuracy and margin, retain perplexity ratio of one rate (computed once, then read)."""
-    rec_file = sweep_dir(grid, out) / method / f"lr{lr:g}.json"
+    rec_file = sweep_dir(grid, out, source) / method / f"lr{lr:g}.json"
     if rec_file.is_file():
         return json.loads(rec_file.read_text())
     start, spent = time.time(), 0.0
-    run = sweep_dir(grid, out) / method / f"lr{lr:g}"
+    run = sweep_dir(grid, out, source) / method / f"lr{lr:g}"
     if grid.sweep_steps:
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
@@ -297,6 +379,8 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
         rec["val_curve"] = [[p["step"], p["source val"]["accuracy_mean"]] for p in curve]
     rec = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"], "ppl_ratio": ppl,
            "seconds": time.time() - start, **rec}
+    if "items" in val:
+        rec["val_correct"] = val["items"]["correct"]
     if "from" in rec and not spent:
         rec["seconds"] = None  # a cell that predates per-point timing
     rec_file.parent.mkdir(parents=True, exist_ok=True)
@@ -310,16 +394,22 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
     while every rate so far broke the model, then ``lr_above`` one at a time while the largest rate so
     far is the chosen one. Rates that broke the model in ``skip_broken_from`` are not run, nor is an
     ``lr_above`` rate above one of them."""
-    cache = sweep_dir(grid, out) / f"{method}.json"
+    cache = sweep_dir(grid, out, source) / f"{method}.json"
     if cache.is_file():
         return json.loads(cache.read_text())["lr"]
     skipped = broken_before(grid, out, method)
     records: dict[float, dict] = {}
+    why: dict = {}
 
     def chosen() -> float:
+        ppl = {lr: r["ppl_ratio"] for lr, r in records.items()}
+        if grid.lr_rule == "not-worse-larger":
+            lr, reason = choose_lr_not_worse({lr: r["val_correct"] for lr, r in records.items()}, ppl, grid.max_ppl_ratio)
+            why.clear()
+            why.update(reason)
+            return lr
         return choose_lr({lr: r["accuracy"] for lr, r in records.items()},
-                         {lr: r["margin"] for lr, r in records.items()},
-                         {lr: r["ppl_ratio"] for lr, r in records.items()}, grid.max_ppl_ratio)
+                         {lr: r["margin"] for lr, r in records.items()}, ppl, grid.max_ppl_ratio)
 
     def run(lrs: list[float], while_) -> None:
         for lr in lrs:
@@ -329,18 +419,20 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
                 return
             records[lr] = sweep_point(grid, out, method, source, targets or [], lr)
 
-    run(grid.lr_sweep, lambda: True)
+    run(method_rates(grid, method), lambda: True)
     # smaller rates only while every rate so far broke the model
-    run(grid.lr_below, lambda: all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values()))
+    run(method_rates(grid, method, "lr_below"), lambda: all(r["ppl_ratio"] > grid.max_ppl_ratio for r in records.values()))
     # larger rates only while the largest rate so far is the one chosen, and never above a rate that
     # broke the model in the shorter sweep
-    run(grid.lr_above, lambda: bool(records) and chosen() == max([*records, *skipped]))
+    run(method_rates(grid, method, "lr_above"), lambda: bool(records) and chosen() == max([*records, *skipped]))
     if not records:
         raise SystemExit(f"every rate of the sweep broke the model in {grid.skip_broken_from}: give the grid "
                          "smaller rates (lr_sweep or lr_below)")
     best = chosen()
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_json(cache, {"lr": best, "rule": choose_lr.__doc__.split("\n\n")[0].strip(), "max_ppl_ratio": grid.max_ppl_ratio,
+    rule = choose_lr_not_worse if grid.lr_rule == "not-worse-larger" else choose_lr
+    write_json(cache, {"lr": best, "rule": " ".join(rule.__doc__.split("\n\n")[0].split()), "why": why,
+                       "max_ppl_ratio": grid.max_ppl_ratio,
                        "source": source, "split": VAL_SPLIT, "steps": grid.sweep_steps or "epochs",
                        "sweep": {f"{lr:g}": r for lr, r in records.items()},
                        "skipped (broke the model in a shorter sweep)": sorted(skipped)})
@@ -358,7 +450,7 @@ def adopt_sweep_run(grid: Grid, out: Path, method: str, source: str, lr: float) 
         old = json.loads((cell_dir / "cell.json").read_text()).get("lr")
         if old == lr:
             return
-        keep = sweep_dir(grid, out) / method / f"lr{old:g}"
+        keep = sweep_dir(grid, out, source) / method / f"lr{old:g}"
         keep.mkdir(parents=True, exist_ok=True)
         for name in ("cell.json", "curve.json"):
             if (cell_dir / name).is_file():
@@ -371,7 +463,7 @@ def adopt_sweep_run(grid: Grid, out: Path, method: str, source: str, lr: float) 
             return
         print(f"cell {cell_dir}: unfinished at another rate than the sweep's {lr:g}; discarded", flush=True)
         shutil.rmtree(cell_dir)
-    src = sweep_dir(grid, out) / method / f"lr{lr:g}"
+    src = sweep_dir(grid, out, source) / method / f"lr{lr:g}"
     if (src / "curve.json").is_file():
         cell_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "curve.json", cell_dir / "curve.json")
@@ -478,6 +570,41 @@ def train_curve(grid: Grid, out: Path, source: str, targets: list[str], method: 
     return curve, model, tok, total
 
 
+UNTRAINED = ("base", "length", "mms", "meandiff-mean", "meandiff-last")
+"""Methods with no training: the frozen model, the length-only baselines, and reading baselines
+(a mean-difference residual direction read from the source's training pairs: ``meandiff-mean``
+from each response's token-mean state, template end tokens included, as the first grids' ``mms``;
+``meandiff-last`` from the response's own last token)."""
+READERS = {"mms": "mean", "meandiff-mean": "mean", "meandiff-last": "last"}
+
+
+def check_lengths(grid: Grid, tok, shifts: dict[str, list[str]]) -> dict:
+    """What truncation cuts in every training and eval set of the grid, at its lengths (tokenizer
+    only, no model); with ``max_cut_share``, refuse the grid naming each set cut more and the lengths
+    that would fit."""
+    from reprkit.truncation import describe, truncation_report
+
+    reports, bad = {}, []
+    for source, targets in shifts.items():
+        items = D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit)
+        sets = {f"train genies:{source} {TRAIN_SPLIT}": D.encode_pairs(D.to_pairs(items), tok, grid.max_length,
+                                                                      grid.max_prompt_length, warn=False)}
+        for d, split, lim in [*eval_sets(grid, source, targets).values(), *curve_sets(grid, source, targets).values()]:
+            name = f"eval {d} {split}" + (f"[:{lim}]" if lim else "")
+            if name not in sets:
+                sets[name] = encode_set(grid, tok, d, split, lim)
+        for name, enc in sets.items():
+            rep = reports[name] = truncation_report(enc)
+            print(f"lengths {name}: {describe(rep)}", flush=True)
+            if grid.max_cut_share is not None and rep["share"] > grid.max_cut_share:
+                bad.append(f"{name}: {describe(rep)}")
+    if bad:
+        raise SystemExit(f"refused: more than {grid.max_cut_share:.0%} of items cut in {len(bad)} set(s); raise the "
+                         "grid's max_length / max_prompt_length (training) or eval_max_length / "
+                         "eval_max_prompt_length (scoring), or leave the shift out:\n  " + "\n  ".join(bad))
+    return reports
+
+
 def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
@@ -501,10 +628,19 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         lap("load")
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets))}]
         lap("curve scoring")
-    elif method == "mms":
+    elif method == "length":
+        from reprkit.models import load_tokenizer_only
+
+        model, tok = None, load_tokenizer_only(grid.model)
+        cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), length=True)}]
+        cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), length=True)
+        cell["seconds"] = time.time() - start
+        write_json(done, cell)
+        return cell
+    elif method in READERS:
         model, tok = load_model(grid.model)
         lap("load")
-        cell["mms"], direction = read_mms(grid, model, tok, source)
+        cell["mms"], direction = read_mms(grid, model, tok, source, READERS[method])
         lap("direction")
         cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
         lap("curve scoring")
@@ -518,10 +654,10 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell.update(curve=curve, steps=total, pairs_seen=total * grid.batch_size)
     cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), direction)
     lap("final scoring")
-    if method not in ("base", "mms"):
+    if method not in UNTRAINED:
         cell["retain_perplexity"] = retain_ratio(grid, model, tok)
         lap("retain perplexity")
-    if method != "mms":
+    if method not in READERS:
         cell["samples"] = samples(grid, model, tok, targets[0])
         lap("samples")
         if seed == grid.seeds[0]:
@@ -533,17 +669,21 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
     return cell
 
 
-def read_mms(grid: Grid, model, tok, source: str) -> tuple[dict, tuple]:
-    """A mean-difference direction from the source's training pairs and the layer that best orders
-    the source's validation items: (what was chosen, (Direction, layer))."""
+def read_mms(grid: Grid, model, tok, source: str, token: str = "mean") -> tuple[dict, tuple]:
+    """A mean-difference residual direction from the source's training pairs (each response's state:
+    ``token``, ``reprkit.directions.TOKENS``) and the layer that best orders the source's validation
+    items: (what was chosen, (Direction, layer)). Not GENIES' mass-mean shift, which reads
+    attention-head outputs at the last token, keeps the top heads by a probe and calibrates."""
     from reprkit.directions import from_pairs
 
     items = D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit)
-    direction = from_pairs(model, tok, items, grid.mms_layers, "mean_diff", max_length=grid.eval_max_length,
+    direction = from_pairs(model, tok, items, grid.mms_layers, "mean_diff", token=token,
+                           max_length=grid.eval_max_length, max_prompt_length=eval_prompt_length(grid),
                            source=f"genies:{source} {TRAIN_SPLIT}")
     val = D.load_items(f"genies:{source}", VAL_SPLIT, limit=grid.val_limit)
-    layer, per_layer = direction.best_layer(model, tok, val, max_length=grid.eval_max_length)
-    info = {"layer": layer, "validation": {str(k): v["accuracy_mean"] for k, v in per_layer.items()},
+    layer, per_layer = direction.best_layer(model, tok, val, max_length=grid.eval_max_length,
+                                            max_prompt_length=eval_prompt_length(grid))
+    info = {"layer": layer, "token": token, "validation": {str(k): v["accuracy_mean"] for k, v in per_layer.items()},
             "n_pairs": direction.info["n"]}
     return info, (direction, layer)
 
@@ -553,7 +693,7 @@ def cell_order(grid: Grid, sources: list[str], seeds: list[int] | None = None) -
     seed, the grid's first: they are deterministic) of every shift first, cheap and each shift's
     reference rows; then every trained method on every shift with the first seed before any later
     seed. ``seeds`` (default: the grid's) are the trained cells' seeds."""
-    untrained = [m for m in grid.methods if m in ("base", "mms")]
+    untrained = [m for m in grid.methods if m in UNTRAINED]
     trained = [m for m in grid.methods if m not in untrained]
     order = [(grid.seeds[0], s, m) for s in sources for m in untrained]
     return order + [(seed, s, m) for seed in (seeds or grid.seeds) for s in sources for m in trained]
@@ -574,6 +714,8 @@ def main() -> None:
                    help="this sitting trains these seeds (default: the grid's); a seed outside the grid's adds "
                         "cells beside it, e.g. a third seed on one shift to settle a difference the seeds split. "
                         "The grid's first seed stays the one that tunes rates and scores behaviour")
+    p.add_argument("--check-lengths", action="store_true",
+                   help="only count what truncation cuts in every set of the grid (truncation.json) and stop")
     args = p.parse_args()
     grid = Grid(**json.loads(Path(args.grid).read_text())) if args.grid else Grid()
     if args.shift_file:
@@ -587,24 +729,32 @@ def main() -> None:
         raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
     if args.sources and (unknown := set(args.sources) - set(shifts)):
         raise SystemExit(f"--sources: {sorted(unknown)} not among the grid's sources {list(shifts)}")
+    if grid.max_cut_share is not None or args.check_lengths:
+        from reprkit.models import load_tokenizer_only
+
+        write_json(out / "truncation.json", check_lengths(grid, load_tokenizer_only(grid.model), shifts))
+        if args.check_lengths:
+            return
     lrs: dict[str, float] = {}
     new = 0
     for seed, source, method in cell_order(grid, list(shifts), args.seeds):
         if args.methods and method not in args.methods:
             continue
-        untuned = (source == first and seed == grid.seeds[0] and method not in ("base", "mms")
-                   and not (sweep_dir(grid, out) / f"{method}.json").is_file())
+        tune_on = source if grid.tune_per_shift else first
+        untuned = (source == tune_on and seed == grid.seeds[0] and method not in UNTRAINED
+                   and not (sweep_dir(grid, out, tune_on) / f"{method}.json").is_file())
         if args.sources and source not in args.sources and not untuned:
             continue
         if args.max_cells is not None and new >= args.max_cells:
             return
-        if method not in ("base", "mms") and method not in lrs:
+        key = (method, tune_on)
+        if method not in UNTRAINED and key not in lrs:
             # tuned when its first cell comes up: a whole-budget sweep's chosen run is then
             # finished as that cell in the same sitting (its run directory is not committed)
-            lrs[method] = tune_lr(grid, method, first, out, shifts[first])
-            adopt_sweep_run(grid, out, method, first, lrs[method])
+            lrs[key] = tune_lr(grid, method, tune_on, out, shifts[tune_on])
+            adopt_sweep_run(grid, out, method, tune_on, lrs[key])
         fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
-        run_cell(grid, out, source, shifts[source], method, seed, lrs)
+        run_cell(grid, out, source, shifts[source], method, seed, {method: lrs.get(key)})
         new += fresh
         print(f"cell {source} {method} seed{seed} done", flush=True)
     from analyse import analyse  # noqa: E402 (experiments/ is the script's folder)

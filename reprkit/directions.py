@@ -81,22 +81,25 @@ class Direction:
         """Projection of ``[..., H]`` states on the layer's unit vector: ``[...]``."""
         return hidden.float() @ self.vectors[layer].to(hidden.device)
 
-    def scores(self, model, tokenizer, items: list[dict], layers=None, max_length: int = 256) -> dict[int, dict]:
+    def scores(self, model, tokenizer, items: list[dict], layers=None, max_length: int = 256,
+               max_prompt_length: int | None = None) -> dict[int, dict]:
         """Per layer, ``evaluate``'s K-way summary with projections in place of log-probs."""
-        encoded = D.encode_ranked(items, tokenizer, max_length, max_length // 2)
+        encoded = D.encode_ranked(items, tokenizer, max_length, max_prompt_length or max_length // 2)
         layers = sorted(self.vectors) if layers is None else layers
         states, valid = completion_states(model, encoded, tokenizer.pad_token_id, layers, self.info.get("token", "mean"))
         return {k: ranked_summary(self.project(states[k], k), torch.ones(valid.shape), valid, keep_logps=False) for k in layers}
 
-    def score(self, model, tokenizer, items: list[dict], layer: int, max_length: int = 256) -> dict:
+    def score(self, model, tokenizer, items: list[dict], layer: int, max_length: int = 256,
+              max_prompt_length: int | None = None) -> dict:
         """K-way accuracy by projection at ``layer``: the best response is right when it projects
         highest (same rule and keys as ``evaluate.item_accuracy``, margins in projection units)."""
-        return self.scores(model, tokenizer, items, [layer], max_length)[layer]
+        return self.scores(model, tokenizer, items, [layer], max_length, max_prompt_length)[layer]
 
-    def best_layer(self, model, tokenizer, items: list[dict], max_length: int = 256) -> tuple[int, dict[int, dict]]:
+    def best_layer(self, model, tokenizer, items: list[dict], max_length: int = 256,
+                   max_prompt_length: int | None = None) -> tuple[int, dict[int, dict]]:
         """The layer whose projection best orders held-out items (accuracy, then margin), and every
         layer's summary (to plot)."""
-        per_layer = self.scores(model, tokenizer, items, max_length=max_length)
+        per_layer = self.scores(model, tokenizer, items, max_length=max_length, max_prompt_length=max_prompt_length)
         best = max(per_layer, key=lambda k: (round(per_layer[k]["accuracy_mean"], 6), per_layer[k]["margin_mean"]))
         return best, per_layer
 
@@ -185,11 +188,13 @@ def _read(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], 
 
 
 def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_diff", token: str = "mean",
-               max_length: int = 256, source: str = "", probe_c: float = 1.0) -> Direction:
-    """Read a direction per layer from items' best vs worst response (``data.to_pairs``)."""
+               max_length: int = 256, source: str = "", probe_c: float = 1.0,
+               max_prompt_length: int | None = None) -> Direction:
+    """Read a direction per layer from items' best vs worst response (``data.to_pairs``); each
+    response's state is read as ``token`` says (``TOKENS``)."""
     pairs = D.to_pairs(items)
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
-    encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_length // 2)
+    encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_prompt_length or max_length // 2)
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
     vectors, stats = _read({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
                            method, probe_c)

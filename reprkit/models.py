@@ -55,6 +55,18 @@ def default_tokenizer():
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
+def load_tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL):
+    """The tokenizer ``load_model`` would return, without loading weights (the default model's from
+    its GGUF file; a missing pad token set to EOS)."""
+    if str(name_or_path) == DEFAULT_MODEL:
+        tokenizer = default_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def default_model_path() -> Path:
     """A plain safetensors checkpoint of the default model, converted from the GGUF file once."""
     target = cache_dir() / DEFAULT_MODEL

@@ -330,3 +330,82 @@ def test_whole_budget_sweep_becomes_the_first_cell(tiny_folder, tmp_path, monkey
     md = (out / "results.md").read_text()
     assert "Learning-rate sweep `lr-epoch/` (the cells' whole budget" in md
     assert "| dpo | 1.000 / 0.500 / x1000 | " in md and md.rstrip().endswith("| 0.001 |")
+
+
+def test_choose_lr_not_worse_prefers_the_larger_rate_unless_it_is_significantly_worse():
+    same = [1] * 30 + [0] * 30
+    # three rates the 60 items cannot tell apart: the largest within the bound
+    lr, why = compare.choose_lr_not_worse({1e-4: same, 3e-4: same[::-1], 1e-3: same}, {1e-4: 1.0, 3e-4: 1.1, 1e-3: 2.0}, 3.0)
+    assert lr == 1e-3 and not why["told_apart"] and "cannot tell" in why["why"]
+    # the largest rate broke the model: the largest valid one
+    lr, _ = compare.choose_lr_not_worse({1e-4: same, 1e-3: same}, {1e-4: 1.0, 1e-3: 5.0}, 3.0)
+    assert lr == 1e-4
+    # the largest rate is far worse on the same items (McNemar p < 0.05): not chosen
+    good, bad = [1] * 50 + [0] * 10, [0] * 50 + [1] * 10
+    lr, why = compare.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 1.0, 1e-3: 1.0}, 3.0)
+    assert lr == 1e-4 and why["told_apart"] and why["mcnemar_p_vs_best"]["0.001"] < 0.05
+    # every rate broke the model: the smallest
+    assert compare.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 9.0, 1e-3: 9.0}, 3.0)[0] == 1e-4
+
+
+def test_a_grid_refuses_sets_cut_past_its_share_and_names_the_fitting_lengths(tiny_folder, tmp_path, monkeypatch):
+    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"], methods=["base"], seeds=[0],
+                        max_length=48, max_prompt_length=24, eval_max_length=48, eval_limit=6, val_limit=5,
+                        curve_target_limit=4, max_cut_share=0.05)
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="(?s)refused.*would fit at max_length"):
+        compare.main()
+    assert not (tmp_path / "out" / "cells").exists()  # nothing ran
+    report = json.loads((tmp_path / "out" / "truncation.json").read_text()) if (tmp_path / "out" / "truncation.json").exists() else None
+    assert report is None  # refused before writing the report: it names the sets in the error instead
+
+
+def test_per_shift_tuning_with_length_and_reading_baselines(tiny_folder, tmp_path, monkeypatch):
+    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"],
+                        methods=["base", "length", "meandiff-last", "dpo"], seeds=[0], train_limit=4, batch_size=2,
+                        max_length=96, max_prompt_length=48, lora_r=2, eval_max_length=128, eval_max_prompt_length=80,
+                        eval_limit=4, curve_points=1, curve_target_limit=3, val_limit=3,
+                        retain_data="embedded:capitals", retain_limit=3, lr_sweep={"dpo": [1e-4, 1e-3]}, sweep_steps=None,
+                        tune_per_shift=True, lr_rule="not-worse-larger", mms_layers="0,1", n_samples=1,
+                        truthfulqa_limit=0, sycophancy_limit=0)
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
+    out = tmp_path / "out"
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(out)])
+    compare.main()
+    for source in ("alpaca_easy",):  # swept on the shift's own source, in its own folder
+        rec = json.loads((out / "lr-epoch" / source / "dpo.json").read_text())
+        assert rec["source"] == source and set(rec["sweep"]) == {"0.0001", "0.001"} and "why" in rec
+        assert len(rec["sweep"]["0.001"]["val_correct"]) == 3
+        cell = json.loads((out / "cells" / source / "dpo" / "seed0" / "cell.json").read_text())
+        assert cell["lr"] == rec["lr"]
+        items = cell["scores"]["source test"]["items"]
+        assert {"correct_sum", "logps", "n_tokens", "shortest", "longest"} <= set(items)
+        assert "truncation" in cell["scores"]["source test"]
+    length = json.loads((out / "cells/alpaca_easy/length/seed0/cell.json").read_text())
+    short = length["scores"]["target alpaca_hard"]
+    assert short["items"]["id"] == cell["scores"]["target alpaca_hard"]["items"]["id"]  # paired with the methods
+    assert set(short["items"]["correct"]) <= {0, 0.5, 1, 1 / 3, 0.25} and "correct_longest" in short["items"]
+    reader = json.loads((out / "cells/alpaca_easy/meandiff-last/seed0/cell.json").read_text())
+    assert reader["mms"]["token"] == "last"
+    rules = list(csv.DictReader(open(out / "rules.csv")))
+    assert {r["rule"] for r in rules} == {"mean", "sum", "ratio"}
+    assert {r["method"] for r in rules if r["rule"] == "ratio"} == {"shortest", "longest", "meandiff-last", "dpo"}
+    assert any(r.get("seed_p_holm") for r in rules)  # the headline family is Holm-adjusted
+    assert "depends on the rule" in (out / "results.md").read_text()
+
+
+def test_the_ratio_rule_uses_the_frozen_models_log_probs_on_the_same_items():
+    import rule_tables
+
+    def cell(method, seed, logps):
+        return {"shift": "s", "method": method, "seed": seed,
+                "scores": {"target t": {"chance": 0.5, "items": {"id": ["a", "b"], "correct": [1, 1], "correct_sum": [1, 1],
+                                                                 "logps": logps}}}}
+
+    cells = [cell("base", 0, [[-5.0, -1.0], [-1.0, -5.0]]), cell("dpo", 0, [[-4.0, -1.5], [-2.0, -5.5]])]
+    # item a: ratios +1.0 vs -0.5 -> right; item b: -1.0 vs -0.5 -> wrong (though its raw log-prob is higher)
+    assert rule_tables.outcomes(cells, "s", "dpo", "target t", "ratio") == [{"a": 1, "b": 0}]
+    assert rule_tables.outcomes(cells, "s", "base", "target t", "ratio") == []
