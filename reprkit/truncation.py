@@ -27,9 +27,16 @@ class TruncationError(ValueError):
     """A data set whose items are cut more than a stated share at the lengths given."""
 
 
-def _quantile(values: list[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else 0
+def _fitting_lengths(rows: list[dict], share: float) -> dict:
+    """Lengths at which at least ``share`` of the records fit uncut: the ``share`` of records with the
+    shortest uncut prompt + response, and the longest prompt and whole among them (both limits
+    hold for every one of them)."""
+    if not rows:
+        return {"max_length": 0, "max_prompt_length": 0}
+    kept = sorted(rows, key=lambda r: (r["full_length"], r["full_prompt_length"]))[: max(1, math.ceil(share * len(rows)))]
+    prompt = max(r["full_prompt_length"] for r in kept)
+    # max_prompt_length must stay below max_length (encode_pairs' own rule)
+    return {"max_length": max(max(r["full_length"] for r in kept), prompt + 1), "max_prompt_length": prompt}
 
 
 def truncation_report(encoded) -> dict:
@@ -51,15 +58,13 @@ def truncation_report(encoded) -> dict:
     response_cut = [r["response_cut"] for r in rows]
     cut = sum(1 for p, c in zip(prompt_cut, response_cut) if p or c)
     total = len(rows) + dropped
-    prompts = [r["full_prompt_length"] for r in rows]
-    lengths = [r["full_length"] for r in rows]
+    fit95 = _fitting_lengths(rows, 0.95)
     return {
         "n": len(rows), "dropped": dropped, "cut": cut, "share": (cut + dropped) / total if total else 0.0,
         "prompt_cut": sum(1 for p in prompt_cut if p), "response_cut": sum(1 for c in response_cut if c),
         "max_prompt_cut": max(prompt_cut, default=0), "max_response_cut": max(response_cut, default=0),
         **limits,
-        "fit95": {"max_length": _quantile(lengths, 0.95), "max_prompt_length": _quantile(prompts, 0.95)},
-        "fit_all": {"max_length": max(lengths, default=0), "max_prompt_length": max(prompts, default=0)},
+        "fit95": fit95, "fit_all": _fitting_lengths(rows, 1.0),
     }
 
 
