@@ -38,7 +38,8 @@ class Inspect:
         if self.logit_lens:
             from .lens import format_lens, logit_lens
 
-            res = logit_lens(model, tok, list(self.prompts), self.layers, target=self.target)
+            res = logit_lens(model, tok, list(self.prompts), self.layers, target=self.target,
+                             chat=self.chat and bool(tok.chat_template))
             print("\n\n".join(format_lens(res, prompt=i) for i in range(len(self.prompts))))
             if self.html:
                 from .app.figures import logit_lens_heatmap

@@ -36,13 +36,23 @@ def lens_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, target: str | None = None) -> dict:
+def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, target: str | None = None,
+               chat: bool = False) -> dict:
     """Per layer, position and prompt: the ``top_k`` tokens and probabilities; with ``target`` (a
-    string whose first token is followed), its rank (0 = most likely) and probability.
+    string whose first token is followed), its rank (0 = most likely) and probability. With
+    ``chat``, each prompt is the user turn of the model's chat template, generation prompt included
+    (the position the model answers from is the last).
 
-    Returns ``{"tokens": [[str]], "layers": [int], "top": {layer: [[[(str, p)]]]}, "target": ...}``;
-    positions are each prompt's own (no padding)."""
-    enc = [tokenizer(p, return_tensors="pt") for p in prompts]
+    Returns ``{"tokens": [[str]], "layers": [int], "top": {layer: [[[(str, p)]]]}, "target": ...,
+    "chat": bool}``; positions are each prompt's own (no padding)."""
+    if chat and not tokenizer.chat_template:
+        raise ValueError("chat=True but the tokenizer has no chat template; pass chat=False (--no-chat)")
+    if chat:
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) for p in prompts]
+        enc = [tokenizer(t, return_tensors="pt", add_special_tokens=False) for t in texts]
+    else:
+        enc = [tokenizer(p, return_tensors="pt") for p in prompts]
     target_id = None
     if target is not None:
         ids = tokenizer(target, add_special_tokens=False)["input_ids"]
@@ -68,13 +78,15 @@ def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, tar
                     out["target"]["prob"].setdefault(layer, []).append(pt.tolist())
                     out["target"]["rank"].setdefault(layer, []).append((probs > pt[:, None]).sum(-1).tolist())
     out["layers"] = sorted(out["top"])
+    out["chat"] = chat
     return out
 
 
 def format_lens(res: dict, prompt: int = 0, position: int = -1) -> str:
     """A layer-by-row table of one prompt position: top tokens, and the target's rank and probability."""
     tok = res["tokens"][prompt][position]
-    lines = [f"logit lens, prompt {prompt}, position {position} (token {tok!r})"]
+    how = "in the chat template's user turn" if res.get("chat") else "as plain text"
+    lines = [f"logit lens, prompt {prompt} {how}, position {position} (token {tok!r})"]
     head = f"{'layer':>6}  top tokens"
     if "target" in res:
         head += f"  | target {res['target']['token']!r}: rank, prob"

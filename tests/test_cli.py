@@ -101,3 +101,14 @@ def test_inspect_logit_lens_prints_a_table_and_writes_heatmaps(tmp_path, tiny_fo
     assert out.count("logit lens, prompt") == 2 and "target ' two'" in out
     text = html.read_text()
     assert text.count("Plotly.newPlot") == 2 and "cdn.plot.ly" in text
+
+
+def test_inspect_logit_lens_follows_chat(tiny_folder, capsys):
+    """--chat wraps the prompt in the chat template (its tokens appear in the table), --no-chat does not."""
+    main(["inspect", "--model", str(tiny_folder), "--logit-lens", "--layers", "1", "--prompts", "one two", "three"])
+    chat = capsys.readouterr().out
+    main(["inspect", "--model", str(tiny_folder), "--logit-lens", "--layers", "1", "--prompts", "one two", "three",
+          "--no-chat"])
+    plain = capsys.readouterr().out
+    assert "in the chat template's user turn" in chat and "as plain text" in plain
+    assert "(token '\\n')" in chat and "(token ' two')" in plain  # the chat prompt ends with the template's newline
