@@ -64,8 +64,7 @@ def main() -> None:
     names = list(dict.fromkeys(n for s in shifts for n in (s["source"], s["target"])))
     sources = {s["source"] for s in shifts}
     for name in names:  # lengths and length baselines: tokenizer only, every distribution
-        if name in dists:
-            continue
+        old = dists.get(name, {})
         row: dict = {}
         test = encode_set(grid, tok, f"genies:{name}", "test", None)
         row["test_truncation"] = truncation_report(test)
@@ -78,6 +77,8 @@ def main() -> None:
             row["train_truncation"] = truncation_report(D.encode_pairs(pairs, tok, grid.max_length, grid.max_prompt_length,
                                                                        warn=False))
             row["val_truncation"] = truncation_report(encode_set(grid, tok, f"genies:{name}", VAL_SPLIT, None))
+        if "frozen" in old and not old["test_truncation"]["cut"] and not row["test_truncation"]["cut"]:
+            row["frozen"] = old["frozen"]  # the same uncut items as scored before (a resumed or re-lengthed scan)
         dists[name] = row
     # the frozen model only where a shift's sets fit: a shift that fails on lengths is out whatever it scores
     fitting = [s for s in shifts if not length_reasons(s, dists)]
