@@ -77,9 +77,58 @@ class Direction:
     vectors: dict[int, torch.Tensor]
     info: dict = field(default_factory=dict)
 
+    def vector(self, layer: int) -> torch.Tensor:
+        """The layer's vector; a layer the direction does not hold is refused by name."""
+        if layer not in self.vectors:
+            raise ValueError(f"the direction has no vector at layer {layer}; it holds layers {sorted(self.vectors)}")
+        return self.vectors[layer]
+
     def project(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Projection of ``[..., H]`` states on the layer's unit vector: ``[...]``."""
-        return hidden.float() @ self.vectors[layer].to(hidden.device)
+        return hidden.float() @ self.vector(layer).to(hidden.device)
+
+    # arithmetic on the layers both hold: vectors are combined as stored (unit vectors are not unit
+    # after a sum); ``normalised()`` rescales each to unit length
+    def _combine(self, other: Direction, op, name: str) -> Direction:
+        if not isinstance(other, Direction):
+            return NotImplemented
+        shared = sorted(set(self.vectors) & set(other.vectors))
+        if not shared:
+            raise ValueError(f"the directions share no layer ({sorted(self.vectors)} and {sorted(other.vectors)}); "
+                             "read them at common layers")
+        info = {"method": name, "operands": [self.info.get("method"), other.info.get("method")], "layers": shared}
+        return Direction({k: op(self.vectors[k], other.vectors[k]) for k in shared}, info)
+
+    def __add__(self, other: Direction) -> Direction:
+        return self._combine(other, torch.add, "sum")
+
+    def __sub__(self, other: Direction) -> Direction:
+        return self._combine(other, torch.sub, "difference")
+
+    def __mul__(self, factor: float) -> Direction:
+        if not isinstance(factor, (int, float)):
+            return NotImplemented
+        return Direction({k: v * factor for k, v in self.vectors.items()}, {**self.info, "scaled_by": factor})
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Direction:
+        return self * -1.0
+
+    def normalised(self) -> Direction:
+        """Each layer's vector scaled to unit length."""
+        return Direction({k: unit(v) for k, v in self.vectors.items()}, dict(self.info))
+
+    @classmethod
+    def from_gguf(cls, path) -> Direction:
+        """A llama.cpp control-vector file (``to_gguf``, repeng's ``export_gguf``) as a Direction: its
+        vectors as stored (not normalised; a file written at strength s holds s x the unit vector)."""
+        from .steering import read_gguf
+
+        vectors = read_gguf(path)
+        if not vectors:
+            raise ValueError(f"{path} holds no 'direction.<layer>' tensors: not a control-vector file")
+        return cls(vectors, {"method": "gguf", "data": str(path), "layers": sorted(vectors)})
 
     def scores(self, model, tokenizer, items: list[dict], layers=None, max_length: int = 256,
                max_prompt_length: int | None = None) -> dict[int, dict]:
@@ -107,13 +156,13 @@ class Direction:
         """An edit for ``capture(model, layer, edit_output=...)`` adding ``strength`` x the unit vector."""
         from .edits import add_vector
 
-        return add_vector(self.vectors[layer], strength)
+        return add_vector(self.vector(layer), strength)
 
     def ablate(self, layer: int):
         """An edit projecting the direction out of the layer's output."""
         from .edits import ablate
 
-        return ablate(self.vectors[layer])
+        return ablate(self.vector(layer))
 
     def to_gguf(self, path, strength: float = 1.0, model_hint: str = "llama") -> None:
         """llama.cpp's control-vector file (``reprkit.steering.to_gguf``)."""
@@ -138,12 +187,20 @@ class Direction:
         return cls(vectors, json.loads((path / "direction.json").read_text()))
 
 
+METHODS = ("mean_diff", "pca", "pca_uncentered", "probe")
+"""Sign rule, every method: the vector is flipped so that the mean paired difference (chosen or
+positive minus rejected or negative) projects positive on it."""
+
+
 def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: str = "mean_diff",
                           probe_c: float = 1.0) -> torch.Tensor:
     """A unit vector from paired states ``[N, H]``, signed so that chosen projects higher on average:
 
     - ``mean_diff``: mean chosen minus mean rejected (mass-mean shift);
-    - ``pca``: first principal component of the centred paired differences (repeng's);
+    - ``pca``: first principal component of the centred paired differences (repeng's ``pca_diff``);
+    - ``pca_uncentered``: first right singular vector of the uncentred paired differences (repeng's
+      ``pca_center``-free variant, steering-vectors' PCA aggregator): close to ``mean_diff`` when
+      the differences share a direction, where the centred one can lose it;
     - ``probe``: the weight of an L2-regularised logistic regression (scikit-learn, inverse strength
       ``probe_c``) telling chosen from rejected states, each pair's midpoint removed first so that
       what a pair shares (its prompt, its topic) cannot be used.
@@ -154,6 +211,8 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     elif method == "pca":
         centred = diff - diff.mean(0)
         v = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+    elif method == "pca_uncentered":
+        v = torch.linalg.svd(diff, full_matrices=False).Vh[0]
     elif method == "probe":
         from sklearn.linear_model import LogisticRegression
 
@@ -163,7 +222,7 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
         clf = LogisticRegression(C=probe_c, fit_intercept=False, max_iter=2000).fit(x, y)
         v = torch.tensor(clf.coef_[0], dtype=torch.float32)
     else:
-        raise ValueError(f"method must be 'mean_diff', 'pca' or 'probe', not {method!r}")
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if (diff @ v).mean() < 0:
         v = -v
     return unit(v)
@@ -176,6 +235,12 @@ def _read(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], 
     vectors, stats = {}, {}
     for layer in states_a:
         a, b = states_a[layer], states_b[layer]
+        if len(a) < 2:
+            raise ValueError(f"a direction needs at least 2 pairs (got {len(a)}): one pair gives no spread to "
+                             "measure its separation; add pairs")
+        if torch.allclose(a, b):
+            raise ValueError(f"the two sides' states are identical at layer {layer}: the positive and negative "
+                             "inputs do not differ there (the same prompts or responses?); give contrasting pairs")
         v = direction_from_states(a, b, method, probe_c)
         vectors[layer] = v
         pc, pr = a @ v, b @ v
@@ -187,12 +252,27 @@ def _read(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], 
     return vectors, stats
 
 
+def as_items(rows: list[dict]) -> list[dict]:
+    """Items in reprkit's shape (``data`` module docstring) from what the rest of reprkit accepts:
+    items, ``{prompt, chosen, rejected}`` pairs (a string prompt or messages), GENIES or ranked rows.
+    A bad row is named with the fix (``data.DataError``)."""
+    rows = list(rows)
+    if not rows:
+        raise D.DataError("no items given: pass a non-empty list of {prompt, chosen, rejected} pairs or items")
+    if all(isinstance(r, dict) and isinstance(r.get("prompt"), list) and isinstance(r.get("responses"), list)
+           and "scores" in r for r in rows):
+        for i, r in enumerate(rows):
+            D.check_item(r, i)
+        return rows
+    return D.to_items(rows, bad_rows="raise")
+
+
 def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_diff", token: str = "mean",
                max_length: int = 256, source: str = "", probe_c: float = 1.0,
                max_prompt_length: int | None = None) -> Direction:
     """Read a direction per layer from items' best vs worst response (``data.to_pairs``); each
     response's state is read as ``token`` says (``TOKENS``)."""
-    pairs = D.to_pairs(items)
+    pairs = D.to_pairs(as_items(items))
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
     encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_prompt_length or max_length // 2)
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
@@ -236,6 +316,11 @@ def from_prompts(model, tokenizer, positive: list[str], negative: list[str], lay
     """Read a direction per layer from two prompt sets, ``positive[i]`` paired with ``negative[i]``
     (contrastive prompts as in repeng or CAA: "Act honest: ..." vs "Act dishonest: ..."), from each
     prompt's last-token state (or token mean). Positive prompts project higher."""
+    for name, side in (("positive", positive), ("negative", negative)):
+        if isinstance(side, str) or not all(isinstance(x, str) for x in side):
+            raise ValueError(f"{name} must be a list of prompt strings (got {type(side).__name__}"
+                             f"{'' if isinstance(side, str) else ' holding ' + type(next(iter(side), None)).__name__}); "
+                             "wrap a single prompt in a list")
     if len(positive) != len(negative) or not positive:
         raise ValueError(f"positive and negative prompts must be paired, same non-zero count "
                          f"(got {len(positive)} and {len(negative)})")

@@ -1,7 +1,9 @@
 """Steering with a read direction at a strength chosen by divergence, not by an arbitrary multiplier.
 
->>> s = calibrate_strength(model, tokenizer, direction, prompts, layer=15, kl=1.0)
->>> with capture(model, 15, edit_output=direction.steer(s["strength"], 15)):
+>>> s = calibrate_strength(model, tokenizer, direction, prompts, kl=1.0)   # over the direction's best layer(s)
+>>> with steer(model, direction, s["strength"], layers=s["layers"]):      # every layer in one call, undone on exit
+...     model.generate(...)
+>>> with capture(model, 15, edit_output=direction.steer(s["strength"], 15)):   # one layer, the baukit way
 ...     model.generate(...)
 >>> direction.to_gguf("honesty.gguf")   # llama.cpp control vector (see ``to_gguf``)
 
@@ -12,47 +14,95 @@ next-token distributions differ from the unsteered ones by the asked KL divergen
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .hooks import capture
 from .reference import eval_mode
 
 
-@torch.no_grad()
-def steering_kl(model, batch: dict, layer: int, vector: torch.Tensor, strength: float) -> torch.Tensor:
-    """Per-token KL(unsteered || steered) of next-token distributions over the batch's real tokens."""
-    from .edits import add_vector
+@contextmanager
+def steer(model, direction, strength: float | dict[int, float], layers=None, mask: torch.Tensor | None = None,
+          block_name: str | None = None):
+    """Add ``strength`` x the direction's vector to the output of each of ``layers`` (default: every
+    layer the direction holds), in one context; undone on exit, also when the body raises.
 
+    ``strength`` is one number or ``{layer: strength}``; ``mask`` (``[batch, seq]``) limits the edit
+    to those positions (``None`` during ``generate``). A layer the direction does not hold is refused
+    by name. Equal to nesting one ``capture(model, k, edit_output=direction.steer(s, k))`` per layer.
+    """
+    from .edits import add_vector
+    from .layers import select_layers
+
+    held = sorted(direction.vectors)
+    layers = held if layers is None else ([layers] if isinstance(layers, int) else list(layers))
+    selection = select_layers(model, layers, block_name=block_name)
+    missing = [k for k in selection.indices if k not in direction.vectors]
+    if missing:
+        raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {held}")
+    edits = {name: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength, mask)
+             for k, name in zip(selection.indices, selection.block_names)}
+    with capture(model, selection.indices, block_name=block_name, retain_output=False,
+                 edit_output=lambda h, name: edits[name](h, name)) as cap:
+        yield cap
+
+
+@torch.no_grad()
+def steering_kl(model, batch: dict, layer, vector, strength: float) -> torch.Tensor:
+    """Per-token KL(unsteered || steered) of next-token distributions over the batch's real tokens;
+    ``layer`` and ``vector`` may be lists (steered at every one of those layers at once)."""
+    layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
+    from .directions import Direction
+
+    d = Direction(dict(zip(layers, vectors)))
     with eval_mode(model):
         plain = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
-        with capture(model, layer, edit_output=add_vector(vector, strength)):
+        with steer(model, d, strength, layers):
             steered = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
     kl = (plain.exp() * (plain - steered)).sum(-1)
     return kl[batch["attention_mask"].bool()]
 
 
-def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: int | None = None, kl: float = 1.0,
-                       quantile: float = 0.9, tolerance: float = 0.02, max_iter: int = 40) -> dict:
-    """``{"strength", "kl", "quantile", "n_tokens", "layer"}``: the strength whose per-token KL
-    quantile is within ``tolerance`` (relative) of ``kl``. ``direction`` is a ``Direction`` (its
-    unit vector at ``layer``, default its first layer) or a plain vector with ``layer`` given."""
+def default_layers(direction) -> list[int]:
+    """The direction's best layer(s) if it records them (``best_layer``), else its every layer."""
+    best = direction.info.get("best_layers") or direction.info.get("best_layer")
+    if best is None:
+        return sorted(direction.vectors)
+    return [best] if isinstance(best, int) else list(best)
+
+
+def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: int | list[int] | None = None,
+                       kl: float = 1.0, quantile: float = 0.9, tolerance: float = 0.02, max_iter: int = 40) -> dict:
+    """``{"strength", "kl", "quantile", "n_tokens", "layer", "layers"}``: the strength whose per-token
+    KL quantile is within ``tolerance`` (relative) of ``kl``, steering at every one of ``layer``
+    (one layer or a list; default: the direction's best layer(s), ``default_layers``).
+    ``direction`` is a ``Direction`` or a plain vector with ``layer`` given."""
     if kl <= 0:
         raise ValueError(f"kl must be positive, not {kl}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("calibrate_strength needs at least one prompt to measure the KL on")
     if hasattr(direction, "vectors"):
-        layer = min(direction.vectors) if layer is None else layer
-        vector = direction.vectors[layer]
+        layers = default_layers(direction) if layer is None else ([layer] if isinstance(layer, int) else list(layer))
+        missing = [k for k in layers if k not in direction.vectors]
+        if missing:
+            raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {sorted(direction.vectors)}")
+        vectors = [direction.vectors[k] for k in layers]
     else:
         if layer is None:
             raise ValueError("pass layer= with a plain vector")
-        vector = direction / direction.norm()
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        vectors = [direction / direction.norm()] * len(layers)
     device = next(model.parameters()).device
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    batch = {k: v.to(device) for k, v in tokenizer(list(prompts), return_tensors="pt", padding=True).items()}
-    vector = vector.to(device)
+    batch = {k: v.to(device) for k, v in tokenizer(prompts, return_tensors="pt", padding=True).items()}
+    vectors = [v.to(device) for v in vectors]
 
     def measure(s: float) -> float:
-        return torch.quantile(steering_kl(model, batch, layer, vector, s), quantile).item()
+        return torch.quantile(steering_kl(model, batch, layers, vectors, s), quantile).item()
 
     lo, hi = 0.0, 1.0
     value = measure(hi)
@@ -60,7 +110,7 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
         lo, hi = hi, hi * 2
         value = measure(hi)
         if hi > 1e6:
-            raise ValueError(f"steering layer {layer} never reaches KL {kl} (at strength {hi:g}: {value:.3g})")
+            raise ValueError(f"steering layer(s) {layers} never reaches KL {kl} (at strength {hi:g}: {value:.3g})")
     strength = hi
     for _ in range(max_iter):
         if abs(value - kl) <= tolerance * kl:
@@ -69,7 +119,7 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
         value = measure(strength)
         lo, hi = (strength, hi) if value < kl else (lo, strength)
     return {"strength": strength, "kl": value, "quantile": quantile, "n_tokens": int(batch["attention_mask"].sum()),
-            "layer": layer}
+            "layer": layers[0], "layers": layers}
 
 
 def to_gguf(direction, path, strength: float = 1.0, model_hint: str = "llama") -> None:

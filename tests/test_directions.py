@@ -127,3 +127,46 @@ def test_last_token_reads_the_answer_not_the_chat_templates_end(tiny_folder, tok
         model(input_ids=ids)
     answer_pos = ids.shape[1] - suffix - 1
     torch.testing.assert_close(last[1][0, 0], cap[1][0, answer_pos].float())
+
+
+@pytest.mark.parametrize("items, message", [
+    ([], "no items given"),
+    ([{"prompt": "Is it?", "responses": ["yes"], "scores": [1.0]}], "at least two"),
+    ([{"prompt": "Is it?", "chosen": "yes", "rejected": "no"}], "at least 2 pairs"),
+    ([{"prompt": "Is it?", "chosen": "yes", "rejected": "yes"}, {"prompt": "Or?", "chosen": "no", "rejected": "no"}],
+     "identical"),
+])
+def test_bad_pairs_get_one_line_that_names_the_fix(tiny_folder, tokenizer, items, message):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.directions import from_pairs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    with pytest.raises(ValueError, match=message):
+        from_pairs(model, tokenizer, items, layers=[1], max_length=64)
+
+
+def test_pairs_in_the_formats_reprkit_accepts_elsewhere(tiny_folder, tokenizer):
+    """{prompt, chosen, rejected} with a string prompt reads like the same item in reprkit's shape."""
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.directions import from_pairs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    pairs = [{"prompt": f"Is {k} even?", "chosen": "yes" if k % 2 == 0 else "no", "rejected": "no" if k % 2 == 0 else "yes"}
+             for k in range(4)]
+    items = [{"prompt": [{"role": "user", "content": p["prompt"]}], "responses": [p["chosen"], p["rejected"]],
+              "scores": [1.0, 0.0]} for p in pairs]
+    a = from_pairs(model, tokenizer, pairs, layers=[1], max_length=64)
+    b = from_pairs(model, tokenizer, items, layers=[1], max_length=64)
+    torch.testing.assert_close(a.vectors[1], b.vectors[1])
+
+
+def test_from_prompts_refuses_a_string(tiny_folder, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.directions import from_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    with pytest.raises(ValueError, match="list of prompt strings"):
+        from_prompts(model, tokenizer, "Act happy", "Act sad", layers=[1])

@@ -45,3 +45,108 @@ def test_gguf_control_vector_reads_back(tmp_path):
     assert reader.fields["controlvector.layer_count"].contents() == 2
     with pytest.raises(ValueError, match="block 1"):
         to_gguf(Direction({0: torch.ones(3)}), tmp_path / "w.gguf")
+
+
+def _direction(model, layers=(1, 2), seed=0):
+    from reprkit.directions import Direction
+
+    g = torch.Generator().manual_seed(seed)
+    h = model.config.hidden_size
+    return Direction({k: torch.nn.functional.normalize(torch.randn(h, generator=g), dim=0) for k in layers},
+                     {"method": "mean_diff"})
+
+
+def test_steer_at_two_layers_in_one_call_equals_nested_single_layer_captures(model, inputs):
+    from reprkit.hooks import capture
+    from reprkit.steering import steer
+
+    d = _direction(model)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with steer(model, d, 3.0, layers=[1, 2]):
+            one_call = model(**inputs).logits
+        with capture(model, 1, edit_output=d.steer(3.0, 1)), capture(model, 2, edit_output=d.steer(3.0, 2)):
+            nested = model(**inputs).logits
+        after = model(**inputs).logits
+    torch.testing.assert_close(one_call, nested)
+    assert not torch.allclose(one_call, plain)
+    torch.testing.assert_close(after, plain)  # undone on exit
+
+
+def test_steer_refuses_a_layer_the_direction_does_not_hold(model):
+    from reprkit.steering import steer
+
+    d = _direction(model)
+    with pytest.raises(ValueError, match=r"no vector at layer\(s\) \[3\]; it holds layers \[1, 2\]"):
+        with steer(model, d, 1.0, layers=[1, 3]):
+            pass
+    with pytest.raises(ValueError, match="no vector at layer 3; it holds layers"):
+        d.steer(4.0, 3)
+
+
+def test_steer_with_a_mask_edits_only_the_masked_positions(model, inputs):
+    from reprkit.hooks import capture
+    from reprkit.steering import steer
+
+    d = _direction(model, layers=(1,))
+    mask = torch.zeros_like(inputs["input_ids"])
+    mask[:, -1] = 1
+    with torch.no_grad(), steer(model, d, 5.0, mask=mask), capture(model, 1) as cap:
+        model(**inputs)
+    with torch.no_grad(), capture(model, 1) as ref:
+        model(**inputs)
+    diff = (cap[1] - ref[1]).norm(dim=-1)
+    assert (diff[:, :-1] == 0).all() and (diff[:, -1] > 1).all()
+
+
+def test_direction_arithmetic_on_shared_layers(model):
+    a, b = _direction(model, (1, 2), seed=0), _direction(model, (2, 3), seed=1)
+    s = a + b
+    assert sorted(s.vectors) == [2] and torch.allclose(s.vectors[2], a.vectors[2] + b.vectors[2])
+    assert torch.allclose((a - b).vectors[2], a.vectors[2] - b.vectors[2])
+    assert torch.allclose((2 * a).vectors[1], 2 * a.vectors[1]) and torch.allclose((-a).vectors[1], -a.vectors[1])
+    assert torch.allclose(s.normalised().vectors[2].norm(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="share no layer"):
+        _ = _direction(model, (1,)) + _direction(model, (3,))
+
+
+def test_direction_from_gguf_round_trips_to_gguf(model, tmp_path):
+    from reprkit.directions import Direction
+
+    d = _direction(model, (1, 2))
+    d.to_gguf(tmp_path / "v.gguf", strength=2.0)
+    back = Direction.from_gguf(tmp_path / "v.gguf")
+    assert sorted(back.vectors) == [1, 2] and torch.allclose(back.vectors[1], 2.0 * d.vectors[1])
+
+
+def test_uncentred_pca_agrees_with_mean_diff_where_the_centred_one_can_fail():
+    from reprkit.directions import direction_from_states
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
+    noise_dir = torch.nn.functional.normalize(torch.randn(16, generator=g), dim=0)
+    # every pair differs by the shared direction plus a large spread along another one
+    diff = shared * 1.0 + noise_dir * torch.randn(200, 1, generator=g) * 3.0
+    rejected = torch.randn(200, 16, generator=g)
+    chosen = rejected + diff
+    md = direction_from_states(chosen, rejected, "mean_diff")
+    unc = direction_from_states(chosen, rejected, "pca_uncentered")
+    cen = direction_from_states(chosen, rejected, "pca")
+    assert abs(float(md @ unc)) > abs(float(md @ cen))
+    assert float((diff @ unc).mean()) > 0  # signed so the paired differences project positive
+
+
+def test_calibrate_strength_over_several_layers_and_its_errors():
+    model = tiny_llama(initializer_range=0.3)
+    d = _direction(model, (1, 2))
+    d.info["best_layer"] = 2
+    prompts = ["hello there", "a longer prompt, this one"]
+    one = calibrate_strength(model, _Tok(), d, prompts, kl=0.5)
+    assert one["layers"] == [2]  # the direction's best layer, not its shallowest
+    both = calibrate_strength(model, _Tok(), d, prompts, layer=[1, 2], kl=0.5)
+    assert both["layers"] == [1, 2] and both["kl"] == pytest.approx(0.5, rel=0.05)
+    assert both["strength"] < one["strength"]  # two layers at once need less of each
+    with pytest.raises(ValueError, match="at least one prompt"):
+        calibrate_strength(model, _Tok(), d, [], kl=0.5)
+    with pytest.raises(ValueError, match="no vector at layer"):
+        calibrate_strength(model, _Tok(), d, ["a b"], layer=20, kl=0.5)
