@@ -79,34 +79,98 @@ class DirectionCmd:
     completion's last token, a chat template's end token)"""
     split: str = "train"
     heldout_split: str = "test"
+    """the split scored as held out; where the data has no separate one (a local file, whose every
+    split is the same rows), the last --heldout-fraction of the rows is held out instead, and said"""
+    heldout_fraction: float = 0.2
     limit: int | None = None
     max_length: int = 256
     gguf: str | None = None
     """also write a llama.cpp control vector here"""
+    positive: str | None = None
+    """contrast prompts instead of preference data: a text file (one prompt per line) or a .json /
+    .jsonl list of the positive prompts, paired line by line with --negative"""
+    negative: str | None = None
+    chat: bool = False
+    """with --positive/--negative: wrap each prompt as the user turn of the chat template"""
 
     def run(self) -> None:
         from . import data as D
-        from .directions import from_pairs
+        from .directions import from_pairs, from_prompts
         from .models import load_model
 
         model, tok = load_model(self.model)
+        if self.positive or self.negative:
+            if not (self.positive and self.negative):
+                raise ValueError("contrast prompts need both --positive FILE and --negative FILE")
+            pos, neg = read_prompts(self.positive), read_prompts(self.negative)
+            token = self.token if self.token in ("mean", "last") else "last"
+            d = from_prompts(model, tok, pos, neg, self.layers, self.method, token=token, chat=self.chat,
+                             max_length=self.max_length, source=f"{self.positive} vs {self.negative}",
+                             probe_c=self.probe_c)
+            d.info["model"] = self.model
+            d.save(self.out)
+            print(f"{'layer':>6}{'separation':>12}{'pair acc':>10}   ({len(pos)} prompt pairs, read at the '{token}' token; "
+                  "no held-out score: pass held-out prompts to `reprkit steer --evaluate`)")
+            for k in sorted(d.vectors):
+                st = d.info["stats"][str(k)]
+                print(f"{k:>6}{st['separation']:>12.3f}{st['pair_accuracy']:>10.3f}")
+            print(f"written to {self.out}")
+            if self.gguf:
+                d.to_gguf(self.gguf, model_hint=model.config.model_type)
+            return
         items = D.load_items(self.data, self.split, limit=self.limit)
-        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length,
-                       f"{self.data} {self.split}", self.probe_c)
         held = D.load_items(self.data, self.heldout_split, limit=self.limit)
+        scored_on = f"{self.data} {self.heldout_split}"
+        if _same_rows(items, held):
+            if not 0 < self.heldout_fraction < 1:
+                raise ValueError(f"--heldout-fraction must be between 0 and 1, not {self.heldout_fraction}")
+            cut = len(items) - max(1, round(len(items) * self.heldout_fraction))
+            if cut < 2:
+                raise ValueError(f"{self.data} has {len(items)} items: too few to hold some out; add items")
+            items, held = items[:cut], items[cut:]
+            scored_on = (f"the last {len(held)} of {self.data}'s {cut + len(held)} rows, held out (its "
+                         f"'{self.heldout_split}' split is the same rows as '{self.split}')")
+        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length,
+                       f"{self.data} {self.split}" + (f" (first {len(items)} rows)" if "held out" in scored_on else ""),
+                       self.probe_c)
         best, per_layer = d.best_layer(model, tok, held, self.max_length)
         d.info["best_layer"] = best
         d.info["model"] = self.model
         d.info["heldout"] = {str(k): v["accuracy_mean"] for k, v in per_layer.items()}
+        d.info["heldout_data"] = scored_on
         d.save(self.out)
-        print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{f'accuracy ({self.heldout_split})':>18}")
+        print(f"held-out accuracy scored on {scored_on}; direction read at the '{self.token}' token")
+        print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{'accuracy (held out)':>21}")
         for k, v in per_layer.items():
             st = d.info["stats"][str(k)]
-            print(f"{k:>6}{st['separation']:>20.3f}{st['pair_accuracy']:>18.3f}{v['accuracy_mean']:>18.3f}"
+            print(f"{k:>6}{st['separation']:>20.3f}{st['pair_accuracy']:>18.3f}{v['accuracy_mean']:>21.3f}"
                   + ("  <- best" if k == best else ""))
         print(f"written to {self.out}")
         if self.gguf:
             d.to_gguf(self.gguf, model_hint=model.config.model_type)
+
+
+def _same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Whether two item lists share any item (a 'held-out' split that is not held out)."""
+    key = lambda it: (str(it["prompt"]), tuple(it["responses"]))  # noqa: E731
+    return bool({key(x) for x in a} & {key(x) for x in b})
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a text file (one per non-empty line) or a JSON / JSON-lines list of strings."""
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        rows = json.loads(text)
+    elif path.endswith(".jsonl"):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = [line for line in text.splitlines() if line.strip()]
+    if not rows or not all(isinstance(r, str) for r in rows):
+        raise ValueError(f"{path}: expected a non-empty list of prompt strings (one per line, or a JSON list)")
+    return rows
 
 
 @dataclasses.dataclass

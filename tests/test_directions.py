@@ -170,3 +170,36 @@ def test_from_prompts_refuses_a_string(tiny_folder, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_folder)
     with pytest.raises(ValueError, match="list of prompt strings"):
         from_prompts(model, tokenizer, "Act happy", "Act sad", layers=[1])
+
+
+def test_direction_from_a_local_file_is_scored_on_rows_it_was_not_read_from(tiny_folder, tmp_path, capsys):
+    """A local file has no separate test split: load_items(file, 'test') returns the training rows.
+    The held-out score must be on other rows, and the output must say which."""
+    import json
+
+    from reprkit.cli import main
+
+    rows = [{"prompt": f"Is {k} even?", "chosen": "yes" if k % 2 == 0 else "no",
+             "rejected": "no" if k % 2 == 0 else "yes"} for k in range(20)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "dir"
+    main(["direction", "--model", str(tiny_folder), "--data", str(path), "--layers", "1", "--out", str(out),
+          "--max-length", "64"])
+    printed = capsys.readouterr().out
+    d = Direction.load(out)
+    assert d.info["n"] == 16  # read from the first 16 rows only
+    assert "the last 4 of" in d.info["heldout_data"] and "the last 4 of" in printed
+
+
+def test_direction_command_from_contrast_prompt_files(tiny_folder, tmp_path, capsys):
+    from reprkit.cli import main
+
+    (tmp_path / "pos.txt").write_text("Act happy. Hi\nAct happy. Hello\nAct happy. Hey\n")
+    (tmp_path / "neg.txt").write_text("Act sad. Hi\nAct sad. Hello\nAct sad. Hey\n")
+    out = tmp_path / "dir"
+    main(["direction", "--model", str(tiny_folder), "--positive", str(tmp_path / "pos.txt"), "--negative",
+          str(tmp_path / "neg.txt"), "--layers", "1,2", "--out", str(out)])
+    d = Direction.load(out)
+    assert d.info["contrast"] == "prompts" and d.info["n"] == 3 and sorted(d.vectors) == [1, 2]
+    assert "3 prompt pairs" in capsys.readouterr().out
