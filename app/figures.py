@@ -240,3 +240,30 @@ def config_table(runs: list[dict], only_differences: bool = False) -> dict[str, 
     if only_differences and len(runs) > 1:
         table = {f: v for f, v in table.items() if len({str(x) for x in v.values()}) > 1}
     return table
+
+
+def steerability_figure(res: dict, max_lines: int = 100) -> go.Figure:
+    """Left: each item's change in the behaviour-matching log-odds against strength (thin grey,
+    those that move the wrong way in red) and the mean (black). Right: the per-item slopes, with 0
+    marked: the share left of it is the anti-steerable fraction."""
+    strengths = res["strengths"]
+    change, slopes = res["per_item"]["change"], res["per_item"]["slope"]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4], horizontal_spacing=0.12,
+                        subplot_titles=(f"change in log-odds per item (n {res['n']})",
+                                        f"per-item slope (anti-steerable {res['anti_steerable']:.0%})"))
+    for row, slope in list(zip(change, slopes))[:max_lines]:
+        fig.add_trace(go.Scatter(x=strengths, y=row, mode="lines", showlegend=False, hoverinfo="skip",
+                                 line={"width": 1, "color": "rgba(200,60,60,0.35)" if slope < 0 else "rgba(120,120,120,0.25)"}),
+                      row=1, col=1)
+    mean = [r["mean_change"] for r in res["table"]]
+    fig.add_trace(go.Scatter(x=strengths, y=mean, mode="lines+markers", name="mean", line={"width": 3, "color": "black"}),
+                  row=1, col=1)
+    fig.add_trace(go.Histogram(x=slopes, nbinsx=30, name="slopes", marker={"color": "steelblue"}, showlegend=False),
+                  row=1, col=2)
+    fig.add_vline(x=0, line={"dash": "dash", "color": "red"}, row=1, col=2)
+    fig.update_xaxes(title_text="strength", row=1, col=1)
+    fig.update_yaxes(title_text="log-odds change", row=1, col=1)
+    fig.update_xaxes(title_text="log-odds per unit strength", row=1, col=2)
+    fig.update_layout(height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50},
+                      title=f"steerability at layer(s) {res['layers']}: mean slope {res['mean_slope']:+.3g}")
+    return fig

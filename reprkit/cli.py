@@ -150,6 +150,40 @@ class DirectionCmd:
             d.to_gguf(self.gguf, model_hint=model.config.model_type)
 
 
+def steerability_command(self: "Steer", model, tok, d) -> None:
+    """``reprkit steer --evaluate FILE``: the steerability table, at multiples of a calibrated strength."""
+    import json
+    from pathlib import Path
+
+    from .behaviour import load_behaviour
+    from .data import render_prompt
+    from .steerability import format_steerability, steerability
+    from .steering import calibrate_strength
+
+    items = load_behaviour(self.evaluate)[self.skip:]
+    items = items[: self.limit] if self.limit else items
+    if not items:
+        raise ValueError(f"{self.evaluate}: no items left after --skip {self.skip}; lower --skip")
+    layers = [self.layer] if self.layer is not None else None
+    chat = bool(tok.chat_template)
+    prompts = [render_prompt(tok, it["prompt"], chat) for it in items[:16]]
+    cal = calibrate_strength(model, tok, d, prompts, layer=layers, kl=self.kl)
+    strengths = [m * cal["strength"] for m in self.strengths]
+    res = steerability(model, tok, d, items, strengths, layers=cal["layers"])
+    res["calibration"] = {"kl": self.kl, "strength": cal["strength"], "multiples": list(self.strengths)}
+    res["data"] = f"{self.evaluate} items {self.skip}..{self.skip + len(items)}"
+    print(f"{res['data']}; unit strength = {cal['strength']:.3f}, calibrated to KL {self.kl} (q0.9 over the first "
+          f"{len(prompts)} prompts)")
+    print(format_steerability(res))
+    if self.out:
+        from .app.figures import steerability_figure
+
+        Path(self.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(self.out).write_text(json.dumps(res))
+        steerability_figure(res).write_html(str(Path(self.out).with_suffix(".html")), include_plotlyjs="cdn")
+        print(f"written to {self.out} and {Path(self.out).with_suffix('.html')}")
+
+
 def _same_rows(a: list[dict], b: list[dict]) -> bool:
     """Whether two item lists share any item (a 'held-out' split that is not held out)."""
     key = lambda it: (str(it["prompt"]), tuple(it["responses"]))  # noqa: E731
@@ -187,6 +221,17 @@ class Steer:
     kl: float = 1.0
     """KL budget (0.9 quantile of per-token KL of next-token distributions over the prompts)"""
     max_new_tokens: int = 40
+    evaluate: str | None = None
+    """a behaviour file (Anthropic's model-written evaluation format): instead of completions, the
+    per-item steerability table over --strengths (x the strength calibrated to --kl on its prompts)"""
+    strengths: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    """with --evaluate: multiples of the calibrated strength"""
+    limit: int | None = 100
+    """with --evaluate: the first n items of the file"""
+    skip: int = 0
+    """with --evaluate: skip the first n items (e.g. those the direction was read from)"""
+    out: str | None = None
+    """with --evaluate: write the result (.json) and its figure (.html beside it)"""
 
     def run(self) -> None:
         from .data import render_prompt
@@ -197,6 +242,9 @@ class Steer:
 
         model, tok = load_model(self.model)
         d = Direction.load(self.direction)
+        if self.evaluate:
+            steerability_command(self, model, tok, d)
+            return
         layer = self.layer if self.layer is not None else d.info.get("best_layer", min(d.vectors))
         texts = [render_prompt(tok, [{"role": "user", "content": p}], bool(tok.chat_template)) for p in self.prompt]
         cal = calibrate_strength(model, tok, d, texts, layer=layer, kl=self.kl)

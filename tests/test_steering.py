@@ -150,3 +150,37 @@ def test_calibrate_strength_over_several_layers_and_its_errors():
         calibrate_strength(model, _Tok(), d, [], kl=0.5)
     with pytest.raises(ValueError, match="no vector at layer"):
         calibrate_strength(model, _Tok(), d, ["a b"], layer=20, kl=0.5)
+
+
+def test_steerability_counts_items_that_move_the_wrong_way(tiny_folder, tmp_path):
+    """A planted case: steering along +v raises the log-odds on some items and lowers it on others;
+    the anti-steerable fraction equals a hand count of negative slopes, and the table's wrong-way
+    share at each strength equals a count of items whose change has the opposite sign."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.models import load_tokenizer_only
+    from reprkit.steerability import format_steerability, steerability
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    tok = load_tokenizer_only(str(tiny_folder))
+    items = [{"prompt": [{"role": "user", "content": f"Question {k // 2}: pick one"}], "responses": [" (A)", " (B)"],
+              "scores": [1.0, 0.0], "matching": [True, False] if k % 2 else [False, True]} for k in range(8)]
+    g = torch.Generator().manual_seed(0)
+    d = Direction({1: torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=g), dim=0)},
+                  {"method": "mean_diff", "best_layer": 1})
+    res = steerability(model, tok, d, items, strengths=[-4, -2, 2, 4])
+    slopes = np.array(res["per_item"]["slope"])
+    assert res["strengths"] == [-4, -2, 0, 2, 4] and res["n"] == 8
+    assert res["anti_steerable"] == pytest.approx((slopes < 0).mean())
+    change = np.array(res["per_item"]["change"])
+    assert np.allclose(change[:, 2], 0)  # the change at strength 0 is 0 by construction
+    row = res["table"][-1]
+    assert row["wrong_way"] == pytest.approx((change[:, -1] < 0).mean())
+    # items whose matching answer is swapped move in opposite directions along the same vector
+    assert np.allclose(change[0::2, -1], -change[1::2, -1], atol=1e-4)
+    assert res["table"][2]["kl_mean"] == 0 and res["table"][-1]["kl_mean"] > 0
+    assert "anti-steerable" in format_steerability(res)
+    from reprkit.app.figures import steerability_figure
+
+    assert len(steerability_figure(res).data) >= 10
