@@ -228,7 +228,7 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     return unit(v)
 
 
-def _read(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], method: str,
+def directions_from_states(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], method: str,
           probe_c: float) -> tuple[dict[int, torch.Tensor], dict[str, dict]]:
     """Per layer: the unit vector telling paired states ``a`` (``[N, H]``) from ``b``, and the
     projection statistics of both sides on it."""
@@ -276,7 +276,7 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
     encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_prompt_length or max_length // 2)
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
-    vectors, stats = _read({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
+    vectors, stats = directions_from_states({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
                            method, probe_c)
     info = {"method": method, "token": token, "token_rule": TOKENS[token], "layers": sorted(vectors),
             "data": source, "n": len(encoded), "max_length": max_length, "stats": stats}
@@ -326,7 +326,7 @@ def from_prompts(model, tokenizer, positive: list[str], negative: list[str], lay
                          f"(got {len(positive)} and {len(negative)})")
     states_p = prompt_states(model, tokenizer, list(positive), layers, token, chat, max_length)
     states_n = prompt_states(model, tokenizer, list(negative), layers, token, chat, max_length)
-    vectors, stats = _read(states_p, states_n, method, probe_c)
+    vectors, stats = directions_from_states(states_p, states_n, method, probe_c)
     info = {"method": method, "token": token, "layers": sorted(vectors), "data": source or "prompts",
             "n": len(positive), "max_length": max_length, "chat": chat, "contrast": "prompts", "stats": stats}
     return Direction(vectors, info)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .data import collate, collate_ranked
 from .reference import adapter_disabled, eval_mode
+from .logits import head_logits, head_token_logps, unwrap  # noqa: F401 (head_logits: re-exported)
 from .scoring import length_baseline, ranked_summary, wilson_ci95
 
 
@@ -46,18 +47,9 @@ def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return completion_logps(out.logits, input_ids, completion_mask)
     final = out.hidden_states[-1][:, :-1]  # position t predicts token t + 1
     where = completion_mask[:, 1:].bool()
-    logits = head_logits(model, final[where])
-    token_logps = -F.cross_entropy(logits, input_ids[:, 1:][where], reduction="none")
+    token_logps = head_token_logps(model, final[where], input_ids[:, 1:][where])  # in bounded chunks
     rows = where.nonzero()[:, 0]
     return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
-
-
-def head_logits(model, final_hidden: torch.Tensor) -> torch.Tensor:
-    """The LM head on final (normed) hidden states, float32, softcapped where the model softcaps."""
-    inner = _unwrap(model)
-    logits = inner.get_output_embeddings()(final_hidden).float()
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @contextmanager
@@ -76,10 +68,6 @@ def root_unsharded(model):
         yield model
     finally:
         model.reshard()
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)  # DDP / FSDP wrappers
 
 
 def pair_logps(model, batch: dict) -> dict[str, torch.Tensor]:

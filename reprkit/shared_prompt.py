@@ -19,14 +19,14 @@ positions they have in the concatenated sequence.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .logits import head_token_logps, unwrap
 
 
 def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each target token from the final (normed) hidden state that predicts it: ``[n]``."""
-    from .evaluate import head_logits
-
-    return -F.cross_entropy(head_logits(model, hidden), targets, reduction="none")
+    """Log-prob of each target token from the final (normed) hidden state that predicts it: ``[n]``
+    (in bounded chunks of positions, ``reprkit.logits``)."""
+    return head_token_logps(model, hidden, targets)
 
 
 def length_batches(encoded: list[dict], token_budget: int, max_items: int, max_waste: float = 0.1
@@ -198,10 +198,9 @@ def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bo
     the cache. ``stop``: both passes end after the deepest of ``layers`` (no log-probs then)."""
     from transformers import DynamicCache
 
-    from .evaluate import _unwrap
     from .hooks import capture
 
-    cache = DynamicCache(config=_unwrap(model).config)  # a PeftModel hands .config through
+    cache = DynamicCache(config=unwrap(model).config)  # a PeftModel hands .config through
     b = lay["prompt_ids"].shape[0]
     with capture(model, layers, stop=stop):  # the prompt's block outputs are not needed, only its cache
         out = model(input_ids=lay["prompt_ids"], attention_mask=lay["prompt_mask"], cache=cache, use_cache=True,

@@ -88,8 +88,27 @@ def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     config = LoraConfig(
         r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
         use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers, task_type="CAUSAL_LM",
+        exclude_modules=not_plain_linear(model) or None,
     )
     return get_peft_model(model, config)
+
+
+def not_plain_linear(model) -> list[str]:
+    """Modules that subclass ``nn.Linear`` with a forward that does not return a tensor (Llama 4's
+    MoE router returns a tuple): peft's LoRA layer cannot wrap them, so they are left out of the
+    adapter. Each subclass with its own forward is probed once on a zero input."""
+    out = []
+    for n, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or type(m).forward is torch.nn.Linear.forward:
+            continue
+        with torch.no_grad():
+            try:
+                result = m(torch.zeros(1, m.in_features, dtype=m.weight.dtype, device=m.weight.device))
+            except Exception:  # noqa: BLE001 - a forward that cannot run alone is not a plain linear either
+                result = None
+        if not isinstance(result, torch.Tensor):
+            out.append(n)
+    return out
 
 
 def check_adapter(model) -> str:

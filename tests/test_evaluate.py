@@ -217,3 +217,24 @@ def test_eval_dtype_bfloat16_scores_under_autocast(tiny_folder, tmp_path):
         from reprkit.evalrun import evaluate_target
 
         evaluate_target(str(tiny_folder), ["embedded:capitals"], eval_dtype="fp16")
+
+
+def test_response_logps_in_chunks_equal_one_pass_and_bound_the_logits(model, monkeypatch):
+    """head_token_logps in chunks of 3 positions equals the whole tensor at once, with and without
+    gradients, and never builds logits for more than a chunk of positions."""
+    from reprkit import logits as L
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(10, model.config.hidden_size, generator=g, requires_grad=True)
+    targets = torch.randint(0, model.config.vocab_size, (10,), generator=g)
+    whole = L.head_token_logps(model, hidden, targets, chunk=1000)
+    grad_whole, = torch.autograd.grad(whole.sum(), hidden)
+    sizes = []
+    real = L.head_logits
+    monkeypatch.setattr(L, "head_logits", lambda m, h: sizes.append(h.shape[0]) or real(m, h))
+    parts = L.head_token_logps(model, hidden, targets, chunk=3)
+    grad_parts, = torch.autograd.grad(parts.sum(), hidden)
+    torch.testing.assert_close(parts, whole)
+    torch.testing.assert_close(grad_parts, grad_whole)
+    assert max(sizes) == 3  # forward and the backward's recomputation: one chunk at a time
+    assert L.chunk_positions(262144) == 256 and L.chunk_positions(49152) == 1365

@@ -1,0 +1,522 @@
+"""Does reprkit work on my model? Every capability, checked on an architecture, with the reason
+where it fails.
+
+    python -m reprkit.verify                              # every architecture below, as tiny random models
+    python -m reprkit.verify --arch qwen3 gemma3          # some of them
+    python -m reprkit.verify --model path/or/hub-id       # your own model (real weights: slower)
+    python -m reprkit.verify --write docs/supported-models.md   # the published support table
+
+Each architecture is built from transformers' own config class with tiny random weights (no
+download). A check passes, fails with the reason (the first line of the exception), or is not
+applicable with the reason. ``tests/test_architectures.py`` runs the same checks and fails where
+the committed table (``docs/supported-models.md``) says something else, so the table cannot drift.
+
+The checks (``CHECKS``), in order:
+
+- ``blocks``: the decoder blocks are found, one per layer;
+- ``capture``: a capture of every block equals ``output_hidden_states[i + 1]``, the last block's
+  before the final norm (the final norm applied to it gives ``hidden_states[-1]``);
+- ``stop``: stopping after layer k gives the same states and runs k + 1 blocks;
+- ``edits``: ``add_vector``, ``ablate`` and ``steer_direction`` with a mask on the last position
+  leave every earlier position untouched downstream and change the last;
+- ``generate``: an edit during ``generate`` gives the same tokens with the KV cache as without;
+- ``left_padding``: a left-padded batch, edited at each prompt's last real token, gives each
+  prompt's last logits alone, and greedy generation with an edit gives each prompt's tokens alone;
+- ``logit_lens``: the lens at the last layer equals the model's logits (final norm, softcapping,
+  logit scale, tied embeddings as the architecture defines them);
+- ``lora``: reprkit's adapter reaches a linear layer in every block and not the LM head, and the
+  adapter guards accept it;
+- ``losses``: one optimiser step of DPO, ReprPO, reroute and prefvec changes the adapter;
+- ``shared_prompt``: scoring and the training forward with each prompt run once (the
+  architecture's own cache class) equal the concatenated layout;
+- ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
+- ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+            eos_token_id=2, tie_word_embeddings=False)
+
+MOE = dict(num_local_experts=4, num_experts_per_tok=2)
+
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 8}),
+    "mixtral (MoE)": ("MixtralConfig", {**MOE}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen2-moe (MoE)": ("Qwen2MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                           "shared_expert_intermediate_size": 64, "decoder_sparse_step": 1}),
+    "qwen3": ("Qwen3Config", {}),
+    "qwen3-moe (MoE)": ("Qwen3MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                                           "decoder_sparse_step": 1}),
+    "gemma": ("GemmaConfig", {"tie_word_embeddings": True}),
+    "gemma2": ("Gemma2Config", {"tie_word_embeddings": True, "sliding_window": 8, "final_logit_softcapping": 30.0,
+                                "attn_logit_softcapping": 50.0}),
+    "gemma3": ("Gemma3TextConfig", {"tie_word_embeddings": True, "sliding_window": 8,
+                                    "layer_types": ["sliding_attention", "sliding_attention", "full_attention",
+                                                    "sliding_attention"]}),
+    "phi3": ("Phi3Config", {}),
+    "olmo2": ("Olmo2Config", {}),
+    "granite": ("GraniteConfig", {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                  "attention_multiplier": 0.25}),
+    "cohere": ("CohereConfig", {"logit_scale": 0.5, "tie_word_embeddings": True}),
+    "stablelm": ("StableLmConfig", {}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 4, "n_head": 4, "n_positions": 256}),
+    "gpt-neox": ("GPTNeoXConfig", {}),
+    "falcon": ("FalconConfig", {"new_decoder_architecture": True, "num_kv_heads": 2, "head_dim": None}),
+    "smollm3": ("SmolLM3Config", {}),
+    "gpt-oss (MoE)": ("GptOssConfig", {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 8,
+                                       "layer_types": ["sliding_attention", "full_attention"] * 2}),
+    "deepseek-v3 (MLA, MoE)": ("DeepseekV3Config", {"head_dim": 8, "num_key_value_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
+                                                    "qk_nope_head_dim": 8, "v_head_dim": 16, "n_routed_experts": 4,
+                                                    "num_experts_per_tok": 2, "n_shared_experts": 1,
+                                                    "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+                                                    "n_group": 1, "topk_group": 1}),
+    "llama4-text (MoE)": ("Llama4TextConfig", {"num_local_experts": 4, "num_experts_per_tok": 1,
+                                               "intermediate_size_mlp": 128, "interleave_moe_layer_step": 2}),
+    "glm4": ("Glm4Config", {}),
+}
+
+CHECKS = ("blocks", "capture", "stop", "edits", "generate", "left_padding", "logit_lens", "lora", "losses",
+          "shared_prompt", "reference_cache", "steering")
+
+
+class NotApplicable(Exception):
+    """The capability does not apply to this architecture (the message says why)."""
+
+
+def tiny_model(arch: str, seed: int = 0):
+    """A tiny randomly initialised causal LM of ``arch`` (a key of ``ARCHITECTURES``), float32, eval."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    name, overrides = ARCHITECTURES[arch]
+    kwargs = {k: v for k, v in {**TINY, **overrides}.items() if v is not None}  # None: the config derives it
+    config = getattr(transformers, name)(**kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random init leaves some norms at zero gain (OLMo2, Gemma's 1 + w): give them signal
+        for n, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in n.lower() and torch.all(p == 0):
+                p.normal_(0, 0.1)
+    return model.eval()
+
+
+def _n_layers(model) -> int:
+    c = model.config
+    return getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+
+
+def _ids(model, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, model.config.vocab_size, (batch, length), generator=g)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 1e-4, rtol: float = 1e-4) -> None:
+    a, b = a.float(), b.float()
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}")
+    if not torch.allclose(a, b, atol=atol, rtol=rtol):
+        raise AssertionError(f"{what}: differ by up to {(a - b).abs().max().item():.3g}")
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def check_blocks(model) -> None:
+    from .layers import find_blocks
+
+    names, _ = find_blocks(model)
+    if len(names) != _n_layers(model):
+        raise AssertionError(f"found {len(names)} blocks, the config has {_n_layers(model)}")
+
+
+def check_capture(model) -> None:
+    from .hooks import capture
+    from .lens import final_norm
+
+    ids = _ids(model)
+    n = _n_layers(model)
+    with torch.no_grad(), capture(model, list(range(n))) as cap:
+        out = model(input_ids=ids, output_hidden_states=True)
+    hs = out.hidden_states
+    for i in range(n - 1):
+        _close(cap[i], hs[i + 1], f"layer {i} vs hidden_states[{i + 1}]")
+    with torch.no_grad():
+        _close(final_norm(model)(cap[n - 1]), hs[n], "final norm of the last layer vs hidden_states[-1]")
+
+
+def _count_blocks(model):
+    from .layers import find_blocks
+
+    calls = []
+    _, blocks = find_blocks(model)
+    handles = [b.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, b in enumerate(blocks)]
+    return calls, handles
+
+
+def check_stop(model) -> None:
+    from .hooks import capture
+
+    ids = _ids(model)
+    k = 1
+    with torch.no_grad(), capture(model, list(range(_n_layers(model)))) as full:
+        model(input_ids=ids)
+    calls, handles = _count_blocks(model)
+    try:
+        with torch.no_grad(), capture(model, k, stop=True) as cap:
+            model(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    _close(cap[k], full[k], f"layer {k} with stop vs without")
+    if sorted(set(calls)) != list(range(k + 1)):
+        raise AssertionError(f"stop after layer {k} ran blocks {sorted(set(calls))}")
+
+
+def check_edits(model) -> None:
+    from . import edits
+    from .hooks import capture
+
+    ids = _ids(model, batch=1)
+    h = model.config.hidden_size
+    v = torch.nn.functional.normalize(torch.randn(h, generator=torch.Generator().manual_seed(2)), dim=0)
+    mask = torch.zeros(ids.shape, dtype=torch.long)
+    mask[:, -1] = 1
+    with torch.no_grad(), capture(model, 2) as plain:
+        model(input_ids=ids)
+    for name, edit in (("add_vector", edits.add_vector(v, 8.0, mask)), ("ablate", edits.ablate(v, mask)),
+                       ("steer_direction", edits.steer_direction(v, 0.9, mask))):
+        with torch.no_grad(), capture(model, 1, edit_output=edit), capture(model, 2) as cap:
+            model(input_ids=ids)
+        _close(cap[2][:, :-1], plain[2][:, :-1], f"{name}: positions outside the mask downstream")
+        if torch.allclose(cap[2][:, -1], plain[2][:, -1], atol=1e-6):
+            raise AssertionError(f"{name}: the masked position did not change")
+
+
+def _generate(model, ids, mask=None, edit=None, use_cache=True, new=5):
+    from .hooks import capture
+
+    ctx = capture(model, 1, edit_output=edit, retain_output=False) if edit is not None else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        return model.generate(input_ids=ids, attention_mask=mask if mask is not None else torch.ones_like(ids),
+                              max_new_tokens=new, do_sample=False, use_cache=use_cache,
+                              pad_token_id=model.config.pad_token_id or 0)[:, ids.shape[1]:]
+
+
+def _steer_vector(model, scale: float = 20.0):
+    from . import edits
+
+    v = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(3)), dim=0)
+    return edits.add_vector(v, scale)
+
+
+def check_generate(model) -> None:
+    ids = _ids(model, batch=1, length=6)
+    edit = _steer_vector(model)
+    cached = _generate(model, ids, edit=edit, use_cache=True)
+    uncached = _generate(model, ids, edit=edit, use_cache=False)
+    if not torch.equal(cached, uncached):
+        raise AssertionError(f"with the KV cache {cached.tolist()} vs without {uncached.tolist()}")
+
+
+def check_left_padding(model) -> None:
+    from . import edits
+    from .hooks import capture
+
+    short, long = _ids(model, 1, 4, seed=4), _ids(model, 1, 7, seed=5)
+    pad = model.config.pad_token_id or 0
+    batch = torch.cat([torch.cat([torch.full((1, 3), pad), short], 1), long])
+    attn = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)], 1),
+                      torch.ones(1, 7, dtype=torch.long)])
+    v = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(6)), dim=0)
+    last = torch.zeros_like(attn)
+    last[:, -1] = 1  # each prompt's last real token: the last column under left padding
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)  # as generate does: absolute positions (GPT-2) start at each prompt
+    with torch.no_grad(), capture(model, 1, edit_output=edits.add_vector(v, 8.0, last), retain_output=False):
+        together = model(input_ids=batch, attention_mask=attn, position_ids=positions).logits[:, -1]
+    for row, alone_ids in enumerate((short, long)):
+        m = torch.zeros_like(alone_ids)
+        m[:, -1] = 1
+        with torch.no_grad(), capture(model, 1, edit_output=edits.add_vector(v, 8.0, m), retain_output=False):
+            alone = model(input_ids=alone_ids).logits[:, -1]
+        _close(together[row: row + 1], alone, f"left-padded row {row}'s edited last logits vs the prompt alone", atol=1e-3)
+    edit = _steer_vector(model)
+    gen = _generate(model, batch, attn, edit=edit)
+    for row, alone_ids in enumerate((short, long)):
+        alone = _generate(model, alone_ids, edit=edit)
+        if not torch.equal(gen[row], alone[0]):
+            raise AssertionError(f"left-padded generation row {row} {gen[row].tolist()} vs alone {alone[0].tolist()}")
+
+
+def check_logit_lens(model) -> None:
+    from .hooks import capture
+    from .lens import lens_logits
+
+    ids = _ids(model)
+    n = _n_layers(model)
+    with torch.no_grad(), capture(model, n - 1) as cap:
+        logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        lens = lens_logits(model, cap[n - 1])
+    _close(lens, logits, "logit lens at the last layer vs the model's logits", atol=1e-3)
+
+
+def _adapted(model):
+    from .config import TrainConfig
+    from .train import add_lora, check_adapter
+
+    peft_model = add_lora(model, TrainConfig(), None)
+    check_adapter(peft_model)
+    return peft_model
+
+
+def check_lora(model) -> None:
+    from .layers import find_blocks
+
+    peft_model = _adapted(model)
+    names, _ = find_blocks(peft_model)
+    lora = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    missing = [b for b in names if not any(n.startswith(b + ".") for n in lora)]
+    if missing:
+        raise AssertionError(f"no LoRA module in block(s) {missing[:3]}")
+    if any("lm_head" in n or "embed" in n for n in lora):
+        raise AssertionError("LoRA reached the LM head or the embeddings")
+    inside = sorted({n[len(names[-1]) + 1:].rsplit(".lora_A", 1)[0] for n in lora if n.startswith(names[-1] + ".")})
+    return "LoRA in the last block on " + ", ".join(m for m in inside if not m.endswith(".base_layer"))
+
+
+def _pairs(model, n: int = 2) -> dict:
+    from . import data as D
+
+    g = torch.Generator().manual_seed(7)
+    v = model.config.vocab_size
+    rows = []
+    for i in range(n):
+        prompt = torch.randint(3, v, (4 + i,), generator=g).tolist()
+        rows.append({"chosen_prompt_ids": prompt, "rejected_prompt_ids": prompt,
+                     "chosen_ids": torch.randint(3, v, (3,), generator=g).tolist() + [2],
+                     "rejected_ids": torch.randint(3, v, (2 + i,), generator=g).tolist() + [2]})
+    batch = D.collate(rows, model.config.pad_token_id or 0)
+    batch["index"] = torch.arange(n)
+    return rows, batch
+
+
+def _loss_step(peft_model, loss, batch, shared_prompt=False, reference=None):
+    from .train import forward_pair_batch, only_layers, plan_layers
+
+    loss_layers, layers, _ = plan_layers(peft_model, loss)
+    inputs = forward_pair_batch(peft_model, batch, layers, loss, progress=0.0, shared_prompt=shared_prompt,
+                                reference=reference)
+    value, _ = loss(only_layers(inputs, loss_layers))
+    return value
+
+
+LOSSES = ("dpo", "reprpo", "reroute", "prefvec")
+
+
+def _loss(name):
+    from .config import preset
+
+    return preset(name).loss_fn()
+
+
+def check_losses(model) -> None:
+    from .train import assert_changed, snapshot_trainable
+
+    failed = []
+    for name in LOSSES:
+        peft_model = _adapted(tiny_copy(model))
+        peft_model.train()
+        _, batch = _pairs(peft_model)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        before = snapshot_trainable(peft_model)
+        try:
+            for _ in range(2):  # LoRA B starts at zero: the first step moves B, the second A as well
+                value = _loss_step(peft_model, _loss(name), batch)
+                if not torch.isfinite(value):
+                    raise AssertionError(f"loss is {value.item()}")
+                opt.zero_grad()
+                value.backward()
+                opt.step()
+            assert_changed(peft_model, before, "default")
+        except Exception as err:  # noqa: BLE001 - collected per loss
+            failed.append(f"{name}: {_first_line(err)}")
+    if failed:
+        raise AssertionError("; ".join(failed))
+
+
+def check_shared_prompt(model) -> None:
+    from .evaluate import ranked_logps
+
+    rows, batch = _pairs(model)
+    ranked = [{"prompt_ids": r["chosen_prompt_ids"], "responses_ids": [r["chosen_ids"], r["rejected_ids"]]} for r in rows]
+    one = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=False)["policy"]
+    shared = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=True)["policy"]
+    _close(shared["logps"], one["logps"], "scoring: shared prompt vs concatenated", atol=1e-3)
+    peft_model = _adapted(tiny_copy(model))
+    for name in ("dpo", "reprpo"):
+        a = _loss_step(peft_model, _loss(name), batch, shared_prompt=False)
+        b = _loss_step(peft_model, _loss(name), batch, shared_prompt=True)
+        _close(b.detach(), a.detach(), f"{name} loss: shared prompt vs concatenated", atol=1e-4)
+
+
+def check_reference_cache(model) -> None:
+    from .refcache import ReferenceCache
+
+    rows, batch = _pairs(model)
+    peft_model = _adapted(tiny_copy(model))
+    with torch.no_grad():  # move the adapter off the frozen model so a cache of the wrong pass would show
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    for name in ("dpo", "reprpo"):
+        loss = _loss(name)
+        from .train import plan_layers
+
+        _, layers, _ = plan_layers(peft_model, loss)
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = ReferenceCache.open(Path(tmp), peft_model, rows, layers, loss.needs_logps, {"check": name},
+                                        peft_model.config.pad_token_id or 0, "tiny")
+            live = _loss_step(peft_model, loss, batch)
+            cached = _loss_step(peft_model, loss, batch, reference=cache)
+        _close(cached.detach(), live.detach(), f"{name} loss with the frozen-model cache vs the frozen pass", atol=1e-4)
+
+
+def check_steering(model) -> None:
+    from .directions import Direction, directions_from_states
+    from .hooks import capture
+    from .steering import steer
+
+    ids = _ids(model, batch=4, length=6, seed=8)
+    other = _ids(model, batch=4, length=6, seed=9)
+    with torch.no_grad(), capture(model, [1, 2]) as a:
+        model(input_ids=ids)
+    with torch.no_grad(), capture(model, [1, 2]) as b:
+        model(input_ids=other)
+    vectors, _ = directions_from_states({k: a[k][:, -1] for k in (1, 2)}, {k: b[k][:, -1] for k in (1, 2)}, "mean_diff", 1.0)
+    d = Direction(vectors, {"method": "mean_diff"})
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with steer(model, d, 8.0):
+            steered = model(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    if torch.allclose(steered, plain, atol=1e-6):
+        raise AssertionError("steering changed nothing")
+    _close(after, plain, "logits after the steering context vs before")
+
+
+def tiny_copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _first_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text[:200]
+
+
+def run_check(model, check: str) -> dict:
+    """``{"status": "pass" | "fail" | "n/a", "reason": str}`` of one check on a model (left as it was)."""
+    fn = globals()[f"check_{check}"]
+    try:
+        note = fn(tiny_copy(model) if check in ("lora", "steering", "stop") else model)
+        return {"status": "pass", "reason": note or ""}
+    except NotApplicable as err:
+        return {"status": "n/a", "reason": str(err)}
+    except Exception as err:  # noqa: BLE001 - every failure is reported with its reason, never hidden
+        return {"status": "fail", "reason": _first_line(err), "traceback": traceback.format_exc(limit=-3)}
+
+
+def verify(archs=None, checks=None) -> dict[str, dict[str, dict]]:
+    """Every check on every tiny architecture: ``{arch: {check: result}}``; a model that cannot
+    be built fails every check with that reason."""
+    out = {}
+    for arch in archs or ARCHITECTURES:
+        try:
+            model = tiny_model(arch)
+        except Exception as err:  # noqa: BLE001
+            out[arch] = {c: {"status": "fail", "reason": f"building the model: {_first_line(err)}"} for c in checks or CHECKS}
+            continue
+        out[arch] = {c: run_check(model, c) for c in checks or CHECKS}
+    return out
+
+
+MARK = {"pass": "pass", "fail": "FAIL", "n/a": "n/a"}
+
+
+def render(results: dict[str, dict[str, dict]]) -> str:
+    """The support table as markdown, failures listed with their reasons below it."""
+    checks = list(next(iter(results.values())))
+    lines = ["# Supported models", "",
+             "Generated by `python -m reprkit.verify --write docs/supported-models.md` (the checks are in",
+             "`reprkit/verify.py`; `tests/test_architectures.py` runs them and fails where this page differs).",
+             "Each architecture is a tiny random model built from transformers' own config class. `pass`: the",
+             "check holds; `FAIL`: it does not, reason below; `n/a`: does not apply, reason below.", "",
+             "| architecture | " + " | ".join(checks) + " |", "|---|" + "---|" * len(checks)]
+    notes = []
+    for arch, row in results.items():
+        lines.append(f"| {arch} | " + " | ".join(MARK[row[c]["status"]] for c in checks) + " |")
+        notes += [f"- **{arch}, {c}** ({MARK[row[c]['status']]}): {row[c]['reason']}" for c in checks
+                  if row[c]["status"] != "pass"]
+    if notes:
+        lines += ["", "## Failures and exceptions", "", *notes]
+    placed = [f"- **{arch}**: {row['lora']['reason'][len('LoRA in the last block on '):]}" for arch, row in results.items()
+              if "lora" in row and row["lora"]["status"] == "pass" and row["lora"]["reason"]]
+    if placed:
+        lines += ["", "## Where LoRA goes", "",
+                  "reprkit's default adapter (`all-linear`, `--lora-target-modules` to change) in the last block. "
+                  "Mixture-of-experts expert weights are adapted only where peft can wrap them (`mlp.experts`): "
+                  "GPT-OSS's and Llama 4's experts are not, and a linear subclass whose forward does not return a "
+                  "tensor (Llama 4's router) is left out.", "", *placed]
+    return "\n".join(lines) + "\n"
+
+
+def parse_table(text: str) -> dict[str, dict[str, str]]:
+    """``render``'s table read back: ``{arch: {check: "pass" | "fail" | "n/a"}}``."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| architecture")]
+    header = next(line for line in text.splitlines() if line.startswith("| architecture"))
+    checks = [c.strip() for c in header.strip("|").split("|")[1:]]
+    back = {v: k for k, v in MARK.items()}
+    out = {}
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[cells[0]] = dict(zip(checks, (back[c] for c in cells[1:])))
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="check every reprkit capability on an architecture")
+    p.add_argument("--arch", nargs="+", default=None, help=f"of {list(ARCHITECTURES)}")
+    p.add_argument("--check", nargs="+", default=None, help=f"of {list(CHECKS)}")
+    p.add_argument("--model", default=None, help="your own model (hub id or folder) instead of the tiny ones")
+    p.add_argument("--write", default=None, help="write the markdown table here")
+    args = p.parse_args(argv)
+    if args.model:
+        from .models import load_model
+
+        model, _ = load_model(args.model)
+        results = {args.model: {c: run_check(model, c) for c in args.check or CHECKS}}
+    else:
+        results = verify(args.arch, args.check)
+    text = render(results)
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
