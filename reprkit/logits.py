@@ -40,9 +40,10 @@ def head_logits(model, final_hidden: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def chunk_positions(vocab_size: int, budget: int = LOGITS_BUDGET) -> int:
-    """Positions per chunk so that one chunk's float32 logits hold at most ``budget`` values."""
-    return max(1, budget // max(1, vocab_size))
+def chunk_positions(vocab_size: int, budget: int | None = None) -> int:
+    """Positions per chunk so that one chunk's float32 logits hold at most ``budget`` values
+    (default ``LOGITS_BUDGET``, read at call time)."""
+    return max(1, (budget or LOGITS_BUDGET) // max(1, vocab_size))
 
 
 def head_token_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
