@@ -80,7 +80,7 @@ def main() -> None:
         steps = {r["name"]: (r["metrics"][-1]["step"] if r["metrics"] else 0) for r in runs}
         st.caption("  ·  ".join(f"**{n}**: step {s}/{next(r for r in runs if r['name'] == n)['config'].get('steps', '?')}"
                                 for n, s in steps.items()))
-        tabs = st.tabs(["layers", "training", "evaluation", "samples", "config"])
+        tabs = st.tabs(["layers", "training", "evaluation", "samples", "config", "steerability"])
         with tabs[0]:
             st.plotly_chart(figures.layer_curves(runs, "cos", smoothing), key="cos")
             st.plotly_chart(figures.layer_curves(runs, "norm", smoothing), key="norm")
@@ -124,7 +124,33 @@ def main() -> None:
             st.dataframe([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in table.items()],
                          hide_index=True)
 
+        with tabs[5]:
+            steerability_tab(root)
+
     body()
+
+
+def steerability_tab(root: Path) -> None:
+    """Steerability results (``reprkit steer --evaluate FILE --out RUNS/NAME.steerability.json``):
+    the table and the per-item figure of each file found under the runs directory."""
+    import json
+
+    files = sorted(root.rglob("*.steerability.json"))
+    if not files:
+        st.info(f"No steerability results under `{root}`. Write one with `reprkit steer --direction DIR --evaluate "
+                f"FILE --out {root}/NAME.steerability.json`.")
+        return
+    for f in files:
+        try:
+            res = json.loads(f.read_text())
+            st.subheader(f.name)
+            st.caption(f"{res.get('data', '')}: mean slope {res['mean_slope']:+.4f} "
+                       f"({res['slope_ci95'][0]:+.4f}, {res['slope_ci95'][1]:+.4f}); anti-steerable "
+                       f"{res['anti_steerable']:.3f}; {res['rule']}")
+            st.dataframe([{k: v for k, v in r.items() if k != "change_ci95"} for r in res["table"]], hide_index=True)
+            st.plotly_chart(figures.steerability_figure(res), key=f"steer-{f}")
+        except (ValueError, KeyError, OSError) as err:  # a broken file never takes the dashboard down
+            st.warning(f"{f}: cannot be read ({type(err).__name__}: {err})")
 
 
 main()
