@@ -120,7 +120,6 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
     """One frozen pass over all pairs (longest first, so padding stays small), written atomically."""
     from safetensors.torch import save_file
 
-    from .train import _sides
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -132,7 +131,7 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
     with adapter_disabled(model), eval_mode(model):
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
-            inputs, comp, _ = _sides(D.collate([encoded[i] for i in idx], pad_token_id))  # the trainer's layout
+            inputs, comp, _ = D.pair_sides(D.collate([encoded[i] for i in idx], pad_token_id))  # the trainer's layout
             ids, attn, comp = inputs["input_ids"].to(device), inputs["attention_mask"].to(device), comp.to(device)
             with capture(model, layers, stop=stop) as cap:
                 if needs_logps:

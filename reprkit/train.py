@@ -159,13 +159,6 @@ def assert_changed(model, before: dict[str, torch.Tensor], adapter: str, acceler
 # ---------------------------------------------------------------- one step
 
 
-def _sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-    attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]])
-    return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
-
-
 def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
                        sharded: bool = False, reference=None, shared_prompt: bool = False) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
@@ -180,7 +173,7 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
     """
     from .shared_prompt import pair_layout, pair_states
 
-    inputs, comp, b = _sides(batch)
+    inputs, comp, b = D.pair_sides(batch)
     stop = not loss.needs_logps and not sharded
     lay = pair_layout(batch) if shared_prompt else None
     if lay is not None:
@@ -460,7 +453,7 @@ def nonfinite_source(model, batch: dict, ranked: bool = False) -> str:
     model (adapter disabled) and in the policy, from one extra pass each over every block; or, when
     every block's output is finite, the loss itself."""
     inputs = ({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]} if ranked
-              else _sides(batch)[0])
+              else D.pair_sides(batch)[0])
     names, _ = find_blocks(model)
 
     def first_bad(disabled: bool):
