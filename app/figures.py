@@ -37,7 +37,9 @@ def _layer_series(run: dict, metric: str, side: str) -> dict[str, tuple[list, li
 def layer_curves(runs: list[dict], metric: str = "cos", smoothing: float = 0.0) -> go.Figure:
     """Per-layer ``metric`` ("cos", "norm", "along" or "off") over steps, chosen and rejected side by side
     (``smoothing``: exponential moving average weight, 0 for raw values)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"{s}: {_LABEL[metric]}" for s in SIDES], shared_yaxes=True)
+    # the metric's (long) name once, as the figure's title; the panels say only which side they show,
+    # so their titles cannot run into each other at any width
+    fig = make_subplots(rows=1, cols=2, subplot_titles=list(SIDES), shared_yaxes=True)
     colors: dict[str, str] = {}  # one colour per (run, layer), the same in both panels
     for col, side in enumerate(SIDES, start=1):
         for run in runs:
@@ -47,7 +49,8 @@ def layer_curves(runs: list[dict], metric: str = "cos", smoothing: float = 0.0) 
                 fig.add_trace(go.Scatter(x=steps, y=smooth(vals, smoothing), mode="lines", name=name, line=dict(color=color),
                                          legendgroup=name, showlegend=col == 1), row=1, col=col)
     fig.update_xaxes(title_text="step")
-    fig.update_layout(height=380, margin=dict(t=40, b=30), legend=dict(font=dict(size=10)))
+    fig.update_layout(height=400, margin=dict(t=70, b=30), legend=dict(font=dict(size=10)),
+                      title=dict(text=_LABEL[metric], x=0.5, xanchor="center"))
     return fig
 
 

@@ -151,3 +151,12 @@ def test_logit_lens_heatmap_is_layer_by_position():
     del res["target"]
     with pytest.raises(ValueError, match="target="):
         figures.logit_lens_heatmap(res, value="target")
+
+
+def test_layer_curve_titles_are_short_per_panel_and_the_metric_is_the_figure_title():
+    from reprkit.app.figures import layer_curves
+
+    fig = layer_curves([synthetic_run("a")], "along")
+    panels = [a.text for a in fig.layout.annotations]
+    assert panels == ["chosen", "rejected"]  # short: they cannot run into each other at 1400 px
+    assert "moved along the frozen preference direction" in fig.layout.title.text
