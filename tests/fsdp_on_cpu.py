@@ -15,7 +15,7 @@ import sys
 from accelerate import DistributedType
 from accelerate.utils import FullyShardedDataParallelPlugin
 
-import reprkit.train as T
+import reprkit.training.loop as T
 from reprkit.cli import main
 
 _make_accelerator = T.make_accelerator

@@ -12,7 +12,8 @@ import os
 import signal
 import sys
 
-from reprkit import runlog, train
+from reprkit import runlog
+from reprkit.training import checkpoints as train
 from reprkit.cli import main
 
 STEP, WHERE = int(os.environ["KILL_AT_STEP"]), os.environ["KILL_WHERE"]

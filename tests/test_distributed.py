@@ -153,7 +153,7 @@ def test_engines_reprkit_does_not_run_are_refused_before_anything_is_written(tin
 
     from accelerate import DistributedType
 
-    import reprkit.train as T
+    import reprkit.training.loop as T
 
     fake = SimpleNamespace(distributed_type=DistributedType[kind],
                            state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=version)))

@@ -213,7 +213,7 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path, uninterr
 @pytest.fixture
 def loaded(monkeypatch):
     """The models the trainer loads, kept for inspection after the run."""
-    import reprkit.train as T
+    import reprkit.training.loop as T
 
     models = []
     real = T.load_model
@@ -293,7 +293,7 @@ def test_bf16_weights_and_bf16_autocast(tiny_folder, tmp_path, loaded):
     assert read_jsonl(run / "metrics.jsonl")[0][-1]["loss"] is not None
     # autocast: float32 weights, matmuls in bfloat16 (a block's projection outputs bf16 during training)
     dtypes = []
-    import reprkit.train as T
+    import reprkit.training.loop as T
 
     real_forward = T.forward_pair_batch
 

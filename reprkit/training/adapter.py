@@ -1,0 +1,127 @@
+"""The adapter: which layers a step captures, where LoRA goes, and the guards that refuse an adapter
+that would silently not train."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from reprkit.losses.reprpo import ReprPO
+
+from ..config import TrainConfig
+from ..layers import find_blocks, select_layers
+from .errors import TrainingError
+from .processes import all_processes, local
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- the adapter and its guards
+
+
+def plan_layers(model, loss, track_layers: str | None = None) -> tuple[list[int], list[int], int | None]:
+    """(loss layers, layers to capture, last block that gets LoRA or None for all) for a loss and a
+    tracking request: the one place that decides what a step captures and where the adapter stops.
+
+    Tracking defaults to the loss's layers (ReprPO's for losses without any); a hidden-state loss
+    that needs no log-probs puts LoRA only on blocks up to its deepest layer (later blocks get no
+    gradient), a loss that reads the LM head on every block."""
+    spec = loss.layer_spec()
+    loss_layers = list(select_layers(model, spec).indices) if spec is not None else []
+    tracked = select_layers(model, track_layers or spec or ReprPO().layers).indices
+    capture_layers = sorted(set(tracked) | set(loss_layers))
+    lora_last = max(loss_layers) if loss_layers and not loss.needs_logps else None
+    return loss_layers, capture_layers, lora_last
+
+
+def add_lora(model, cfg: TrainConfig, last_layer: int | None):
+    """Wrap ``model`` with a fresh LoRA adapter named ``default``."""
+    from peft import LoraConfig, get_peft_model
+
+    if getattr(model, "peft_config", None):
+        raise TrainingError(
+            f"the model already has adapter(s) {list(model.peft_config)}: adding another would train one "
+            "adapter while another is active. Pass the base model, or this PeftModel to continue its adapter"
+        )
+    lc = cfg.lora
+    layers = list(range(last_layer + 1)) if (lc.up_to_last_loss_layer and last_layer is not None) else None
+    if lc.target_modules != "all-linear":
+        targets = [t.strip() for t in lc.target_modules.split(",")]
+    elif layers is None:
+        targets = "all-linear"
+    else:  # peft takes layers_to_transform only with named targets: every linear layer inside the blocks
+        _, blocks = find_blocks(model)
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)})
+    config = LoraConfig(
+        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+        use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers, task_type="CAUSAL_LM",
+        exclude_modules=not_plain_linear(model) or None,
+    )
+    return get_peft_model(model, config)
+
+
+def not_plain_linear(model) -> list[str]:
+    """Modules that subclass ``nn.Linear`` with a forward that does not return a tensor (Llama 4's
+    MoE router returns a tuple): peft's LoRA layer cannot wrap them, so they are left out of the
+    adapter. Each subclass with its own forward is probed once on a zero input."""
+    out = []
+    for n, m in model.named_modules():
+        if not isinstance(m, torch.nn.Linear) or type(m).forward is torch.nn.Linear.forward:
+            continue
+        with torch.no_grad():
+            try:
+                result = m(torch.zeros(1, m.in_features, dtype=m.weight.dtype, device=m.weight.device))
+            except Exception:  # noqa: BLE001 - a forward that cannot run alone is not a plain linear either
+                result = None
+        if not isinstance(result, torch.Tensor):
+            out.append(n)
+    return out
+
+
+def check_adapter(model) -> str:
+    """Refuse the classic ways an adapter silently does not train; return the adapter being trained.
+
+    - a PeftModel wrapped in another (``get_peft_model`` called twice): the outer adapter trains, the
+      inner one, active in the inner model, is a second adapter nobody meant;
+    - trainable parameters that belong to another adapter than the active one, or none at all.
+    """
+    if not getattr(model, "peft_config", None):
+        raise TrainingError("the model has no LoRA adapter to train")
+    nested = [n for n, m in model.named_modules() if n and getattr(m, "peft_config", None) and hasattr(m, "disable_adapter")]
+    if nested:
+        raise TrainingError(
+            f"a PeftModel is nested inside another (at {nested[0]}): get_peft_model was called on a model that "
+            "already had an adapter. Build the adapter once: get_peft_model(base_model, config)"
+        )
+    active = model.active_adapter if isinstance(model.active_adapter, str) else model.active_adapter[0]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise TrainingError(f"adapter {active!r} has no trainable parameters (was it loaded with is_trainable=False?)")
+    others = [n for n in trainable if f".{active}." not in n and "lora_" in n]
+    if others:
+        raise TrainingError(
+            f"trainable LoRA weights belong to another adapter than the active one ({active!r}), e.g. {others[0]}; "
+            f"call model.set_adapter(<the adapter to train>) or delete the extra adapter"
+        )
+    return active
+
+
+def snapshot_trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_changed(model, before: dict[str, torch.Tensor], adapter: str, accelerator=None) -> None:
+    """Raise unless some trainable weight moved (in any process: under FSDP each holds a shard)."""
+    changed = any(not torch.equal(local(p.detach()), local(before[n]))
+                  for n, p in model.named_parameters() if n in before)
+    if accelerator is not None:
+        changed = bool(all_processes(torch.tensor(float(changed)), accelerator) > 0)
+    if not changed:
+        raise TrainingError(
+            f"adapter {adapter!r} did not change after an optimiser step with a positive learning rate: its "
+            "weights are not in the optimiser or receive no gradient"
+        )
+
+

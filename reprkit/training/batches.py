@@ -1,0 +1,63 @@
+"""The training data as the loop sees it: encoded pairs (or ranked items) and eval sets, and a
+resumable order of micro-batches."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .. import data as D
+from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- data
+
+
+def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
+    """Encoded training pairs (or ranked items), encoded eval items (all their responses) per eval
+    source, and a few eval prompts per source."""
+    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
+    if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
+        train_pairs = D.encode_ranked(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking),
+                                      tokenizer, **kw)
+    elif cfg.retain_data:
+        pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, cfg.train_split, limit=cfg.limit),
+                                     D.load_items(cfg.reroute_data, cfg.train_split, limit=cfg.limit))
+        train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
+    else:
+        pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking), cfg.pairs)
+        train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
+    evals, prompts = {}, {}
+    for source in cfg.eval_data:
+        items = D.load_items(source, cfg.eval_split)
+        evals[source] = D.encode_ranked(items[: cfg.eval_limit], tokenizer, **kw)
+        prompts[source] = [it["prompt"] for it in items[:1]]
+    return train_pairs, evals, prompts
+
+
+def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, pad_token_id: int,
+                  rank: int = 0, world: int = 1, collate=D.collate):
+    """Micro-batch ``start``, ``start + 1``, ... of a fixed order: epoch e is a permutation seeded with
+    ``seed + e``, so resuming at any micro-batch reproduces the data order. Each process takes its
+    share of a global batch of ``batch_size * world`` pairs."""
+    per_epoch = len(encoded) // (batch_size * world)
+    if per_epoch == 0:
+        raise D.DataError(f"{len(encoded)} pairs is fewer than one batch of {batch_size * world}; lower --batch-size")
+    m, perm_epoch, perm = start, -1, None
+    while True:
+        epoch, b = divmod(m, per_epoch)
+        if epoch != perm_epoch:
+            perm = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed + epoch))
+            perm_epoch = epoch
+        global_idx = perm[b * batch_size * world: (b + 1) * batch_size * world]
+        mine = global_idx[rank::world].tolist()
+        batch = collate([encoded[i] for i in mine], pad_token_id)
+        batch["index"] = torch.tensor(mine, dtype=torch.long)  # which pairs (the reference cache reads by it)
+        yield batch
+        m += 1
+
+

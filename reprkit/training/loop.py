@@ -1,0 +1,288 @@
+"""The training loop: LoRA on a causal LM, a loss on hidden states (or log-probs), tracking vs the frozen model.
+
+One step, top to bottom:
+
+1. the frozen model (same weights, adapter disabled, eval mode, no grad) runs on chosen + rejected,
+   stopping after the deepest layer the loss or the tracker needs (the LM head only for log-probs);
+2. the policy runs on the same batch with hooks capturing those layers in the graph;
+3. ``loss(LossInputs) -> (loss, metrics)``; backward; clip; optimiser and scheduler step;
+4. the tracker logs per-layer cosine and norm ratio policy vs frozen, chosen and rejected,
+   masked to completion tokens, with the loss terms, to ``metrics.jsonl``.
+
+>>> from reprkit.config import TrainConfig
+>>> run_dir = train(TrainConfig(loss="reprpo", steps=50))
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import data as D
+from ..config import TrainConfig
+from ..evaluate import generate_samples, item_accuracy
+from ..models import enable_gradient_checkpointing, load_model
+from ..truncation import describe as describe_truncation, truncation_report
+from ..runlog import RunLog, checkpoints, read_config
+from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
+from .batches import load_pairs, micro_batches
+from .checkpoints import check_disk, checkpoint, load_adapter_weights, load_training_state, save_adapter, together
+from .errors import TrainingError
+from .frozen_cache import open_reference_cache
+from .processes import all_processes, broadcast_trainable, first_forward, is_sharded, make_accelerator, sync_gradients, wrap_decoder_blocks
+from .step import batch_accuracy, forward_pair_batch, forward_ranked_batch, nonfinite_source, only_layers, track
+
+log = logging.getLogger(__name__)
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------- the loop
+
+
+def as_number(x):
+    if hasattr(x, "full_tensor"):  # a DTensor (FSDP2's gradient norm)
+        x = x.full_tensor()
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def mean_of_dicts(rows: list[dict]) -> dict:
+    out = {}
+    for k, v in rows[0].items():
+        out[k] = mean_of_dicts([r[k] for r in rows]) if isinstance(v, dict) else sum(as_number(r[k]) for r in rows) / len(rows)
+    return out
+
+
+def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog,
+                 train_truncation: dict | None = None) -> dict:
+    results = {"step": step, "datasets": {}}
+    if train_truncation is not None:
+        results["train_truncation"] = train_truncation
+    for source, encoded in evals.items():
+        results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
+    runlog.write_eval(results)
+    for source, ps in prompts.items():
+        for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):
+            runlog.sample({"step": step, "data": source, **row})
+    return results
+
+
+def discard_new_run(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what ``RunLog.create`` wrote (config.json)."""
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.loss}"
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
+    """Train per ``cfg``; return the run directory. ``model`` may be a base model (an adapter is added)
+    or a PeftModel whose active adapter is trained (checked by ``check_adapter``)."""
+    from transformers import get_scheduler
+
+    resume_from = None
+    if cfg.resume:
+        saved = type(cfg).from_dict(read_config(cfg.resume))  # type(cfg): registered losses included
+        saved.resume, saved.run_dir = cfg.resume, cfg.resume
+        saved.steps = max(saved.steps, cfg.steps) if cfg.steps != type(cfg).steps else saved.steps
+        cfg = saved
+        found = checkpoints(cfg.resume)
+        resume_from = found[-1][1] if found else None
+    cfg.validate()
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+
+    accelerator = make_accelerator()
+    sharded = is_sharded(accelerator)
+    if sharded and cfg.shared_prompt:
+        raise TrainingError("--shared-prompt works with one process or data parallelism, not FSDP sharding: drop it")
+    runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
+    if not cfg.resume:  # before loading anything: fail fast on an unusable directory, in every process
+        together(accelerator, lambda: runlog.create(cfg.to_dict()), f"the run directory {run_dir}")
+    try:  # a run that fails before its first step leaves no directory behind (it holds only config.json)
+        torch.manual_seed(cfg.seed)
+
+        if model is None:
+            model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
+        loss = cfg.loss_fn()
+        loss_layers, layers, lora_last = plan_layers(model, loss, cfg.track_layers)
+        if loss_layers and not loss.needs_logps and max(layers) > max(loss_layers) and accelerator.is_main_process:
+            log.warning("--track-layers %s reaches layer %d, deeper than the loss needs (%d): every forward now runs "
+                        "to layer %d; the loss itself still reads only layers %s", cfg.track_layers, max(layers),
+                        max(loss_layers), max(layers), loss_layers)
+        if getattr(model, "peft_config", None) is None or not model.peft_config:
+            model = add_lora(model, cfg, lora_last)
+        adapter = check_adapter(model)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+
+        train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
+        train_cut = truncation_report(train_pairs)
+        if accelerator.is_main_process and not cfg.resume:
+            print(f"training data {cfg.data} ({cfg.train_split}): {describe_truncation(train_cut)}", flush=True)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if accelerator.is_main_process:
+            check_disk(run_dir, params)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if cfg.schedule == "constant" else "cosine",
+            optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
+        )
+        if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
+            load_adapter_weights(resume_from, model)
+        if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
+            wrap_decoder_blocks(accelerator, model)
+            model, optimizer = accelerator.prepare(model, optimizer)
+            params = [p for p in model.parameters() if p.requires_grad]  # now DTensors
+            first_forward(model, accelerator)
+        else:  # one process, or data parallel: placed but not wrapped in DDP, gradients averaged by sync_gradients
+            model = accelerator.prepare_model(model, evaluation_mode=True)
+            optimizer = accelerator.prepare_optimizer(optimizer)
+            broadcast_trainable(params, accelerator)
+
+        reference = None
+        if cfg.reference_cache and loss.needs_reference:
+            reference = open_reference_cache(cfg, model, tokenizer, train_pairs, layers, loss, sharded)
+
+        start = 0
+        if resume_from is not None:
+            start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
+            runlog.resume(start)
+        elif cfg.resume:
+            runlog.resume(0)
+        log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
+        if accelerator.num_processes > 1 and accelerator.is_main_process:
+            print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
+                  f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
+                  f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
+
+    except BaseException:
+        if not cfg.resume and accelerator.is_main_process:
+            discard_new_run(run_dir)
+        raise
+
+    ranked = getattr(loss, "ranked", False)
+    batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
+                            accelerator.process_index, accelerator.num_processes,
+                            collate=D.collate_ranked if ranked else D.collate)
+    forward = forward_ranked_batch if ranked else forward_pair_batch
+    shared = {"shared_prompt": True} if cfg.shared_prompt else {}
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
+               desc=f"{cfg.loss}", dynamic_ncols=True)
+    checked = False
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            lr = scheduler.get_last_lr()[0]
+            if not checked and lr > 0:
+                before = snapshot_trainable(model)
+            rows = []
+            for micro in range(cfg.grad_accum):
+                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                    inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
+                                     sharded=sharded, reference=reference, **shared)
+                value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
+                if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
+                    raise TrainingError(
+                        f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
+                        f"{nonfinite_source(model, batch, ranked=ranked)}. "
+                        f"The run directory {run_dir} keeps everything written up to step {step - 1}. "
+                        "Lower --lr or check the data"
+                    )
+                if not value.requires_grad:
+                    raise TrainingError(
+                        f"the {cfg.loss} loss does not depend on any trainable weight: the adapter has no LoRA "
+                        f"weights on blocks up to the deepest layer the loss reads ({max(layers)}); put LoRA there"
+                    )
+                accelerator.backward(value / cfg.grad_accum)
+                row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
+                if (acc := batch_accuracy(inputs)) is not None:
+                    row["accuracy"] = acc
+                rows.append(row)
+            if not sharded:
+                sync_gradients(params, accelerator)
+            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if not checked and lr > 0:
+                assert_changed(model, before, adapter, accelerator)
+                checked = True
+                del before
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = {"step": step, **mean_of_dicts(all_processes(rows, accelerator)), "lr": lr,
+                           "grad_norm": as_number(grad_norm),
+                           "step_time": time.perf_counter() - t0}
+                runlog.log(metrics)
+                postfix = {"loss": f"{metrics['loss']:.4g}"}
+                if "accuracy" in metrics:
+                    postfix["acc"] = f"{metrics['accuracy']:.2f}"
+                cos = [v["cos_rejected"] for v in metrics["layers"].values() if "cos_rejected" in v]
+                if cos:
+                    postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
+                bar.set_postfix(postfix)
+            bar.update(1)
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
+                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut)  # sharded: every process runs it
+    finally:
+        bar.close()
+        runlog.close()
+
+    state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
+    together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
+    if sharded or accelerator.is_main_process:
+        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog, train_cut)
+        runlog.close()
+        if accelerator.is_main_process:
+            print(summary(run_dir, results, cfg))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
+    """Accuracy before (frozen model) vs after per eval set, the final per-layer cosines, where the run is."""
+    from ..runlog import read_jsonl
+
+    from ..stats import paired_difference
+
+    lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
+             f"{'eval data (test)':<40}{'n':>5}{'before':>9}{'after':>9}{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
+    for i, (source, r) in enumerate(results["datasets"].items()):
+        tag = " (in-distribution)" if i == 0 else " (shifted)"
+        base = r.get("base", r)
+        change = ""
+        if "items" in r and "items" in base:
+            d = paired_difference(dict(enumerate(r["items"]["correct"])), dict(enumerate(base["items"]["correct"])))
+            lo, hi = d["ci95"]
+            change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
+        lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
+    lines.append(f"{'':<40}accuracy by mean log-prob per token; * the paired interval excludes 0")
+    from ..truncation import describe as describe_truncation
+
+    if cut := results.get("train_truncation"):
+        lines.append(f"training pairs: {describe_truncation(cut)}")
+    for source, r in results["datasets"].items():
+        if r.get("truncation", {}).get("cut") or r.get("truncation", {}).get("dropped"):
+            lines.append(f"{source}: {describe_truncation(r['truncation'])}")
+    rows, _ = read_jsonl(run_dir / "metrics.jsonl")
+    if rows:
+        last = rows[-1]["layers"]
+        lines += ["", f"{'layer':>6}{'cos chosen':>12}{'cos rejected':>14}{'norm chosen':>13}{'norm rejected':>15}"
+                  "   policy vs frozen, last step"]
+        for k, v in last.items():
+            if "cos_chosen" in v:
+                lines.append(f"{k:>6}{v['cos_chosen']:>12.4f}{v['cos_rejected']:>14.4f}"
+                             f"{v['norm_chosen']:>13.4f}{v['norm_rejected']:>15.4f}")
+    lines += ["", f"metrics: {run_dir / 'metrics.jsonl'}   adapter: {run_dir / 'adapter'}   eval: {run_dir / 'eval.json'}"]
+    return "\n".join(lines)
