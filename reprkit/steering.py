@@ -52,11 +52,11 @@ def steer(model, direction, strength: float | dict[int, float], layers=None, mas
 def steering_kl(model, batch: dict, layer, vector, strength: float) -> torch.Tensor:
     """Per-token KL(unsteered || steered) of next-token distributions over the batch's real tokens;
     ``layer`` and ``vector`` may be lists (steered at every one of those layers at once)."""
+    from types import SimpleNamespace
+
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
-    from .directions import Direction
-
-    d = Direction(dict(zip(layers, vectors)))
+    d = SimpleNamespace(vectors=dict(zip(layers, vectors)))  # what steer() reads of a Direction
     with eval_mode(model):
         plain = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
         with steer(model, d, strength, layers):
