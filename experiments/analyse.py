@@ -353,7 +353,7 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     cols = {s: list(next(c for c in cells if c["shift"] == s)["scores"]) for s in shifts}
-    title = {s: f"{s} -> {cols[s][-1].split(' ', 1)[1]}" for s in shifts}
+    title = {s: f"{s} -> {cols[s][1].split(' ', 1)[1]}" for s in shifts}  # the shift's (first) target
     lines = ["| method | " + " | ".join(title[s] for s in shifts) + " | pooled target |",
              "|---|" + "---|" * (len(shifts) + 1)]
     present = set(c["method"] for c in cells)
@@ -365,8 +365,8 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
             if not mc:
                 row.append("not run")
                 continue
-            src, tgt = (statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc) for col in cols[s])
-            diff = index.get((s, cols[s][-1], method, vs))
+            src, tgt = (statistics.mean(c["scores"][col]["accuracy_mean"] for c in mc) for col in cols[s][:2])
+            diff = index.get((s, cols[s][1], method, vs))
             damage = ppl_text(mc, bound)
             row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else "")
                        + (f"<br>retain ppl x{damage}" if damage else ""))
