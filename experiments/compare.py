@@ -7,7 +7,12 @@ A shift trains on a GENIES distribution (its source) and tests on another (its t
 each resumable (a finished piece writes its JSON and is never recomputed; an interrupted training
 resumes from its last checkpoint):
 
-1. **Learning rate per method**, from a sweep on the first shift's source only: ``sweep_steps``
+0. **Lengths** (``max_cut_share``, ``--check-lengths``): what truncation cuts in every training and
+   eval set is counted first (``truncation.json``); a set cut more than the share refuses the grid,
+   naming the lengths that would fit.
+1. **Learning rate per method** (per method and shift with ``tune_per_shift``, on that shift's
+   source; rule ``lr_rule``: the first grids' ``choose_lr`` or ``choose_lr_not_worse``, the largest
+   rate within the damage bound not significantly below the most accurate), from a sweep on the first shift's source only: ``sweep_steps``
    steps on ``train[:90%]`` (or, with ``sweep_steps: null``, a cell's whole budget, whose chosen
    run then *is* the first shift's seed-0 cell), scored on the held-out ``train[90%:]``
    (validation) and on the retain set's perplexity. The rule (``choose_lr``): among rates whose
@@ -22,8 +27,12 @@ resumes from its last checkpoint):
    source validation and the first ``curve_target_limit`` target items are scored (the curve that
    compares methods at matched source accuracy). Then the whole test split of the source and of
    every target, the retain perplexity ratio and a few greedy samples. ``base`` is the frozen
-   model; ``mms`` a mean-difference direction read from the source's training pairs (layer chosen
-   on source validation), scoring by projection, no training. Every score keeps its per-item
+   model; ``length`` the model-free length baselines; ``meandiff-mean`` / ``meandiff-last`` (``mms``
+   in the first grids) a mean-difference residual direction read from the source's training pairs
+   (token mean, or the response's own last token; layer chosen on source validation), scoring by
+   projection, no training. Every log-prob score keeps, per item, the mean and sum rules' outcomes
+   and each response's summed log-prob and token count (the ratio rule is computed against the
+   base cell's in ``rule_tables.py``). Every score keeps its per-item
    outcomes (item id, correct, margin) in the cell's ``cell.json``, and its wall time by part
    (``timing``: training, of which optimiser steps, curve scoring, final scoring, ...; summed over
    the sittings a cell took, where ``seconds`` is the last sitting's).
