@@ -9,6 +9,10 @@ Every format becomes an *item*: ``{"prompt": [messages], "responses": [best, ...
 >>> encoded = encode_pairs(pairs, tokenizer, max_length=256, max_prompt_length=128)
 >>> batch = collate(encoded[:4], pad_token_id=tokenizer.pad_token_id)   # chosen_/rejected_ ids, masks
 
+Over 400 lines: sources, format adapters, tokenization with its truncation counts and collation
+all work on the one item shape defined here; splitting it (sources / adapters / encoding) is
+planned, not yet done.
+
 Sources: ``embedded[:task]`` (shipped with reprkit), ``genies:<distribution>``,
 ``hh-rlhf:<subset>``, a local json / jsonl / jsonl.gz / csv / parquet file, or a hub dataset id
 (``name`` or ``name:config``).

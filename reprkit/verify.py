@@ -31,6 +31,9 @@ The checks (``CHECKS``), in order:
   architecture's own cache class) equal the concatenated layout;
 - ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
 - ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit.
+
+One file of about 500 lines on purpose: the checks are the support table's columns, and reading
+them side by side is how a reader judges what "pass" means.
 """
 
 from __future__ import annotations
