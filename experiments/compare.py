@@ -205,8 +205,7 @@ def score_direction(grid: Grid, model, tok, direction, source: str, split: str, 
     items = D.load_items(source, split, limit=limit)
     encoded = D.encode_ranked(items, tok, grid.eval_max_length, eval_prompt_length(grid))
     ids = [item_id(e) for e in encoded]
-    res = direction.score(model, tok, items, layer, max_length=grid.eval_max_length,
-                          max_prompt_length=eval_prompt_length(grid))
+    res = direction.score(model, tok, items, layer, encoded=encoded)  # tokenized once, for the ids and the score
     items_out = res.pop("items")
     res["items"] = {"id": ids, "correct": items_out["correct"], "margin": [round(m, 5) for m in items_out["margin"]]}
     return res

@@ -131,18 +131,20 @@ class Direction:
         return cls(vectors, {"method": "gguf", "data": str(path), "layers": sorted(vectors)})
 
     def scores(self, model, tokenizer, items: list[dict], layers=None, max_length: int = 256,
-               max_prompt_length: int | None = None) -> dict[int, dict]:
-        """Per layer, ``evaluate``'s K-way summary with projections in place of log-probs."""
-        encoded = D.encode_ranked(items, tokenizer, max_length, max_prompt_length or max_length // 2)
+               max_prompt_length: int | None = None, encoded: list[dict] | None = None) -> dict[int, dict]:
+        """Per layer, ``evaluate``'s K-way summary with projections in place of log-probs
+        (``encoded``: the items already encoded by ``data.encode_ranked``, not encoded again)."""
+        if encoded is None:
+            encoded = D.encode_ranked(items, tokenizer, max_length, max_prompt_length or max_length // 2)
         layers = sorted(self.vectors) if layers is None else layers
         states, valid = completion_states(model, encoded, tokenizer.pad_token_id, layers, self.info.get("token", "mean"))
         return {k: ranked_summary(self.project(states[k], k), torch.ones(valid.shape), valid, keep_logps=False) for k in layers}
 
     def score(self, model, tokenizer, items: list[dict], layer: int, max_length: int = 256,
-              max_prompt_length: int | None = None) -> dict:
+              max_prompt_length: int | None = None, encoded: list[dict] | None = None) -> dict:
         """K-way accuracy by projection at ``layer``: the best response is right when it projects
         highest (same rule and keys as ``evaluate.item_accuracy``, margins in projection units)."""
-        return self.scores(model, tokenizer, items, [layer], max_length, max_prompt_length)[layer]
+        return self.scores(model, tokenizer, items, [layer], max_length, max_prompt_length, encoded)[layer]
 
     def best_layer(self, model, tokenizer, items: list[dict], max_length: int = 256,
                    max_prompt_length: int | None = None) -> tuple[int, dict[int, dict]]:

@@ -377,6 +377,7 @@ def check_shared_prompt(model) -> None:
 
 def check_reference_cache(model) -> None:
     from .refcache import ReferenceCache
+    from .train import plan_layers
 
     rows, batch = _pairs(model)
     peft_model = _adapted(tiny_copy(model))
@@ -386,8 +387,6 @@ def check_reference_cache(model) -> None:
                 p.normal_(0, 0.5)
     for name in ("dpo", "reprpo"):
         loss = _loss(name)
-        from .train import plan_layers
-
         _, layers, _ = plan_layers(peft_model, loss)
         with tempfile.TemporaryDirectory() as tmp:
             cache = ReferenceCache.open(Path(tmp), peft_model, rows, layers, loss.needs_logps, {"check": name},
