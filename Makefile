@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench dashboard clean support-table
+.PHONY: setup demo test test-fast bench dashboard clean support-table docs docs-serve screenshots
 
 setup: $(STAMP)
 
@@ -48,6 +48,21 @@ bench: setup
 # the architecture support table (docs/supported-models.md), from reprkit.verify's checks
 support-table: setup
 	$(PY) -m reprkit.verify --write docs/supported-models.md
+
+# the documentation site (mkdocs, config in mkdocs.yml): built into site/ with warnings as errors
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict --dev-addr 127.0.0.1:8000
+
+# the dashboard pictures in docs/: train the demo into runs/docs/demo (once, about 7 min on 2 cores),
+# then screenshot each tab at 1500 x 1400 in headless Debian chromium
+screenshots: setup
+	test -f runs/docs/demo/adapter/adapter_config.json || $(PY) -m reprkit.cli train --preset demo --run-dir runs/docs/demo --no-progress
+	$(PY) experiments/screenshot_dashboard.py runs/docs docs/dashboard-demo-layers.png --tab layers
+	$(PY) experiments/screenshot_dashboard.py runs/docs docs/dashboard-demo-training.png --tab training
+	$(PY) experiments/screenshot_dashboard.py runs/docs docs/dashboard-demo-evaluation.png --tab evaluation
 
 dashboard: setup
 	$(PY) -m reprkit.cli dashboard runs

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, encode_ranked
+from .data import DataError, encode_ranked, shared_data_dir
 from .evaluate import ranked_logps
 from .scoring import wilson_ci95
 
@@ -27,8 +27,15 @@ def _answers(value) -> list[str]:
 
 
 def load_behaviour(path, limit: int | None = None) -> list[dict]:
-    """Items ``{"prompt": [user turn], "responses": [...], "scores": [...], "matching": [bool, ...]}``."""
+    """Items ``{"prompt": [user turn], "responses": [...], "scores": [...], "matching": [bool, ...]}``.
+
+    ``path`` is a file, or a path inside the data folder (``$REPRKIT_DATA_DIR`` or ``../shared/data``):
+    ``load_behaviour("anthropic-evals/advanced-ai-risk/corrigible-neutral-HHH.jsonl")``."""
     path = Path(path)
+    if not path.is_file() and not path.is_absolute():
+        root = shared_data_dir()
+        if root is not None and (root / path).is_file():
+            path = root / path
     if not path.is_file():
         raise DataError(f"behaviour file {path} does not exist (Anthropic's evals are in ../shared/data/anthropic-evals "
                         "or the hub's Anthropic/model-written-evals)")

@@ -381,18 +381,30 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2 if usage and not isinstance(err, TrainingError) else 1) from None
 
 
-def _run(argv: list[str]) -> None:
+def parse(argv: list[str]):
+    """``reprkit ...`` arguments -> the command they name (a validated ``TrainConfig`` for ``train``,
+    else the subcommand's dataclass), without running it. The docs' tests check every command line
+    in the guides this way, so a renamed flag fails them."""
     from .config import TrainConfig
 
     if argv[:1] == ["train"]:
-        from .train import train
-
         cfg = parse_train(argv[1:])
         cfg.validate()  # before anything loads
-        train(cfg)
+        return cfg
+    return tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard,
+                                                 "inspect": Inspect, "direction": DirectionCmd, "steer": Steer},
+                                                args=argv, prog="reprkit")
+
+
+def _run(argv: list[str]) -> None:
+    from .config import TrainConfig
+
+    command = parse(argv)
+    if argv[:1] == ["train"]:
+        from .train import train
+
+        train(command)
         return
-    command = tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard, "inspect": Inspect,
-                                                    "direction": DirectionCmd, "steer": Steer}, args=argv, prog="reprkit")
     if isinstance(command, TrainConfig):  # only reached for `reprkit --help`
         return
     command.run()

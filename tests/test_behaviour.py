@@ -59,3 +59,15 @@ def test_rate_is_how_often_a_matching_answer_wins(tiny_folder, tokenizer, tmp_pa
         expected.append(int(lp[m].max() > lp[~m].max()))
     assert res["items"] == expected and res["rate"] == pytest.approx(sum(expected) / len(expected))
     assert res["n"] == 9 and res["ci95"][0] <= res["rate"] <= res["ci95"][1]
+
+
+def test_a_path_inside_the_data_folder_loads_from_it(tmp_path, monkeypatch):
+    """``anthropic-evals/...`` resolves against $REPRKIT_DATA_DIR when it is not a file here."""
+    folder = tmp_path / "data" / "anthropic-evals"
+    folder.mkdir(parents=True)
+    _write(folder / "x.jsonl", RELEASED)
+    monkeypatch.setenv("REPRKIT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert len(load_behaviour("anthropic-evals/x.jsonl")) == len(RELEASED)
+    with pytest.raises(DataError, match="does not exist"):
+        load_behaviour("anthropic-evals/missing.jsonl")

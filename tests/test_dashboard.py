@@ -13,7 +13,7 @@ import pytest
 
 from .test_figures import synthetic_run
 
-APP = str(Path(__file__).parents[1] / "app" / "dashboard.py")
+APP = str(Path(__file__).parents[1] / "reprkit" / "app" / "dashboard.py")
 
 
 def write_run(root: Path, run: dict, corrupt: bool = False) -> Path:

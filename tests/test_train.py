@@ -541,3 +541,25 @@ def test_a_registered_loss_trains_through_the_cli(tiny_folder, tmp_path, monkeyp
     assert json.loads((run / "config.json").read_text())["toy_loss"] == {"layers": "1", "scale": 2.5}
     with pytest.raises(ValueError, match="identifier"):
         config.register_loss("toy-loss", Toy)
+
+
+def test_scored_items_that_are_training_items_are_counted_and_said(tokenizer, tmp_path):
+    """A local file's "test" split is its training rows: the trainer counts the overlap, records it
+    and says so in its table; slices that hold rows out count none."""
+    from reprkit.config import TrainConfig
+    from reprkit.training.batches import load_pairs
+    from reprkit.training.loop import summary
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(10)))
+    cfg = TrainConfig(loss="dpo", data=str(path), eval_data=(str(path), "embedded:capitals"), eval_limit=6)
+    *_, overlap = load_pairs(cfg, tokenizer)
+    assert overlap == {str(path): 6, "embedded:capitals": 0}
+    held = TrainConfig(loss="dpo", data=str(path), eval_data=(str(path),), train_split="train[:80%]",
+                       eval_split="train[80%:]")
+    assert load_pairs(held, tokenizer)[3] == {str(path): 0}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    results = {"datasets": {str(path): {"n": 6, "accuracy_mean": 0.5, "training_items": 6}}}
+    assert "[6 trained on]" in summary(run, results, cfg) and "not held out" in summary(run, results, cfg)

@@ -17,13 +17,14 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- data
 
 
-def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list]]:
+def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list], dict[str, int]]:
     """Encoded training pairs (or ranked items), encoded eval items (all their responses) per eval
-    source, and a few eval prompts per source."""
+    source, a few eval prompts per source, and per source how many of its scored items are also
+    training items (a local file's every split is the same rows: its "test" split is not held out)."""
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
     if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
-        train_pairs = D.encode_ranked(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking),
-                                      tokenizer, **kw)
+        pairs = D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking)
+        train_pairs = D.encode_ranked(pairs, tokenizer, **kw)
     elif cfg.retain_data:
         pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, cfg.train_split, limit=cfg.limit),
                                      D.load_items(cfg.reroute_data, cfg.train_split, limit=cfg.limit))
@@ -31,12 +32,18 @@ def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[
     else:
         pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking), cfg.pairs)
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
-    evals, prompts = {}, {}
+    seen = {str(p["prompt"]) for p in pairs}
+    evals, prompts, overlap = {}, {}, {}
     for source in cfg.eval_data:
         items = D.load_items(source, cfg.eval_split)
         evals[source] = D.encode_ranked(items[: cfg.eval_limit], tokenizer, **kw)
         prompts[source] = [it["prompt"] for it in items[:1]]
-    return train_pairs, evals, prompts
+        overlap[source] = sum(str(it["prompt"]) in seen for it in items[: cfg.eval_limit])
+        if overlap[source]:
+            log.warning("%d of the %d items scored on %s %s are training prompts: its accuracy is not held out "
+                        "(a local file's splits are the same rows; pass slices, e.g. --train-split 'train[:80%%]' "
+                        "--eval-split 'train[80%%:]')", overlap[source], len(evals[source]), source, cfg.eval_split)
+    return train_pairs, evals, prompts, overlap
 
 
 def micro_batches(encoded: list[dict], batch_size: int, seed: int, start: int, pad_token_id: int,

@@ -59,12 +59,14 @@ def mean_of_dicts(rows: list[dict]) -> dict:
 
 
 def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: TrainConfig, runlog: RunLog,
-                 train_truncation: dict | None = None) -> dict:
+                 train_truncation: dict | None = None, overlap: dict | None = None) -> dict:
     results = {"step": step, "datasets": {}}
     if train_truncation is not None:
         results["train_truncation"] = train_truncation
     for source, encoded in evals.items():
         results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
+        if overlap is not None:
+            results["datasets"][source]["training_items"] = overlap.get(source, 0)  # scored items also trained on
     runlog.write_eval(results)
     for source, ps in prompts.items():
         for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):
@@ -123,7 +125,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             enable_gradient_checkpointing(model)
         model.train()
 
-        train_pairs, evals, prompts = load_pairs(cfg, tokenizer)
+        train_pairs, evals, prompts, overlap = load_pairs(cfg, tokenizer)
         train_cut = truncation_report(train_pairs)
         if accelerator.is_main_process and not cfg.resume:
             print(f"training data {cfg.data} ({cfg.train_split}): {describe_truncation(train_cut)}", flush=True)
@@ -234,7 +236,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
-                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut)  # sharded: every process runs it
+                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut, overlap)  # sharded: every process runs it
     finally:
         bar.close()
         runlog.close()
@@ -242,7 +244,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
     together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
     if sharded or accelerator.is_main_process:
-        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog, train_cut)
+        results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog, train_cut, overlap)
         runlog.close()
         if accelerator.is_main_process:
             print(summary(run_dir, results, cfg))
@@ -257,9 +259,11 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
     from ..stats import paired_difference
 
     lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
-             f"{'eval data (test)':<40}{'n':>5}{'before':>9}{'after':>9}{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
+             f"{f'eval data ({cfg.eval_split})':<40}{'n':>5}{'before':>9}{'after':>9}{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
     for i, (source, r) in enumerate(results["datasets"].items()):
         tag = " (in-distribution)" if i == 0 else " (shifted)"
+        if r.get("training_items"):
+            tag += f" [{r['training_items']} trained on]"
         base = r.get("base", r)
         change = ""
         if "items" in r and "items" in base:
@@ -268,6 +272,9 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
             change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
         lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
     lines.append(f"{'':<40}accuracy by mean log-prob per token; * the paired interval excludes 0")
+    if any(r.get("training_items") for r in results["datasets"].values()):
+        lines.append(f"{'':<40}[k trained on]: k scored items are training prompts, so not held out; "
+                     "hold rows out with --train-split 'train[:80%]' --eval-split 'train[80%:]'")
     from ..truncation import describe as describe_truncation
 
     if cut := results.get("train_truncation"):
