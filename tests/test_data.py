@@ -141,7 +141,7 @@ def test_hub_sources_go_through_datasets(monkeypatch):
         return [{"prompt": "q", "chosen": "a", "rejected": "b"}]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    monkeypatch.setattr(D, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(D.sources, "shared_data_dir", lambda: None)
     D.load_items("someone/prefs:cfg", "train")
     D.load_items("genies:alpaca_easy", "test", fmt="pair")
     D.load_items("hh-rlhf:helpful-base", "train", fmt="pair")
@@ -225,7 +225,7 @@ def test_split_slices():
 
 
 def test_missing_dataset_offline_names_the_data_dir_and_the_hub_id(monkeypatch):
-    monkeypatch.setattr(D, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(D.sources, "shared_data_dir", lambda: None)
     with pytest.raises(D.DataError, match=r"REPRKIT_DATA_DIR.*'wassname/genies_preferences'"):
         D.load_items("genies:alpaca_easy", "test")
     with pytest.raises(D.DataError, match=r"'someone/not-here'.*could not be loaded"):

@@ -2,6 +2,8 @@
 (``reprkit.logits``) against all completion positions at once, on Gemma 3 270M and SmolLM2.
 
     python experiments/bench/large_vocab.py [--items 16] [--repeats 3]
+    python experiments/bench/large_vocab.py --step-memory 4 8 16 32    # a DPO step's peak vs batch size
+
 
 Per model and variant, in a fresh child process each: peak RSS growth (after load and a warm-up) of
 scoring ``--items`` items x 4 responses (``ranked_logps``, one sequence per response, batch of all
@@ -23,7 +25,7 @@ from common import RssParts, interleaved, reset_peak, run_child, save  # noqa: E
 MODELS = {"gemma-3-270m": 262144, "smollm2-135m-instruct": 49152}
 
 
-def setup(model_name: str, variant: str, items: int):
+def setup(model_name: str, variant: str, items: int, n_pairs: int = 8):
     import torch
 
     from reprkit import data as D
@@ -39,7 +41,7 @@ def setup(model_name: str, variant: str, items: int):
     rows = D.load_items("genies:alpaca_long", "test", limit=items)
     ranked = D.encode_ranked([{**r, "responses": (r["responses"] * 2)[:4], "scores": [4.0, 3.0, 2.0, 1.0]} for r in rows],
                              tok, 192, 96, chat_template=False)
-    pairs = D.encode_pairs(D.to_pairs(D.load_items("genies:alpaca_long", "train", limit=8)), tok, 192, 96,
+    pairs = D.encode_pairs(D.to_pairs(D.load_items("genies:alpaca_long", "train", limit=n_pairs)), tok, 192, 96,
                            chat_template=False)
     peft_model = add_lora(model, TrainConfig(), None)
     return peft_model, tok, ranked, pairs, preset("dpo").loss_fn()
@@ -73,7 +75,9 @@ def step_fn(model, tok, pairs, loss):
 def child(model_name: str, variant: str, what: str, items: int) -> dict:
     import json
 
-    model, tok, ranked, pairs, loss = setup(model_name, variant, items)
+    n_pairs = int(what.split(":")[1]) if ":" in what else 8  # "step:16": a step on 16 pairs
+    what = what.split(":")[0]
+    model, tok, ranked, pairs, loss = setup(model_name, variant, items, n_pairs)
     fn = score_fn(model, tok, ranked) if what == "score" else step_fn(model, tok, pairs, loss)
     fn()  # warm-up
     before = reset_peak()
@@ -89,10 +93,22 @@ def main() -> None:
     p.add_argument("--child", nargs=4, default=None)
     p.add_argument("--items", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--step-memory", type=int, nargs="+", default=None,
+                   help="only the peak memory of a DPO step on Gemma 3 270M at these numbers of pairs")
     args = p.parse_args()
     if args.child:
         model_name, variant, what, items = args.child
         child(model_name, variant, what, int(items))
+        return
+    if args.step_memory:
+        rows = {}
+        for n in args.step_memory:
+            for variant in ("whole", "chunked"):
+                rows[f"{n} pairs {variant}"] = run_child(__file__, "gemma-3-270m", variant, f"step:{n}", "1")
+                print(n, "pairs", variant, rows[f"{n} pairs {variant}"], flush=True)
+        save("large_vocab_step_memory", {"model": "gemma-3-270m", "pairs": args.step_memory, "memory": rows,
+                                         "note": "peak RSS growth of one DPO step (policy and frozen passes, "
+                                                 "backward), after a warm-up step; max length 192, prompts 96"})
         return
     results = {}
     for model_name in MODELS:
