@@ -1,4 +1,5 @@
-"""Tables in the README and the grid's notebook quote the committed result files."""
+"""Tables on the research page (docs/research/comparison.md) and in the grid's notebook quote the
+committed result files."""
 
 from pathlib import Path
 
@@ -33,13 +34,13 @@ def test_notebook_alpaca_easy_table_matches_results_csv():
 
 
 def test_readme_revised_sweep_table_matches_its_records():
-    """The README's table of the whole-epoch learning-rate sweep quotes results/decisive/lr-epoch/:
+    """The research page's table of the whole-epoch learning-rate sweep quotes results/decisive/lr-epoch/:
     each finished rate's validation accuracy and margin, and the chosen rate once a method is done."""
     import json
 
     root = Path(__file__).resolve().parents[1]
     folder = root / "results/decisive/lr-epoch"
-    lines = (root / "README.md").read_text().splitlines()
+    lines = (root / "docs/research/comparison.md").read_text().splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("| method (whole epoch) |"))
     rates = [float(c) for c in lines[head].strip("|").split("|")[1:-1]]
     methods = set()
@@ -54,18 +55,18 @@ def test_readme_revised_sweep_table_matches_its_records():
                 r = json.loads(rec.read_text())
                 assert cell.startswith(f"{r['accuracy']:.3f} / {r['margin']:.3f} / x"), (method, lr, cell)
             else:
-                assert not cell[:1].isdigit(), f"{method} {lr:g}: the README quotes a point with no record"
+                assert not cell[:1].isdigit(), f"{method} {lr:g}: the research page quotes a point with no record"
         done = folder / f"{method}.json"
         if done.is_file():
             assert float(chosen.split()[0]) == json.loads(done.read_text())["lr"], method
         else:
             assert chosen.startswith("running"), method
     started = {p.name for p in folder.iterdir() if p.is_dir() and any(p.glob("lr*.json"))}
-    assert started <= methods, f"sweep points missing from the README table: {sorted(started - methods)}"
+    assert started <= methods, f"sweep points missing from the research page's table: {sorted(started - methods)}"
 
 
 def test_readme_overview_table_is_the_analysis_one():
-    """The README's at-a-glance table of the decisive grid is the one `experiments/analyse.py`
+    """The research page's at-a-glance table of the decisive grid is the one `experiments/analyse.py`
     last wrote to results/decisive/results.md (regenerate and copy it when cells land)."""
     root = Path(__file__).resolve().parents[1]
 
@@ -76,6 +77,6 @@ def test_readme_overview_table_is_the_analysis_one():
         end = next((i for i in range(head, len(lines)) if not lines[i].startswith("|")), len(lines))
         return lines[head:end]
 
-    readme = block((root / "README.md").read_text())
+    readme = block((root / "docs/research/comparison.md").read_text())
     assert len(readme) >= 4
     assert readme == block((root / "results/decisive/results.md").read_text())
