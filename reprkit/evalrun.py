@@ -83,6 +83,21 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
     return results
 
 
+def training_prompts(run_dir) -> set[str] | None:
+    """The prompts a run trained on (from its config.json), or None for a target that is not a run."""
+    if run_dir is None or not (Path(run_dir) / "config.json").is_file():
+        return None
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    sources = [cfg[k] for k in ("data", "retain_data", "reroute_data") if cfg.get(k)]
+    if cfg.get("retain_data"):
+        sources = sources[1:]
+    try:
+        return {str(it["prompt"]) for s in sources
+                for it in D.load_items(s, cfg.get("train_split", "train"), limit=cfg.get("limit"))}
+    except (D.DataError, OSError, ValueError):
+        return None  # training data no longer readable here: nothing to compare with
+
+
 def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length, batch_size,
                   base, behaviour, max_prompt_length, chat_template) -> dict:
     max_length, max_prompt_length, chat_template = encoding_settings(run_dir, max_length, max_prompt_length,
@@ -90,10 +105,13 @@ def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, r
     results: dict = {"target": str(target), "datasets": {},
                      "encoding": {"max_length": max_length, "max_prompt_length": max_prompt_length,
                                   "chat_template": chat_template}}
+    trained = training_prompts(run_dir)
     for source in data:
         items = D.load_items(source, split, limit=limit)
         encoded = D.encode_ranked(items, tok, max_length, max_prompt_length, chat_template)
         results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
+        if trained is not None:  # a run: how many scored items it trained on (a local file's splits are one set)
+            results["datasets"][source]["training_items"] = sum(str(it["prompt"]) in trained for it in items)
     if truthfulqa:
         results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
     if behaviour:
@@ -151,11 +169,14 @@ def format_results(results: dict) -> str:
             from .truncation import describe
 
             notes.append(f"  {source}: {describe(r['truncation'])}")
+        if r.get("training_items"):
+            notes.append(f"  {source}: {r['training_items']} of {r['n']} scored items are training prompts of this run, "
+                         "so not held out (score a slice it did not train on: --split 'train[80%:]')")
     lines.append("rules: mean = mean log-prob per response token, sum = summed log-prob, ratio = summed log-prob "
                  "ratio to the frozen model (adapters only); the best response must score strictly highest. "
                  "shortest / longest: the model-free length baselines (ties split)")
     if notes:
-        lines += ["truncation (prompts cut from the left, responses from the right):", *notes]
+        lines += ["notes (truncation: prompts cut from the left, responses from the right):", *notes]
     if tq := results.get("truthfulqa"):
         b = tq.get("base", {})
         for m, key in (("mc1", "accuracy"), ("mc2", "score")):

@@ -563,3 +563,21 @@ def test_scored_items_that_are_training_items_are_counted_and_said(tokenizer, tm
     (run / "metrics.jsonl").write_text("")
     results = {"datasets": {str(path): {"n": 6, "accuracy_mean": 0.5, "training_items": 6}}}
     assert "[6 trained on]" in summary(run, results, cfg) and "not held out" in summary(run, results, cfg)
+
+
+def test_reprkit_eval_says_when_it_scores_a_runs_training_rows(tiny_folder, tmp_path):
+    """A run trained on a local file: `reprkit eval RUN --data FILE` (its "test" split is the same
+    rows) counts the training prompts it scored and says so; a held-out slice counts none."""
+    from reprkit.evalrun import evaluate_target, format_results
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "chosen": f"{i + 1}", "rejected": f"{i + 2}"})
+                            + "\n" for i in range(10)))
+    run = train(tiny_config(tiny_folder, tmp_path / "r", data=str(path), train_split="train[:80%]",
+                            eval_data=(str(path),), eval_split="train[80%:]", steps=1, n_samples=0))
+    assert json.loads((run / "eval.json").read_text())["datasets"][str(path)]["training_items"] == 0
+    same = evaluate_target(str(run), [str(path)], out=str(tmp_path / "a.json"))
+    assert same["datasets"][str(path)]["training_items"] == 8
+    assert "8 of 10 scored items are training prompts" in format_results(same)
+    held = evaluate_target(str(run), [str(path)], split="train[80%:]", out=str(tmp_path / "b.json"))
+    assert held["datasets"][str(path)]["training_items"] == 0 and "training prompts" not in format_results(held)
