@@ -24,7 +24,7 @@ demo: setup
 	$(PY) -m reprkit.cli train --preset demo $(if $(MODEL),--model $(MODEL))
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
