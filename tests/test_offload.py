@@ -52,3 +52,25 @@ def test_capture_edit_stop_and_lens_on_an_offloaded_model(pair, inputs):
     # after a stopped forward the offloaded model still runs whole and gives the same logits
     with torch.no_grad():
         torch.testing.assert_close(offloaded(**inputs).logits, logits_a)
+
+
+def test_training_through_offloaded_weights_is_refused_with_the_fix(tmp_path):
+    """LoRA cannot train through weights accelerate keeps on disk (the backward pass finds them on the
+    meta device: "expected device meta but got cpu"); the trainer's adapter check says so first."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.training.adapter import check_adapter
+    from reprkit.training.errors import TrainingError
+
+    tiny_llama().save_pretrained(tmp_path / "m")
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.layers.2": "cpu", "model.layers.3": "cpu", "model.norm": "cpu",
+                  "lm_head": "cpu"}
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", device_map=device_map,
+                                                     offload_folder=str(tmp_path / "offload"))
+    peft_model = get_peft_model(offloaded, LoraConfig(r=4, target_modules="all-linear"))
+    with pytest.raises(TrainingError, match="offloaded by accelerate.*model.layers.1.*FSDP2"):
+        check_adapter(peft_model)
+    in_memory = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "m"), LoraConfig(r=4, target_modules="all-linear"))
+    assert check_adapter(in_memory) == "default"

@@ -85,10 +85,23 @@ def check_adapter(model) -> str:
 
     - a PeftModel wrapped in another (``get_peft_model`` called twice): the outer adapter trains, the
       inner one, active in the inner model, is a second adapter nobody meant;
-    - trainable parameters that belong to another adapter than the active one, or none at all.
+    - trainable parameters that belong to another adapter than the active one, or none at all;
+    - base weights offloaded by accelerate (``device_map`` with "disk" or CPU offload: the weights
+      wait on the meta device between forwards), which the backward pass cannot reach.
     """
     if not getattr(model, "peft_config", None):
         raise TrainingError("the model has no LoRA adapter to train")
+    offloaded = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        placed = getattr(model, "hf_device_map", None) or getattr(getattr(model, "base_model", None), "hf_device_map", {})
+        where = sorted(k for k, v in (placed or {}).items() if v == "disk")
+        raise TrainingError(
+            f"{len(offloaded)} base weights are offloaded by accelerate (e.g. {offloaded[0]}"
+            + (f"; on disk: {', '.join(where[:4])}" if where else "") + "): the backward pass needs every weight it "
+            "goes through in memory, so LoRA cannot train through them. Load the model without offloading (a "
+            "smaller dtype, --quantization 4bit), or shard it over processes with FSDP2 "
+            "(configs/accelerate/fsdp.yaml). Capture, edits, stop and the logit lens do work on an offloaded model"
+        )
     nested = [n for n, m in model.named_modules() if n and getattr(m, "peft_config", None) and hasattr(m, "disable_adapter")]
     if nested:
         raise TrainingError(
