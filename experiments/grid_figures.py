@@ -40,6 +40,8 @@ def curve_figure(cells: list[dict]):
             if c["shift"] != shift or not c.get("curve"):
                 continue
             points = run_points(base, c)
+            if not points or any(col not in p for p in points):
+                continue  # a target the grid no longer scores (cut for budget after the base cell ran)
             fig.add_trace(go.Scatter(
                 x=[p["source val"]["accuracy_mean"] for p in points], y=[p[col]["accuracy_mean"] for p in points],
                 mode="lines+markers", name=c["method"], legendgroup=c["method"], showlegend=c["method"] not in shown,
