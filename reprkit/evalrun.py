@@ -88,9 +88,7 @@ def training_prompts(run_dir) -> set[str] | None:
     if run_dir is None or not (Path(run_dir) / "config.json").is_file():
         return None
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    sources = [cfg[k] for k in ("data", "retain_data", "reroute_data") if cfg.get(k)]
-    if cfg.get("retain_data"):
-        sources = sources[1:]
+    sources = [cfg["retain_data"], cfg["reroute_data"]] if cfg.get("retain_data") else [cfg["data"]]
     try:
         return {str(it["prompt"]) for s in sources
                 for it in D.load_items(s, cfg.get("train_split", "train"), limit=cfg.get("limit"))}
