@@ -190,7 +190,9 @@ def steerability_command(self: "Steer", model, tok, d) -> None:
 
 def _same_rows(a: list[dict], b: list[dict]) -> bool:
     """Whether two item lists share any item (a 'held-out' split that is not held out)."""
-    key = lambda it: (str(it["prompt"]), tuple(it["responses"]))  # noqa: E731
+    from .data import prompt_key
+
+    key = lambda it: (prompt_key(it), tuple(it["responses"]))  # noqa: E731
     return bool({key(x) for x in a} & {key(x) for x in b})
 
 

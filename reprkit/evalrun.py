@@ -90,7 +90,7 @@ def training_prompts(run_dir) -> set[str] | None:
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
     sources = [cfg["retain_data"], cfg["reroute_data"]] if cfg.get("retain_data") else [cfg["data"]]
     try:
-        return {str(it["prompt"]) for s in sources
+        return {D.prompt_key(it) for s in sources
                 for it in D.load_items(s, cfg.get("train_split", "train"), limit=cfg.get("limit"))}
     except (D.DataError, OSError, ValueError):
         return None  # training data no longer readable here: nothing to compare with
@@ -109,7 +109,7 @@ def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, r
         encoded = D.encode_ranked(items, tok, max_length, max_prompt_length, chat_template)
         results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
         if trained is not None:  # a run: how many scored items it trained on (a local file's splits are one set)
-            results["datasets"][source]["training_items"] = sum(str(it["prompt"]) in trained for it in items)
+            results["datasets"][source]["training_items"] = sum(D.prompt_key(it) in trained for it in items)
     if truthfulqa:
         results["truthfulqa"] = truthfulqa_mc(model, tok, limit=limit, batch_size=batch_size)
     if behaviour:

@@ -248,3 +248,13 @@ def test_helpsteer_full_ranking_is_reachable(tmp_path):
     assert parse_train(["--ranking", "full"]).ranking == "full"
     with pytest.raises(D.DataError, match="ranking must be"):
         D.load_items(str(path), ranking="pairs")
+
+
+def test_prompt_key_is_shared_by_pairs_and_items_of_one_prompt_only():
+    item = D.to_items([{"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}])[0]
+    pair = D.to_pairs([item])[0]
+    other = D.to_items([{"prompt": "What is 2+3?", "chosen": "5", "rejected": "4"}])[0]
+    assert D.prompt_key(pair) == D.prompt_key(item)
+    assert D.prompt_key(other) != D.prompt_key(item)
+    system = {**item, "prompt": [{"role": "system", "content": "Be brief."}, *item["prompt"]]}
+    assert D.prompt_key(system) != D.prompt_key(item)  # a different conversation, not the same prompt

@@ -22,6 +22,7 @@ Sources: ``embedded[:task]`` (shipped with reprkit), ``genies:<distribution>``,
 from .items import (  # noqa: F401
     DataError,
     Messages,
+    prompt_key,
     shared_data_dir,
 )
 from .formats import (  # noqa: F401

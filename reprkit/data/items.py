@@ -12,6 +12,13 @@ Messages = list[dict]
 """A chat prompt: ``[{"role": ..., "content": ...}, ...]``."""
 
 
+def prompt_key(item: dict) -> str:
+    """The key under which two items (or pairs) share a prompt: the one rule for "trained on this
+    prompt" (a run's overlap with the sets it scores) and for GENIES' seeded choice among tied
+    rejected responses. Message lists compare by their printed form: same roles, contents, order."""
+    return str(item["prompt"])
+
+
 class DataError(ValueError):
     """A dataset row or source that cannot be used; the message names the row and the fix."""
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from .formats import to_items
-from .items import DataError, shared_data_dir
+from .items import DataError, prompt_key, shared_data_dir
 
 _HUB = {"genies": "wassname/genies_preferences", "hh-rlhf": "Anthropic/hh-rlhf"}
 _EXTENSIONS = {".json": "json", ".jsonl": "json", ".gz": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -181,7 +181,7 @@ def to_pairs(items: list[dict], mode: str = "best_vs_worst") -> list[dict]:
         elif mode == "best_vs_worst":
             low = min(scores)
             worst = [o for o, s in zip(others, scores) if s == low] or others[-1:]
-            h = int(hashlib.sha1(str(item["prompt"]).encode()).hexdigest(), 16)
+            h = int(hashlib.sha1(prompt_key(item).encode()).hexdigest(), 16)
             chosen_others = [worst[h % len(worst)]]
         else:
             raise DataError(f"pair mode {mode!r} is not one of 'best_vs_worst', 'best_vs_all'")

@@ -32,13 +32,13 @@ def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[
     else:
         pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking), cfg.pairs)
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
-    seen = {str(p["prompt"]) for p in pairs}
+    seen = {D.prompt_key(p) for p in pairs}
     evals, prompts, overlap = {}, {}, {}
     for source in cfg.eval_data:
         items = D.load_items(source, cfg.eval_split)
         evals[source] = D.encode_ranked(items[: cfg.eval_limit], tokenizer, **kw)
         prompts[source] = [it["prompt"] for it in items[:1]]
-        overlap[source] = sum(str(it["prompt"]) in seen for it in items[: cfg.eval_limit])
+        overlap[source] = sum(D.prompt_key(it) in seen for it in items[: cfg.eval_limit])
         if overlap[source]:
             log.warning("%d of the %d items scored on %s %s are training prompts: its accuracy is not held out "
                         "(a local file's splits are the same rows; pass slices, e.g. --train-split 'train[:80%%]' "
