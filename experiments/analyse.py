@@ -140,7 +140,22 @@ def verdict(r: dict) -> str:
     return "holds across seeds" if both else "items only: not across seeds" if items else "not significant"
 
 
-def paired_rows(cells: list[dict]) -> list[dict]:
+def grid_targets(grid: dict) -> dict[str, set[str]] | None:
+    """source -> the targets the grid's design names (``"source->target"`` shifts), or None where a
+    shift names a source alone (every target of it is in the design)."""
+    out: dict[str, set[str]] = {}
+    for shift in grid.get("shifts", []):
+        if "->" not in shift:
+            return None
+        source, target = shift.split("->")
+        out.setdefault(source, set()).add(target)
+    return out or None
+
+
+def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None) -> list[dict]:
+    """Paired differences per shift and eval set, then pooled over shifts. ``targets`` (source -> the
+    design's targets, ``grid_targets``) keeps columns a cell scored beyond the design (a target cut
+    for budget after the untrained cells ran) out of the pooled rows; they keep their own rows."""
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     methods = list(dict.fromkeys(c["method"] for c in cells))
     rows, pooled = [], {}
@@ -155,6 +170,8 @@ def paired_rows(cells: list[dict]) -> list[dict]:
                     if not ra or not rb or method == other:
                         continue
                     rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **compare_runs(ra, rb)})
+                    if kind == "target" and targets is not None and col[len("target "):] not in targets.get(shift, ()):
+                        continue
                     pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
     for (kind, method, other), strata in pooled.items():
         res = pooled_difference({k: (seed_mean(ra), seed_mean(rb)) for k, (ra, rb) in strata.items()})
@@ -425,6 +442,13 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
                              f"{fmt_diff(index.get((shift, col, method, 'base')))} | "
                              f"{fmt_diff(index.get((shift, col, method, 'dpo')))} | "
                              f"{ppl_text(mc, grid.get('max_ppl_ratio'))} |")
+    design = grid_targets(grid)
+    beyond = sorted({f"{c['shift']} -> {col[len('target '):]}" for c in cells for col in c["scores"]
+                     if design is not None and col.startswith("target ")
+                     and col[len("target "):] not in design.get(c["shift"], ())})
+    if beyond:
+        lines += ["", f"Scored by some cells but not in the grid's design (cut for budget), so left out of the "
+                      f"pooled rows: {', '.join(beyond)}."]
     lines += ["", "Pooled over shifts (mean of per-shift paired differences, bootstrap stratified by shift):", "",
               "| eval | method | vs base | vs DPO |", "|---|---|---|---|"]
     for kind in ("source", "target"):
@@ -485,7 +509,7 @@ def analyse(out: Path) -> None:
     grid = json.loads((out / "grid.json").read_text())
     everything = cells
     cells, extra = split_followup(everything, grid)
-    paired, match = paired_rows(cells), matched(cells)
+    paired, match = paired_rows(cells, grid_targets(grid)), matched(cells)
     match_paired = matched_paired_rows(cells)
     follow, (fmatch, fmatch_paired) = followup_rows(everything, extra), followup_matched(everything, extra)
     write_csv(out / "results.csv", result_rows(cells))

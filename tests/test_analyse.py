@@ -140,3 +140,22 @@ def test_matched_paired_reads_each_run_where_its_source_reaches_dpos_level():
     base["curve"][0]["source val"]["accuracy_mean"] = 0.85
     rows = analyse.matched_paired_rows(cells)
     assert all("difference" not in r and "step 0" in r["note"] for r in rows)
+
+
+def test_a_target_scored_beyond_the_design_stays_out_of_the_pooled_rows():
+    n = 40
+    cells = [_cell("a", "b", "base", [1] * 20 + [0] * 20, [1] * 20 + [0] * 20),
+             _cell("a", "b", "length", [1] * 20 + [0] * 20, [1] * 20 + [0] * 20)]
+    for c in cells:  # the untrained cells also scored a target the design later cut
+        c["scores"]["target cut"] = {"items": {"id": [f"i{k}" for k in range(n)], "correct": [0] * n},
+                                     "accuracy_mean": 0.0}
+    cells[0]["scores"]["target cut"]["items"]["correct"] = [1] * n
+    cells[0]["scores"]["target cut"]["accuracy_mean"] = 1.0
+    design = analyse.grid_targets({"shifts": ["a->b"]})
+    assert design == {"a": {"b"}} and analyse.grid_targets({"shifts": ["a"]}) is None
+    pooled = {r["vs"]: r for r in analyse.paired_rows(cells, design) if r["shift"] == "pooled" and r["eval"] == "target"}
+    assert pooled["base"]["difference"] == 0.0  # target b alone; the cut target's -1.0 is not pooled
+    everything = {r["vs"]: r for r in analyse.paired_rows(cells) if r["shift"] == "pooled" and r["eval"] == "target"}
+    assert everything["base"]["difference"] == -0.5
+    kept = [r for r in analyse.paired_rows(cells, design) if r["eval"] == "target cut"]
+    assert kept and kept[0]["difference"] == -1.0  # its own row stays
