@@ -225,11 +225,17 @@ def score_length(grid: Grid, tok, source: str, split: str, limit: int | None) ->
             "items": {"id": [item_id(e) for e in encoded], "correct": lb["shortest"], "correct_longest": lb["longest"]}}
 
 
-def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool = False) -> dict:
+def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool = False,
+               partial: Path | None = None) -> dict:
     """Score each eval set (log-probs, projections on ``direction = (Direction, layer)``, or with
-    ``length`` the length-only baselines)."""
-    out = {}
+    ``length`` the length-only baselines). With ``partial`` (a json file) each finished set is
+    written there as it is done and read back instead of scored again: a sitting that stops in the
+    middle of a cell's final scoring loses one set at most."""
+    out = json.loads(partial.read_text()) if partial is not None and partial.is_file() else {}
+    out = {col: res for col, res in out.items() if col in sets}
     for col, (d, s, lim) in sets.items():
+        if col in out:
+            continue
         if length:
             res = score_length(grid, tok, d, s, lim)
         elif direction is not None:
@@ -237,7 +243,9 @@ def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool 
         else:
             res = score(model, tok, encode_set(grid, tok, d, s, lim))
         out[col] = {"data": d, "split": s, **res}
-    return out
+        if partial is not None:
+            write_json(partial, out)
+    return {col: out[col] for col in sets}
 
 
 # ---------------------------------------------------------------- training in segments
@@ -619,6 +627,9 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
     if done.is_file():
         return refresh_behaviour(grid, json.loads(done.read_text()), cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    partial = cell_dir / "partial"  # finished stages of an unfinished cell (read back by a later sitting)
+    PARTS_RESUMED[str(partial)] = [f.name for f in partial.iterdir()] if partial.is_dir() else []
+    partial.mkdir(exist_ok=True)
     start = time.time()
     cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}
     timing: dict[str, float] = {}
@@ -644,13 +655,15 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), length=True)
         cell["seconds"] = time.time() - start
         write_json(done, cell)
+        shutil.rmtree(partial, ignore_errors=True)
         return cell
     elif method in READERS:
         model, tok = load_model(grid.model)
         lap("load")
-        cell["mms"], direction = read_mms(grid, model, tok, source, READERS[method])
+        cell["mms"], direction = read_mms(grid, model, tok, source, READERS[method], partial / "direction")
         lap("direction")
-        cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction)}]
+        cell["curve"] = [{"step": 0, **score_sets(grid, model, tok, curve_sets(grid, source, targets), direction,
+                                                  partial=partial / "curve.json")}]
         lap("curve scoring")
     else:
         curve, model, tok, total = train_curve(grid, out, source, targets, method, seed, lrs[method], cell_dir)
@@ -660,7 +673,8 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         steps = {m["step"]: m["step_time"] for m in read_run(cell_dir / "run")["metrics"] if "step_time" in m}
         timing["of which steps"] = sum(steps.values())  # the rest: loading, the frozen-model cache, checkpoints
         cell.update(curve=curve, steps=total, pairs_seen=total * grid.batch_size)
-    cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), direction)
+    cell["scores"] = score_sets(grid, model, tok, eval_sets(grid, source, targets), direction,
+                                partial=partial / "scores.json")
     lap("final scoring")
     if method not in UNTRAINED:
         cell["retain_perplexity"] = retain_ratio(grid, model, tok)
@@ -673,16 +687,29 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
             lap("behaviour")
     cell["seconds"] = time.time() - start
     cell["timing"] = {k: round(v, 1) for k, v in timing.items()}
+    if partial.is_dir():
+        cell["resumed_parts"] = sorted(PARTS_RESUMED.get(str(partial), []))
     write_json(done, cell)
+    shutil.rmtree(partial, ignore_errors=True)
     return cell
 
 
-def read_mms(grid: Grid, model, tok, source: str, token: str = "mean") -> tuple[dict, tuple]:
+PARTS_RESUMED: dict[str, list[str]] = {}
+"""cell's partial folder -> the stages a sitting found there finished (recorded in the cell)."""
+
+
+def read_mms(grid: Grid, model, tok, source: str, token: str = "mean", saved: Path | None = None) -> tuple[dict, tuple]:
     """A mean-difference residual direction from the source's training pairs (each response's state:
     ``token``, ``reprkit.directions.TOKENS``) and the layer that best orders the source's validation
     items: (what was chosen, (Direction, layer)). Not GENIES' mass-mean shift, which reads
-    attention-head outputs at the last token, keeps the top heads by a probe and calibrates."""
-    from reprkit.directions import from_pairs
+    attention-head outputs at the last token, keeps the top heads by a probe and calibrates.
+    With ``saved`` (a folder) the direction and the choice are written there, and read back when
+    a previous sitting wrote them."""
+    from reprkit.directions import Direction, from_pairs
+
+    if saved is not None and (saved / "choice.json").is_file():
+        info = json.loads((saved / "choice.json").read_text())
+        return info, (Direction.load(saved), info["layer"])
 
     items = D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit)
     direction = from_pairs(model, tok, items, grid.mms_layers, "mean_diff", token=token,
@@ -693,6 +720,9 @@ def read_mms(grid: Grid, model, tok, source: str, token: str = "mean") -> tuple[
                                             max_prompt_length=eval_prompt_length(grid))
     info = {"layer": layer, "token": token, "validation": {str(k): v["accuracy_mean"] for k, v in per_layer.items()},
             "n_pairs": direction.info["n"]}
+    if saved is not None:
+        direction.save(saved)
+        write_json(saved / "choice.json", info)  # last: its presence says the folder is whole
     return info, (direction, layer)
 
 

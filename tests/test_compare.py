@@ -409,3 +409,37 @@ def test_the_ratio_rule_uses_the_frozen_models_log_probs_on_the_same_items():
     # item a: ratios +1.0 vs -0.5 -> right; item b: -1.0 vs -0.5 -> wrong (though its raw log-prob is higher)
     assert rule_tables.outcomes(cells, "s", "dpo", "target t", "ratio") == [{"a": 1, "b": 0}]
     assert rule_tables.outcomes(cells, "s", "base", "target t", "ratio") == []
+
+
+def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_stages(tiny_folder, tmp_path,
+                                                                                     monkeypatch):
+    """A cell can outlast a sitting: the direction, the layer choice and each finished eval set are
+    kept in the cell's partial folder and read back, and the cell equals one run straight through."""
+    grid = compare.Grid(model=str(tiny_folder), methods=["meandiff-last"], train_limit=4, eval_max_length=96,
+                        eval_limit=3, curve_target_limit=2, val_limit=3, mms_layers="0,1")
+    args = ("alpaca_easy", ["alpaca_hard"], "meandiff-last", 0, {})
+    straight = compare.run_cell(grid, tmp_path / "a", *args)
+    assert not (tmp_path / "a/cells/alpaca_easy/meandiff-last/seed0/partial").exists()
+
+    real = compare.score_direction
+
+    def stop_at_target(grid_, model, tok, direction, source, split, limit):
+        if source == "genies:alpaca_hard" and split == "test" and limit == grid.eval_limit:
+            raise KeyboardInterrupt  # the sitting ends here
+        return real(grid_, model, tok, direction, source, split, limit)
+
+    monkeypatch.setattr(compare, "score_direction", stop_at_target)
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_cell(grid, tmp_path / "b", *args)
+    partial = tmp_path / "b/cells/alpaca_easy/meandiff-last/seed0/partial"
+    assert (partial / "direction/choice.json").is_file() and set(json.loads((partial / "scores.json").read_text())) \
+        == {"source test"}
+
+    scored = []
+    monkeypatch.setattr(compare, "score_direction", lambda *a: scored.append(a[4:6]) or real(*a))
+    monkeypatch.setattr("reprkit.directions.from_pairs", lambda *a, **k: pytest.fail("the direction was read again"))
+    resumed = compare.run_cell(grid, tmp_path / "b", *args)
+    assert scored == [("genies:alpaca_hard", "test")]  # only the set that had not finished
+    assert resumed["resumed_parts"] == ["curve.json", "direction", "scores.json"] and straight["resumed_parts"] == []
+    assert resumed["mms"] == straight["mms"] and resumed["scores"] == straight["scores"]
+    assert resumed["curve"] == straight["curve"] and not partial.exists()
