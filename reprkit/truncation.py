@@ -72,8 +72,7 @@ def describe(report: dict) -> str:
     """One line: how many were cut, where, and the lengths that would fit."""
     what = f"{report['cut']} of {report['n'] + report['dropped']} cut ({report['share']:.1%})"
     if report["dropped"]:
-        what += (f", {report['dropped']} not scored (no response token left, or the same tokens as another item "
-                 "once cut)")
+        what += f", {report['dropped']} not scored (no response token left)"
     if not report["cut"] and not report["dropped"]:
         return f"none of {report['n']} cut at max_length {report.get('max_length')} / prompt {report.get('max_prompt_length')}"
     parts = []

@@ -258,3 +258,20 @@ def test_prompt_key_is_shared_by_pairs_and_items_of_one_prompt_only():
     assert D.prompt_key(other) != D.prompt_key(item)
     system = {**item, "prompt": [{"role": "system", "content": "Be brief."}, *item["prompt"]]}
     assert D.prompt_key(system) != D.prompt_key(item)  # a different conversation, not the same prompt
+
+
+def test_items_sharing_prompt_and_best_response_stay_separate_questions(tokenizer):
+    """GENIES' change_my_view repeats a prompt and its best response with a different worse one: two
+    2-way questions (chance 0.5 each), not one 3-way question."""
+    prompt = [{"role": "user", "content": "Change my view: tabs beat spaces."}]
+    items = [{"prompt": prompt, "responses": ["Spaces render the same everywhere.", "Tabs."], "scores": [1.0, 0.0]},
+             {"prompt": prompt, "responses": ["Spaces render the same everywhere.", "No."], "scores": [1.0, 0.0]},
+             {"prompt": [{"role": "user", "content": "Hi"}], "responses": ["Hello!", "Bye."], "scores": [1.0, 0.0]}]
+    enc = D.encode_ranked(items, tokenizer, max_length=64, max_prompt_length=32)
+    assert len(enc) == 3 and enc.dropped == 0 and enc.kept == [0, 1, 2]
+    assert [len(e["responses_ids"]) for e in enc] == [2, 2, 2]
+    assert enc[0]["responses_ids"][1] != enc[1]["responses_ids"][1]
+    # an item that gives no pair (one response) is dropped and counted; the rest keep their order
+    enc = D.encode_ranked([items[2], {**items[0], "responses": ["Spaces."], "scores": [1.0]}, items[1]], tokenizer,
+                          64, 32)
+    assert enc.kept == [0, 2] and enc.dropped == 1

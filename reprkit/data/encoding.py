@@ -37,6 +37,8 @@ class Encoded(list):
 
     dropped: int = 0
     limits: dict = {}
+    kept: list[int] = []
+    """The index of each record's pair or item in the input (what was dropped is not there)."""
 
 
 def _cut_fields(prompt_full: int, prompt_kept: int, completion_full: int, completion_kept: int) -> dict:
@@ -76,7 +78,8 @@ def encode_pairs(pairs: list[dict], tokenizer, max_length: int = 256, max_prompt
             cache[text] = tokenizer(text, add_special_tokens=not chat)["input_ids"]
         return text, cache[text]
 
-    for pair in pairs:
+    kept_at = []
+    for index, pair in enumerate(pairs):
         encoded, cut = {}, None
         for side in ("chosen", "rejected"):
             # a pair may carry its own prompt for the rejected side (separate retain / reroute sets)
@@ -96,7 +99,9 @@ def encode_pairs(pairs: list[dict], tokenizer, max_length: int = 256, max_prompt
             dropped += 1
             continue
         out.append(encoded | cut)
-    out.dropped, out.limits = dropped, {"max_length": max_length, "max_prompt_length": max_prompt_length}
+        kept_at.append(index)
+    out.dropped, out.kept = dropped, kept_at
+    out.limits = {"max_length": max_length, "max_prompt_length": max_prompt_length}
     if dropped:
         log.warning("dropped %d of %d pairs with no completion tokens left after truncation", dropped, len(pairs))
     if not out:
@@ -153,13 +158,16 @@ def encode_ranked(items: list[dict], tokenizer, max_length: int = 256, max_promp
     """Tokenize items with all their responses, best first (for Plackett-Luce losses and K-way
     scoring): ``{"prompt_ids", "responses_ids": [[...], ...], "suffix_lens": [...]}`` plus the cut
     fields of ``Encoded`` (the most cut from any response). Truncation as in ``encode_pairs``; an
-    item whose best response has no token left is dropped and counted."""
-    pairs = [{"prompt": it["prompt"], "chosen": it["responses"][0], "rejected": r}
-             for it in items for r in it["responses"][1:(max_responses or len(it["responses"]))]]
+    item whose best response has no token left is dropped and counted. Each item stays its own
+    record, in the order given: two items with the same prompt and best response but different
+    other responses (GENIES' change_my_view has 23 such in its test split) are two K-way questions,
+    not one question with their responses pooled."""
+    pairs = [{"prompt": it["prompt"], "chosen": it["responses"][0], "rejected": r, "item": i}
+             for i, it in enumerate(items) for r in it["responses"][1:(max_responses or len(it["responses"]))]]
     encoded = encode_pairs(pairs, tokenizer, max_length, max_prompt_length, chat_template, warn=False)
-    out: dict[tuple, dict] = {}
-    for e in encoded:  # regroup the pairs of one item (they share prompt and best response)
-        key = (tuple(e["chosen_prompt_ids"]), tuple(e["chosen_ids"]))
+    out: dict[int, dict] = {}
+    for j, e in zip(encoded.kept, encoded):  # regroup the pairs of one item
+        key = pairs[j]["item"]
         cut = {k: e[k] for k in ("prompt_cut", "response_cut", "full_prompt_length", "full_length")}
         entry = out.setdefault(key, {"prompt_ids": e["chosen_prompt_ids"], "responses_ids": [e["chosen_ids"]],
                                      "suffix_lens": [e["chosen_suffix_len"]], **cut})
@@ -167,7 +175,7 @@ def encode_ranked(items: list[dict], tokenizer, max_length: int = 256, max_promp
         entry["suffix_lens"].append(e["rejected_suffix_len"])
         entry.update(_merge_cut({k: entry[k] for k in cut}, cut))
     result = Encoded(out.values())
-    result.dropped = len(items) - len(result)
+    result.dropped, result.kept = len(items) - len(result), list(out)
     result.limits = encoded.limits
     from ..truncation import warn_if_cut
 
