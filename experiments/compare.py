@@ -158,6 +158,19 @@ def item_id(encoded: dict) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def item_ids(encoded: list[dict]) -> list[str]:
+    """``item_id`` of each item, made unique: a set can repeat a prompt and its best response with a
+    different worse one (GENIES' change_my_view), and the second such item gets ``id~2``. Ids of
+    items that do not repeat are ``item_id`` unchanged."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in encoded:
+        i = item_id(e)
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}~{seen[i]}")
+    return out
+
+
 def eval_prompt_length(grid: Grid) -> int:
     return grid.eval_max_prompt_length or grid.eval_max_length // 2
 
@@ -177,7 +190,7 @@ def score(model, tok, encoded: list[dict]) -> dict:
     truncation cut (``truncation``)."""
     res = item_accuracy(model, encoded, tok.pad_token_id, base=False)
     items = res.pop("items")
-    res["items"] = {"id": [item_id(e) for e in encoded]}
+    res["items"] = {"id": item_ids(encoded)}
     for key in ITEM_KEYS:
         values = items[key]
         res["items"][key] = [round(m, 5) for m in values] if key.startswith("margin") else values
@@ -204,7 +217,7 @@ def score_direction(grid: Grid, model, tok, direction, source: str, split: str, 
     direction, layer = direction
     items = D.load_items(source, split, limit=limit)
     encoded = D.encode_ranked(items, tok, grid.eval_max_length, eval_prompt_length(grid))
-    ids = [item_id(e) for e in encoded]
+    ids = item_ids(encoded)
     res = direction.score(model, tok, items, layer, encoded=encoded)  # tokenized once, for the ids and the score
     items_out = res.pop("items")
     res["items"] = {"id": ids, "correct": items_out["correct"], "margin": [round(m, 5) for m in items_out["margin"]]}
@@ -222,7 +235,7 @@ def score_length(grid: Grid, tok, source: str, split: str, limit: int | None) ->
     k = [len(e["responses_ids"]) for e in encoded]
     return {"n": len(encoded), "accuracy_mean": lb["accuracy_shortest"], "accuracy_longest": lb["accuracy_longest"],
             "chance": sum(1 / x for x in k) / len(k), "rule": lb["rule"], "truncation": truncation_report(encoded),
-            "items": {"id": [item_id(e) for e in encoded], "correct": lb["shortest"], "correct_longest": lb["longest"]}}
+            "items": {"id": item_ids(encoded), "correct": lb["shortest"], "correct_longest": lb["longest"]}}
 
 
 def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool = False,

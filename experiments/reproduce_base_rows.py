@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import Grid, encode_set, item_id, score  # noqa: E402
+from compare import Grid, encode_set, item_ids, score  # noqa: E402
 
 from reprkit.models import load_model  # noqa: E402
 
@@ -79,7 +79,7 @@ def check_cells(results: Path, sources: list[str] | None) -> int:
             continue
         for col, old in json.loads(path.read_text())["scores"].items():
             enc = encode_set(grid, tok, old["data"], old["split"], old["n"])
-            if [item_id(e) for e in enc] != old["items"]["id"]:
+            if item_ids(enc) != old["items"]["id"]:
                 raise SystemExit(f"{path} {col}: the items are not the committed ones (data changed?)")
             new = score(model, tok, enc)["items"]
             same = sum(a == b for a, b in zip(old["items"]["correct"], new["correct"]))

@@ -443,3 +443,12 @@ def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_s
     assert resumed["resumed_parts"] == ["curve.json", "direction", "scores.json"] and straight["resumed_parts"] == []
     assert resumed["mms"] == straight["mms"] and resumed["scores"] == straight["scores"]
     assert resumed["curve"] == straight["curve"] and not partial.exists()
+
+
+def test_item_ids_are_unique_when_a_set_repeats_a_prompt_and_its_best_response():
+    a = {"prompt_ids": [1, 2], "responses_ids": [[3], [4]]}
+    b = {"prompt_ids": [1, 2], "responses_ids": [[3], [5]]}  # same question, another worse answer
+    c = {"prompt_ids": [9], "responses_ids": [[3], [4]]}
+    ids = compare.item_ids([a, b, c, b])
+    assert ids[0] == compare.item_id(a) and ids[2] == compare.item_id(c)  # unrepeated ids unchanged
+    assert len(set(ids)) == 4 and ids[1] == f"{compare.item_id(a)}~2" and ids[3].endswith("~3")
