@@ -423,6 +423,9 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              f"{grid['batch_size']} pairs (max length {grid['max_length']}), LoRA r{grid['lora_r']}; seeds "
              f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
              f"{len(cells)} cells, compute {wall / 3600:.2f} h.", "",
+             "Scoring rule of every table down to the every-rule section: the mean log-prob per response token "
+             "(reading baselines: projection on their direction; length: prefer the shortest). The other rules "
+             "are in that section where the cells keep per-response log-probs.", "",
              "At a glance: source / target test accuracy; below, the target difference against DPO (DPO's row: "
              "against the base model), paired 95% interval, McNemar p, * where the interval excludes 0; "
              "then the retain perplexity ratio:", "",
