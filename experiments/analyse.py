@@ -258,6 +258,8 @@ def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> l
     (mean over DPO's seeds), paired by item: both the seed-averaged items interval and the one that
     resamples seeds as well. Runs that never reach the level are left out and counted (``reached``):
     a method most of whose runs never reach it is compared on the runs that did."""
+    from grid_figures import run_points
+
     rows = []
     for shift in dict.fromkeys(c["shift"] for c in cells):
         base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
@@ -266,11 +268,12 @@ def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> l
         if base is None or not dpo:
             continue
         level = statistics.mean(c["curve"][-1]["source val"]["accuracy_mean"] for c in dpo)
-        for target in base["targets"]:
+        for target in dpo[0]["targets"]:  # the targets DPO ran on (the base cell may hold targets cut later)
             col = f"target {target}"
             at = {}
             for c in sorted(runs, key=lambda c: c["seed"]):
-                at.setdefault(c["method"], []).append(matched_items(base, c, col, level))
+                if all(col in p for p in run_points(base, c)):
+                    at.setdefault(c["method"], []).append(matched_items(base, c, col, level))
             b_runs = [r for r in at["dpo"] if r is not None]
             for method, a_all in at.items():
                 a_runs = [r for r in a_all if r is not None]

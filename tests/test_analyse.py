@@ -159,3 +159,15 @@ def test_a_target_scored_beyond_the_design_stays_out_of_the_pooled_rows():
     assert everything["base"]["difference"] == -0.5
     kept = [r for r in analyse.paired_rows(cells, design) if r["eval"] == "target cut"]
     assert kept and kept[0]["difference"] == -1.0  # its own row stays
+
+
+def test_matched_paired_reads_the_targets_dpo_ran_on_when_the_base_cell_holds_more():
+    n = 40
+    ones, half = [1] * n, [1] * 20 + [0] * 20
+    base = {**_cell("a", "b", "base", [1], [1]), "targets": ["b", "cut"], "curve": [_point(0, 0.5, [0] * n)]}
+    base["curve"][0]["target cut"] = base["curve"][0]["target b"]  # scored before the target was cut
+    cells = [base, _run("dpo", 0, [_point(1, 0.8, half)]), _run("reprpo", 0, [_point(1, 0.8, ones)]),
+             {**_run("meandiff-last", 0, [_point(0, 0.3, half)])}]
+    rows = analyse.matched_paired_rows(cells)
+    assert {(r["target"], r["method"]) for r in rows} == {("b", "reprpo"), ("b", "meandiff-last")}
+    assert rows[0]["difference"] == 0.5
