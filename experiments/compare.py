@@ -641,7 +641,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
         return refresh_behaviour(grid, json.loads(done.read_text()), cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     partial = cell_dir / "partial"  # finished stages of an unfinished cell (read back by a later sitting)
-    PARTS_RESUMED[str(partial)] = [f.name for f in partial.iterdir()] if partial.is_dir() else []
+    resumed = sorted(f.name for f in partial.iterdir()) if partial.is_dir() else []
     partial.mkdir(exist_ok=True)
     start = time.time()
     cell = {"shift": source, "targets": targets, "method": method, "seed": seed, "lr": lrs.get(method)}
@@ -700,15 +700,10 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
             lap("behaviour")
     cell["seconds"] = time.time() - start
     cell["timing"] = {k: round(v, 1) for k, v in timing.items()}
-    if partial.is_dir():
-        cell["resumed_parts"] = sorted(PARTS_RESUMED.get(str(partial), []))
+    cell["resumed_parts"] = resumed  # the stages a previous sitting had finished
     write_json(done, cell)
     shutil.rmtree(partial, ignore_errors=True)
     return cell
-
-
-PARTS_RESUMED: dict[str, list[str]] = {}
-"""cell's partial folder -> the stages a sitting found there finished (recorded in the cell)."""
 
 
 def read_mms(grid: Grid, model, tok, source: str, token: str = "mean", saved: Path | None = None) -> tuple[dict, tuple]:
