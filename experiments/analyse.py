@@ -314,18 +314,27 @@ def cell_seconds(cell: dict) -> float:
 
 
 def cost_lines(cells: list[dict]) -> list[str]:
-    """Mean minutes per cell by part, per method (cells that recorded their parts)."""
+    """Mean minutes per cell by part, per method and torch thread count (cells that recorded their
+    parts), with the load average when the cells ended: a load above the threads means something
+    else shared the cores and the minutes are not a quiet machine's."""
     timed = [c for c in cells if c.get("timing")]
     if not timed:
         return []
     parts = list(dict.fromkeys(k for c in timed for k in c["timing"]))
-    lines = ["", "Wall time per cell, minutes (mean over cells that recorded their parts; a machine of 2 cores):", "",
-             "| method | cells | " + " | ".join(parts) + " | total |", "|---|---|" + "---|" * (len(parts) + 1)]
-    for method in dict.fromkeys(c["method"] for c in timed):
-        mc = [c for c in timed if c["method"] == method]
+    lines = ["", "Wall time per cell, minutes (mean over cells that recorded their parts; a machine of 2 cores; "
+                 "threads: torch's, '-' where not recorded (torch's default, 2 here); load: the 1-minute load "
+                 "average when each cell ended, its range):", "",
+             "| method | threads | cells | " + " | ".join(parts) + " | total | load |",
+             "|---|---|---|" + "---|" * (len(parts) + 2)]
+    groups = dict.fromkeys((c["method"], (c.get("machine") or {}).get("threads")) for c in timed)
+    for method, threads in groups:
+        mc = [c for c in timed if c["method"] == method and (c.get("machine") or {}).get("threads") == threads]
         vals = [statistics.mean(c["timing"].get(k, 0.0) for c in mc) / 60 for k in parts]
         total = statistics.mean(cell_seconds(c) for c in mc) / 60
-        lines.append(f"| {method} | {len(mc)} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {total:.1f} |")
+        loads = [c["machine"]["load_avg"][0] for c in mc if c.get("machine")]
+        load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "-"
+        lines.append(f"| {method} | {threads or '-'} | {len(mc)} | " + " | ".join(f"{v:.1f}" for v in vals)
+                     + f" | {total:.1f} | {load} |")
     return lines
 
 

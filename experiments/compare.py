@@ -48,6 +48,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -402,12 +403,14 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
             rec = {"steps": cell["steps"], "from": str(cell_file.relative_to(out))}
         else:
             curve, model, tok, total = train_curve(grid, out, source, targets, method, grid.seeds[0], lr, run)
+            # the run's training and curve over every sitting it took, then this sitting's perplexity
+            start = time.time() - sum(sum(p.get("seconds", {}).values()) for p in curve)
             ppl = retain_ratio(grid, model, tok)["ratio"]
             rec = {"steps": total}
         val = curve[-1]["source val"]
         rec["val_curve"] = [[p["step"], p["source val"]["accuracy_mean"]] for p in curve]
     rec = {"accuracy": val["accuracy_mean"], "margin": val["margin_mean"], "n": val["n"], "ppl_ratio": ppl,
-           "seconds": time.time() - start, **rec}
+           "seconds": time.time() - start, "machine": machine(), **rec}
     if "items" in val:
         rec["val_correct"] = val["items"]["correct"]
     if "from" in rec and not spent:
@@ -634,6 +637,12 @@ def check_lengths(grid: Grid, tok, shifts: dict[str, list[str]]) -> dict:
     return reports
 
 
+def machine() -> dict:
+    """What a timing ran on: torch's threads, and the load average (1, 5, 15 min) when it ended, which
+    shows whether something else shared the cores (two grid processes side by side, a test run)."""
+    return {"threads": torch.get_num_threads(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str, seed: int, lrs: dict) -> dict:
     cell_dir = out / "cells" / source / method / f"seed{seed}"
     done = cell_dir / "cell.json"
@@ -700,6 +709,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
             lap("behaviour")
     cell["seconds"] = time.time() - start
     cell["timing"] = {k: round(v, 1) for k, v in timing.items()}
+    cell["machine"] = machine()
     cell["resumed_parts"] = resumed  # the stages a previous sitting had finished
     write_json(done, cell)
     shutil.rmtree(partial, ignore_errors=True)
@@ -789,7 +799,9 @@ def main() -> None:
         tune_on = source if grid.tune_per_shift else first
         untuned = (source == tune_on and seed == grid.seeds[0] and method not in UNTRAINED
                    and not (sweep_dir(grid, out, tune_on) / f"{method}.json").is_file())
-        if args.sources and source not in args.sources and not untuned:
+        # a shift outside --sources runs only for a sweep another shift's cells wait on (without
+        # tune_per_shift every shift takes the first shift's rates)
+        if args.sources and source not in args.sources and not (untuned and not grid.tune_per_shift):
             continue
         if args.max_cells is not None and new >= args.max_cells:
             return

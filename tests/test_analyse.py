@@ -171,3 +171,16 @@ def test_matched_paired_reads_the_targets_dpo_ran_on_when_the_base_cell_holds_mo
     rows = analyse.matched_paired_rows(cells)
     assert {(r["target"], r["method"]) for r in rows} == {("b", "reprpo"), ("b", "meandiff-last")}
     assert rows[0]["difference"] == 0.5
+
+
+def test_cost_lines_split_cells_by_thread_count_and_show_the_load_they_ran_under():
+    def timed(method, threads, load, train):
+        c = _cell("a", "b", method, [1], [1])
+        c["timing"] = {"train": train, "final scoring": 60.0}
+        if threads:
+            c["machine"] = {"threads": threads, "load_avg": [load, load, load]}
+        return c
+
+    lines = analyse.cost_lines([timed("dpo", None, 0, 600.0), timed("dpo", 1, 2.1, 1200.0), timed("dpo", 1, 1.9, 600.0)])
+    rows = [line for line in lines if line.startswith("| dpo")]
+    assert rows == ["| dpo | - | 1 | 10.0 | 1.0 | 11.0 | - |", "| dpo | 1 | 2 | 15.0 | 1.0 | 16.0 | 1.9-2.1 |"]

@@ -220,6 +220,30 @@ def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
         compare.main()
 
 
+
+def test_with_per_shift_rates_a_sitting_leaves_the_other_shifts_sweeps_to_their_own_sitting(tmp_path, monkeypatch):
+    """Two sittings side by side, one shift each: neither runs the other's sweep (each shift tunes on
+    itself), so neither writes into the other's folders."""
+    calls, tuned = [], []
+    monkeypatch.setattr(compare, "tune_lr", lambda grid, method, source, *a: tuned.append((method, source)) or 1e-3)
+    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
+    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+                        calls.append((seed, source, method)))
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
+                                 "methods": ["base", "dpo"], "seeds": [0, 1], "sweep_steps": None,
+                                 "tune_per_shift": True}))
+    monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"),
+                                     "--sources", "alpaca_short"])
+    compare.main()
+    assert calls == [(0, "alpaca_short", "base"), (0, "alpaca_short", "dpo"), (1, "alpaca_short", "dpo")]
+    assert tuned == [("dpo", "alpaca_short")]
+
+
+def test_a_cell_records_the_threads_and_load_its_timing_ran_under():
+    m = compare.machine()
+    assert m["threads"] == compare.torch.get_num_threads() and len(m["load_avg"]) == 3
+
 def test_a_sitting_can_add_a_seed_beyond_the_grids(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
@@ -452,3 +476,15 @@ def test_item_ids_are_unique_when_a_set_repeats_a_prompt_and_its_best_response()
     ids = compare.item_ids([a, b, c, b])
     assert ids[0] == compare.item_id(a) and ids[2] == compare.item_id(c)  # unrepeated ids unchanged
     assert len(set(ids)) == 4 and ids[1] == f"{compare.item_id(a)}~2" and ids[3].endswith("~3")
+
+
+def test_a_sweep_point_finished_in_a_later_sitting_counts_the_earlier_sittings_training(tmp_path, monkeypatch):
+    """The run's curve points carry their own seconds; a sitting that only scores the perplexity
+    must not record its few minutes as the whole rate's cost."""
+    curve = [{"step": 10, "source val": {"accuracy_mean": 0.5, "margin_mean": 0.1, "n": 6},
+              "seconds": {"train": 300.0, "scoring": 100.0}}]
+    monkeypatch.setattr(compare, "train_curve", lambda *a: (curve, None, None, 10))
+    monkeypatch.setattr(compare, "retain_ratio", lambda *a: {"ratio": 1.1})
+    grid = compare.Grid(shifts=["alpaca_easy->alpaca_hard"], sweep_steps=None)
+    rec = compare.sweep_point(grid, tmp_path, "dpo", "alpaca_easy", ["alpaca_hard"], 1e-4)
+    assert 400.0 <= rec["seconds"] < 460.0 and rec["ppl_ratio"] == 1.1
