@@ -18,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from reprkit.runlog import checkpoints, read_jsonl

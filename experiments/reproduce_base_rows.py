@@ -6,7 +6,7 @@
 Re-scores every ``base`` row of ``RESULTS/results.csv`` (the frozen model: same items, same
 encoding, 256 tokens with prompts cut to 128, as ``experiments/compare.py`` scores) with the
 comparison grid's scoring as it is now: the shared-prompt path and length-sorted batches
-(``compare.score``). Prints old and new accuracy (per-token mean and summed rules) and writes
+(``grid_scoring.score``). Prints old and new accuracy (per-token mean and summed rules) and writes
 ``RESULTS/base-rows-reproduced.json``; exits 1 when any accuracy differs.
 
 A grid with cell directories (``RESULTS/cells/<source>/base/seed0/cell.json``, per-item outcomes)
@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare import Grid, encode_set, item_ids, score  # noqa: E402
+from grid_scoring import encode_set, item_ids, score  # noqa: E402
+from grid_settings import Grid  # noqa: E402
 
 from reprkit.models import load_model  # noqa: E402
 

@@ -1,6 +1,6 @@
 """The comparison under every scoring rule, with seed-level statistics and Holm's correction.
 
-Used by ``analyse.py`` for grids whose cells keep each response's log-probs (``compare.score``):
+Used by ``analyse.py`` for grids whose cells keep each response's log-probs (``grid_scoring.score``):
 
 - rules (``reprkit.scoring``): ``mean`` (the primary rule, chosen before the runs), ``sum``, and
   ``ratio`` (log-prob ratio to the frozen model, computed against the base cell's log-probs on the

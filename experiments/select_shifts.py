@@ -18,7 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from compare import TRAIN_SPLIT, VAL_SPLIT, Grid, encode_set, eval_prompt_length  # noqa: E402
+from grid_scoring import encode_set  # noqa: E402
+from grid_settings import TRAIN_SPLIT, VAL_SPLIT, Grid  # noqa: E402
 
 from reprkit import data as D
 from reprkit.evaluate import item_accuracy

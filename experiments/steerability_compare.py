@@ -20,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from reprkit import data as D
 from reprkit.behaviour import load_behaviour

@@ -15,6 +15,21 @@ compare = importlib.util.module_from_spec(spec)
 sys.modules["compare"] = compare  # dataclasses look their module up there
 spec.loader.exec_module(compare)
 
+import grid_scoring  # noqa: E402 (experiments/, on the path above)
+import grid_settings  # noqa: E402
+import grid_sweep  # noqa: E402
+import grid_training  # noqa: E402
+
+GRID_MODULES = (compare, grid_settings, grid_scoring, grid_training, grid_sweep)
+
+
+def patch(monkeypatch, name: str, value) -> None:
+    """Replace ``name`` in every grid module that holds it (each imports the names it uses)."""
+    held = [m for m in GRID_MODULES if hasattr(m, name)]
+    assert held, name
+    for m in held:
+        monkeypatch.setattr(m, name, value)
+
 
 def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"],
@@ -74,8 +89,8 @@ def test_grid_outputs_and_resume(tiny_folder, tmp_path, monkeypatch):
     # resumable: a second invocation recomputes nothing
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")}
     calls = []
-    monkeypatch.setattr(compare, "train_to", lambda *a: calls.append(a))
-    monkeypatch.setattr(compare, "score_sets", lambda *a, **k: calls.append(a))
+    patch(monkeypatch, "train_to", lambda *a: calls.append(a))
+    patch(monkeypatch, "score_sets", lambda *a, **k: calls.append(a))
     compare.main()
     assert calls == [] and {p: p.stat().st_mtime_ns for p in out.rglob("cell.json")} == stamps
 
@@ -86,11 +101,11 @@ def test_segments_equal_one_run(tiny_folder, tmp_path):
 
     grid = compare.Grid(model=str(tiny_folder), train_limit=8, batch_size=2, max_length=96, max_prompt_length=48,
                         lora_r=2)
-    whole = compare.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "whole", 4)
-    parts = compare.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "parts", 4)
-    compare.train_to(whole, 4)
-    compare.train_to(parts, 2)
-    compare.train_to(parts, 4)
+    whole = grid_training.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "whole", 4)
+    parts = grid_training.train_config(grid, "reprpo", "alpaca_easy", 0, 1e-3, tmp_path / "parts", 4)
+    grid_training.train_to(whole, 4)
+    grid_training.train_to(parts, 2)
+    grid_training.train_to(parts, 4)
     a = load_file(tmp_path / "whole/adapter/adapter_model.safetensors")
     b = load_file(tmp_path / "parts/adapter/adapter_model.safetensors")
     for k in a:
@@ -105,7 +120,7 @@ def test_segments_equal_one_run(tiny_folder, tmp_path):
     ({1e-4: 0.5, 1e-3: 0.9}, {}, {1e-4: 5.0, 1e-3: 47.0}, 3.0, 1e-4),  # all broke: the smallest
 ])
 def test_learning_rate_rule(acc, margin, ppl, bound, expect):
-    assert compare.choose_lr(acc, margin, ppl, bound) == expect
+    assert grid_sweep.choose_lr(acc, margin, ppl, bound) == expect
 
 
 def test_shift_list_file_and_errors(tmp_path, monkeypatch):
@@ -151,10 +166,10 @@ def test_new_distributions_through_the_data_dir_and_a_shift_file(tiny_folder, tm
 def test_sycophancy_subset_is_balanced_by_answer_letter():
     rows = [{"responses": [" (A)", " (B)"], "matching": [True, False]} for _ in range(6)]
     rows += [{"responses": [" (A)", " (B)"], "matching": [False, True]} for _ in range(2)]
-    picked = compare.letter_balanced(rows, 4)
+    picked = grid_scoring.letter_balanced(rows, 4)
     letters = [r["responses"][r["matching"].index(True)] for r in picked]
     assert sorted(letters) == [" (A)", " (A)", " (B)", " (B)"]
-    assert len(compare.letter_balanced(rows, 100)) == 8  # all rows when n exceeds them
+    assert len(grid_scoring.letter_balanced(rows, 100)) == 8  # all rows when n exceeds them
 
 
 def test_curve_points_of_a_lost_run_are_scored_again(tiny_folder, tmp_path):
@@ -183,8 +198,8 @@ def test_cell_order_reference_rows_first_then_seed_by_seed():
 
 def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
     calls, tuned = [], []
-    monkeypatch.setattr(compare, "tune_lr", lambda *a: tuned.append(a[1]) or 1e-3)
-    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+    patch(monkeypatch, "tune_lr", lambda *a: tuned.append(a[1]) or 1e-3)
+    patch(monkeypatch, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
                         calls.append((seed, source, method)))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard"], "methods": ["base", "mms", "dpo"]}))
@@ -199,9 +214,9 @@ def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
 
 def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
-    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
-    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+    patch(monkeypatch, "tune_lr", lambda *a: 1e-3)
+    patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
+    patch(monkeypatch, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
                         calls.append((seed, source, method)))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
@@ -225,9 +240,9 @@ def test_with_per_shift_rates_a_sitting_leaves_the_other_shifts_sweeps_to_their_
     """Two sittings side by side, one shift each: neither runs the other's sweep (each shift tunes on
     itself), so neither writes into the other's folders."""
     calls, tuned = [], []
-    monkeypatch.setattr(compare, "tune_lr", lambda grid, method, source, *a: tuned.append((method, source)) or 1e-3)
-    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
-    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+    patch(monkeypatch, "tune_lr", lambda grid, method, source, *a: tuned.append((method, source)) or 1e-3)
+    patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
+    patch(monkeypatch, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
                         calls.append((seed, source, method)))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
@@ -242,13 +257,13 @@ def test_with_per_shift_rates_a_sitting_leaves_the_other_shifts_sweeps_to_their_
 
 def test_a_cell_records_the_threads_and_load_its_timing_ran_under():
     m = compare.machine()
-    assert m["threads"] == compare.torch.get_num_threads() and len(m["load_avg"]) == 3
+    assert m["threads"] == grid_settings.torch.get_num_threads() and len(m["load_avg"]) == 3
 
 def test_a_sitting_can_add_a_seed_beyond_the_grids(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(compare, "tune_lr", lambda *a: 1e-3)
-    monkeypatch.setattr(compare, "adopt_sweep_run", lambda *a: None)
-    monkeypatch.setattr(compare, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
+    patch(monkeypatch, "tune_lr", lambda *a: 1e-3)
+    patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
+    patch(monkeypatch, "run_cell", lambda grid, out, source, targets, method, seed, lrs:
                         calls.append((seed, source, method, grid.seeds)))
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps({"shifts": ["alpaca_easy->alpaca_hard", "alpaca_short->alpaca_long"],
@@ -272,7 +287,7 @@ def sweep_table(monkeypatch, table):
         acc, ppl = table[lr]
         return {"accuracy": acc, "margin": 0.0, "n": 10, "ppl_ratio": ppl}
 
-    monkeypatch.setattr(compare, "sweep_point", fake)
+    patch(monkeypatch, "sweep_point", fake)
     return ran
 
 
@@ -334,8 +349,8 @@ def test_whole_budget_sweep_becomes_the_first_cell(tiny_folder, tmp_path, monkey
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
     trained = []
-    real_train_to = compare.train_to
-    monkeypatch.setattr(compare, "train_to", lambda cfg, step: trained.append((cfg.run_dir, cfg.lr, step)) or
+    real_train_to = grid_training.train_to
+    patch(monkeypatch, "train_to", lambda cfg, step: trained.append((cfg.run_dir, cfg.lr, step)) or
                         real_train_to(cfg, step))
     monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(out)])
     compare.main()
@@ -359,17 +374,17 @@ def test_whole_budget_sweep_becomes_the_first_cell(tiny_folder, tmp_path, monkey
 def test_choose_lr_not_worse_prefers_the_larger_rate_unless_it_is_significantly_worse():
     same = [1] * 30 + [0] * 30
     # three rates the 60 items cannot tell apart: the largest within the bound
-    lr, why = compare.choose_lr_not_worse({1e-4: same, 3e-4: same[::-1], 1e-3: same}, {1e-4: 1.0, 3e-4: 1.1, 1e-3: 2.0}, 3.0)
+    lr, why = grid_sweep.choose_lr_not_worse({1e-4: same, 3e-4: same[::-1], 1e-3: same}, {1e-4: 1.0, 3e-4: 1.1, 1e-3: 2.0}, 3.0)
     assert lr == 1e-3 and not why["told_apart"] and "cannot tell" in why["why"]
     # the largest rate broke the model: the largest valid one
-    lr, _ = compare.choose_lr_not_worse({1e-4: same, 1e-3: same}, {1e-4: 1.0, 1e-3: 5.0}, 3.0)
+    lr, _ = grid_sweep.choose_lr_not_worse({1e-4: same, 1e-3: same}, {1e-4: 1.0, 1e-3: 5.0}, 3.0)
     assert lr == 1e-4
     # the largest rate is far worse on the same items (McNemar p < 0.05): not chosen
     good, bad = [1] * 50 + [0] * 10, [0] * 50 + [1] * 10
-    lr, why = compare.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 1.0, 1e-3: 1.0}, 3.0)
+    lr, why = grid_sweep.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 1.0, 1e-3: 1.0}, 3.0)
     assert lr == 1e-4 and why["told_apart"] and why["mcnemar_p_vs_best"]["0.001"] < 0.05
     # every rate broke the model: the smallest
-    assert compare.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 9.0, 1e-3: 9.0}, 3.0)[0] == 1e-4
+    assert grid_sweep.choose_lr_not_worse({1e-4: good, 1e-3: bad}, {1e-4: 9.0, 1e-3: 9.0}, 3.0)[0] == 1e-4
 
 
 def test_a_grid_refuses_sets_cut_past_its_share_and_names_the_fitting_lengths(tiny_folder, tmp_path, monkeypatch):
@@ -445,14 +460,14 @@ def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_s
     straight = compare.run_cell(grid, tmp_path / "a", *args)
     assert not (tmp_path / "a/cells/alpaca_easy/meandiff-last/seed0/partial").exists()
 
-    real = compare.score_direction
+    real = grid_scoring.score_direction
 
     def stop_at_target(grid_, model, tok, direction, source, split, limit):
         if source == "genies:alpaca_hard" and split == "test" and limit == grid.eval_limit:
             raise KeyboardInterrupt  # the sitting ends here
         return real(grid_, model, tok, direction, source, split, limit)
 
-    monkeypatch.setattr(compare, "score_direction", stop_at_target)
+    patch(monkeypatch, "score_direction", stop_at_target)
     with pytest.raises(KeyboardInterrupt):
         compare.run_cell(grid, tmp_path / "b", *args)
     partial = tmp_path / "b/cells/alpaca_easy/meandiff-last/seed0/partial"
@@ -460,7 +475,7 @@ def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_s
         == {"source test"}
 
     scored = []
-    monkeypatch.setattr(compare, "score_direction", lambda *a: scored.append(a[4:6]) or real(*a))
+    patch(monkeypatch, "score_direction", lambda *a: scored.append(a[4:6]) or real(*a))
     monkeypatch.setattr("reprkit.directions.from_pairs", lambda *a, **k: pytest.fail("the direction was read again"))
     resumed = compare.run_cell(grid, tmp_path / "b", *args)
     assert scored == [("genies:alpaca_hard", "test")]  # only the set that had not finished
@@ -473,9 +488,9 @@ def test_item_ids_are_unique_when_a_set_repeats_a_prompt_and_its_best_response()
     a = {"prompt_ids": [1, 2], "responses_ids": [[3], [4]]}
     b = {"prompt_ids": [1, 2], "responses_ids": [[3], [5]]}  # same question, another worse answer
     c = {"prompt_ids": [9], "responses_ids": [[3], [4]]}
-    ids = compare.item_ids([a, b, c, b])
-    assert ids[0] == compare.item_id(a) and ids[2] == compare.item_id(c)  # unrepeated ids unchanged
-    assert len(set(ids)) == 4 and ids[1] == f"{compare.item_id(a)}~2" and ids[3].endswith("~3")
+    ids = grid_scoring.item_ids([a, b, c, b])
+    assert ids[0] == grid_scoring.item_id(a) and ids[2] == grid_scoring.item_id(c)  # unrepeated ids unchanged
+    assert len(set(ids)) == 4 and ids[1] == f"{grid_scoring.item_id(a)}~2" and ids[3].endswith("~3")
 
 
 def test_a_sweep_point_finished_in_a_later_sitting_counts_the_earlier_sittings_training(tmp_path, monkeypatch):
@@ -483,8 +498,8 @@ def test_a_sweep_point_finished_in_a_later_sitting_counts_the_earlier_sittings_t
     must not record its few minutes as the whole rate's cost."""
     curve = [{"step": 10, "source val": {"accuracy_mean": 0.5, "margin_mean": 0.1, "n": 6},
               "seconds": {"train": 300.0, "scoring": 100.0}}]
-    monkeypatch.setattr(compare, "train_curve", lambda *a: (curve, None, None, 10))
-    monkeypatch.setattr(compare, "retain_ratio", lambda *a: {"ratio": 1.1})
+    patch(monkeypatch, "train_curve", lambda *a: (curve, None, None, 10))
+    patch(monkeypatch, "retain_ratio", lambda *a: {"ratio": 1.1})
     grid = compare.Grid(shifts=["alpaca_easy->alpaca_hard"], sweep_steps=None)
-    rec = compare.sweep_point(grid, tmp_path, "dpo", "alpaca_easy", ["alpaca_hard"], 1e-4)
+    rec = grid_sweep.sweep_point(grid, tmp_path, "dpo", "alpaca_easy", ["alpaca_hard"], 1e-4)
     assert 400.0 <= rec["seconds"] < 460.0 and rec["ppl_ratio"] == 1.1

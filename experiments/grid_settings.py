@@ -1,0 +1,118 @@
+"""The comparison grid's settings (``Grid``, one JSON file per grid in ``grids/``), its shifts, its
+method families, and what a timing ran on. Shared by every part of the grid: ``compare.py`` (the
+cells and the command), ``grid_sweep.py`` (learning rates), ``grid_training.py`` (training in
+segments), ``grid_scoring.py`` (scores), ``select_shifts.py`` and ``reproduce_base_rows.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from reprkit import data as D
+from reprkit.models import DEFAULT_MODEL
+
+TRAIN_SPLIT, VAL_SPLIT = "train[:90%]", "train[90%:]"
+
+
+@dataclasses.dataclass
+class Grid:
+    model: str = DEFAULT_MODEL
+    shifts: list[str] = dataclasses.field(default_factory=lambda: ["alpaca_easy->alpaca_hard"])
+    """'source->target', or a source alone for every target the shift file gives it"""
+    shift_file: str | None = None
+    """a GENIES-format shift list (default: genies/distribution_shifts/GENIES.json of the data dir)"""
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["base", "mms", "dpo", "reprpo", "reroute"])
+    """'base' (frozen model), 'mms' (read direction) or presets of reprkit.config.PRESETS"""
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
+    epochs: float = 1.0
+    """passes over the source's train[:90%] pairs (steps = ceil(epochs * pairs / batch_size))"""
+    train_limit: int | None = None
+    """use only the first n training items of each source (None: all of train[:90%])"""
+    batch_size: int = 4
+    max_length: int = 192
+    max_prompt_length: int = 96
+    lora_r: int = 16
+    eval_max_length: int = 256
+    """tokens of prompt + response when scoring"""
+    eval_max_prompt_length: int | None = None
+    """tokens of prompt when scoring, cut from the left (None: half of eval_max_length)"""
+    max_cut_share: float | None = None
+    """refuse (before any run) a training or eval set whose share of cut items exceeds this, naming
+    the lengths that would fit (None: report the share, refuse nothing: the first grids' setting)"""
+    eval_limit: int | None = None
+    """items per final eval set (None: the whole test split)"""
+    curve_points: int = 4
+    """evaluations along each training run (the last at its end), for the matched-accuracy curve"""
+    val_limit: int | None = None
+    """source validation items (train[90%:]) scored along training and in the sweep (None: all)"""
+    curve_target_limit: int = 60
+    """target items scored at each curve point (the first n of the target's test split)"""
+    retain_data: str = "hh-rlhf:helpful-base"
+    retain_limit: int = 100
+    lr_sweep: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    """rates swept, for every method, or per method ``{method: [rates]}``"""
+    tune_per_shift: bool = False
+    """sweep each method's rate on every shift's own source validation (records in
+    ``lr-epoch/<source>/``); False: once, on the first shift, for all shifts (the first grids)"""
+    lr_rule: str = "accuracy-margin-smaller"
+    """'accuracy-margin-smaller' (``choose_lr``: highest validation accuracy, ties by margin, then
+    the smaller rate) or 'not-worse-larger' (``choose_lr_not_worse``: the largest rate whose
+    validation outcomes are not significantly below the best rate's)"""
+    sweep_steps: int | None = 40
+    """steps per swept rate (records in ``lr/``); None: each rate trains a cell's whole budget
+    (``epochs``, in the cells' curve segments and layout, records in ``lr-epoch/``), and the first
+    shift's seed-0 cell of each method is the chosen rate's run"""
+    lr_below: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=list)
+    """smaller rates tried in turn, only while every rate swept so far broke the model (or per method)"""
+    lr_above: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=list)
+    """larger rates tried in turn, only while the largest rate swept so far is the rule's choice (or per method)"""
+    skip_broken_from: str | None = None
+    """a shorter sweep's folder (relative to --out): a rate that broke the model there is not run again"""
+    max_ppl_ratio: float = 3.0
+    """a learning rate whose retain perplexity ratio exceeds this broke the model: not a valid choice"""
+    mms_layers: str = "range(.2,.9)"
+    n_samples: int = 4
+    """greedy samples per cell (target test prompts), for a coherence check by eye"""
+    truthfulqa_limit: int = 100
+    sycophancy_limit: int = 200
+    reference_cache: str | None = "reference-cache"
+    """frozen-model cache directory (relative to --out), shared by every run on the same source; None: off"""
+    shared_prompt: bool = True
+    """cells train with each pair's prompt run once (``--shared-prompt``; the same loss to float
+    rounding, 0.70-0.75x the step); the learning-rate sweep runs the concatenated layout"""
+
+
+def resolve_shifts(grid: Grid) -> dict[str, list[str]]:
+    """source -> its targets, in the grid's order."""
+    listed = D.genies_shifts(grid.shift_file)
+    out: dict[str, list[str]] = {}
+    for spec in grid.shifts:
+        source, _, target = spec.partition("->")
+        source, target = source.strip(), target.strip()
+        known = [s["target"] for s in listed if s["source"] == source]
+        if not known:
+            raise D.DataError(f"no shift in the shift list has source {source!r}; sources: "
+                              f"{sorted({s['source'] for s in listed})}")
+        if target and target not in known:
+            raise D.DataError(f"the shift list has no shift {source}->{target}; targets of {source}: {known}")
+        out.setdefault(source, [])
+        out[source] += [t for t in ([target] if target else known) if t not in out[source]]
+    return out
+
+
+UNTRAINED = ("base", "length", "mms", "meandiff-mean", "meandiff-last")
+"""Methods with no training: the frozen model, the length-only baselines, and reading baselines
+(a mean-difference residual direction read from the source's training pairs: ``meandiff-mean``
+from each response's token-mean state, template end tokens included, as the first grids' ``mms``;
+``meandiff-last`` from the response's own last token)."""
+
+
+READERS = {"mms": "mean", "meandiff-mean": "mean", "meandiff-last": "last"}
+
+
+def machine() -> dict:
+    """What a timing ran on: torch's threads, and the load average (1, 5, 15 min) when it ended, which
+    shows whether something else shared the cores (two grid processes side by side, a test run)."""
+    return {"threads": torch.get_num_threads(), "load_avg": [round(x, 2) for x in os.getloadavg()]}
