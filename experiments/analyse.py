@@ -14,6 +14,10 @@ result: they stay out of the tables above, which are the design's, and get their
 ``results.md``, ``followup-results.csv`` (their cells), ``followup-paired.csv`` (the differences
 they change, recomputed over every seed beside the grid's own), ``followup-matched.csv`` and
 ``followup-matched-paired.csv``.
+
+The paired statistics are in ``grid_paired.py``, the matched-accuracy comparison in
+``grid_matched.py``, every scoring rule's tables in ``rule_tables.py``, the figures in ``grid_figures.py``;
+this file writes the files and the tables.
 """
 
 from __future__ import annotations
@@ -24,43 +28,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from reprkit.stats import paired_difference, pooled_difference, pooled_seed_item_difference, seed_item_difference
-
-COMPARE_TO = ("dpo", "base")
-MATCHED_TITLE = ("At matched source accuracy, paired: target (curve subset) against DPO's where each run's source "
-                 "validation first reaches DPO's final (mean over its seeds), per-item outcomes interpolated between "
-                 "checkpoints as the accuracies are; runs that never reach the level are left out (counted):")
-
-
-def load_cells(out: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*/*/seed*/cell.json"))]
-
-
-def seed_mean(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Item id -> mean outcome over runs (seeds)."""
-    return {i: sum(r[i] for r in runs) / len(runs) for i in runs[0]}
-
-
-def compare_runs(a_runs: list[dict], b_runs: list[dict]) -> dict:
-    """First minus second as a row: the items-only paired statistics on the seeds' per-item means,
-    and the interval that resamples seeds as well as items."""
-    return {**_flat(paired_difference(seed_mean(a_runs), seed_mean(b_runs))),
-            **_seed_flat(seed_item_difference(a_runs, b_runs))}
-
-
-def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list[dict[str, int]]:
-    """One ``{item id: correct}`` per seed of the method on one eval set, in seed order."""
-    runs = sorted((c for c in cells if c["shift"] == shift and c["method"] == method and col in c["scores"]),
-                  key=lambda c: c["seed"])
-    return [dict(zip(c["scores"][col]["items"]["id"], c["scores"][col]["items"]["correct"])) for c in runs]
-
-
-def _seed_flat(res: dict) -> dict:
-    """The seed-and-item interval's columns of a paired row."""
-    out = {"seed_ci_low": res["ci95"][0], "seed_ci_high": res["ci95"][1], "seed_significant": res["significant"]}
-    if "per_seed" in res:
-        out["per_seed"] = " / ".join(f"{d:+.3f}" for d in res["per_seed"])
-    return out
+from grid_matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
+from grid_paired import compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, verdict
 
 
 def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
@@ -126,183 +95,6 @@ def followup_matched(everything: list[dict], extra: list[dict]) -> tuple[list[di
     cells = [c for c in everything if c["shift"] in {k[0] for k in keys}]
     return ([r for r in matched(cells) if (r["shift"], r["method"]) in keys],
             [r for r in matched_paired_rows(cells, {k[1] for k in keys}) if (r["shift"], r["method"]) in keys])
-
-
-def matched_line(r: dict) -> str:
-    at = "never reached" if r["target_at_match"] is None else f"{r['target_at_match']:.3f}"
-    return (f"| {r['shift']} | {r['target']} | {r['method']} | {r['seed']} | "
-            f"{r['dpo_final_source_val']:.3f} | {at} | {r['final_target']:.3f} |")
-
-
-def verdict(r: dict) -> str:
-    """Whether a paired row's difference holds over items and over seeds."""
-    items, both = r["significant"] in (True, "True"), r["seed_significant"] in (True, "True")
-    return "holds across seeds" if both else "items only: not across seeds" if items else "not significant"
-
-
-def grid_targets(grid: dict) -> dict[str, set[str]] | None:
-    """source -> the targets the grid's design names (``"source->target"`` shifts), or None where a
-    shift names a source alone (every target of it is in the design)."""
-    out: dict[str, set[str]] = {}
-    for shift in grid.get("shifts", []):
-        if "->" not in shift:
-            return None
-        source, target = shift.split("->")
-        out.setdefault(source, set()).add(target)
-    return out or None
-
-
-def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None) -> list[dict]:
-    """Paired differences per shift and eval set, then pooled over shifts. ``targets`` (source -> the
-    design's targets, ``grid_targets``) keeps columns a cell scored beyond the design (a target cut
-    for budget after the untrained cells ran) out of the pooled rows; they keep their own rows."""
-    shifts = list(dict.fromkeys(c["shift"] for c in cells))
-    methods = list(dict.fromkeys(c["method"] for c in cells))
-    rows, pooled = [], {}
-    for shift in shifts:
-        cols = list(next(c for c in cells if c["shift"] == shift)["scores"])
-        for col in cols:
-            kind = "source" if col.startswith("source") else "target"
-            for method in methods:
-                ra = per_seed_items(cells, shift, method, col)
-                for other in COMPARE_TO:
-                    rb = per_seed_items(cells, shift, other, col)
-                    if not ra or not rb or method == other:
-                        continue
-                    rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **compare_runs(ra, rb)})
-                    if kind == "target" and targets is not None and col[len("target "):] not in targets.get(shift, ()):
-                        continue
-                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
-    for (kind, method, other), strata in pooled.items():
-        res = pooled_difference({k: (seed_mean(ra), seed_mean(rb)) for k, (ra, rb) in strata.items()})
-        seeds = pooled_seed_item_difference(strata)
-        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds)})
-    return rows
-
-
-def _flat(res: dict) -> dict:
-    out = {k: v for k, v in res.items() if k not in ("ci95", "discordant")}
-    out["ci_low"], out["ci_high"] = res["ci95"]
-    if "discordant" in res:
-        out["only_method"], out["only_other"] = res["discordant"]
-    return out
-
-
-def matched(cells: list[dict]) -> list[dict]:
-    """Per run: target accuracy (curve subset) where source-validation accuracy first reaches DPO's
-    final one (mean over DPO's seeds), by linear interpolation between curve points. The base
-    model's point is every trained run's step 0, so a run whose frozen model already meets the level
-    is matched there, at the base target accuracy; mms (no training) has one point, its own."""
-    from grid_figures import run_points
-
-    rows = []
-    for shift in dict.fromkeys(c["shift"] for c in cells):
-        base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
-        dpo = [c for c in cells if c["shift"] == shift and c["method"] == "dpo" and c.get("curve")]
-        if base is None or not dpo:
-            continue
-        level = statistics.mean(c["curve"][-1]["source val"]["accuracy_mean"] for c in dpo)
-        for c in cells:
-            if c["shift"] != shift or not c.get("curve") or c["method"] == "base":
-                continue
-            for target in c["targets"]:
-                col = f"target {target}"
-                points = run_points(base, c)
-                xs = [p["source val"]["accuracy_mean"] for p in points]
-                ys = [p[col]["accuracy_mean"] for p in points]
-                rows.append({"shift": shift, "target": target, "method": c["method"], "seed": c["seed"],
-                             "dpo_final_source_val": level, "final_source_val": xs[-1], "final_target": ys[-1],
-                             "target_at_match": _cross(xs, ys, level)})
-    return rows
-
-
-def _cross(xs: list[float], ys: list[float], level: float) -> float | None:
-    at = _crossing(xs, level)
-    if at is None:
-        return None
-    i, w = at
-    return ys[i] if w == 0 else ys[i] + (ys[i + 1] - ys[i]) * w
-
-
-def _crossing(xs: list[float], level: float) -> tuple[int, float] | None:
-    """Where ``xs`` first reaches ``level``: (point i, weight w of point i + 1), linear between
-    points; None where it never does."""
-    if xs[0] >= level:
-        return 0, 0.0
-    for i, (x0, x1) in enumerate(zip(xs, xs[1:])):
-        if x0 < level <= x1:
-            return i, (level - x0) / (x1 - x0)
-    return None  # never reached
-
-
-def matched_items(base: dict, cell: dict, col: str, level: float) -> dict[str, float] | None:
-    """A run's per-item target outcomes (curve subset) where its source validation first reaches
-    ``level``, interpolated between the two checkpoints around it as ``matched`` interpolates the
-    accuracy (so their mean is that run's ``target_at_match``); None where it never does."""
-    from grid_figures import run_points
-
-    points = run_points(base, cell)
-    at = _crossing([p["source val"]["accuracy_mean"] for p in points], level)
-    if at is None:
-        return None
-    i, w = at
-    lo = dict(zip(points[i][col]["items"]["id"], points[i][col]["items"]["correct"]))
-    if w == 0:
-        return {k: float(v) for k, v in lo.items()}
-    hi = dict(zip(points[i + 1][col]["items"]["id"], points[i + 1][col]["items"]["correct"]))
-    return {k: lo[k] + (hi[k] - lo[k]) * w for k in lo}
-
-
-def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> list[dict]:
-    """Each trained method's target (curve subset) against DPO's at DPO's final source validation
-    (mean over DPO's seeds), paired by item: both the seed-averaged items interval and the one that
-    resamples seeds as well. Runs that never reach the level are left out and counted (``reached``):
-    a method most of whose runs never reach it is compared on the runs that did."""
-    from grid_figures import run_points
-
-    rows = []
-    for shift in dict.fromkeys(c["shift"] for c in cells):
-        base = next((c for c in cells if c["shift"] == shift and c["method"] == "base"), None)
-        runs = [c for c in cells if c["shift"] == shift and c.get("curve") and c["method"] not in ("base", "mms")]
-        dpo = [c for c in runs if c["method"] == "dpo"]
-        if base is None or not dpo:
-            continue
-        level = statistics.mean(c["curve"][-1]["source val"]["accuracy_mean"] for c in dpo)
-        for target in dpo[0]["targets"]:  # the targets DPO ran on (the base cell may hold targets cut later)
-            col = f"target {target}"
-            at = {}
-            for c in sorted(runs, key=lambda c: c["seed"]):
-                if all(col in p for p in run_points(base, c)):
-                    at.setdefault(c["method"], []).append(matched_items(base, c, col, level))
-            b_runs = [r for r in at["dpo"] if r is not None]
-            for method, a_all in at.items():
-                a_runs = [r for r in a_all if r is not None]
-                if method == "dpo" or (methods is not None and method not in methods):
-                    continue
-                row = {"shift": shift, "target": target, "method": method, "vs": "dpo", "level": level,
-                       "reached": f"{len(a_runs)} of {len(a_all)} / {len(b_runs)} of {len(at['dpo'])}"}
-                if base["curve"][0]["source val"]["accuracy_mean"] >= level:
-                    row["note"] = "the frozen model is at the level: every run is read at step 0"
-                elif a_runs and b_runs:
-                    row.update(compare_runs(a_runs, b_runs))
-                rows.append(row)
-    return rows
-
-
-def matched_paired_lines(rows: list[dict], title: str) -> list[str]:
-    if not rows:
-        return []
-    lines = ["", title, "", "| shift | target | method | runs at the level (method / DPO) | difference | "
-             "items only 95% CI | seeds and items 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "difference" not in r:
-            lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | "
-                         f"{r.get('note') or 'never reached'} | | | |")
-            continue
-        lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | {r['difference']:+.3f} | "
-                     f"({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | ({r['seed_ci_low']:+.3f}, {r['seed_ci_high']:+.3f}) | "
-                     f"{verdict(r)} |")
-    return lines
 
 
 def cell_seconds(cell: dict) -> float:

@@ -10,6 +10,9 @@ spec = importlib.util.spec_from_file_location("analyse", EXPERIMENTS / "analyse.
 analyse = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(analyse)
 
+import grid_matched  # noqa: E402 (experiments/, on the path above)
+import grid_paired  # noqa: E402
+
 
 def _cell(shift, target, method, source_ok, target_ok, ppl=None, seed=0):
     def scores(ok):
@@ -29,7 +32,7 @@ def test_overview_rows_columns_and_differences():
         _cell("a", "b", "reprpo", [1] * 20 + [0] * 20, [1] * n),
         _cell("c", "d", "base", [1] * 10 + [0] * 30, [0] * n),
     ]
-    lines = analyse.overview_lines(cells, analyse.paired_rows(cells), ["base", "dpo", "reprpo"])
+    lines = analyse.overview_lines(cells, grid_paired.paired_rows(cells), ["base", "dpo", "reprpo"])
     assert lines[0] == "| method | a -> b | c -> d | pooled target |"
     rows = {line.split(" | ")[0].strip("| "): line for line in lines[2:]}
     assert list(rows) == ["base", "dpo", "reprpo"]
@@ -45,7 +48,7 @@ def test_overview_damage_names_seeds_past_the_bound():
              _cell("a", "b", "dpo", ok, ok, ppl=2.5, seed=0), _cell("a", "b", "dpo", ok, ok, ppl=3.5, seed=1),
              _cell("a", "b", "reprpo", ok, ok, ppl=1.2)]
     rows = {line.split(" | ")[0].strip("| "): line for line in
-            analyse.overview_lines(cells, analyse.paired_rows(cells), ["base", "dpo", "reprpo"], bound=3.0)[2:]}
+            analyse.overview_lines(cells, grid_paired.paired_rows(cells), ["base", "dpo", "reprpo"], bound=3.0)[2:]}
     assert "<br>retain ppl x3.00 (seed 1 x3.50: past the x3 bound)" in rows["dpo"]
     assert "<br>retain ppl x1.20 |" in rows["reprpo"] and "bound" not in rows["reprpo"]
     assert "retain ppl" not in rows["base"]
@@ -64,7 +67,7 @@ def test_seed_table_tells_a_seed_disagreement_from_a_difference_that_holds():
         cells += [_cell("a", "b", "dpo", dpo, dpo, seed=seed),
                   _cell("a", "b", "reprpo", dpo, [r0, r1][seed], seed=seed),
                   _cell("a", "b", "reroute", dpo, rr, seed=seed)]
-    paired = analyse.paired_rows(cells)
+    paired = grid_paired.paired_rows(cells)
     rows = {(r["shift"], r["method"]): r for r in paired if r["eval"] != "source test" and r["vs"] == "dpo"}
     assert rows[("a", "reprpo")]["per_seed"] == "+0.200 / +0.010"
     assert rows[("a", "reprpo")]["significant"] and not rows[("a", "reprpo")]["seed_significant"]
@@ -83,7 +86,7 @@ def test_a_followup_seed_stays_out_of_the_design_tables_and_gets_its_own():
         cells += [_cell("a", "b", "dpo", ok, ok, seed=seed), _cell("a", "b", "reprpo", ok, [r0, r1, r2][seed], seed=seed)]
     main, extra = analyse.split_followup(cells, {"seeds": [0, 1]})
     assert {(c["method"], c["seed"]) for c in extra} == {("dpo", 2), ("reprpo", 2)} and len(main) == 6
-    paired = analyse.paired_rows(main)
+    paired = grid_paired.paired_rows(main)
     grid_row = next(r for r in paired if (r["method"], r["vs"], r["eval"]) == ("reprpo", "dpo", "target b"))
     assert grid_row["per_seed"] == "+0.200 / +0.010" and abs(grid_row["difference"] - 0.105) < 1e-9
     follow = analyse.followup_rows(cells, extra)
@@ -121,24 +124,24 @@ def test_matched_paired_reads_each_run_where_its_source_reaches_dpos_level():
              _run("reprpo", 0, [_point(1, 0.7, ones), _point(2, 0.9, zeros)]),
              _run("reprpo", 1, [_point(1, 0.7, ones), _point(2, 0.9, zeros)]),
              _run("reroute", 0, [_point(1, 0.5, ones), _point(2, 0.6, ones)])]  # never reaches 0.8
-    at = analyse.matched_items(base, cells[3], "target b", 0.8)
+    at = grid_matched.matched_items(base, cells[3], "target b", 0.8)
     assert all(abs(v - 0.5) < 1e-9 for v in at.values()) and len(at) == n
     # the items' mean is the accuracy matched() interpolates
-    row = next(r for r in analyse.matched(cells) if (r["method"], r["seed"]) == ("reprpo", 0))
+    row = next(r for r in grid_matched.matched(cells) if (r["method"], r["seed"]) == ("reprpo", 0))
     assert abs(row["target_at_match"] - 0.5) < 1e-9
-    rows = {r["method"]: r for r in analyse.matched_paired_rows(cells)}
+    rows = {r["method"]: r for r in grid_matched.matched_paired_rows(cells)}
     assert set(rows) == {"reprpo", "reroute"}
     assert rows["reprpo"]["reached"] == "2 of 2 / 2 of 2" and abs(rows["reprpo"]["difference"]) < 1e-9
     assert not rows["reprpo"]["significant"]  # +0.5 on half the items, -0.5 on the other half
     assert rows["reroute"]["reached"] == "0 of 1 / 2 of 2" and "difference" not in rows["reroute"]
-    lines = analyse.matched_paired_lines(list(rows.values()), "title")
+    lines = grid_matched.matched_paired_lines(list(rows.values()), "title")
     assert lines[-1] == "| a | b | reroute | 0 of 1 / 2 of 2 | never reached | | | |"
     # a method above DPO on every item at the level is significant
     cells[3]["curve"][1] = cells[4]["curve"][1] = _point(2, 0.9, ones)
-    assert analyse.matched_paired_rows(cells, {"reprpo"})[0]["seed_significant"]
+    assert grid_matched.matched_paired_rows(cells, {"reprpo"})[0]["seed_significant"]
     # where the frozen model already reaches DPO's level every run is read at step 0: no comparison
     base["curve"][0]["source val"]["accuracy_mean"] = 0.85
-    rows = analyse.matched_paired_rows(cells)
+    rows = grid_matched.matched_paired_rows(cells)
     assert all("difference" not in r and "step 0" in r["note"] for r in rows)
 
 
@@ -151,13 +154,13 @@ def test_a_target_scored_beyond_the_design_stays_out_of_the_pooled_rows():
                                      "accuracy_mean": 0.0}
     cells[0]["scores"]["target cut"]["items"]["correct"] = [1] * n
     cells[0]["scores"]["target cut"]["accuracy_mean"] = 1.0
-    design = analyse.grid_targets({"shifts": ["a->b"]})
-    assert design == {"a": {"b"}} and analyse.grid_targets({"shifts": ["a"]}) is None
-    pooled = {r["vs"]: r for r in analyse.paired_rows(cells, design) if r["shift"] == "pooled" and r["eval"] == "target"}
+    design = grid_paired.grid_targets({"shifts": ["a->b"]})
+    assert design == {"a": {"b"}} and grid_paired.grid_targets({"shifts": ["a"]}) is None
+    pooled = {r["vs"]: r for r in grid_paired.paired_rows(cells, design) if r["shift"] == "pooled" and r["eval"] == "target"}
     assert pooled["base"]["difference"] == 0.0  # target b alone; the cut target's -1.0 is not pooled
-    everything = {r["vs"]: r for r in analyse.paired_rows(cells) if r["shift"] == "pooled" and r["eval"] == "target"}
+    everything = {r["vs"]: r for r in grid_paired.paired_rows(cells) if r["shift"] == "pooled" and r["eval"] == "target"}
     assert everything["base"]["difference"] == -0.5
-    kept = [r for r in analyse.paired_rows(cells, design) if r["eval"] == "target cut"]
+    kept = [r for r in grid_paired.paired_rows(cells, design) if r["eval"] == "target cut"]
     assert kept and kept[0]["difference"] == -1.0  # its own row stays
 
 
@@ -168,7 +171,7 @@ def test_matched_paired_reads_the_targets_dpo_ran_on_when_the_base_cell_holds_mo
     base["curve"][0]["target cut"] = base["curve"][0]["target b"]  # scored before the target was cut
     cells = [base, _run("dpo", 0, [_point(1, 0.8, half)]), _run("reprpo", 0, [_point(1, 0.8, ones)]),
              {**_run("meandiff-last", 0, [_point(0, 0.3, half)])}]
-    rows = analyse.matched_paired_rows(cells)
+    rows = grid_matched.matched_paired_rows(cells)
     assert {(r["target"], r["method"]) for r in rows} == {("b", "reprpo"), ("b", "meandiff-last")}
     assert rows[0]["difference"] == 0.5
 
