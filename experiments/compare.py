@@ -40,6 +40,9 @@ resumes from its last checkpoint):
    (sycophancy: rows taken in turn from each answer letter, ``letter_balanced``).
 4. **Analysis** (``experiments/analyse.py``): paired differences with intervals, tables, figures.
 
+Several processes can run one grid side by side (``run_remeasure.sh`` starts two of one thread
+each): each claims the cell or the sweep it runs (``claim``), and the others pass over it.
+
 This file holds the cells and the command; the grid's settings are in ``grid_settings.py``, phase 0
 and the scores in ``grid_scoring.py``, phase 1 in ``grid_sweep.py``, training in segments in
 ``grid_training.py``.
@@ -48,7 +51,9 @@ and the scores in ``grid_scoring.py``, phase 1 in ``grid_sweep.py``, training in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import shutil
 import sys
@@ -199,6 +204,77 @@ def cell_order(grid: Grid, sources: list[str], seeds: list[int] | None = None) -
     return order + [(seed, s, m) for seed in (seeds or grid.seeds) for s in sources for m in trained]
 
 
+def wanted(grid: Grid, out: Path, args, first: str, seed: int, source: str, method: str) -> bool:
+    """Whether this sitting runs a cell: ``--methods`` and ``--sources`` choose, but a shift outside
+    ``--sources`` still runs a sweep another shift's cells wait on (without ``tune_per_shift`` every
+    shift takes the first shift's rates)."""
+    if args.methods and method not in args.methods:
+        return False
+    tune_on = source if grid.tune_per_shift else first
+    untuned = (source == tune_on and seed == grid.seeds[0] and method not in UNTRAINED
+               and not (sweep_dir(grid, out, tune_on) / f"{method}.json").is_file())
+    return not (args.sources and source not in args.sources and not (untuned and not grid.tune_per_shift))
+
+
+@contextlib.contextmanager
+def claim(out: Path, name: str, wait: bool = False):
+    """An exclusive claim on a piece of the grid (a cell, a method's sweep) for as long as the block
+    runs, so that several processes can share one grid: yields False where another process holds
+    it (``wait``: block until it is free). An flock on ``claims/<name>.lock``: the system releases it
+    when its process ends, so a sitting that is killed leaves nothing claimed."""
+    folder = out / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def work(grid: Grid, out: Path, shifts: dict[str, list[str]], first: str, order: list[tuple[int, str, str]],
+         max_cells: int | None = None, pause: float = 60.0) -> int:
+    """Run ``order``'s cells, each under its claim, skipping those another process runs. A trained
+    method is tuned (under its sweep's claim) when its first cell comes up; its cells wait while
+    another process sweeps it, and are tried again after ``pause`` seconds once the rest is done.
+    Returns the number of cells this process finished."""
+    lrs: dict[tuple[str, str], float] = {}
+    new, handled = 0, set()
+    while True:
+        waiting = False
+        for seed, source, method in order:
+            if (seed, source, method) in handled:
+                continue
+            if max_cells is not None and new >= max_cells:
+                return new
+            tune_on = source if grid.tune_per_shift else first
+            key = (method, tune_on)
+            if method not in UNTRAINED and key not in lrs:
+                with claim(out, f"sweep-{tune_on}-{method}") as mine:
+                    if not mine:
+                        waiting = True
+                        continue
+                    # a whole-budget sweep's chosen run is then finished as the method's first cell
+                    # (its run directory is not committed)
+                    lrs[key] = tune_lr(grid, method, tune_on, out, shifts[tune_on])
+                    adopt_sweep_run(grid, out, method, tune_on, lrs[key])
+            with claim(out, f"cell-{source}-{method}-seed{seed}") as mine:
+                handled.add((seed, source, method))
+                if not mine:
+                    continue  # another process runs it
+                fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
+                run_cell(grid, out, source, shifts[source], method, seed, {method: lrs.get(key)})
+                new += fresh
+                print(f"cell {source} {method} seed{seed} done" + ("" if fresh else " before"), flush=True)
+        if not waiting:
+            return new
+        time.sleep(pause)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--grid", help="JSON file of Grid fields")
@@ -209,11 +285,14 @@ def main() -> None:
                    help="this sitting runs only these of the grid's methods (the grid itself is unchanged)")
     p.add_argument("--sources", nargs="+", default=None,
                    help="this sitting runs only the shifts from these sources (the grid itself is unchanged); "
-                        "a method not tuned yet still gets its sweep and its first-shift cell")
+                        "without tune_per_shift, a method not tuned yet still gets its sweep and its first-shift cell")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="this sitting trains these seeds (default: the grid's); a seed outside the grid's adds "
                         "cells beside it, e.g. a third seed on one shift to settle a difference the seeds split. "
                         "The grid's first seed stays the one that tunes rates and scores behaviour")
+    p.add_argument("--poll", type=float, default=60.0,
+                   help="seconds between looks at cells that wait on another process's sweep (several processes "
+                        "can run one grid side by side: each claims the cell or sweep it runs)")
     p.add_argument("--check-lengths", action="store_true",
                    help="only count what truncation cuts in every set of the grid (truncation.json) and stop")
     args = p.parse_args()
@@ -235,33 +314,13 @@ def main() -> None:
         write_json(out / "truncation.json", check_lengths(grid, load_tokenizer_only(grid.model), shifts))
         if args.check_lengths:
             return
-    lrs: dict[str, float] = {}
-    new = 0
-    for seed, source, method in cell_order(grid, list(shifts), args.seeds):
-        if args.methods and method not in args.methods:
-            continue
-        tune_on = source if grid.tune_per_shift else first
-        untuned = (source == tune_on and seed == grid.seeds[0] and method not in UNTRAINED
-                   and not (sweep_dir(grid, out, tune_on) / f"{method}.json").is_file())
-        # a shift outside --sources runs only for a sweep another shift's cells wait on (without
-        # tune_per_shift every shift takes the first shift's rates)
-        if args.sources and source not in args.sources and not (untuned and not grid.tune_per_shift):
-            continue
-        if args.max_cells is not None and new >= args.max_cells:
-            return
-        key = (method, tune_on)
-        if method not in UNTRAINED and key not in lrs:
-            # tuned when its first cell comes up: a whole-budget sweep's chosen run is then
-            # finished as that cell in the same sitting (its run directory is not committed)
-            lrs[key] = tune_lr(grid, method, tune_on, out, shifts[tune_on])
-            adopt_sweep_run(grid, out, method, tune_on, lrs[key])
-        fresh = not (out / "cells" / source / method / f"seed{seed}" / "cell.json").is_file()
-        run_cell(grid, out, source, shifts[source], method, seed, {method: lrs.get(key)})
-        new += fresh
-        print(f"cell {source} {method} seed{seed} done", flush=True)
-    from analyse import analyse  # noqa: E402 (experiments/ is the script's folder)
+    order = [(seed, source, method) for seed, source, method in cell_order(grid, list(shifts), args.seeds)
+             if wanted(grid, out, args, first, seed, source, method)]
+    work(grid, out, shifts, first, order, args.max_cells, args.poll)
+    with claim(out, "analysis", wait=True):
+        from analyse import analyse  # noqa: E402 (experiments/ is the script's folder)
 
-    analyse(out)
+        analyse(out)
 
 
 if __name__ == "__main__":

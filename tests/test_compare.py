@@ -1,6 +1,7 @@
 """The comparison grid runs, keeps per-item outcomes, writes its paired statistics, and resumes."""
 
 import csv
+import os
 import importlib.util
 import json
 import sys
@@ -503,3 +504,69 @@ def test_a_sweep_point_finished_in_a_later_sitting_counts_the_earlier_sittings_t
     grid = compare.Grid(shifts=["alpaca_easy->alpaca_hard"], sweep_steps=None)
     rec = grid_sweep.sweep_point(grid, tmp_path, "dpo", "alpaca_easy", ["alpaca_hard"], 1e-4)
     assert 400.0 <= rec["seconds"] < 460.0 and rec["ppl_ratio"] == 1.1
+
+
+def _hold(out, name):
+    """Another process's claim: an flock on its own open file description."""
+    import fcntl
+
+    (out / "claims").mkdir(parents=True, exist_ok=True)
+    f = open(out / "claims" / f"{name}.lock", "a")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def test_two_processes_share_a_grid_each_cell_runs_once(tmp_path, monkeypatch):
+    """A cell another process holds is left to it; a method another process is sweeping waits and is
+    taken up again once its sweep is done; the claims end with their holder."""
+    out = tmp_path / "out"
+    grid = compare.Grid(shifts=["alpaca_easy->alpaca_hard"], methods=["base", "dpo", "reprpo"], seeds=[0, 1],
+                        sweep_steps=None)
+    calls, tuned = [], []
+    patch(monkeypatch, "tune_lr", lambda g, method, *a: tuned.append(method) or 1e-3)
+    patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
+    patch(monkeypatch, "run_cell", lambda g, o, source, targets, method, seed, lrs: calls.append((seed, method)))
+    held_cell = _hold(out, "cell-alpaca_easy-base-seed0")
+    held_sweep = _hold(out, "sweep-alpaca_easy-dpo")
+
+    def pause(seconds):  # the other process finishes dpo's sweep while this one waits
+        calls.append("pause")
+        held_sweep.close()
+
+    monkeypatch.setattr(compare.time, "sleep", pause)
+    order = compare.cell_order(grid, ["alpaca_easy"])
+    n = compare.work(grid, out, {"alpaca_easy": ["alpaca_hard"]}, "alpaca_easy", order)
+    assert calls == [(0, "reprpo"), (1, "reprpo"), "pause", (0, "dpo"), (1, "dpo")]
+    assert tuned == ["reprpo", "dpo"] and n == 4  # the base cell was the other process's
+    held_cell.close()
+    with compare.claim(out, "cell-alpaca_easy-base-seed0") as mine:
+        assert mine  # the other process ended: its claim went with it
+        with compare.claim(out, "cell-alpaca_easy-base-seed0") as again:
+            assert not again  # a claim is exclusive even within one process
+
+
+def test_two_real_processes_on_one_grid_split_its_cells(tiny_folder, tmp_path):
+    """Two `compare.py` processes started together on one grid: every cell is run by exactly one of
+    them, and the sweep once."""
+    import subprocess
+
+    grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"], methods=["base", "length", "dpo"],
+                        seeds=[0, 1], train_limit=4, batch_size=2, max_length=96, max_prompt_length=48, lora_r=2,
+                        eval_max_length=96, eval_limit=2, curve_points=1, curve_target_limit=2, val_limit=2,
+                        retain_data="embedded:capitals", retain_limit=2, n_samples=1, truthfulqa_limit=0,
+                        sycophancy_limit=0, lr_sweep=[1e-3], sweep_steps=None)
+    gfile = tmp_path / "grid.json"
+    gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(EXPERIMENTS / "compare.py"), "--grid", str(gfile), "--out", str(out), "--poll", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    done = [{line for line in log.splitlines() if line.startswith("cell ") and line.endswith(" done")} for log in logs]
+    expect = {"cell alpaca_easy base seed0 done", "cell alpaca_easy length seed0 done",
+              *(f"cell alpaca_easy dpo seed{k} done" for k in range(2))}
+    assert done[0] | done[1] == expect and not done[0] & done[1], logs
+    assert len([log for log in logs if "lr sweep dpo 0.001" in log]) == 1  # swept by one process only
+    assert len(list((out / "cells").rglob("cell.json"))) == 4 and (out / "results.md").is_file()
