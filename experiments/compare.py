@@ -148,7 +148,7 @@ def run_cell(grid: Grid, out: Path, source: str, targets: list[str], method: str
                                 partial=partial / "scores.json")
     lap("final scoring")
     if method not in UNTRAINED:
-        cell["retain_perplexity"] = retain_ratio(grid, model, tok)
+        cell["retain_perplexity"] = retain_ratio(grid, model, tok, out / "retain-frozen.json")
         lap("retain perplexity")
     if method not in READERS:
         cell["samples"] = samples(grid, model, tok, targets[0])

@@ -12,7 +12,8 @@ from pathlib import Path
 from grid_settings import TRAIN_SPLIT, VAL_SPLIT, Grid
 
 from reprkit import data as D
-from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio
+from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio, sequence_nll
+from reprkit.reference import adapter_disabled
 from reprkit.runlog import write_json
 
 def item_id(encoded: dict) -> str:
@@ -124,10 +125,26 @@ def score_sets(grid: Grid, model, tok, sets: dict, direction=None, length: bool 
     return {col: out[col] for col in sets}
 
 
-def retain_ratio(grid: Grid, model, tok) -> dict:
+def retain_ratio(grid: Grid, model, tok, frozen: Path | None = None) -> dict:
+    """The retain set's perplexity ratio, the adapted model against the frozen one. With ``frozen``
+    (a json file) the frozen model's per-sequence NLL is read from there when it was computed on the
+    same items (their token ids' hash, the model), and written there the first time: every run of a
+    grid shares it, which halves this measurement's cost."""
     pairs = D.to_pairs(D.load_items(grid.retain_data, "test", limit=grid.retain_limit))
     encoded = D.encode_pairs(pairs, tok, grid.eval_max_length, eval_prompt_length(grid))
-    return {"data": grid.retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id)}
+    nll = None
+    if frozen is not None:
+        ids = [[e["chosen_prompt_ids"], e["chosen_ids"]] for e in encoded]
+        key = hashlib.sha1(json.dumps([grid.model, ids]).encode()).hexdigest()
+        saved = json.loads(frozen.read_text()) if frozen.is_file() else {}
+        if saved.get("key") == key:
+            nll = saved["nll"]
+        else:
+            with adapter_disabled(model):
+                nll = sequence_nll(model, encoded, tok.pad_token_id)[0].tolist()
+            write_json(frozen, {"key": key, "model": grid.model, "data": grid.retain_data, "n": len(encoded),
+                                "nll": nll})
+    return {"data": grid.retain_data, **perplexity_ratio(model, encoded, tok.pad_token_id, frozen_nll=nll)}
 
 
 def samples(grid: Grid, model, tok, target: str) -> list[dict]:

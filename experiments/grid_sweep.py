@@ -88,7 +88,7 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
         val = score(model, tok, encode_set(grid, tok, f"genies:{source}", VAL_SPLIT, grid.val_limit))
-        ppl = retain_ratio(grid, model, tok)["ratio"]
+        ppl = retain_ratio(grid, model, tok, out / "retain-frozen.json")["ratio"]
         rec = {"steps": grid.sweep_steps}
     else:
         cell_file = out / "cells" / source / method / f"seed{grid.seeds[0]}" / "cell.json"
@@ -102,7 +102,7 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
             curve, model, tok, total = train_curve(grid, out, source, targets, method, grid.seeds[0], lr, run)
             # the run's training and curve over every sitting it took, then this sitting's perplexity
             start = time.time() - sum(sum(p.get("seconds", {}).values()) for p in curve)
-            ppl = retain_ratio(grid, model, tok)["ratio"]
+            ppl = retain_ratio(grid, model, tok, out / "retain-frozen.json")["ratio"]
             rec = {"steps": total}
         val = curve[-1]["source val"]
         rec["val_curve"] = [[p["step"], p["source val"]["accuracy_mean"]] for p in curve]

@@ -300,33 +300,47 @@ def token_weighted_interval(diff_sums: torch.Tensor, n_tokens: torch.Tensor, z: 
 
 
 @torch.no_grad()
-def perplexity_ratio(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16) -> dict:
+def sequence_nll(model, encoded: list[dict], pad_token_id: int,
+                 batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of each chosen completion of ``encoded`` (``data.encode_pairs``)
+    under ``model`` as it is, and its token count: ``(nll [N], tokens [N])``. Run it inside
+    ``reference.adapter_disabled(model)`` for the frozen model's."""
+    parts, lengths = [], []
+    with eval_mode(model):
+        for i in range(0, len(encoded), batch_size):
+            batch = collate(encoded[i: i + batch_size], pad_token_id)
+            args = (batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_completion_mask"])
+            parts.append(-forward_logps(model, *args))
+            lengths.append(batch["chosen_completion_mask"][:, 1:].sum(-1).clamp_min(1).float())
+    return torch.cat(parts), torch.cat(lengths)
+
+
+def perplexity_ratio(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16,
+                     frozen_nll: torch.Tensor | list[float] | None = None) -> dict:
     """Perplexity of the chosen completions of a retain set, model vs frozen model (adapter disabled).
 
     ratio = exp(sum of NLL differences / sum of tokens), model - frozen (token-weighted, as the two
     perplexities are); > 1 means the model finds ordinary text less likely than before (a sign of
     lost coherence). The 95% interval is of the same token-weighted statistic: a ratio-of-sums
     estimator over sequences, its standard error by linearisation (delta method).
+
+    ``frozen_nll`` (the frozen model's ``sequence_nll`` on the same items) skips the frozen pass:
+    it does not change between adapters, so a sweep or a grid computes it once.
     """
-    passes = _passes(model, True)
-    nll = {}
-    with eval_mode(model):
-        for name, ctx in passes.items():
-            parts, lengths = [], []
-            for i in range(0, len(encoded), batch_size):
-                batch = collate(encoded[i: i + batch_size], pad_token_id)
-                args = (batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_completion_mask"])
-                with ctx(model):
-                    lp = forward_logps(model, *args)
-                parts.append(-lp)
-                lengths.append(batch["chosen_completion_mask"][:, 1:].sum(-1).clamp_min(1).float())
-            nll[name] = (torch.cat(parts), torch.cat(lengths))
-    total, n_tok = nll["policy"]
+    total, n_tok = sequence_nll(model, encoded, pad_token_id, batch_size)
     result = {"n": len(encoded), "perplexity": math.exp((total.sum() / n_tok.sum()).item())}
-    if "base" in nll:
-        base_total, _ = nll["base"]
-        result["base_perplexity"] = math.exp((base_total.sum() / n_tok.sum()).item())
-        result["ratio"] = result["perplexity"] / result["base_perplexity"]
-        lo, hi = token_weighted_interval((total - base_total).double(), n_tok.double())
-        result["ratio_ci95"] = [math.exp(lo), math.exp(hi)]
+    if frozen_nll is not None:
+        base_total = torch.as_tensor(frozen_nll, dtype=total.dtype)
+        if base_total.shape != total.shape:
+            raise ValueError(f"frozen_nll has {base_total.numel()} values for {len(encoded)} items: compute it "
+                             "with sequence_nll on the same encoded items")
+    elif getattr(model, "peft_config", None):
+        with adapter_disabled(model):
+            base_total, _ = sequence_nll(model, encoded, pad_token_id, batch_size)
+    else:
+        return result
+    result["base_perplexity"] = math.exp((base_total.sum() / n_tok.sum()).item())
+    result["ratio"] = result["perplexity"] / result["base_perplexity"]
+    lo, hi = token_weighted_interval((total - base_total).double(), n_tok.double())
+    result["ratio_ci95"] = [math.exp(lo), math.exp(hi)]
     return result

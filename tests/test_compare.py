@@ -570,3 +570,29 @@ def test_two_real_processes_on_one_grid_split_its_cells(tiny_folder, tmp_path):
     assert done[0] | done[1] == expect and not done[0] & done[1], logs
     assert len([log for log in logs if "lr sweep dpo 0.001" in log]) == 1  # swept by one process only
     assert len(list((out / "cells").rglob("cell.json"))) == 4 and (out / "results.md").is_file()
+
+
+def test_retain_ratio_reads_the_frozen_models_nll_once_computed(tiny_folder, tmp_path, monkeypatch):
+    import pytest as _pytest
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    grid = compare.Grid(model=str(tiny_folder), retain_data="embedded:capitals", retain_limit=4, eval_max_length=96)
+    tok = AutoTokenizer.from_pretrained(tiny_folder)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_folder), LoraConfig(r=2, target_modules=["q_proj"]))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            grid_settings.torch.nn.init.normal_(p, std=0.5)
+    plain = grid_scoring.retain_ratio(grid, model, tok)
+    cache = tmp_path / "retain-frozen.json"
+    first = grid_scoring.retain_ratio(grid, model, tok, cache)
+    assert json.loads(cache.read_text())["n"] == 4
+    real = grid_scoring.sequence_nll
+    calls = []
+    monkeypatch.setattr(grid_scoring, "sequence_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = grid_scoring.retain_ratio(grid, model, tok, cache)
+    assert calls == []  # read, not computed
+    assert again["ratio"] == _pytest.approx(plain["ratio"], rel=1e-6) == first["ratio"] and plain["ratio"] != 1.0
+    grid.retain_limit = 3  # other items: computed again
+    grid_scoring.retain_ratio(grid, model, tok, cache)
+    assert calls == [1] and json.loads(cache.read_text())["n"] == 3

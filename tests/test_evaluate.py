@@ -132,7 +132,20 @@ def test_perplexity_ratio_is_one_for_an_untrained_adapter(tokenizer, tiny_folder
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.5)
-    assert perplexity_ratio(model, enc, tokenizer.pad_token_id)["ratio"] != pytest.approx(1.0)
+    trained = perplexity_ratio(model, enc, tokenizer.pad_token_id)
+    assert trained["ratio"] != pytest.approx(1.0)
+    # the frozen model's per-sequence NLL, computed once, gives the same result without the frozen pass
+    from reprkit.evaluate import sequence_nll
+    from reprkit.reference import adapter_disabled
+
+    with adapter_disabled(model):
+        frozen, tokens = sequence_nll(model, enc, tokenizer.pad_token_id)
+    assert len(frozen) == len(enc) and (tokens >= 1).all()
+    again = perplexity_ratio(model, enc, tokenizer.pad_token_id, frozen_nll=frozen.tolist())
+    assert again.pop("ratio_ci95") == pytest.approx(trained.pop("ratio_ci95"), rel=1e-6)
+    assert again == pytest.approx(trained, rel=1e-6)
+    with pytest.raises(ValueError, match="sequence_nll on the same encoded items"):
+        perplexity_ratio(model, enc, tokenizer.pad_token_id, frozen_nll=frozen[:-1])
 
 
 def test_eval_cli_on_a_run_directory_merges_eval_json(tiny_folder, tmp_path, capsys):
