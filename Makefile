@@ -39,6 +39,7 @@ bench: setup
 	$(PY) experiments/bench/shared_prompt_batching.py
 	$(PY) experiments/bench/eval_dtype.py
 	$(PY) experiments/bench/grid_throughput.py
+	$(PY) experiments/bench/side_by_side.py
 	$(PY) experiments/bench/fingerprint_pages.py
 	$(PY) experiments/bench/shared_prompt_train.py --cache
 	$(PY) experiments/bench/train_step.py
