@@ -80,3 +80,40 @@ def test_readme_overview_table_is_the_analysis_one():
     readme = block((root / "docs/research/comparison.md").read_text())
     assert len(readme) >= 4
     assert readme == block((root / "results/decisive/results.md").read_text())
+
+
+def _sync_tables():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("sync_tables", root / "experiments" / "sync_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pages_quote_the_remeasure_grids_committed_tables():
+    """Every table a page marks (``<!-- tables:NAME -->``) is the one results/remeasure/results.md holds."""
+    sync = _sync_tables()
+    root = Path(__file__).resolve().parents[1]
+    results = (root / "results/remeasure/results.md").read_text()
+    quoted = 0
+    for page in (root / "docs/research/comparison.md", root / "README.md"):
+        for name, lines in sync.marked(page.read_text()).items():
+            assert lines == sync.table_block(results, name), (
+                f"{page.name}: table {name!r} differs from results/remeasure/results.md; run "
+                "python experiments/sync_tables.py results/remeasure docs/research/comparison.md README.md")
+            quoted += 1
+    assert quoted >= 2
+
+
+def test_sync_tables_replaces_only_the_marked_lines(tmp_path):
+    sync = _sync_tables()
+    results = tmp_path / "results.md"
+    results.write_text("intro\n\nAt a glance: what it shows\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter\n")
+    page = tmp_path / "page.md"
+    page.write_text("before\n<!-- tables:at-a-glance -->\nold\n<!-- /tables:at-a-glance -->\nafter\n")
+    sync.sync(results, [page])
+    assert page.read_text() == ("before\n<!-- tables:at-a-glance -->\nAt a glance: what it shows\n\n| a | b |\n"
+                                "|---|---|\n| 1 | 2 |\n<!-- /tables:at-a-glance -->\nafter\n")
+    assert sync.marked(page.read_text())["at-a-glance"] == sync.table_block(results.read_text(), "at-a-glance")
