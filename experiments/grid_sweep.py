@@ -190,11 +190,15 @@ def adopt_sweep_run(grid: Grid, out: Path, method: str, source: str, lr: float) 
         run = cell_dir / "run"
         if (run / "config.json").is_file() and read_config(run).get("lr") == lr:
             return
-        print(f"cell {cell_dir}: unfinished at another rate than the sweep's {lr:g}; discarded", flush=True)
+        print(f"cell {cell_dir}: unfinished at another rate than the sweep's {lr:g}, or its copy was cut short; "
+              "discarded", flush=True)
         shutil.rmtree(cell_dir)
     src = sweep_dir(grid, out, source) / method / f"lr{lr:g}"
     if (src / "curve.json").is_file():
         cell_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "curve.json", cell_dir / "curve.json")
-        if (src / "run").is_dir():
-            shutil.copytree(src / "run", cell_dir / "run")
+        if (src / "run").is_dir():  # copied whole or not at all: a sitting can end inside the copy
+            tmp = cell_dir / ".run.copying"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src / "run", tmp)
+            tmp.rename(cell_dir / "run")
