@@ -46,11 +46,20 @@ def last_token(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def completion_states(model, encoded: list[dict], pad_token_id: int, layers, token: str = "mean",
-                      batch_size: int = 8) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+                      batch_size: int = 8, shared_prompt: bool = True) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """``({layer: [N, K, H]}, valid [N, K])``: one state per response of each ranked item
-    (``data.encode_ranked``), reduced over its tokens as ``token`` says (``TOKENS``)."""
+    (``data.encode_ranked``), reduced over its tokens as ``token`` says (``TOKENS``).
+    ``shared_prompt`` runs each prompt once and its responses on its KV cache
+    (``shared_prompt.shared_prompt_states``); ``False`` runs prompt + response as one sequence per
+    response, ``batch_size`` items at a time (the reference path; the same states to float rounding)."""
     if token not in TOKENS:
         raise ValueError(f"token must be one of {sorted(TOKENS)}, not {token!r}")
+    if shared_prompt:
+        from .shared_prompt import shared_prompt_states
+
+        with eval_mode(model):
+            return shared_prompt_states(model, encoded, pad_token_id, layers, own_text=token in ("last", "mean_response"),
+                                        last=token in ("last", "last_completion"))
     out: dict[int, list[torch.Tensor]] = {}
     valid = []
     k_all = max(len(e["responses_ids"]) for e in encoded)

@@ -86,6 +86,17 @@ def _rows_of(cache, index: torch.Tensor):
     return chunk
 
 
+def _prompt_batch(examples: list[dict], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The items' prompts right-padded: ids and attention mask ``[B, P]``, and each prompt's length ``[B]``."""
+    p_len = torch.tensor([len(e["prompt_ids"]) for e in examples], device=device)
+    prompt = torch.full((len(examples), int(p_len.max())), pad_token_id, dtype=torch.long, device=device)
+    prompt_mask = torch.zeros_like(prompt)
+    for i, e in enumerate(examples):
+        prompt[i, : len(e["prompt_ids"])] = torch.tensor(e["prompt_ids"])
+        prompt_mask[i, : len(e["prompt_ids"])] = 1
+    return prompt, prompt_mask, p_len
+
+
 def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots).
 
@@ -95,13 +106,7 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.
     device = next(model.parameters()).device
     b = len(examples)
     k = max(len(e["responses_ids"]) for e in examples)
-    p_len = torch.tensor([len(e["prompt_ids"]) for e in examples], device=device)
-    p_max = int(p_len.max())
-    prompt = torch.full((b, p_max), pad_token_id, dtype=torch.long, device=device)
-    prompt_mask = torch.zeros((b, p_max), dtype=torch.long, device=device)
-    for i, e in enumerate(examples):
-        prompt[i, : len(e["prompt_ids"])] = torch.tensor(e["prompt_ids"])
-        prompt_mask[i, : len(e["prompt_ids"])] = 1
+    prompt, prompt_mask, p_len = _prompt_batch(examples, pad_token_id, device)
     out = model(input_ids=prompt, attention_mask=prompt_mask, use_cache=True, output_hidden_states=True,
                 logits_to_keep=1)
     last = out.hidden_states[-1][torch.arange(b, device=device), p_len - 1]  # predicts each first response token
@@ -224,3 +229,66 @@ def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bo
         summed = summed[order]
     return hidden, summed, mask
 
+
+
+# ---------------------------------------------------------------- reading: one state per response, one pass per prompt
+
+
+@torch.no_grad()
+def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, own_text: bool, last: bool,
+                         token_budget: int = 8192, max_items: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """Block outputs at ``layers`` reduced to one state per response of each ranked item
+    (``data.encode_ranked``): ``({layer: [N, K, H]}, valid [N, K])`` in the order of ``encoded``,
+    float32. Each prompt runs once, to the deepest of ``layers``; its responses run on its KV cache,
+    in chunks of similar length. The tokens read: the response's own text (``own_text``: template
+    end tokens excluded, at least one token) or the whole completion, their mean or (``last``) the
+    last of them. Equal to one sequence per response (``directions.completion_states(...,
+    shared_prompt=False)``) to float rounding; an empty response slot reads 0."""
+    from transformers import DynamicCache
+
+    from .geometry import masked_mean
+    from .hooks import capture
+
+    device = next(model.parameters()).device
+    n, k_all = len(encoded), max(len(e["responses_ids"]) for e in encoded)
+    states: dict[int, torch.Tensor] = {}
+    valid = torch.zeros((n, k_all), dtype=torch.bool)
+    for idx in length_batches(encoded, token_budget, max_items):
+        examples = [encoded[i] for i in idx]
+        prompt, prompt_mask, p_len = _prompt_batch(examples, pad_token_id, device)
+        cache = DynamicCache(config=unwrap(model).config)
+        with capture(model, layers, stop=True):  # only the prompt's cache is needed, to the deepest layer
+            model(input_ids=prompt, attention_mask=prompt_mask, cache=cache, use_cache=True)
+        slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
+        for i, e in enumerate(examples):
+            valid[idx[i], : len(e["responses_ids"])] = True
+        responses = [examples[i]["responses_ids"][j] for i, j in slots]
+        for chunk in response_chunks([len(r) for r in responses]):
+            item = torch.tensor([slots[c][0] for c in chunk], device=device)
+            rows = [responses[c] for c in chunk]
+            r_max = max(len(r) for r in rows)
+            ids = torch.full((len(rows), r_max), pad_token_id, dtype=torch.long, device=device)
+            mask = torch.zeros_like(ids)
+            read = torch.zeros_like(ids)
+            for row, c in enumerate(chunk):
+                i, j = slots[c]
+                r = rows[row]
+                ids[row, : len(r)] = torch.tensor(r)
+                mask[row, : len(r)] = 1
+                suffix = (examples[i].get("suffix_lens") or [0] * len(examples[i]["responses_ids"]))[j]
+                read[row, : max(len(r) - suffix, 1) if own_text else len(r)] = 1
+            if last:
+                read = read * (read.cumsum(-1) == read.sum(-1, keepdim=True))
+            positions = p_len[item][:, None] + torch.arange(r_max, device=device)
+            attention = torch.cat([prompt_mask[item], mask], 1)
+            with capture(model, layers, stop=True) as cap:
+                model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=_rows_of(cache, item),
+                      use_cache=True)
+            for layer, h in cap.hidden_states.items():
+                if layer not in states:
+                    states[layer] = torch.zeros((n, k_all, h.shape[-1]))
+                reduced = masked_mean(h.float(), read).cpu()
+                for row, c in enumerate(chunk):
+                    i, j = slots[c]
+                    states[layer][idx[i], j] = reduced[row]
+    return states, valid

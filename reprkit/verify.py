@@ -27,8 +27,8 @@ The checks (``CHECKS``), in order:
 - ``lora``: reprkit's adapter reaches a linear layer in every block and not the LM head, and the
   adapter guards accept it;
 - ``losses``: one optimiser step of DPO, ReprPO, reroute and prefvec changes the adapter;
-- ``shared_prompt``: scoring and the training forward with each prompt run once (the
-  architecture's own cache class) equal the concatenated layout;
+- ``shared_prompt``: scoring, reading directions' states and the training forward with each
+  prompt run once (the architecture's own cache class) equal the concatenated layout;
 - ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
 - ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit.
 
@@ -368,6 +368,15 @@ def check_shared_prompt(model) -> None:
     one = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=False)["policy"]
     shared = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=True)["policy"]
     _close(shared["logps"], one["logps"], "scoring: shared prompt vs concatenated", atol=1e-3)
+    from .directions import completion_states
+
+    layers = [0, _n_layers(model) - 1]
+    for token in ("mean", "last"):
+        read = [completion_states(model, ranked, model.config.pad_token_id or 0, layers, token, shared_prompt=flag)[0]
+                for flag in (False, True)]
+        for layer in layers:
+            _close(read[1][layer], read[0][layer], f"reading ({token}, layer {layer}): shared prompt vs concatenated",
+                   atol=1e-3)
     peft_model = _adapted(tiny_copy(model))
     for name in ("dpo", "reprpo"):
         a = _loss_step(peft_model, _loss(name), batch, shared_prompt=False)

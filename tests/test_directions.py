@@ -203,3 +203,26 @@ def test_direction_command_from_contrast_prompt_files(tiny_folder, tmp_path, cap
     d = Direction.load(out)
     assert d.info["contrast"] == "prompts" and d.info["n"] == 3 and sorted(d.vectors) == [1, 2]
     assert "3 prompt pairs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("token", ["mean", "mean_response", "last", "last_completion"])
+def test_shared_prompt_states_equal_one_sequence_per_response(tiny_folder, tokenizer, token):
+    """Reading each prompt once (its responses on its KV cache) gives the states of one sequence per
+    response, for every token rule, with prompts and responses of different lengths and an item
+    with fewer responses than the others."""
+    import torch
+    from reprkit import data as D
+    from reprkit.directions import completion_states
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    items = D.load_items("genies:alpaca_easy", "test", limit=5) + [
+        {"prompt": [{"role": "user", "content": "Pick one, briefly"}], "responses": [" (A)", " (B) because"],
+         "scores": [1.0, 0.0]}]
+    enc = D.encode_ranked(items, tokenizer, 96, 48)
+    ref, ref_valid = completion_states(model, enc, tokenizer.pad_token_id, [0, 1], token=token, shared_prompt=False)
+    got, valid = completion_states(model, enc, tokenizer.pad_token_id, [0, 1], token=token)
+    assert torch.equal(valid, ref_valid) and not bool(valid.all())  # the last item has 2 of 4 slots
+    for layer in (0, 1):
+        torch.testing.assert_close(got[layer], ref[layer], atol=1e-4, rtol=1e-4)

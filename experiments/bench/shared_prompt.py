@@ -8,6 +8,12 @@ padding excluded) and the largest difference in summed log-probs between the two
 ``--bf16`` a third variant runs the shared path under ``torch.autocast(bfloat16)`` (fast only on a
 CPU with native bf16: AVX512-BF16 or AMX); its speed-up is against the float32 one-sequence path,
 and the share of items whose best-response outcome (per-token mean rule) agrees with float32's.
+
+With ``--reading LAYER`` it times reading a direction's states instead
+(``directions.completion_states``, each response's own last token at that layer, the forward stopped
+there), shared prompt against one sequence per response, with the largest difference of the states:
+
+    python experiments/bench/shared_prompt.py --reading 17 --sets raven_matrices alpaca_mmlu --items 24 --max-length 768 --max-prompt-length 704
 """
 
 from __future__ import annotations
@@ -27,21 +33,46 @@ from reprkit.evaluate import ranked_logps
 from reprkit.models import load_model
 
 
+def reading(model, tok, name: str, enc: list[dict], layer: int, repeats: int, concat_tokens: int,
+            shared_tokens: int) -> None:
+    from reprkit.directions import completion_states
+
+    out = {}
+
+    def run(shared: bool, items=enc):
+        out[shared] = completion_states(model, items, tok.pad_token_id, [layer], token="last", shared_prompt=shared)[0][layer]
+
+    run(True, enc[:4]), run(False, enc[:4])  # warm-up
+    t = interleaved({"shared": lambda: run(True), "one_sequence": lambda: run(False)}, repeats,
+                    reference="one_sequence", warmup=0)
+    shared, concat = t["shared"]["median_s"], t["one_sequence"]["median_s"]
+    print(f"{name} reading (layer {layer}, last token): {len(enc)} items; shared prompt {shared:.1f} s, one sequence "
+          f"per response {concat:.1f} s (medians of {repeats}), x{1 / t['shared']['ratio']:.2f}; tokens "
+          f"{concat_tokens} -> {shared_tokens}; max |diff| of the states {(out[True] - out[False]).abs().max():.1e} "
+          f"(largest |state| {out[False].abs().max():.1f})", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--items", type=int, default=40)
     p.add_argument("--sets", nargs="+", default=["alpaca_easy", "code_easy"])
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-prompt-length", type=int, default=None, help="(default: half of --max-length)")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--reading", type=int, default=None, metavar="LAYER",
+                   help="time reading states at this layer (directions.completion_states) instead of scoring")
     args = p.parse_args()
     model, tok = load_model()
     for name in args.sets:
         enc = D.encode_ranked(D.load_items(f"genies:{name}", "test", limit=args.items), tok, args.max_length,
-                              args.max_length // 2)
+                              args.max_prompt_length or args.max_length // 2)
         concat_tokens = sum(len(e["prompt_ids"]) * len(e["responses_ids"]) + sum(map(len, e["responses_ids"])) for e in enc)
         shared_tokens = sum(len(e["prompt_ids"]) + sum(map(len, e["responses_ids"])) for e in enc)
         out = {}
+        if args.reading is not None:
+            reading(model, tok, name, enc, args.reading, args.repeats, concat_tokens, shared_tokens)
+            continue
 
         def run(shared: bool, items=enc):
             out[shared] = ranked_logps(model, items, tok.pad_token_id, base=False, shared_prompt=shared)["policy"]
