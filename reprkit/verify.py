@@ -10,6 +10,10 @@ Each architecture is built from transformers' own config class with tiny random 
 download). A check passes, fails with the reason (the first line of the exception), or is not
 applicable with the reason. ``tests/test_architectures.py`` runs the same checks and fails where
 the committed table (``docs/supported-models.md``) says something else, so the table cannot drift.
+The weights are drawn wider than transformers' default (``initializer_range`` 0.2, not 0.02): at
+the default a tiny model attends almost uniformly, and an equality check cannot see a position
+or masking error (responses read at the wrong positions passed on 22 of 23 architectures; at
+0.2 they fail on all 23).
 
 The checks (``CHECKS``), in order:
 
@@ -48,7 +52,7 @@ import torch
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
-            eos_token_id=2, tie_word_embeddings=False)
+            eos_token_id=2, tie_word_embeddings=False, initializer_range=0.2)
 
 MOE = dict(num_local_experts=4, num_experts_per_tok=2)
 
@@ -364,7 +368,11 @@ def check_shared_prompt(model) -> None:
     from .evaluate import ranked_logps
 
     rows, batch = _pairs(model)
-    ranked = [{"prompt_ids": r["chosen_prompt_ids"], "responses_ids": [r["chosen_ids"], r["rejected_ids"]]} for r in rows]
+    # prompts of different lengths, longer than the tiny configs' sliding windows (8 tokens)
+    g = torch.Generator().manual_seed(11)
+    ranked = [{"prompt_ids": torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist(),
+               "responses_ids": [torch.randint(3, model.config.vocab_size, (m,), generator=g).tolist() for m in (3, 7)]}
+              for n in (12, 20, 9)]
     one = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=False)["policy"]
     shared = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=True)["policy"]
     _close(shared["logps"], one["logps"], "scoring: shared prompt vs concatenated", atol=1e-3)
