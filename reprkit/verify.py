@@ -11,9 +11,9 @@ download). A check passes, fails with the reason (the first line of the exceptio
 applicable with the reason. ``tests/test_architectures.py`` runs the same checks and fails where
 the committed table (``docs/supported-models.md``) says something else, so the table cannot drift.
 The weights are drawn wider than transformers' default (``initializer_range`` 0.2, not 0.02): at
-the default a tiny model attends almost uniformly, and an equality check cannot see a position
-or masking error (responses read at the wrong positions passed on 22 of 23 architectures; at
-0.2 they fail on all 23).
+the default a tiny model attends almost uniformly, and an equality check may not see a position
+or masking error (responses read at the wrong positions, a deliberate bug: the shared-prompt
+check failed on 11 of 23 architectures at the default, on all 23 at 0.2).
 
 The checks (``CHECKS``), in order:
 
