@@ -114,9 +114,9 @@ def cost_lines(cells: list[dict]) -> list[str]:
         return []
     parts = list(dict.fromkeys(k for c in timed for k in c["timing"]))
     lines = ["", "Wall time per cell, minutes (mean over cells that recorded their parts; a machine of 2 cores; "
-                 "threads: torch's, '-' where not recorded (torch's default, 2 here); load: the 1-minute load "
+                 "threads: torch's, '-' where not recorded (torch's default, 2 here); load avg: the 1-minute load "
                  "average when each cell ended, its range):", "",
-             "| method | threads | cells | " + " | ".join(parts) + " | total | load |",
+             "| method | threads | cells | " + " | ".join(parts) + " | total | load avg |",
              "|---|---|---|" + "---|" * (len(parts) + 2)]
     groups = dict.fromkeys((c["method"], (c.get("machine") or {}).get("threads")) for c in timed)
     for method, threads in groups:
