@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import data as D
-from .geometry import masked_mean, unit
+from .geometry import last_token, masked_mean, unit
 from .hooks import capture
 from .reference import eval_mode
 from .scoring import ranked_summary
@@ -37,11 +37,6 @@ TOKENS = {
     "last_completion": "the completion's last token (with a chat template: its trailing end token)",
 }
 """Which token(s) of a response a state is read from."""
-
-
-def last_token(mask: torch.Tensor) -> torch.Tensor:
-    """``[B, T]`` mask -> a mask of each row's last 1 (padding on either side)."""
-    return mask * (mask.cumsum(-1) == mask.sum(-1, keepdim=True))
 
 
 @torch.no_grad()

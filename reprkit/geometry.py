@@ -75,6 +75,11 @@ def reject(h: torch.Tensor, direction: torch.Tensor, eps: float = EPS) -> torch.
     return _f32(h) - project(h, direction, eps)
 
 
+def last_token(mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` mask -> a mask of each row's last 1 (padding on either side)."""
+    return mask * (mask.cumsum(-1) == mask.sum(-1, keepdim=True))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> torch.Tensor:
     """Mean of ``x`` over ``dim`` counting only positions where ``mask`` is set.
 

@@ -246,7 +246,7 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
     shared_prompt=False)``) to float rounding; an empty response slot reads 0."""
     from transformers import DynamicCache
 
-    from .geometry import masked_mean
+    from .geometry import last_token, masked_mean
     from .hooks import capture
 
     device = next(model.parameters()).device
@@ -265,6 +265,7 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
         responses = [examples[i]["responses_ids"][j] for i, j in slots]
         for chunk in response_chunks([len(r) for r in responses]):
             item = torch.tensor([slots[c][0] for c in chunk], device=device)
+            at = torch.tensor([idx[slots[c][0]] for c in chunk]), torch.tensor([slots[c][1] for c in chunk])
             rows = [responses[c] for c in chunk]
             r_max = max(len(r) for r in rows)
             ids = torch.full((len(rows), r_max), pad_token_id, dtype=torch.long, device=device)
@@ -278,7 +279,7 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
                 suffix = (examples[i].get("suffix_lens") or [0] * len(examples[i]["responses_ids"]))[j]
                 read[row, : max(len(r) - suffix, 1) if own_text else len(r)] = 1
             if last:
-                read = read * (read.cumsum(-1) == read.sum(-1, keepdim=True))
+                read = last_token(read)
             positions = p_len[item][:, None] + torch.arange(r_max, device=device)
             attention = torch.cat([prompt_mask[item], mask], 1)
             with capture(model, layers, stop=True) as cap:
@@ -287,8 +288,5 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
             for layer, h in cap.hidden_states.items():
                 if layer not in states:
                     states[layer] = torch.zeros((n, k_all, h.shape[-1]))
-                reduced = masked_mean(h.float(), read).cpu()
-                for row, c in enumerate(chunk):
-                    i, j = slots[c]
-                    states[layer][idx[i], j] = reduced[row]
+                states[layer][at] = masked_mean(h.float(), read).cpu()
     return states, valid
