@@ -187,6 +187,22 @@ def test_reroute_gradient_lowers_cosine():
     assert m2["reroute"] < m1["reroute"]
 
 
+def test_reroute_has_no_gradient_at_the_frozen_model():
+    """cos(h, h*) is at its maximum where h = h*: the reroute term's gradient there is zero (to float
+    rounding) and grows with the distance from h*, why reroute barely moves a fresh adapter."""
+    grads = []
+    for scale in (0.0, 1e-2, 1.0):
+        inputs = make_inputs()
+        for k in inputs.rejected.hidden:
+            ref = inputs.rejected.ref_hidden[k]
+            inputs.rejected.hidden[k] = (ref + scale * torch.randn_like(ref)).requires_grad_(True)
+        loss, m = Reroute()(inputs)
+        loss.backward()
+        assert m["reroute"].item() == pytest.approx(1.0, abs=1e-2)
+        grads.append(sum(v.grad.norm().item() for v in inputs.rejected.hidden.values()))
+    assert grads[0] < 1e-3 * grads[1] < 1e-3 * grads[2]
+
+
 def test_ipo_away_from_the_reference():
     """IPO is (h - 1/(2 beta))^2: at h = 0 alone, (h + 1/(2 beta))^2 would pass too."""
     pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])

@@ -3,6 +3,13 @@
 Chosen (retain) completions keep the frozen model's states; rejected (reroute) completions are
 pushed orthogonal to where the frozen model had them. The schedule moves weight from rerouting to
 retaining over training.
+
+The reroute term starts at its maximum: a fresh LoRA adapter (B = 0) leaves every state equal to
+the frozen one, where cos(h, h*) = 1 and its gradient is zero. The adapter leaves that point only
+as fast as the small differences between the policy's and the frozen states grow (float rounding
+at first, then the retain term's steps), so reroute moves slowly at small rates and then may move
+all at once. On SmolLM2-135M (alpaca_mmlu, one epoch of 135 steps, `results/remeasure`) the reroute
+term was 0.9999 after the epoch at lr 1e-3 and 0.996 at 3e-3.
 """
 
 from __future__ import annotations
