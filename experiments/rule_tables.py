@@ -146,7 +146,9 @@ def markdown_lines(rows: list[dict], grid: dict) -> list[str]:
              "plus item variance, Satterthwaite df) and its p; 'Holm' is p adjusted over the "
              f"{next((r['family_size'] for r in rows if 'family_size' in r), 0)} headline comparisons (every method "
              "against DPO on every target, primary rule). Ratio: log-prob ratio to the frozen model, defined for "
-             "trained models only; reading baselines score by projection under every rule.", ""]
+             "trained models only: it asks which response training raised most, what DPO's loss optimises, so a "
+             "model that barely moved scores near chance by construction; reading baselines score by projection "
+             "under every rule.", ""]
     for shift in dict.fromkeys(r["shift"] for r in rows):
         for col in dict.fromkeys(r["eval"] for r in rows if r["shift"] == shift):
             sample = next(r for r in rows if r["shift"] == shift and r["eval"] == col)

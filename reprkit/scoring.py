@@ -8,7 +8,8 @@ can decide the answer where responses differ in length, so every rule is kept pe
 - ``sum``: the summed log-prob of the response (favours short responses);
 - ``ratio``: the summed log-prob ratio to the frozen model, log p(y|x) - log p_ref(y|x) (DPO's
   implicit reward): what training changed, the frozen model's own preference removed. Only for a
-  trained model scored beside its frozen model.
+  trained model scored beside its frozen model. It asks which response training raised most, the
+  quantity DPO's loss optimises: a model that barely moved scores near chance by construction.
 
 A model-free baseline sits beside them: ``length_baseline`` scores "prefer the shortest" and
 "prefer the longest" response, ties split evenly (the expected accuracy of a random tie-break).
