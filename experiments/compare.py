@@ -42,6 +42,8 @@ resumes from its last checkpoint):
 
 Several processes can run one grid side by side (``run_remeasure.sh`` starts two of one thread
 each): each claims the cell or the sweep it runs (``claim``), and the others pass over it.
+``--status`` says, without touching the grid, what is done, started and left, and about how long
+the rest takes (``grid_status.py``).
 
 This file holds the cells and the command; the grid's settings are in ``grid_settings.py``, phase 0
 and the scores in ``grid_scoring.py``, phase 1 in ``grid_sweep.py``, training in segments in
@@ -293,6 +295,10 @@ def main() -> None:
     p.add_argument("--poll", type=float, default=60.0,
                    help="seconds between looks at cells that wait on another process's sweep (several processes "
                         "can run one grid side by side: each claims the cell or sweep it runs)")
+    p.add_argument("--status", action="store_true",
+                   help="only say which sweep points and cells are done, started and left, with an estimate of the "
+                        "time left from the grid's recorded times (read-only: safe beside running workers)")
+    p.add_argument("--workers", type=int, default=2, help="with --status: workers sharing the grid, for the wall time")
     p.add_argument("--check-lengths", action="store_true",
                    help="only count what truncation cuts in every set of the grid (truncation.json) and stop")
     args = p.parse_args()
@@ -300,10 +306,16 @@ def main() -> None:
     if args.shift_file:
         grid.shift_file = args.shift_file
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "grid.json", dataclasses.asdict(grid))
     shifts = resolve_shifts(grid)
     first = next(iter(shifts))
+    if args.status:
+        from grid_status import format_status, grid_status
+
+        print(format_status(grid_status(grid, out, list(shifts), first, cell_order(grid, list(shifts), args.seeds)),
+                            args.workers))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "grid.json", dataclasses.asdict(grid))
     if args.methods and (unknown := set(args.methods) - set(grid.methods)):
         raise SystemExit(f"--methods: {sorted(unknown)} not in the grid's methods {grid.methods}")
     if args.sources and (unknown := set(args.sources) - set(shifts)):

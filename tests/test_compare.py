@@ -596,3 +596,28 @@ def test_retain_ratio_reads_the_frozen_models_nll_once_computed(tiny_folder, tmp
     grid.retain_limit = 3  # other items: computed again
     grid_scoring.retain_ratio(grid, model, tok, cache)
     assert calls == [1] and json.loads(cache.read_text())["n"] == 3
+
+
+def test_status_counts_what_is_done_started_and_left_and_estimates_from_recorded_times(tmp_path):
+    import grid_status
+
+    grid = compare.Grid(shifts=["a->b"], methods=["base", "dpo"], seeds=[0, 1], lr_sweep={"dpo": [1e-4, 3e-4]},
+                        tune_per_shift=True, sweep_steps=None)
+    sweep = tmp_path / "lr-epoch" / "a" / "dpo"
+    sweep.mkdir(parents=True)
+    (sweep / "lr0.0001.json").write_text(json.dumps({"seconds": 100.0}))
+    (sweep / "lr0.0003" / "run").mkdir(parents=True)  # started: its run resumes
+    (sweep / "lr0.001.json").write_text(json.dumps({"seconds": 140.0}))  # a rate above the sweep, run
+    for method, seconds in (("base", 10.0), ("dpo", 50.0)):
+        cell = tmp_path / "cells" / "a" / method / "seed0"
+        cell.mkdir(parents=True)
+        (cell / "cell.json").write_text(json.dumps({"seconds": seconds}))
+    rows = grid_status.grid_status(grid, tmp_path, ["a"], "a", compare.cell_order(grid, ["a"]))
+    states = {(r["kind"], r["which"]): r["state"] for r in rows}
+    assert states == {("sweep point", "lr 0.0001"): "done", ("sweep point", "lr 0.0003"): "started",
+                      ("sweep point", "lr 0.001"): "done", ("untrained cell", "seed 0"): "done",
+                      ("seed-0 cell", "seed 0"): "done", ("later-seed cell", "seed 1"): "left"}
+    # the started point at the sweep points' mean (120), seed 1 at a sweep point's plus a seed-0 cell's (170)
+    assert grid_status.estimate_left(rows) == pytest.approx(120 + 170)
+    text = grid_status.format_status(rows, workers=2)
+    assert "| sweep point | 2 | 1 | 0 |" in text and "left: a dpo seed 1" in text and "0.1 worker-hours" in text
