@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import mean
 
 from grid_settings import UNTRAINED, Grid
-from grid_sweep import method_rates, sweep_dir
+from grid_sweep import broken_before, method_rates, sweep_dir
 
 
 def _seconds(path: Path) -> float | None:
@@ -39,7 +39,8 @@ def _state(done: bool, folder: Path) -> str:
 def grid_status(grid: Grid, out: Path, sources: list[str], first: str,
                 order: list[tuple[int, str, str]]) -> list[dict]:
     """One row per sweep point and per cell of ``order``: kind, source, method, seed or rate,
-    state (done / started / left) and the recorded seconds where done."""
+    state (done / started / left; a sweep point "skipped" where its sweep chose without it or it
+    broke the model in a shorter sweep) and the recorded seconds where done."""
     rows = []
     trained = [m for m in grid.methods if m not in UNTRAINED]
     for source in sources if grid.tune_per_shift else [first]:
@@ -47,11 +48,15 @@ def grid_status(grid: Grid, out: Path, sources: list[str], first: str,
         for method in trained:
             rates = method_rates(grid, method)
             extra = sorted({float(p.stem[2:]) for p in (folder / method).glob("lr*.json")} - set(rates))
+            finished = (folder / f"{method}.json").is_file()
+            broken = broken_before(grid, out, method)
             for lr in list(rates) + extra:
                 rec = folder / method / f"lr{lr:g}.json"
+                state = _state(rec.is_file(), folder / method / f"lr{lr:g}")
+                if state != "done" and (finished or lr in broken):
+                    state = "skipped"  # the sweep chose without it, or it broke the model in a shorter sweep
                 rows.append({"kind": "sweep point", "source": source, "method": method, "which": f"lr {lr:g}",
-                             "state": _state(rec.is_file(), folder / method / f"lr{lr:g}"),
-                             "seconds": _seconds(rec) if rec.is_file() else None})
+                             "state": state, "seconds": _seconds(rec) if rec.is_file() else None})
     for seed, source, method in order:
         cell = out / "cells" / source / method / f"seed{seed}"
         kind = "untrained cell" if method in UNTRAINED else "seed-0 cell" if seed == grid.seeds[0] else "later-seed cell"
@@ -71,7 +76,7 @@ def estimate_left(rows: list[dict]) -> float | None:
 
     total, known = 0.0, False
     for r in rows:
-        if r["state"] == "done":
+        if r["state"] in ("done", "skipped"):
             continue
         if r["kind"] == "later-seed cell":
             parts = [mean_of("sweep point", r["source"]), mean_of("seed-0 cell", r["source"])]
@@ -86,10 +91,10 @@ def estimate_left(rows: list[dict]) -> float | None:
 def format_status(rows: list[dict], workers: int = 1) -> str:
     """A table of counts by kind and state, the items started and left, and the estimate."""
     kinds = list(dict.fromkeys(r["kind"] for r in rows))
-    lines = ["| kind | done | started | left |", "|---|---|---|---|"]
+    lines = ["| kind | done | started | left | skipped |", "|---|---|---|---|---|"]
     for kind in kinds:
-        n = {s: sum(r["kind"] == kind and r["state"] == s for r in rows) for s in ("done", "started", "left")}
-        lines.append(f"| {kind} | {n['done']} | {n['started']} | {n['left']} |")
+        n = {s: sum(r["kind"] == kind and r["state"] == s for r in rows) for s in ("done", "started", "left", "skipped")}
+        lines.append(f"| {kind} | {n['done']} | {n['started']} | {n['left']} | {n['skipped']} |")
     for state in ("started", "left"):
         items = [f"{r['source']} {r['method']} {r['which']}" for r in rows if r["state"] == state]
         if items:

@@ -620,4 +620,8 @@ def test_status_counts_what_is_done_started_and_left_and_estimates_from_recorded
     # the started point at the sweep points' mean (120), seed 1 at a sweep point's plus a seed-0 cell's (170)
     assert grid_status.estimate_left(rows) == pytest.approx(120 + 170)
     text = grid_status.format_status(rows, workers=2)
-    assert "| sweep point | 2 | 1 | 0 |" in text and "left: a dpo seed 1" in text and "0.1 worker-hours" in text
+    assert "| sweep point | 2 | 1 | 0 | 0 |" in text and "left: a dpo seed 1" in text and "0.1 worker-hours" in text
+    (sweep.parent / "dpo.json").write_text(json.dumps({"lr": 1e-4}))  # the sweep chose: 3e-4 is not needed
+    rows = grid_status.grid_status(grid, tmp_path, ["a"], "a", compare.cell_order(grid, ["a"]))
+    assert [r["state"] for r in rows if r["which"] == "lr 0.0003"] == ["skipped"]
+    assert grid_status.estimate_left(rows) == pytest.approx(170)
