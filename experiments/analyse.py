@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from grid_matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
-from grid_paired import compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, verdict
+from grid_paired import compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, seed_ci_text, verdict
 
 
 def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
@@ -67,17 +67,17 @@ def followup_lines(extra: list[dict], follow: list[dict], paired: list[dict], ma
              f"{sum(cell_seconds(c) for c in extra) / 3600:.2f} h), run after the grid's result (`compare.py --seeds`): "
              "a follow-up, not part of the design's test, and the tables above leave it out. Each difference "
              "with the grid's seeds, then with the follow-up's added "
-             "(items-only and seeds-and-items 95% intervals):", "",
-             "| shift | eval | method | vs | grid's seeds: difference, items, seeds and items | seeds | "
-             "with follow-up: difference | each seed | items only 95% CI | seeds and items 95% CI | verdict |",
+             "(items-only and seed-level 95% intervals):", "",
+             "| shift | eval | method | vs | grid's seeds: difference, items, seed level | seeds | "
+             "with follow-up: difference | each seed | items only 95% CI | seed level 95% CI, p | verdict |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in follow:
         g = index.get((r["shift"], r["eval"], r["method"], r["vs"]))
         grid_text = (f"{float(g['difference']):+.3f}, ({float(g['ci_low']):+.3f}, {float(g['ci_high']):+.3f}), "
-                     f"({float(g['seed_ci_low']):+.3f}, {float(g['seed_ci_high']):+.3f})") if g else "-"
+                     f"{seed_ci_text(g)}") if g else "-"
         lines.append(f"| {r['shift']} | {r['eval']} | {r['method']} | {r['vs']} | {grid_text} | {r['seeds']} | "
                      f"{r['difference']:+.3f} | {r['per_seed']} | ({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | "
-                     f"({r['seed_ci_low']:+.3f}, {r['seed_ci_high']:+.3f}) | {verdict(r)} |")
+                     f"{seed_ci_text(r)} | {verdict(r)} |")
     if match:
         lines += ["", "The follow-up's methods at matched source accuracy, every seed (DPO's level: the mean of "
                   "all its seeds' final source validation):", "",
@@ -200,21 +200,24 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
 
 def seed_lines(paired: list[dict]) -> list[str]:
     """Target differences against DPO (DPO's: against the base model) with the spread between seeds
-    in the interval: each seed's own difference, and the interval that resamples seeds and items.
+    in the interval: each seed's own difference, and the seed-level t-interval
+    (``reprkit.stats.seed_t_difference``).
     A difference 'holds across seeds' only where that interval excludes 0 too."""
     rows = [r for r in paired if not r["eval"].startswith("source")
             and r["vs"] == ("base" if r["method"] == "dpo" else "dpo") and "seed_ci_low" in r]
     if not rows:
         return []
     lines = ["", "Against seed-to-seed spread: target difference against DPO (DPO's row: against the base model); "
-             "items only = the paired interval over items with seeds averaged (as above); seeds and items = the "
-             "bootstrap that resamples each method's seeds as well as the items:", "",
-             "| shift | method | difference | each seed | items only 95% CI | seeds and items 95% CI | verdict |",
+             "items only = the paired interval over items with seeds averaged (as above); seed level = Welch's t "
+             "over per-seed accuracies plus the items' variance, Satterthwaite degrees of freedom (as in the "
+             "every-rule table; not Holm-adjusted here). A difference holds across seeds only where that "
+             "interval excludes 0 too:", "",
+             "| shift | method | difference | each seed | items only 95% CI | seed level 95% CI, p | verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shift']} | {r['method']} | {float(r['difference']):+.3f} | {r.get('per_seed') or ''} | "
                      f"({float(r['ci_low']):+.3f}, {float(r['ci_high']):+.3f}) | "
-                     f"({float(r['seed_ci_low']):+.3f}, {float(r['seed_ci_high']):+.3f}) | {verdict(r)} |")
+                     f"{seed_ci_text(r)} | {verdict(r)} |")
     return lines
 
 
@@ -231,8 +234,9 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "(reading baselines: projection on their direction; length: prefer the shortest). The other rules "
              "are in that section where the cells keep per-response log-probs.", "",
              "At a glance: source / target test accuracy; below, the target difference against DPO (DPO's row: "
-             "against the base model), paired 95% interval, McNemar p, * where the interval excludes 0; "
-             "then the retain perplexity ratio:", "",
+             "against the base model), paired 95% interval, p (exact McNemar where each side is one run's 0/1 "
+             "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
+             "seeds, 'p<=' at its floor), * where the interval excludes 0; then the retain perplexity ratio:", "",
              *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio")), "",
              "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]

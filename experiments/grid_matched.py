@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from grid_paired import compare_runs, verdict
+from grid_paired import compare_runs, seed_ci_text, verdict
 
 MATCHED_TITLE = ("At matched source accuracy, paired: target (curve subset) against DPO's where each run's source "
                  "validation first reaches DPO's final (mean over its seeds), per-item outcomes interpolated between "
@@ -81,7 +81,7 @@ def matched_items(base: dict, cell: dict, col: str, level: float) -> dict[str, f
 def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> list[dict]:
     """Each trained method's target (curve subset) against DPO's at DPO's final source validation
     (mean over DPO's seeds), paired by item: both the seed-averaged items interval and the one that
-    resamples seeds as well. Runs that never reach the level are left out and counted (``reached``):
+    holds the spread between seeds (seed-level t). Runs that never reach the level are left out and counted (``reached``):
     a method most of whose runs never reach it is compared on the runs that did."""
     from grid_figures import run_points
 
@@ -118,14 +118,14 @@ def matched_paired_lines(rows: list[dict], title: str) -> list[str]:
     if not rows:
         return []
     lines = ["", title, "", "| shift | target | method | runs at the level (method / DPO) | difference | "
-             "items only 95% CI | seeds and items 95% CI | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "items only 95% CI | seed level 95% CI, p | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "difference" not in r:
             lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | "
                          f"{r.get('note') or 'never reached'} | | | |")
             continue
         lines.append(f"| {r['shift']} | {r['target']} | {r['method']} | {r['reached']} | {r['difference']:+.3f} | "
-                     f"({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | ({r['seed_ci_low']:+.3f}, {r['seed_ci_high']:+.3f}) | "
+                     f"({r['ci_low']:+.3f}, {r['ci_high']:+.3f}) | {seed_ci_text(r)} | "
                      f"{verdict(r)} |")
     return lines
 

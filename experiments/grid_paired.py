@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reprkit.stats import paired_difference, pooled_difference, pooled_seed_item_difference, seed_item_difference
+from reprkit.stats import paired_difference, pooled_difference, pooled_seed_t_difference, seed_t_difference
 
 COMPARE_TO = ("dpo", "base")
 
@@ -24,9 +24,9 @@ def seed_mean(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def compare_runs(a_runs: list[dict], b_runs: list[dict]) -> dict:
     """First minus second as a row: the items-only paired statistics on the seeds' per-item means,
-    and the interval that resamples seeds as well as items."""
+    and the seed-level interval and p (Welch t over per-seed accuracies plus the items' variance)."""
     return {**_flat(paired_difference(seed_mean(a_runs), seed_mean(b_runs))),
-            **_seed_flat(seed_item_difference(a_runs, b_runs))}
+            **_seed_flat(seed_t_difference(a_runs, b_runs))}
 
 
 def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list[dict[str, int]]:
@@ -37,8 +37,9 @@ def per_seed_items(cells: list[dict], shift: str, method: str, col: str) -> list
 
 
 def _seed_flat(res: dict) -> dict:
-    """The seed-and-item interval's columns of a paired row."""
-    out = {"seed_ci_low": res["ci95"][0], "seed_ci_high": res["ci95"][1], "seed_significant": res["significant"]}
+    """The seed-level interval's columns of a paired row."""
+    out = {"seed_ci_low": res["ci95"][0], "seed_ci_high": res["ci95"][1], "seed_significant": res["significant"],
+           "seed_p": res["p"], "seed_df": res["df"]}
     if "per_seed" in res:
         out["per_seed"] = " / ".join(f"{d:+.3f}" for d in res["per_seed"])
     return out
@@ -50,6 +51,12 @@ def _flat(res: dict) -> dict:
     if "discordant" in res:
         out["only_method"], out["only_other"] = res["discordant"]
     return out
+
+
+def seed_ci_text(r: dict) -> str:
+    """'(-0.120, +0.010) p=0.08' : a row's seed-level interval and p."""
+    p = f" p={float(r['seed_p']):.2g}" if r.get("seed_p") not in (None, "") else ""
+    return f"({float(r['seed_ci_low']):+.3f}, {float(r['seed_ci_high']):+.3f}){p}"
 
 
 def verdict(r: dict) -> str:
@@ -93,6 +100,6 @@ def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None) -
                     pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
     for (kind, method, other), strata in pooled.items():
         res = pooled_difference({k: (seed_mean(ra), seed_mean(rb)) for k, (ra, rb) in strata.items()})
-        seeds = pooled_seed_item_difference(strata)
+        seeds = pooled_seed_t_difference(strata)
         rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds)})
     return rows

@@ -14,17 +14,17 @@ outcomes and, for seed-averaged ones, the sign-flip permutation test of the per-
 which is McNemar's exact test again when the outcomes are 0/1.
 
 Averaging seeds per item leaves the spread between training seeds out of the interval: two seeds
-can disagree by more than the difference the items call significant. ``seed_item_difference``
-resamples each method's seeds as well as the items and gives the interval that holds both:
+can disagree by more than the difference the items call significant. ``seed_t_difference`` is the
+seed-level inference, meant for few seeds: a Welch t-interval over per-seed accuracies (plus the
+items' sampling variance), with Satterthwaite's degrees of freedom, so that 3 seeds against 3 give
+the few degrees of freedom they hold. (A bootstrap that resamples 2 or 3 seeds with replacement
+shrinks their variance by (n - 1) / n and, being a normal-tailed approximation, cannot give the
+t distribution's tails: it overstated certainty in the first comparison grid, and reprkit no longer
+offers it.) ``pooled_seed_t_difference`` averages the difference over strata (shifts) with the same
+variance terms; ``holm`` adjusts a family of p-values.
 
->>> seed_item_difference([a_seed0, a_seed1], [b_seed0, b_seed1])   # {"difference", "ci95", "per_seed", ...}
-
-That bootstrap resamples 2 or 3 seeds with replacement, which shrinks their variance by (n - 1) / n
-and overstates certainty with few seeds. ``seed_t_difference`` is the seed-level inference meant
-for few seeds: a Welch t-interval over per-seed accuracies (plus the items' sampling variance),
-with Satterthwaite's degrees of freedom; ``holm`` adjusts a family of p-values.
-
->>> seed_t_difference([a_seed0, a_seed1, a_seed2], [b_seed0, b_seed1, b_seed2])   # {"difference", "ci95", "p", "df"}
+>>> seed_t_difference([a_seed0, a_seed1, a_seed2], [b_seed0, b_seed1, b_seed2])   # {"difference", "ci95", "p", "df", "per_seed"}
+>>> pooled_seed_t_difference({"shift-1": (a_runs1, b_runs1), "shift-2": (a_runs2, b_runs2)})
 >>> holm({"shift-1": 0.01, "shift-2": 0.04})                                      # {"shift-1": 0.02, "shift-2": 0.04}
 """
 
@@ -135,90 +135,38 @@ def _interval(draws: np.ndarray) -> dict:
     return {"ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0)}
 
 
-def _seed_item_draws(a_runs: list[dict], b_runs: list[dict], n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Bootstrap draws of mean(a - b) that resample both the runs (seeds) of each method and the
-    items (the same items for both: the pairing is kept)."""
-    ids = sorted(a_runs[0])
-    for runs in (a_runs, b_runs):
-        for r in runs:
-            align(r, a_runs[0])
-    A = np.array([[r[i] for i in ids] for r in a_runs], dtype=float)   # seeds x items
-    B = np.array([[r[i] for i in ids] for r in b_runs], dtype=float)
-    n = len(ids)
-    sa = A[rng.integers(0, len(A), (n_resamples, len(A)))].mean(1)      # draws x items
-    sb = B[rng.integers(0, len(B), (n_resamples, len(B)))].mean(1)
-    items = rng.integers(0, n, (n_resamples, n))
-    draws = np.take_along_axis(sa - sb, items, axis=1).mean(1)
-    return draws
-
-
-def _run_mean_difference(a_runs: list[dict], b_runs: list[dict]) -> float:
-    return float(np.mean([np.mean(list(r.values())) for r in a_runs]) - np.mean([np.mean(list(r.values())) for r in b_runs]))
-
-
-def seed_item_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]],
-                         n_resamples: int = 4000, seed: int = 0) -> dict:
-    """First minus second with an interval that holds the spread between training seeds as well as
-    between items: each bootstrap draw resamples each method's runs (seeds) and then the items,
-    paired. ``a_runs`` and ``b_runs`` are one ``{item id: 0/1}`` per seed; a method without seeds
-    (the base model) passes one run. With one run on each side this is the item-paired interval;
-    where seeds disagree by more than the items' noise it is wider. Also returns each seed's own
-    difference (first's seed s minus second's seed s where the second has as many runs, else minus
-    the second's seed mean)."""
+def _seed_t_terms(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]]) -> tuple[dict, list]:
+    """The point difference of run accuracies and its variance terms ``(variance, degrees of
+    freedom)``: one per method with more than one run, and the items' sampling variance."""
     if not a_runs or not b_runs:
-        raise ValueError("seed_item_difference needs at least one run on each side")
-    draws = _seed_item_draws(a_runs, b_runs, n_resamples, np.random.default_rng(seed))
-    mean_b = {i: float(np.mean([r[i] for r in b_runs])) for i in a_runs[0]}
-    per_seed = []
-    for s, r in enumerate(a_runs):
-        other = b_runs[s] if len(b_runs) == len(a_runs) else mean_b
-        x, y = align(r, other)
-        per_seed.append(float((x - y).mean()))
-    return {"n": len(a_runs[0]), "runs": [len(a_runs), len(b_runs)], "difference": _run_mean_difference(a_runs, b_runs),
-            "per_seed": per_seed, **_interval(draws)}
-
-
-def pooled_seed_item_difference(strata: dict[str, tuple[list[dict], list[dict]]], n_resamples: int = 4000,
-                                seed: int = 0) -> dict:
-    """``seed_item_difference`` pooled over strata (shifts): the mean of the strata's differences,
-    each draw resampling seeds and items within every stratum."""
-    rng = np.random.default_rng(seed)
-    draws = np.mean([_seed_item_draws(a, b, n_resamples, rng) for a, b in strata.values()], axis=0)
-    point = float(np.mean([_run_mean_difference(a, b) for a, b in strata.values()]))
-    return {"strata": len(strata), "difference": point, **_interval(draws)}
-
-
-def seed_t_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], confidence: float = 0.95) -> dict:
-    """First minus second, inferred at the level of training seeds, right for few seeds.
-
-    Each run's accuracy is the mean of its per-item outcomes. The difference is the mean of the
-    first's run accuracies minus the second's. Its variance is the Welch sum over the methods with
-    more than one run, ``s_a^2 / n_a + s_b^2 / n_b`` (seeds fixed at one run, such as the frozen
-    model, add none), plus the items' sampling variance ``var(d_i) / N`` of the per-item difference of
-    seed means (the item set is a sample too). The interval and two-sided p use Student's t with
-    Satterthwaite's degrees of freedom over those terms. With one run each this is the paired t-test
-    over items; with few seeds the seed terms dominate and the degrees of freedom are few, as they
-    should be (3 seeds against 3 seeds: about 2 to 4).
-    """
-    if not a_runs or not b_runs:
-        raise ValueError("seed_t_difference needs at least one run on each side")
+        raise ValueError("seed-level inference needs at least one run on each side")
     ids = sorted(a_runs[0])
     for r in [*a_runs, *b_runs]:
         align(r, a_runs[0])
     A = np.array([[r[i] for i in ids] for r in a_runs], dtype=float)
     B = np.array([[r[i] for i in ids] for r in b_runs], dtype=float)
     acc_a, acc_b = A.mean(1), B.mean(1)
-    diff = float(acc_a.mean() - acc_b.mean())
-    terms = []  # (variance term, its degrees of freedom)
+    terms = []
     for acc in (acc_a, acc_b):
         if len(acc) > 1:
             terms.append((float(acc.var(ddof=1)) / len(acc), len(acc) - 1))
     d = A.mean(0) - B.mean(0)
     if len(d) > 1:
         terms.append((float(d.var(ddof=1)) / len(d), len(d) - 1))
+    # each seed's own difference: seed s against the other's seed s where both have as many runs,
+    # else against the other's seed mean
+    per_seed = [float(x - (acc_b[s] if len(acc_b) == len(acc_a) else acc_b.mean())) for s, x in enumerate(acc_a)]
+    out = {"n": len(ids), "runs": [len(a_runs), len(b_runs)], "difference": float(acc_a.mean() - acc_b.mean()),
+           "per_seed_accuracy": [acc_a.tolist(), acc_b.tolist()], "per_seed": per_seed}
+    return out, terms
+
+
+def _t_result(out: dict, terms: list, confidence: float) -> dict:
+    """Student's t interval and two-sided p for ``out["difference"]`` with the summed variance
+    terms and Satterthwaite's degrees of freedom."""
+    diff = out["difference"]
     var = sum(v for v, _ in terms)
-    out = {"n": len(ids), "runs": [len(a_runs), len(b_runs)], "difference": diff,
-           "per_seed_accuracy": [acc_a.tolist(), acc_b.tolist()], "test": "welch-t (seeds) + item variance"}
+    out = {**out, "test": "welch-t (seeds) + item variance"}
     if var <= 0:
         return {**out, "se": 0.0, "df": float("inf"), "ci95": [diff, diff], "p": 1.0 if diff == 0 else 0.0,
                 "significant": diff != 0}
@@ -228,6 +176,37 @@ def seed_t_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, flo
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     return {**out, "se": se, "df": float(df), "ci95": [diff - half, diff + half], "p": p,
             "significant": bool(diff - half > 0 or diff + half < 0)}
+
+
+def seed_t_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, float]], confidence: float = 0.95) -> dict:
+    """First minus second, inferred at the level of training seeds, right for few seeds.
+
+    ``a_runs`` and ``b_runs`` are one ``{item id: outcome}`` per seed on the same items; a method
+    without seeds (the frozen model) passes one run. Each run's accuracy is the mean of its per-item
+    outcomes. The difference is the mean of the first's run accuracies minus the second's. Its
+    variance is the Welch sum over the methods with more than one run, ``s_a^2 / n_a + s_b^2 / n_b``
+    (a side with one run adds none), plus the items' sampling variance ``var(d_i) / N`` of the
+    per-item difference of seed means (the item set is a sample too). The interval and two-sided p
+    use Student's t with Satterthwaite's degrees of freedom over those terms. With one run each this
+    is the paired t-test over items; with few seeds the seed terms dominate and the degrees of
+    freedom are few, as they should be (3 seeds against 3 seeds: about 2 to 4). Also returns each
+    seed's own difference (``per_seed``).
+    """
+    out, terms = _seed_t_terms(a_runs, b_runs)
+    return _t_result(out, terms, confidence)
+
+
+def pooled_seed_t_difference(strata: dict[str, tuple[list[dict], list[dict]]], confidence: float = 0.95) -> dict:
+    """``seed_t_difference`` pooled over strata (shifts): the mean of the strata's differences, with
+    variance the sum of each stratum's terms over the number of strata squared and Satterthwaite's
+    degrees of freedom over all of them."""
+    if not strata:
+        raise ValueError("pooled_seed_t_difference needs at least one stratum")
+    k = len(strata)
+    parts = [_seed_t_terms(a, b) for a, b in strata.values()]
+    terms = [(v / k ** 2, df) for _, t in parts for v, df in t]
+    out = {"strata": k, "difference": float(np.mean([o["difference"] for o, _ in parts]))}
+    return _t_result(out, terms, confidence)
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from reprkit.stats import (align, mcnemar_exact, paired_difference, pooled_difference, pooled_seed_item_difference,
-                           seed_item_difference, sign_flip_p)
+from reprkit.stats import (align, mcnemar_exact, paired_difference, pooled_difference, pooled_seed_t_difference,
+                           seed_t_difference, sign_flip_p)
 
 
 def _outcomes(table: dict[tuple[int, int], int]) -> tuple[dict, dict]:
@@ -94,7 +94,7 @@ def _runs(rng, n, p_right, k):
     return [{f"i{j}": int(v) for j, v in enumerate(rng.random(n) < p_right)} for _ in range(k)]
 
 
-def test_seed_item_interval_holds_the_seed_spread():
+def test_seed_level_interval_holds_the_seed_spread():
     rng = np.random.default_rng(1)
     base = _runs(rng, 250, 0.5, 1)[0]
     # seed 0 of the method is the base model plus 20 wins; seed 1 plus 2 wins: the items call the
@@ -106,37 +106,43 @@ def test_seed_item_interval_holds_the_seed_spread():
     for i in wins[:2]:
         seed1[i] = 1
     items = paired_difference({i: (seed0[i] + seed1[i]) / 2 for i in base}, base)
-    both = seed_item_difference([seed0, seed1], [base])
+    both = seed_t_difference([seed0, seed1], [base])
     assert items["significant"] and items["difference"] == pytest.approx(0.044)
     assert both["difference"] == pytest.approx(0.044)
     assert both["per_seed"] == pytest.approx([0.08, 0.008])
     assert both["runs"] == [2, 1]
-    assert both["ci95"][0] < 0.01 < items["ci95"][0]
+    assert not both["significant"] and both["ci95"][0] < 0 < items["ci95"][0]
     assert both["ci95"][1] - both["ci95"][0] > 1.5 * (items["ci95"][1] - items["ci95"][0])
-    # seeds that agree: the interval is the items' one again, and decisive
-    agree = seed_item_difference([seed0, seed0], [base])
+    # seeds that agree: no seed variance, the interval is the items' one again, and decisive
+    agree = seed_t_difference([seed0, seed0], [base])
     alone = paired_difference(seed0, base)
     assert agree["significant"] and agree["ci95"] == pytest.approx(alone["ci95"], abs=0.012)
 
 
-def test_seed_item_difference_pairs_seeds_and_needs_the_same_items():
+def test_seed_level_difference_pairs_seeds_and_needs_the_same_items():
     a = [{"x": 1, "y": 1}, {"x": 0, "y": 1}]
     b = [{"x": 0, "y": 1}, {"x": 0, "y": 0}]
-    assert seed_item_difference(a, b)["per_seed"] == [0.5, 0.5]
+    assert seed_t_difference(a, b)["per_seed"] == [0.5, 0.5]
     with pytest.raises(ValueError, match="same items"):
-        seed_item_difference(a, [{"x": 0, "z": 1}])
+        seed_t_difference(a, [{"x": 0, "z": 1}])
     with pytest.raises(ValueError, match="at least one run"):
-        seed_item_difference(a, [])
+        seed_t_difference(a, [])
 
 
-def test_pooled_seed_item_difference():
+def test_pooled_seed_t_difference_averages_the_strata_and_narrows():
     rng = np.random.default_rng(2)
-    s1 = (_runs(rng, 200, 0.7, 2), _runs(rng, 200, 0.5, 2))
-    s2 = (_runs(rng, 100, 0.5, 2), _runs(rng, 100, 0.5, 1))
-    res = pooled_seed_item_difference({"s1": s1, "s2": s2})
-    one = [seed_item_difference(*s) for s in (s1, s2)]
+    s1 = (_runs(rng, 200, 0.7, 3), _runs(rng, 200, 0.5, 3))
+    s2 = (_runs(rng, 200, 0.6, 3), _runs(rng, 200, 0.5, 1))
+    res = pooled_seed_t_difference({"s1": s1, "s2": s2})
+    one = [seed_t_difference(*s) for s in (s1, s2)]
     assert res["difference"] == pytest.approx(np.mean([r["difference"] for r in one]))
     assert res["strata"] == 2 and res["ci95"][0] < res["difference"] < res["ci95"][1]
+    # the mean of two strata has about half the variance of one, so a narrower interval than either
+    width = res["ci95"][1] - res["ci95"][0]
+    assert all(width < r["ci95"][1] - r["ci95"][0] for r in one)
+    # one stratum pooled is that stratum's seed-level test
+    solo = pooled_seed_t_difference({"s1": s1})
+    assert solo["ci95"] == pytest.approx(one[0]["ci95"]) and solo["p"] == pytest.approx(one[0]["p"])
 
 
 def _exact_runs(accuracies, n=750, seed=0):
@@ -153,8 +159,8 @@ def _exact_runs(accuracies, n=750, seed=0):
 
 def test_seed_t_on_the_three_seed_followup_includes_zero_as_welch_does():
     """ReprPO vs DPO on alpaca_low_quality's target, three seeds each: Welch's t on the per-seed
-    accuracies gives p about 0.14; the seed-level interval must include 0 (the seeds-and-items
-    bootstrap, which shrinks seed variance by (n-1)/n, did not)."""
+    accuracies gives p about 0.14; the seed-level interval must include 0 (the first grid's
+    bootstrap over seeds and items, which shrank seed variance by (n-1)/n, did not)."""
     from scipy import stats as S
 
     from reprkit.stats import seed_t_difference
