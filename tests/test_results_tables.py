@@ -117,3 +117,38 @@ def test_sync_tables_replaces_only_the_marked_lines(tmp_path):
     assert page.read_text() == ("before\n<!-- tables:at-a-glance -->\nAt a glance: what it shows\n\n| a | b |\n"
                                 "|---|---|\n| 1 | 2 |\n<!-- /tables:at-a-glance -->\nafter\n")
     assert sync.marked(page.read_text())["at-a-glance"] == sync.table_block(results.read_text(), "at-a-glance")
+
+
+def test_remeasure_at_a_glance_accuracies_are_results_csv():
+    """Each 'source / target' pair of the remeasure grid's at-a-glance table, as the README and the
+    research page quote it, is the seed mean of the accuracies results/remeasure/results.csv holds."""
+    import csv
+    import statistics
+
+    sync = _sync_tables()
+    root = Path(__file__).resolve().parents[1]
+    with (root / "results/remeasure/results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+
+    def acc(shift: str, method: str, eval_: str) -> float:
+        vals = [float(r["accuracy"]) for r in rows if (r["shift"], r["method"], r["eval"]) == (shift, method, eval_)]
+        assert vals, f"{shift} {method} {eval_}: quoted but not in results.csv"
+        return statistics.mean(vals)
+
+    checked = 0
+    for page in (root / "README.md", root / "docs/research/comparison.md"):
+        table = [line for line in sync.marked(page.read_text()).get("at-a-glance", []) if line.startswith("| ")]
+        assert table, f"{page.name} quotes no at-a-glance table"
+        head = [c.strip() for c in table[0].strip("|").split("|")]
+        shifts = [(h.split(" -> ")[0], f"target {h.split(' -> ')[1]}") for h in head[1:-1]]
+        for line in table[2:]:
+            method, *cells = [c.strip() for c in line.strip("|").split("|")]
+            for (shift, target), cell in zip(shifts, cells):
+                if cell == "not run":
+                    assert not [r for r in rows if (r["shift"], r["method"]) == (shift, method)], (shift, method)
+                    continue
+                source, tgt = (float(x) for x in cell.split("<br>")[0].split(" / "))
+                assert source == round(acc(shift, method, "source test"), 3), (page.name, shift, method)
+                assert tgt == round(acc(shift, method, target), 3), (page.name, shift, method)
+                checked += 1
+    assert checked >= 8
