@@ -44,6 +44,15 @@ def test_each_loss_writes_a_complete_run(tiny_folder, tmp_path, loss, capsys):
         assert "accuracy" not in rows[0]
     out = capsys.readouterr().out
     assert "(in-distribution)" in out and "cos chosen" in out and "McNemar p" in out
+    # each set's chance (1 / responses) in its row, and the length-only baselines below
+    ar = ev["datasets"]["embedded:arithmetic"]
+    row = next(line for line in out.splitlines() if line.startswith("embedded:arithmetic"))
+    tag_end = row.index("]") + 1 if "trained on]" in row else row.index(")") + 1
+    assert row[tag_end:].split()[1] == f"{ar['chance']:.3f}"   # n, chance, before, after, ...
+    lb = ar["length_baseline"]
+    assert "length only, no model (prefer the shortest / the longest response" in out
+    row = next(line for line in out.splitlines() if line.startswith("  embedded:arithmetic"))
+    assert row.split()[1:] == [f"{lb['accuracy_shortest']:.3f}", "/", f"{lb['accuracy_longest']:.3f}"]
 
 
 def test_hidden_state_loss_never_runs_late_layers_or_head(tiny_folder, tmp_path):

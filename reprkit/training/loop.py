@@ -259,7 +259,8 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
     from ..stats import paired_difference
 
     lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
-             f"{f'eval data ({cfg.eval_split})':<40}{'n':>5}{'before':>9}{'after':>9}{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
+             f"{f'eval data ({cfg.eval_split})':<40}{'n':>5}{'chance':>8}{'before':>9}{'after':>9}"
+             f"{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
     for i, (source, r) in enumerate(results["datasets"].items()):
         tag = " (in-distribution)" if i == 0 else " (shifted)"
         if r.get("training_items"):
@@ -270,8 +271,13 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
             d = paired_difference(dict(enumerate(r["items"]["correct"])), dict(enumerate(base["items"]["correct"])))
             lo, hi = d["ci95"]
             change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
-        lines.append(f"{source + tag:<40}{r['n']:>5}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
-    lines.append(f"{'':<40}accuracy by mean log-prob per token; * the paired interval excludes 0")
+        chance = f"{r['chance']:>8.3f}" if r.get("chance") is not None else f"{'':>8}"
+        lines.append(f"{source + tag:<40}{r['n']:>5}{chance}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
+    lines.append(f"{'':<40}accuracy by mean log-prob per token; chance 1 / responses; * the paired interval excludes 0")
+    length = [f"  {source:<38}{lb['accuracy_shortest']:.3f} / {lb['accuracy_longest']:.3f}"
+              for source, r in results["datasets"].items() if (lb := r.get("length_baseline"))]
+    if length:
+        lines += ["length only, no model (prefer the shortest / the longest response; ties split):", *length]
     if any(r.get("training_items") for r in results["datasets"].values()):
         lines.append(f"{'':<40}[k trained on]: k scored items are training prompts, so not held out; "
                      "hold rows out with --train-split 'train[:80%]' --eval-split 'train[80%:]'")
