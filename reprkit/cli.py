@@ -143,7 +143,9 @@ class DirectionCmd:
         d.info["heldout"] = {str(k): v["accuracy_mean"] for k, v in per_layer.items()}
         d.info["heldout_data"] = scored_on
         d.save(self.out)
-        print(f"held-out accuracy scored on {scored_on}; direction read at the '{self.token}' token")
+        chance = next(iter(per_layer.values()))["chance"]
+        print(f"held-out accuracy (the best response's states project highest on the direction; chance "
+              f"{chance:.3f}) scored on {scored_on}; direction read at the '{self.token}' token")
         print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{'accuracy (held out)':>21}")
         for k, v in per_layer.items():
             st = d.info["stats"][str(k)]

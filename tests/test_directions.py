@@ -190,6 +190,7 @@ def test_direction_from_a_local_file_is_scored_on_rows_it_was_not_read_from(tiny
     d = Direction.load(out)
     assert d.info["n"] == 16  # read from the first 16 rows only
     assert "the last 4 of" in d.info["heldout_data"] and "the last 4 of" in printed
+    assert "chance 0.500" in printed  # pairs: two responses per item
 
 
 def test_direction_command_from_contrast_prompt_files(tiny_folder, tmp_path, capsys):
