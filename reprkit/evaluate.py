@@ -277,7 +277,9 @@ def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int |
             else:
                 p = torch.softmax(lp, -1)
                 per_item = (p * truth).sum(-1)
-                m, se = per_item.mean().item(), per_item.std().item() / math.sqrt(len(rows))
+                # one item has no spread to estimate: its interval is undefined (nan), not a warning
+                se = per_item.std().item() / math.sqrt(len(rows)) if len(rows) > 1 else float("nan")
+                m = per_item.mean().item()
                 value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se]}
             value["n"] = len(rows)
             results.setdefault(name, {})[metric] = value
