@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 from grid_matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
-from grid_paired import compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, seed_ci_text, verdict
+from grid_paired import (compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, seed_ci_text,
+                         shift_groups, verdict)
 
 
 def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
@@ -164,19 +165,24 @@ def ppl_text(cells: list[dict], bound: float | None = None) -> str:
 
 
 def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
-                   bound: float | None = None) -> list[str]:
+                   bound: float | None = None, groups: dict[str, str] | None = None) -> list[str]:
     """One row per method, one column per shift: source / target test accuracy (seed means) and,
     below, the target difference against DPO (DPO's own row: against the base model) with its
     paired 95% interval and the retain perplexity ratio (damage; seeds past ``bound`` named);
-    the last column pools the target difference over the shifts run."""
+    the last column pools the target difference over the shifts run (over the length-neutral ones
+    where ``groups`` labels them: the length-cue group is shown, not pooled as evidence)."""
     from grid_figures import fmt_diff
 
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     cols = {s: list(next(c for c in cells if c["shift"] == s)["scores"]) for s in shifts}
     title = {s: f"{s} -> {cols[s][1].split(' ', 1)[1]}" for s in shifts}  # the shift's (first) target
-    lines = ["| method | " + " | ".join(title[s] for s in shifts) + " | pooled target |",
-             "|---|" + "---|" * (len(shifts) + 1)]
+    if groups:
+        title = {s: t + (" (length cue)" if groups.get(s) == "length-cue" else "") for s, t in title.items()}
+    pooled_title = "pooled target, length-neutral shifts" if groups else "pooled target"
+    has_pool = any(r["shift"] == "pooled" for r in paired)
+    lines = ["| method | " + " | ".join(title[s] for s in shifts) + (f" | {pooled_title} |" if has_pool else " |"),
+             "|---|" + "---|" * (len(shifts) + has_pool)]
     present = set(c["method"] for c in cells)
     for method in [m for m in order if m in present] + sorted(present - set(order)):
         vs = "base" if method == "dpo" else "dpo"
@@ -191,9 +197,10 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
             damage = ppl_text(mc, bound)
             row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else "")
                        + (f"<br>retain ppl x{damage}" if damage else ""))
-        pooled = index.get(("pooled", "target", method, vs))
-        n = int(pooled["strata"]) if pooled else 0
-        row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({n} shift{'s' * (n > 1)})" if pooled else "")
+        if has_pool:
+            pooled = index.get(("pooled", "target", method, vs))
+            n = int(pooled["strata"]) if pooled else 0
+            row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({n} shift{'s' * (n > 1)})" if pooled else "")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
@@ -222,7 +229,7 @@ def seed_lines(paired: list[dict]) -> list[str]:
 
 
 def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict, followup: list[str] = (),
-             match_paired: list[dict] = ()) -> str:
+             match_paired: list[dict] = (), groups: dict[str, str] | None = None) -> str:
     from grid_figures import fmt_diff
 
     wall = sum(cell_seconds(c) for c in cells)
@@ -237,7 +244,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "against the base model), paired 95% interval, p (exact McNemar where each side is one run's 0/1 "
              "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
              "seeds, 'p<=' at its floor), * where the interval excludes 0; then the retain perplexity ratio:", "",
-             *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio")), "",
+             *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio"), groups), "",
              "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
@@ -260,13 +267,20 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
     if beyond:
         lines += ["", f"Scored by some cells but not in the grid's design (cut for budget), so left out of the "
                       f"pooled rows: {', '.join(beyond)}."]
-    lines += ["", "Pooled over shifts (mean of per-shift paired differences, bootstrap stratified by shift):", "",
-              "| eval | method | vs base | vs DPO |", "|---|---|---|---|"]
-    for kind in ("source", "target"):
-        for method in dict.fromkeys(c["method"] for c in cells):
-            b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
-            if b or d:
-                lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
+    neutral = [k for k, v in (groups or {}).items() if v == "length-neutral"]
+    if groups and len(neutral) < 2:
+        lines += ["", f"Not pooled over shifts: the evidence is one length-neutral shift ({', '.join(neutral) or 'none'}), "
+                      "and the length-cue group is shown beside it, not pooled with it."]
+    else:
+        which = (f"the length-neutral shifts only ({', '.join(neutral)}); the length-cue group is not evidence"
+                 if groups else "every shift")
+        lines += ["", f"Pooled over {which} (mean of per-shift paired differences, bootstrap stratified by shift):", "",
+                  "| eval | method | vs base | vs DPO |", "|---|---|---|---|"]
+        for kind in ("source", "target"):
+            for method in dict.fromkeys(c["method"] for c in cells):
+                b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
+                if b or d:
+                    lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
     lines += seed_lines(paired) + list(followup)
     extra = [c for c in cells if c.get("behaviour")]
     if extra:
@@ -320,7 +334,11 @@ def analyse(out: Path) -> None:
     grid = json.loads((out / "grid.json").read_text())
     everything = cells
     cells, extra = split_followup(everything, grid)
-    paired, match = paired_rows(cells, grid_targets(grid)), matched(cells)
+    groups = shift_groups(out)
+    pool = {k for k, v in groups.items() if v == "length-neutral"} if groups else None
+    if pool is not None and len(pool) < 2:
+        pool = set()  # one evidence shift: nothing to pool, and the length-cue group is not pooled with it
+    paired, match = paired_rows(cells, grid_targets(grid), pool), matched(cells)
     match_paired = matched_paired_rows(cells)
     follow, (fmatch, fmatch_paired) = followup_rows(everything, extra), followup_matched(everything, extra)
     write_csv(out / "results.csv", result_rows(cells))
@@ -332,7 +350,7 @@ def analyse(out: Path) -> None:
     write_csv(out / "followup-matched.csv", fmatch)
     write_csv(out / "followup-matched-paired.csv", fmatch_paired)
     text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch, fmatch_paired),
-                    match_paired)
+                    match_paired, groups)
     from rule_tables import has_logps, markdown_lines, rule_rows, verdicts
 
     if has_logps(cells):  # grids whose cells keep log-probs: every rule, seed-level tests, Holm

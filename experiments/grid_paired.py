@@ -77,10 +77,27 @@ def grid_targets(grid: dict) -> dict[str, set[str]] | None:
     return out or None
 
 
-def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None) -> list[dict]:
+def shift_groups(out: Path) -> dict[str, str] | None:
+    """source -> 'length-neutral' or 'length-cue', from the grid folder's ``shift-selection.json``
+    (``select_shifts.py``), for the grid's shifts; None where the folder has no such file (a grid
+    chosen before the shift rule, whose shifts carry no label)."""
+    path = out / "shift-selection.json"
+    if not path.is_file():
+        return None
+    grid = json.loads((out / "grid.json").read_text())
+    wanted = {tuple(s.split("->")) for s in grid.get("shifts", []) if "->" in s}
+    rows = json.loads(path.read_text())["shifts"]
+    return {r["source"]: "length-neutral" if r["length_neutral"] else "length-cue"
+            for r in rows if (r["source"], r["target"]) in wanted}
+
+
+def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None,
+                pool: set[str] | None = None) -> list[dict]:
     """Paired differences per shift and eval set, then pooled over shifts. ``targets`` (source -> the
     design's targets, ``grid_targets``) keeps columns a cell scored beyond the design (a target cut
-    for budget after the untrained cells ran) out of the pooled rows; they keep their own rows."""
+    for budget after the untrained cells ran) out of the pooled rows; they keep their own rows.
+    ``pool`` (sources) limits the pooled rows to those shifts (the evidence: the length-neutral
+    ones, ``shift_groups``); None pools every shift."""
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     methods = list(dict.fromkeys(c["method"] for c in cells))
     rows, pooled = [], {}
@@ -96,6 +113,8 @@ def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None) -
                         continue
                     rows.append({"shift": shift, "eval": col, "method": method, "vs": other, **compare_runs(ra, rb)})
                     if kind == "target" and targets is not None and col[len("target "):] not in targets.get(shift, ()):
+                        continue
+                    if pool is not None and shift not in pool:
                         continue
                     pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
     for (kind, method, other), strata in pooled.items():

@@ -187,3 +187,38 @@ def test_cost_lines_split_cells_by_thread_count_and_show_the_load_they_ran_under
     lines = analyse.cost_lines([timed("dpo", None, 0, 600.0), timed("dpo", 1, 2.1, 1200.0), timed("dpo", 1, 1.9, 600.0)])
     rows = [line for line in lines if line.startswith("| dpo")]
     assert rows == ["| dpo | - | 1 | 10.0 | 1.0 | 11.0 | - |", "| dpo | 1 | 2 | 15.0 | 1.0 | 16.0 | 1.9-2.1 |"]
+
+
+def test_length_cue_shifts_are_labelled_and_left_out_of_the_pool(tmp_path):
+    """With the shift rule's labels (shift-selection.json), the overview marks the length-cue group
+    and pools only the length-neutral shifts; with one length-neutral shift nothing is pooled."""
+    import json
+
+    (tmp_path / "grid.json").write_text(json.dumps({"shifts": ["a->b", "c->d", "e->f"]}))
+    (tmp_path / "shift-selection.json").write_text(json.dumps({"shifts": [
+        {"source": "a", "target": "b", "length_neutral": True},
+        {"source": "c", "target": "d", "length_neutral": False},
+        {"source": "e", "target": "f", "length_neutral": True},
+        {"source": "a", "target": "z", "length_neutral": False},   # not in the grid: ignored
+    ]}))
+    groups = grid_paired.shift_groups(tmp_path)
+    assert groups == {"a": "length-neutral", "c": "length-cue", "e": "length-neutral"}
+    ok, n = [1] * 20 + [0] * 20, 40
+    cells = []
+    for s, t in (("a", "b"), ("c", "d"), ("e", "f")):
+        cells += [_cell(s, t, "base", ok, ok), _cell(s, t, "dpo", ok, ok), _cell(s, t, "reprpo", ok, [1] * n)]
+    rows = grid_paired.paired_rows(cells, pool={"a", "e"})
+    pooled = next(r for r in rows if r["shift"] == "pooled" and r["eval"] == "target"
+                  and r["method"] == "reprpo" and r["vs"] == "dpo")
+    assert int(pooled["strata"]) == 2
+    lines = analyse.overview_lines(cells, rows, ["base", "dpo", "reprpo"], groups=groups)
+    assert lines[0] == "| method | a -> b | c -> d (length cue) | e -> f | pooled target, length-neutral shifts |"
+    assert "(2 shifts)" in lines[-1]
+    # one length-neutral shift: no pooled rows and no pooled column
+    alone = grid_paired.paired_rows(cells, pool=set())
+    assert not [r for r in alone if r["shift"] == "pooled"]
+    head = analyse.overview_lines(cells, alone, ["base", "dpo", "reprpo"], groups=groups)[0]
+    assert head == "| method | a -> b | c -> d (length cue) | e -> f |"
+    # a grid chosen before the shift rule has no labels: every shift pooled, as before
+    (tmp_path / "shift-selection.json").unlink()
+    assert grid_paired.shift_groups(tmp_path) is None
