@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 
 from grid_matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
-from grid_paired import (compare_runs, grid_targets, load_cells, paired_rows, per_seed_items, seed_ci_text,
-                         shift_groups, verdict)
+from grid_paired import (compare_runs, evidence_pool, grid_targets, load_cells, paired_rows, per_seed_items,
+                         seed_ci_text, shift_groups, verdict)
 
 
 def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
@@ -268,7 +268,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
         lines += ["", f"Scored by some cells but not in the grid's design (cut for budget), so left out of the "
                       f"pooled rows: {', '.join(beyond)}."]
     neutral = [k for k, v in (groups or {}).items() if v == "length-neutral"]
-    if groups and len(neutral) < 2:
+    if evidence_pool(groups) == set():
         lines += ["", f"Not pooled over shifts: the evidence is one length-neutral shift ({', '.join(neutral) or 'none'}), "
                       "and the length-cue group is shown beside it, not pooled with it."]
     else:
@@ -335,10 +335,7 @@ def analyse(out: Path) -> None:
     everything = cells
     cells, extra = split_followup(everything, grid)
     groups = shift_groups(out)
-    pool = {k for k, v in groups.items() if v == "length-neutral"} if groups else None
-    if pool is not None and len(pool) < 2:
-        pool = set()  # one evidence shift: nothing to pool, and the length-cue group is not pooled with it
-    paired, match = paired_rows(cells, grid_targets(grid), pool), matched(cells)
+    paired, match = paired_rows(cells, grid_targets(grid), evidence_pool(groups)), matched(cells)
     match_paired = matched_paired_rows(cells)
     follow, (fmatch, fmatch_paired) = followup_rows(everything, extra), followup_matched(everything, extra)
     write_csv(out / "results.csv", result_rows(cells))

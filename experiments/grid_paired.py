@@ -91,6 +91,16 @@ def shift_groups(out: Path) -> dict[str, str] | None:
             for r in rows if (r["source"], r["target"]) in wanted}
 
 
+def evidence_pool(groups: dict[str, str] | None) -> set[str] | None:
+    """The sources to pool over: None (every shift) where shifts carry no labels, else the
+    length-neutral ones, and none at all where there are fewer than two (nothing to pool; the
+    length-cue group is never pooled with the evidence)."""
+    if groups is None:
+        return None
+    neutral = {k for k, v in groups.items() if v == "length-neutral"}
+    return neutral if len(neutral) >= 2 else set()
+
+
 def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None,
                 pool: set[str] | None = None) -> list[dict]:
     """Paired differences per shift and eval set, then pooled over shifts. ``targets`` (source -> the
