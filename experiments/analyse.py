@@ -31,6 +31,7 @@ from pathlib import Path
 from grid_matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
 from grid_paired import (compare_runs, evidence_pool, grid_targets, load_cells, paired_rows, per_seed_items,
                          seed_ci_text, shift_groups, verdict)
+from grid_scoring import behaviour_chance
 
 
 def split_followup(cells: list[dict], grid: dict) -> tuple[list[dict], list[dict]]:
@@ -106,6 +107,9 @@ def cell_seconds(cell: dict) -> float:
     return sum(v for k, v in parts.items() if not k.startswith("of which"))
 
 
+PART_NAMES = {"load": "model load"}  # a cell's timing part -> its column, where the key alone misleads
+
+
 def cost_lines(cells: list[dict]) -> list[str]:
     """Mean minutes per cell by part, per method and torch thread count (cells that recorded their
     parts), with the load average when the cells ended: a load above the threads means something
@@ -117,7 +121,7 @@ def cost_lines(cells: list[dict]) -> list[str]:
     lines = ["", "Wall time per cell, minutes (mean over cells that recorded their parts; a machine of 2 cores; "
                  "threads: torch's, '-' where not recorded (torch's default, 2 here); load avg: the 1-minute load "
                  "average when each cell ended, its range):", "",
-             "| method | threads | cells | " + " | ".join(parts) + " | total | load avg |",
+             "| method | threads | cells | " + " | ".join(PART_NAMES.get(k, k) for k in parts) + " | total | load avg |",
              "|---|---|---|" + "---|" * (len(parts) + 2)]
     groups = dict.fromkeys((c["method"], (c.get("machine") or {}).get("threads")) for c in timed)
     for method, threads in groups:
@@ -285,8 +289,13 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
     extra = [c for c in cells if c.get("behaviour")]
     if extra:
         names = list(dict.fromkeys(k for c in extra for k in c["behaviour"]))
-        lines += ["", "Behaviour it was not trained on (seed 0, fixed subsets; n in brackets):", "",
-                  "| shift | method | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        chance = {k: next((behaviour_chance(k, c["behaviour"][k]) for c in extra if k in c["behaviour"]), None)
+                  for k in names}
+        lines += ["", "Behaviour it was not trained on (seed 0, fixed subsets; n in brackets; answers scored by summed "
+                      "log-prob; chance: a uniform pick among each item's answers, for MC2 the true answers' share):",
+                  "", "| shift | method | " + " | ".join(
+                      k + (f" (chance {chance[k]:.3f})" if chance[k] is not None else "") for k in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
         for c in extra:
             vals = [c["behaviour"].get(k) for k in names]
             lines.append(f"| {c['shift']} | {c['method']} | " + " | ".join(

@@ -161,16 +161,41 @@ def behaviour_columns(grid: Grid, model, tok) -> dict:
     out = {}
     if grid.truthfulqa_limit:
         tq = truthfulqa_mc(model, tok, limit=grid.truthfulqa_limit, base=False)
-        out["truthfulqa_mc1"] = {"value": tq["mc1"]["accuracy"], "ci95": tq["mc1"]["ci95"], "n": tq["mc1"]["n"]}
-        out["truthfulqa_mc2"] = {"value": tq["mc2"]["score"], "ci95": tq["mc2"]["ci95"], "n": tq["mc2"]["n"]}
+        for key, m, value in (("truthfulqa_mc1", "mc1", "accuracy"), ("truthfulqa_mc2", "mc2", "score")):
+            out[key] = {"value": tq[m][value], "ci95": tq[m]["ci95"], "n": tq[m]["n"], "chance": tq[m]["chance"]}
     root = D.shared_data_dir()
     files = sorted((root / "anthropic-evals" / "sycophancy").glob("*.jsonl")) if root else []
     if grid.sycophancy_limit and files:
         items = letter_balanced(load_behaviour(files[0]), grid.sycophancy_limit)
         res = behaviour_rate(model, tok, items, base=False)
         out["sycophancy"] = {"value": res["rate"], "ci95": res["ci95"], "n": res["n"], "file": files[0].name,
-                             "subset": BALANCED}
+                             "subset": BALANCED, "chance": res["chance"]}
     return out
+
+
+def behaviour_chance(key: str, column: dict) -> float | None:
+    """Chance of a behaviour column: a uniform pick among each item's answers (MC2: the true answers'
+    share). Recorded by cells scored since it was added; for older cells computed from the same
+    data subset, no model needed; None where the data is not here."""
+    from statistics import mean
+
+    from reprkit.behaviour import load_behaviour
+    from reprkit.evaluate import load_truthfulqa
+
+    if "chance" in column:
+        return column["chance"]
+    try:
+        if key in ("truthfulqa_mc1", "truthfulqa_mc2"):
+            targets = [r[key[-3:] + "_targets"] for r in load_truthfulqa()[: column["n"]]]
+            return mean(sum(t.values()) / len(t) for t in targets)
+        root = D.shared_data_dir()
+        if key == "sycophancy" and root and column.get("subset") == BALANCED:
+            items = letter_balanced(load_behaviour(root / "anthropic-evals" / "sycophancy" / column["file"]),
+                                    column["n"])
+            return mean(sum(it["matching"]) / len(it["matching"]) for it in items)
+    except (D.DataError, OSError):
+        return None
+    return None
 
 
 BALANCED = "letter-balanced"

@@ -152,14 +152,15 @@ def evaluate_direction(target: str, data: list[str], split: str = "test", limit:
 def format_results(results: dict) -> str:
     """A dataset-by-metric table: accuracy under each scoring rule (``reprkit.scoring``), the frozen
     model's, chance (1 / responses), the length-only baselines; then what truncation cut, per set."""
-    lines = [f"{'data':<34}{'n':>5}{'chance':>8}{'mean':>8}{'95% interval':>14}{'sum':>7}{'ratio':>7}"
+    w0 = max([len(source) + 1 for source in results["datasets"]] + [34])
+    lines = [f"{'data':<{w0}}{'n':>5}{'chance':>8}{'mean':>8}{'95% interval':>14}{'sum':>7}{'ratio':>7}"
              f"{'frozen mean':>12}{'frozen sum':>11}{'shortest':>9}{'longest':>8}"]
     notes = []
     for source, r in results["datasets"].items():
         base = r.get("base", {})
         lo, hi = r["accuracy_mean_ci95"]
         lb = r.get("length_baseline", {})
-        lines.append(f"{source:<34}{r['n']:>5}{r['chance']:>8.3f}{r['accuracy_mean']:>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}"
+        lines.append(f"{source:<{w0}}{r['n']:>5}{r['chance']:>8.3f}{r['accuracy_mean']:>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}"
                      f"{r['accuracy_sum']:>7.3f}{_num(r.get('accuracy_ratio')):>7}{_num(base.get('accuracy_mean')):>12}"
                      f"{_num(base.get('accuracy_sum')):>11}{_num(lb.get('accuracy_shortest')):>9}"
                      f"{_num(lb.get('accuracy_longest')):>8}")
@@ -175,19 +176,23 @@ def format_results(results: dict) -> str:
                  "shortest / longest: the model-free length baselines (ties split)")
     if notes:
         lines += ["notes (truncation: prompts cut from the left, responses from the right):", *notes]
+    other = []  # (name, n, chance, value, ci95, frozen): measures that are not a preference accuracy
     if tq := results.get("truthfulqa"):
         b = tq.get("base", {})
-        for m, key in (("mc1", "accuracy"), ("mc2", "score")):
+        for m, key, what in (("mc1", "accuracy", "accuracy"), ("mc2", "score", "probability on true answers")):
             v = tq[m]
-            frozen = b.get(m, {}).get(key)
-            lo, hi = v["ci95"]
-            lines.append(f"{'truthfulqa ' + m:<34}{v['n']:>5}{v[key]:>10.3f}{_num(frozen):>8}{f'{lo:.3f}-{hi:.3f}':>18}"
-                         f"{'':>9}{_num(v.get('chance')):>8}")
+            other.append((f"truthfulqa {m}: {what}", v["n"], v.get("chance"), v[key], v["ci95"],
+                          b.get(m, {}).get(key)))
     for path, b in results.get("behaviour", {}).items():
-        lo, hi = b["ci95"]
-        frozen = b.get("base", {}).get("rate")
-        lines.append(f"{'behaviour ' + Path(path).stem:<34}{b['n']:>5}{b['rate']:>10.3f}{_num(frozen):>8}"
-                     f"{f'{lo:.3f}-{hi:.3f}':>18}   (rate of behaviour-matching answers)")
+        other.append((f"behaviour {Path(path).stem}: matching rate", b["n"], b.get("chance"), b["rate"], b["ci95"],
+                      b.get("base", {}).get("rate")))
+    if other:
+        w = max(len(name) for name, *_ in other) + 1
+        lines.append(f"{'other measures':<{w}}{'n':>5}{'chance':>8}{'value':>8}{'95% interval':>14}{'frozen':>8}")
+        for name, n, chance, value, (lo, hi), frozen in other:
+            lines.append(f"{name:<{w}}{n:>5}{_num(chance):>8}{value:>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}{_num(frozen):>8}")
+        lines.append("other measures score each answer by its summed log-prob; chance: a uniform pick among the "
+                     "answers (mc2: the true answers' share; matching rate: the matching answers' share)")
     if rp := results.get("retain_perplexity"):
         ratio = rp.get("ratio")
         lines.append(f"retain perplexity ({rp['data']}): {rp['perplexity']:.3f}"

@@ -250,7 +250,8 @@ def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int |
 
     MC1: the single true answer gets a higher log-prob than every false MC1 choice (chance ~0.22;
     a tie counts as wrong, as in ``item_accuracy``).
-    MC2: the normalised probability mass on the true answers among the MC2 choices.
+    MC2: the normalised probability mass on the true answers among the MC2 choices (chance: the true
+    answers' mean share of the choices, what a uniform distribution puts on them).
 
     The question is the user turn (chat template when the tokenizer has one), each answer the reply.
     """
@@ -280,7 +281,8 @@ def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int |
                 # one item has no spread to estimate: its interval is undefined (nan), not a warning
                 se = per_item.std().item() / math.sqrt(len(rows)) if len(rows) > 1 else float("nan")
                 m = per_item.mean().item()
-                value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se]}
+                chance = (truth & sc["valid"]).sum(-1).float() / sc["valid"].sum(-1).float()
+                value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se], "chance": chance.mean().item()}
             value["n"] = len(rows)
             results.setdefault(name, {})[metric] = value
     out = results["policy"]

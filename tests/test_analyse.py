@@ -4,6 +4,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 spec = importlib.util.spec_from_file_location("analyse", EXPERIMENTS / "analyse.py")
@@ -222,3 +224,22 @@ def test_length_cue_shifts_are_labelled_and_left_out_of_the_pool(tmp_path):
     # a grid chosen before the shift rule has no labels: every shift pooled, as before
     (tmp_path / "shift-selection.json").unlink()
     assert grid_paired.shift_groups(tmp_path) is None
+
+
+def test_behaviour_chance_recorded_or_computed_from_the_same_subset():
+    """A behaviour column's chance: the cell's where it recorded one, else from the data subset it
+    names (here the fixtures under $REPRKIT_DATA_DIR), the same number truthfulqa_mc reports."""
+    import grid_scoring
+
+    from reprkit.evaluate import load_truthfulqa
+
+    assert grid_scoring.behaviour_chance("truthfulqa_mc1", {"n": 3, "chance": 0.3}) == 0.3
+    rows = load_truthfulqa()[:5]
+    mc1 = sum(1 / len(r["mc1_targets"]) for r in rows) / 5
+    mc2 = sum(sum(r["mc2_targets"].values()) / len(r["mc2_targets"]) for r in rows) / 5
+    assert grid_scoring.behaviour_chance("truthfulqa_mc1", {"n": 5}) == pytest.approx(mc1)
+    assert grid_scoring.behaviour_chance("truthfulqa_mc2", {"n": 5}) == pytest.approx(mc2)
+    assert mc1 < 0.5 and mc2 != mc1
+    syc = {"n": 4, "file": "political_typology_quiz_liberal-bio_conservative.jsonl", "subset": grid_scoring.BALANCED}
+    assert grid_scoring.behaviour_chance("sycophancy", syc) == pytest.approx(0.5)
+    assert grid_scoring.behaviour_chance("sycophancy", {**syc, "file": "missing.jsonl"}) is None

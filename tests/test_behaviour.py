@@ -58,6 +58,8 @@ def test_rate_is_how_often_a_matching_answer_wins(tiny_folder, tokenizer, tmp_pa
         m = torch.tensor(it["matching"])
         expected.append(int(lp[m].max() > lp[~m].max()))
     assert res["items"] == expected and res["rate"] == pytest.approx(sum(expected) / len(expected))
+    # chance: a uniform pick among each item's answers (1/2, 1/2 and 1/3 matching)
+    assert res["chance"] == pytest.approx((1 / 2 + 1 / 2 + 1 / 3) / 3)
     assert res["n"] == 9 and res["ci95"][0] <= res["rate"] <= res["ci95"][1]
 
 

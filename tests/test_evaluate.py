@@ -109,6 +109,41 @@ def test_truthfulqa_definitions_on_known_scores(tokenizer, monkeypatch):
     res = E.truthfulqa_mc(None, tokenizer, rows=rows)
     assert res["mc1"]["accuracy"] == 0.5 and res["mc1"]["chance"] == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert res["mc2"]["score"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert res["mc2"]["chance"] == pytest.approx((2 / 3 + 1 / 2) / 2)  # uniform here: exactly chance
+
+
+def test_eval_table_puts_every_number_under_its_own_header():
+    """Each printed number ends where its column's header ends, in the preference table and in the
+    table of other measures (TruthfulQA, behaviour rates), so no number reads as another's."""
+    from reprkit.evalrun import format_results
+
+    row = {"n": 20, "chance": 0.25, "accuracy_mean": 0.5, "accuracy_mean_ci95": [0.3, 0.7], "accuracy_sum": 0.45,
+           "length_baseline": {"accuracy_shortest": 0.4, "accuracy_longest": 0.35}}
+    res = {"datasets": {"genies:x": row, "/a/long/path/to/my/own/preference_data_file.jsonl": row},
+           "truthfulqa": {"mc1": {"n": 20, "accuracy": 0.1, "chance": 0.173, "ci95": [0.028, 0.301]},
+                          "mc2": {"n": 20, "score": 0.317, "chance": 0.4, "ci95": [0.151, 0.483]},
+                          "base": {"mc1": {"accuracy": 0.15}, "mc2": {"score": 0.33}}},
+           "behaviour": {"evals/syc.jsonl": {"n": 200, "rate": 0.615, "chance": 0.5, "ci95": [0.546, 0.68],
+                                             "base": {"rate": 0.5}}}}
+    lines = format_results(res).splitlines()
+
+    def under(header_line: str, row: str, column: str) -> str:
+        end = header_line.index(column) + len(column)
+        return row[:end].split()[-1]
+
+    head = lines[0]
+    for name in res["datasets"]:
+        row = next(x for x in lines if x.startswith(name))
+        assert [under(head, row, c) for c in ("n", "chance", "mean", "sum", "shortest", "longest")] == \
+            ["20", "0.250", "0.500", "0.450", "0.400", "0.350"]
+    other = next(x for x in lines if x.startswith("other measures "))
+    mc1 = next(x for x in lines if x.startswith("truthfulqa mc1"))
+    mc2 = next(x for x in lines if x.startswith("truthfulqa mc2"))
+    syc = next(x for x in lines if x.startswith("behaviour syc"))
+    cols = ("n", "chance", "value", "frozen")
+    assert [under(other, mc1, c) for c in cols] == ["20", "0.173", "0.100", "0.150"]
+    assert [under(other, mc2, c) for c in cols] == ["20", "0.400", "0.317", "0.330"]
+    assert [under(other, syc, c) for c in cols] == ["200", "0.500", "0.615", "0.500"]
 
 
 def test_truthfulqa_real_file_loads(shared_data):
