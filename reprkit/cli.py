@@ -59,7 +59,7 @@ class Inspect:
         print(f"{self.model}: {model.config.num_hidden_layers} blocks, hidden size {model.config.hidden_size}")
         for k, p in enumerate(self.prompts):
             print(f"  prompt {k}: {p!r}")
-        print(format_table(rows))
+        print(format_table(rows, chat=self.chat and bool(tok.chat_template)))
 
 
 @dataclasses.dataclass

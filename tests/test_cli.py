@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from reprkit.cli import main, parse_train
 from reprkit.config import PRESETS, TrainConfig
@@ -112,3 +113,32 @@ def test_inspect_logit_lens_follows_chat(tiny_folder, capsys):
     plain = capsys.readouterr().out
     assert "in the chat template's user turn" in chat and "as plain text" in plain
     assert "(token '\\n')" in chat and "(token ' two')" in plain  # the chat prompt ends with the template's newline
+
+
+def test_inspect_table_is_each_prompts_token_norms_and_mean_direction_cosine(tiny_folder, tokenizer, capsys):
+    """`reprkit inspect`: per layer, each prompt's mean and median token norm (block output) and the
+    cosine of the two prompts' mean unit states, as computed by hand from output_hidden_states."""
+    from transformers import AutoModelForCausalLM
+
+    main(["inspect", "--model", str(tiny_folder), "--layers", "0,2", "--prompts", "one two", "three four five",
+          "--no-chat"])
+    out = capsys.readouterr().out
+    head = next(x for x in out.splitlines() if x.split()[:1] == ["layer"])
+    assert head.split() == ["layer", "norm_0", "median_0", "norm_1", "median_1", "cosine_0_1"]
+    assert "mean / median over prompt k's tokens (no template included)" in out
+    rows = {int(x.split()[0]): [float(v) for v in x.split()[1:]] for x in out.splitlines()
+            if x.split() and x.split()[0].isdigit()}
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    units = []
+    for k, text in enumerate(["one two", "three four five"]):
+        ids = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hs = model(**ids, output_hidden_states=True).hidden_states
+        units.append({i: torch.nn.functional.normalize(hs[i + 1][0], dim=-1).mean(0) for i in (0, 2)})
+        for i in (0, 2):
+            norms = hs[i + 1][0].norm(dim=-1)
+            assert rows[i][2 * k] == pytest.approx(norms.mean().item(), abs=1e-3)
+            assert rows[i][2 * k + 1] == pytest.approx(norms.median().item(), abs=1e-3)
+    for i in (0, 2):
+        cos = torch.nn.functional.cosine_similarity(units[0][i], units[1][i], dim=0).item()
+        assert rows[i][4] == pytest.approx(cos, abs=1e-3)
