@@ -19,7 +19,8 @@ def synthetic_run(name="run-a", steps=5, layers=(9, 15)):
             "metrics": metrics, "samples": [{"step": steps, "prompt": "p", "completion": "c"}], "notices": [],
             "eval": {"step": steps, "datasets": {"embedded:arithmetic": {
                 "n": 40, "accuracy_mean": 0.8, "accuracy_mean_ci95": [0.65, 0.9], "accuracy_sum": 0.7,
-                "margin_mean": 0.1, "base": {"accuracy_mean": 0.7}}}}}
+                "margin_mean": 0.1, "chance": 0.25, "length_baseline": {"accuracy_shortest": 0.3, "accuracy_longest": 0.2},
+                "truncation": {"n": 40, "cut": 2}, "base": {"accuracy_mean": 0.7, "accuracy_sum": 0.6}}}}}
 
 
 def test_layer_curves_have_a_trace_per_run_layer_and_side():
@@ -64,9 +65,13 @@ def test_eval_and_config_tables():
     a, b = synthetic_run("a"), synthetic_run("b")
     b["config"]["lora"]["r"] = 4
     rows = figures.eval_rows([a, b])
-    assert rows[0]["accuracy"] == 0.8 and rows[0]["base accuracy"] == 0.7 and rows[0]["n"] == 40
+    assert rows[0]["accuracy (mean)"] == 0.8 and rows[0]["frozen (mean)"] == 0.7 and rows[0]["n"] == 40
+    assert (rows[0]["accuracy (sum)"], rows[0]["frozen (sum)"], rows[0]["chance"]) == (0.7, 0.6, 0.25)
+    assert (rows[0]["shortest"], rows[0]["longest"], rows[0]["cut"]) == (0.3, 0.2, "2 of 40")
+    assert rows[0]["accuracy (ratio)"] is None  # not recorded: an empty cell, not a number
     fig = figures.eval_bars([a, b])
-    assert [t.name for t in fig.data] == ["frozen model", "a", "b"]
+    assert [t.name for t in fig.data] == ["frozen model", "a", "b", "chance"]
+    assert list(fig.data[-1].y) == [0.25] and "mean log-prob" in fig.layout.yaxis.title.text
     table = figures.config_table([a, b], only_differences=True)
     assert table == {"lora.r": {"a": 16, "b": 4}}
 

@@ -108,6 +108,7 @@ def main() -> None:
             if rows:
                 st.dataframe([{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""} for r in rows],
                              hide_index=True)
+                st.caption(figures.EVAL_CAPTION)
                 st.plotly_chart(figures.eval_bars(runs), key="eval")
             else:
                 st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")

@@ -186,41 +186,61 @@ def _color(i: int) -> str:
     return palette[i % len(palette)]
 
 
+EVAL_CAPTION = (
+    "accuracy: the best response scores strictly highest. mean = mean log-prob per response token (the "
+    "bars), sum = summed log-prob, ratio = summed log-prob ratio to the frozen model; frozen = the same "
+    "rule with the adapter off. chance = a uniform pick (1 / responses, the dashes on the bars). "
+    "shortest / longest: accuracy of the model-free 'prefer the shortest / longest response' (where "
+    "one is near 1, the set is about length). cut: items whose prompt or a response was truncated.")
+
+
 def eval_rows(runs: list[dict]) -> list[dict]:
-    """One row per (run, eval dataset): accuracy after, before (frozen model), n, interval."""
+    """One row per (run, eval dataset): accuracy under each scoring rule (the mean rule's with its
+    95% interval), the frozen model's, chance, the length-only baselines and how many items were cut."""
     rows = []
     for run in runs:
         ev = run.get("eval") or {}
         for data, r in (ev.get("datasets") or {}).items():
             base = r.get("base") or {}
+            length = r.get("length_baseline") or {}
+            cut = r.get("truncation") or {}
             rows.append({
-                "run": run["name"], "data": data, "n": r.get("n"), "accuracy": r.get("accuracy_mean"),
-                "ci95": r.get("accuracy_mean_ci95"), "base accuracy": base.get("accuracy_mean"),
-                "accuracy (sum)": r.get("accuracy_sum"), "margin": r.get("margin_mean"), "step": ev.get("step"),
+                "run": run["name"], "data": data, "n": r.get("n"), "chance": r.get("chance"),
+                "accuracy (mean)": r.get("accuracy_mean"), "ci95": r.get("accuracy_mean_ci95"),
+                "frozen (mean)": base.get("accuracy_mean"), "accuracy (sum)": r.get("accuracy_sum"),
+                "frozen (sum)": base.get("accuracy_sum"), "accuracy (ratio)": r.get("accuracy_ratio"),
+                "shortest": length.get("accuracy_shortest"), "longest": length.get("accuracy_longest"),
+                "cut": f"{cut['cut']} of {cut['n'] + cut.get('dropped', 0)}" if "cut" in cut else None,
+                "margin (mean)": r.get("margin_mean"), "step": ev.get("step"),
             })
     return rows
 
 
 def eval_bars(runs: list[dict]) -> go.Figure:
-    """Preference accuracy per eval dataset, one bar group per run, the frozen model as a reference run."""
+    """Preference accuracy (mean rule) per eval dataset, one bar group per run, the frozen model as a
+    reference run, chance as a dash over each dataset."""
     rows = eval_rows(runs)
     fig = go.Figure()
     datasets = list(dict.fromkeys(r["data"] for r in rows))
-    base = {r["data"]: r["base accuracy"] for r in rows if r["base accuracy"] is not None}
+    base = {r["data"]: r["frozen (mean)"] for r in rows if r["frozen (mean)"] is not None}
     if base:
         fig.add_trace(go.Bar(x=datasets, y=[base.get(d) for d in datasets], name="frozen model", marker_color="#aaaaaa"))
     for j, run in enumerate(runs):
         mine = {r["data"]: r for r in rows if r["run"] == run["name"]}
         if not mine:
             continue
-        acc = [mine[d]["accuracy"] if d in mine else None for d in datasets]
+        acc = [mine[d]["accuracy (mean)"] if d in mine else None for d in datasets]
         ci = [mine[d]["ci95"] if d in mine and mine[d]["ci95"] else [a, a] for d, a in zip(datasets, acc)]
         upper = [(c[1] - a) if a is not None and c[1] is not None else None for c, a in zip(ci, acc)]
         lower = [(a - c[0]) if a is not None and c[0] is not None else None for c, a in zip(ci, acc)]
         fig.add_trace(go.Bar(x=datasets, y=acc, name=run["name"], marker_color=_color(j),
                              error_y=dict(type="data", array=upper, arrayminus=lower, symmetric=False)))
-    fig.update_layout(barmode="group", yaxis_title="preference accuracy", yaxis_range=[0, 1], height=340,
-                      margin=dict(t=30, b=30))
+    chance = {r["data"]: r["chance"] for r in rows if r["chance"] is not None}
+    if chance:
+        fig.add_trace(go.Scatter(x=list(chance), y=list(chance.values()), mode="markers", name="chance",
+                                 marker=dict(symbol="line-ew", size=40, line=dict(width=2, color="#444444"))))
+    fig.update_layout(barmode="group", yaxis_title="accuracy (mean log-prob per token)", yaxis_range=[0, 1],
+                      height=340, margin=dict(t=30, b=30))
     return fig
 
 
