@@ -11,8 +11,9 @@ Used by ``analyse.py`` for grids whose cells keep each response's log-probs (``g
   (``reprkit.stats.seed_t_difference``: Welch t over per-seed accuracies plus the items' variance,
   Satterthwaite degrees of freedom) and the items-only paired interval (seeds averaged per item;
   exact McNemar where outcomes are 0/1, else the sign-flip permutation test with its floor);
-- Holm's correction over the headline family: every method against DPO on every target under the
-  primary rule;
+- Holm's correction within each rule's family: every method but the length rows against DPO on
+  every target under that rule (the primary rule's family is the headline's), so that a verdict
+  that changes between rules is not an artefact of adjusting one rule and not the others;
 - a verdict per method and target that says whether it depends on the rule.
 """
 
@@ -91,12 +92,13 @@ def rule_rows(cells: list[dict], methods: list[str]) -> list[dict]:
                                    items_ci_low=items["ci95"][0], items_ci_high=items["ci95"][1], items_p=items["p"],
                                    items_test=items["test"], items_p_floor=items.get("p_floor"))
                     rows.append(row)
-    family = {_key(r): r["seed_p"] for r in rows if _headline(r)}
-    adjusted = holm(family)
-    for r in rows:
-        if _key(r) in adjusted:
-            r["seed_p_holm"] = adjusted[_key(r)]
-            r["family_size"] = len(family)
+    for rule in RULES:
+        family = {_key(r): r["seed_p"] for r in rows if r["rule"] == rule and _in_family(r)}
+        adjusted = holm(family) if family else {}
+        for r in rows:
+            if _key(r) in adjusted:
+                r["seed_p_holm"] = adjusted[_key(r)]
+                r["family_size"] = len(family)
     return rows
 
 
@@ -104,12 +106,14 @@ def _key(r: dict) -> str:
     return f"{r['shift']}|{r['eval']}|{r['rule']}|{r['method']}"
 
 
-def _headline(r: dict) -> bool:
-    return r["rule"] == PRIMARY and r["eval"].startswith("target") and "seed_p" in r and r["method"] not in MODEL_FREE
+def _in_family(r: dict) -> bool:
+    """A comparison Holm adjusts: a method (not a length row) against DPO on a target."""
+    return r["eval"].startswith("target") and "seed_p" in r and r["method"] not in MODEL_FREE
 
 
 def call(r: dict, alpha: float = 0.05) -> str:
-    """'better', 'worse' or 'no difference' at the seed level (Holm-adjusted p in the headline family)."""
+    """'better', 'worse' or 'no difference' at the seed level (Holm-adjusted within the rule's family;
+    the length rows, outside every family, unadjusted)."""
     p = r.get("seed_p_holm", r.get("seed_p"))
     if p is None or p >= alpha:
         return "no difference"
@@ -143,9 +147,10 @@ def markdown_lines(rows: list[dict], grid: dict) -> list[str]:
              "Per eval set: chance (1 / responses), the share of items cut to fit the scoring length, and the "
              "model-free length baselines ('shortest', 'longest', ties split). Each cell: accuracy (seed mean); "
              "below, the difference against DPO with the seed-level 95% interval (Welch t over per-seed accuracies "
-             "plus item variance, Satterthwaite df) and its p; 'Holm' is p adjusted over the "
-             f"{next((r['family_size'] for r in rows if 'family_size' in r), 0)} headline comparisons (every method "
-             "against DPO on every target, primary rule). Ratio: log-prob ratio to the frozen model, defined for "
+             "plus item variance, Satterthwaite df) and its p; 'Holm' is p adjusted within the rule's family, "
+             "every method but the length rows against DPO on every target under that rule (the primary rule's "
+             f"{next((r['family_size'] for r in rows if 'family_size' in r and r['rule'] == PRIMARY), 0)} "
+             "comparisons are the headline family). Ratio: log-prob ratio to the frozen model, defined for "
              "trained models only: it asks which response training raised most, what DPO's loss optimises, so a "
              "model that barely moved scores near chance by construction; reading baselines score by projection "
              "under every rule.", ""]
@@ -162,7 +167,8 @@ def markdown_lines(rows: list[dict], grid: dict) -> list[str]:
             lines.append("")
     v = verdicts(rows)
     if v:
-        lines += ["Against DPO on each target, by rule (seed level; Holm-adjusted under the primary rule):", "",
+        lines += ["Against DPO on each target, by rule (seed level; Holm-adjusted within each rule's family, the "
+                  "length rows unadjusted):", "",
                   "| shift | target | method | " + " | ".join(RULES) + " | depends on the rule |",
                   "|---|---|---|" + "---|" * (len(RULES) + 1)]
         for r in v:

@@ -451,6 +451,37 @@ def test_the_ratio_rule_uses_the_frozen_models_log_probs_on_the_same_items():
     assert rule_tables.outcomes(cells, "s", "base", "target t", "ratio") == []
 
 
+def test_holm_adjusts_each_rules_family_alike_and_leaves_the_length_rows_out():
+    """A verdict that changes between rules must not come from adjusting one rule and not another:
+    every rule's comparisons on targets form their own Holm family of the same size."""
+    import random
+
+    import rule_tables
+
+    rng = random.Random(0)
+    ids = [f"i{k}" for k in range(40)]
+
+    def cell(method, seed, p_right):
+        right = [int(rng.random() < p_right) for _ in ids]
+        logps = [[-1.0, -2.0] if r else [-2.0, -1.0] for r in right]
+        items = {"id": ids, "correct": right, "correct_sum": right, "logps": logps}
+        if method == "length":
+            items["correct_longest"] = [1 - r for r in right]
+        return {"shift": "s", "method": method, "seed": seed,
+                "scores": {"target t": {"chance": 0.5, "items": items}, "source test": {"chance": 0.5, "items": items}}}
+
+    cells = [cell("base", 0, 0.5), cell("length", 0, 0.5)] + [cell(m, s, p) for m, p in
+                                                               (("dpo", 0.5), ("reprpo", 0.8), ("reroute", 0.55))
+                                                               for s in (0, 1, 2)]
+    rows = rule_tables.rule_rows(cells, ["base", "length", "dpo", "reprpo", "reroute"])
+    family = {rule: [r for r in rows if r["rule"] == rule and "seed_p_holm" in r] for rule in rule_tables.RULES}
+    assert {rule: len(f) for rule, f in family.items()} == {"mean": 3, "sum": 3, "ratio": 2}  # base has no ratio
+    assert all(r["eval"].startswith("target") and r["family_size"] == len(family[r["rule"]]) for f in family.values()
+               for r in f)
+    assert all(r["seed_p_holm"] >= r["seed_p"] for f in family.values() for r in f)
+    assert not any("seed_p_holm" in r for r in rows if r["method"] in rule_tables.MODEL_FREE)
+
+
 def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_stages(tiny_folder, tmp_path,
                                                                                      monkeypatch):
     """A cell can outlast a sitting: the direction, the layer choice and each finished eval set are
