@@ -180,9 +180,16 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
     index = {(r["shift"], r["eval"], r["method"], r["vs"]): r for r in paired}
     shifts = list(dict.fromkeys(c["shift"] for c in cells))
     cols = {s: list(next(c for c in cells if c["shift"] == s)["scores"]) for s in shifts}
-    title = {s: f"{s} -> {cols[s][1].split(' ', 1)[1]}" for s in shifts}  # the shift's (first) target
-    if groups:
-        title = {s: t + (" (length cue)" if groups.get(s) == "length-cue" else "") for s, t in title.items()}
+    title = {}
+    for s in shifts:  # the shift's (first) target; in brackets its group, chance and items cut (source / target)
+        parts = ["length cue"] if groups and groups.get(s) == "length-cue" else []
+        meta = [next((c["scores"][col] for c in cells if c["shift"] == s and "chance" in c["scores"].get(col, {})), {})
+                for col in cols[s][:2]]
+        if all("chance" in m for m in meta):
+            parts.append(f"chance {meta[0]['chance']:.2f} / {meta[1]['chance']:.2f}")
+        if all("truncation" in m for m in meta):
+            parts.append(f"cut {meta[0]['truncation']['share']:.1%} / {meta[1]['truncation']['share']:.1%}")
+        title[s] = f"{s} -> {cols[s][1].split(' ', 1)[1]}" + (f" ({'; '.join(parts)})" if parts else "")
     pooled_title = "pooled target, length-neutral shifts" if groups else "pooled target"
     has_pool = any(r["shift"] == "pooled" for r in paired)
     lines = ["| method | " + " | ".join(title[s] for s in shifts) + (f" | {pooled_title} |" if has_pool else " |"),
@@ -244,7 +251,8 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "Scoring rule of every table down to the every-rule section: the mean log-prob per response token "
              "(reading baselines: projection on their direction; length: prefer the shortest). The other rules "
              "are in that section where the cells keep per-response log-probs.", "",
-             "At a glance: source / target test accuracy; below, the target difference against DPO (DPO's row: "
+             "At a glance (each shift's chance and share of items cut, source / target, in its heading): "
+             "source / target test accuracy; below, the target difference against DPO (DPO's row: "
              "against the base model), paired 95% interval, p (exact McNemar where each side is one run's 0/1 "
              "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
              "seeds, 'p<=' at its floor), * where the interval excludes 0 (items only, not adjusted for the many "

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 TABLES = {
-    "at-a-glance": "At a glance:",
+    "at-a-glance": "At a glance",
     "by-rule": "Against DPO on each target, by rule",
 }
 """name -> how the line that heads the table in ``results.md`` starts"""

@@ -221,6 +221,13 @@ def test_length_cue_shifts_are_labelled_and_left_out_of_the_pool(tmp_path):
     assert not [r for r in alone if r["shift"] == "pooled"]
     head = analyse.overview_lines(cells, alone, ["base", "dpo", "reprpo"], groups=groups)[0]
     assert head == "| method | a -> b | c -> d (length cue) | e -> f |"
+    # where the cells record them, each shift's heading carries chance and the share cut (source / target)
+    for c in cells:
+        if c["shift"] == "c":
+            for col, share in (("source test", 0.02), ("target d", 0.0)):
+                c["scores"][col].update(chance=0.5, truncation={"share": share})
+    head = analyse.overview_lines(cells, alone, ["base", "dpo", "reprpo"], groups=groups)[0]
+    assert head == "| method | a -> b | c -> d (length cue; chance 0.50 / 0.50; cut 2.0% / 0.0%) | e -> f |"
     # a grid chosen before the shift rule has no labels: every shift pooled, as before
     (tmp_path / "shift-selection.json").unlink()
     assert grid_paired.shift_groups(tmp_path) is None
