@@ -251,7 +251,8 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "Scoring rule of every table down to the every-rule section: the mean log-prob per response token "
              "(reading baselines: projection on their direction; length: prefer the shortest). The other rules "
              "are in that section where the cells keep per-response log-probs.", "",
-             "At a glance (each shift's chance and share of items cut, source / target, in its heading): "
+             "At a glance (each shift's chance and share of items cut, source / target, in its heading; the "
+             "length row is 'prefer the shortest response', the by-rule table has 'prefer the longest' too): "
              "source / target test accuracy; below, the target difference against DPO (DPO's row: "
              "against the base model), paired 95% interval, p (exact McNemar where each side is one run's 0/1 "
              "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
