@@ -17,7 +17,7 @@ import torch
 from . import data as D
 from .evaluate import item_accuracy, perplexity_ratio, truthfulqa_mc
 from .models import DEFAULT_MODEL, load_model
-from .runlog import write_json
+from .runlog import OTHER_MEASURES_NOTE, other_measures, write_json
 
 
 def load_target(target: str, dtype: str = "float32"):
@@ -176,23 +176,14 @@ def format_results(results: dict) -> str:
                  "shortest / longest: the model-free length baselines (ties split)")
     if notes:
         lines += ["notes (truncation: prompts cut from the left, responses from the right):", *notes]
-    other = []  # (name, n, chance, value, ci95, frozen): measures that are not a preference accuracy
-    if tq := results.get("truthfulqa"):
-        b = tq.get("base", {})
-        for m, key, what in (("mc1", "accuracy", "accuracy"), ("mc2", "score", "probability on true answers")):
-            v = tq[m]
-            other.append((f"truthfulqa {m}: {what}", v["n"], v.get("chance"), v[key], v["ci95"],
-                          b.get(m, {}).get(key)))
-    for path, b in results.get("behaviour", {}).items():
-        other.append((f"behaviour {Path(path).stem}: matching rate", b["n"], b.get("chance"), b["rate"], b["ci95"],
-                      b.get("base", {}).get("rate")))
-    if other:
-        w = max(len(name) for name, *_ in other) + 1
+    if other := other_measures(results):
+        w = max(len(r["measure"]) for r in other) + 1
         lines.append(f"{'other measures':<{w}}{'n':>5}{'chance':>8}{'value':>8}{'95% interval':>14}{'frozen':>8}")
-        for name, n, chance, value, (lo, hi), frozen in other:
-            lines.append(f"{name:<{w}}{n:>5}{_num(chance):>8}{value:>8.3f}{f'{lo:.3f}-{hi:.3f}':>14}{_num(frozen):>8}")
-        lines.append("other measures score each answer by its summed log-prob; chance: a uniform pick among the "
-                     "answers (mc2: the true answers' share; matching rate: the matching answers' share)")
+        for r in other:
+            lo, hi = r["ci95"]
+            lines.append(f"{r['measure']:<{w}}{r['n']:>5}{_num(r['chance']):>8}{r['value']:>8.3f}"
+                         f"{f'{lo:.3f}-{hi:.3f}':>14}{_num(r['frozen']):>8}")
+        lines.append(OTHER_MEASURES_NOTE)
     if rp := results.get("retain_perplexity"):
         ratio = rp.get("ratio")
         lines.append(f"retain perplexity ({rp['data']}): {rp['perplexity']:.3f}"

@@ -243,3 +243,24 @@ def resolve_run(runs_dir: str | os.PathLike, name: str) -> Path:
     if path.parent != root:
         raise ValueError(f"run {name!r} is outside the runs directory")
     return path
+
+
+OTHER_MEASURES_NOTE = ("other measures score each answer by its summed log-prob; chance: a uniform pick among the "
+                       "answers (mc2: the true answers' share; matching rate: the behaviour-matching answers' share)")
+
+
+def other_measures(results: dict) -> list[dict]:
+    """The measures of an ``eval.json`` that are not a preference accuracy (TruthfulQA MC1 / MC2,
+    behaviour rates), one ``{measure, n, chance, value, ci95, frozen}`` each, named for what the
+    value is (``OTHER_MEASURES_NOTE`` says how they are scored)."""
+    rows = []
+    if tq := results.get("truthfulqa"):
+        base = tq.get("base") or {}
+        for m, key, what in (("mc1", "accuracy", "accuracy"), ("mc2", "score", "probability on true answers")):
+            if m in tq:
+                rows.append({"measure": f"truthfulqa {m}: {what}", "n": tq[m].get("n"), "chance": tq[m].get("chance"),
+                             "value": tq[m].get(key), "ci95": tq[m].get("ci95"), "frozen": base.get(m, {}).get(key)})
+    for path, b in (results.get("behaviour") or {}).items():
+        rows.append({"measure": f"behaviour {Path(path).stem}: matching rate", "n": b.get("n"), "chance": b.get("chance"),
+                     "value": b.get("rate"), "ci95": b.get("ci95"), "frozen": (b.get("base") or {}).get("rate")})
+    return rows

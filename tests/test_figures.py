@@ -165,3 +165,17 @@ def test_layer_curve_titles_are_short_per_panel_and_the_metric_is_the_figure_tit
     panels = [a.text for a in fig.layout.annotations]
     assert panels == ["chosen", "rejected"]  # short: they cannot run into each other at 1400 px
     assert "moved along the frozen preference direction" in fig.layout.title.text
+
+
+def test_other_measures_rows_name_what_they_measure_with_chance():
+    run = synthetic_run("a")
+    run["eval"]["truthfulqa"] = {"mc1": {"n": 20, "accuracy": 0.1, "chance": 0.17, "ci95": [0.03, 0.3]},
+                                 "mc2": {"n": 20, "score": 0.32, "chance": 0.47, "ci95": [0.15, 0.48]},
+                                 "base": {"mc1": {"accuracy": 0.15}}}
+    run["eval"]["behaviour"] = {"evals/syc.jsonl": {"n": 200, "rate": 0.6, "chance": 0.5, "ci95": [0.53, 0.67],
+                                                    "base": {"rate": 0.5}}}
+    rows = figures.other_rows([run, synthetic_run("b")])  # b has none
+    assert [(r["run"], r["measure"], r["value"], r["chance"], r["frozen"]) for r in rows] == [
+        ("a", "truthfulqa mc1: accuracy", 0.1, 0.17, 0.15),
+        ("a", "truthfulqa mc2: probability on true answers", 0.32, 0.47, None),
+        ("a", "behaviour syc: matching rate", 0.6, 0.5, 0.5)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from reprkit.app import figures
-from reprkit.runlog import list_runs, read_run, resolve_run
+from reprkit.runlog import OTHER_MEASURES_NOTE, list_runs, read_run, resolve_run
 
 
 def runs_dir() -> Path:
@@ -110,6 +110,10 @@ def main() -> None:
                              hide_index=True)
                 st.caption(figures.EVAL_CAPTION)
                 st.plotly_chart(figures.eval_bars(runs), key="eval")
+                if other := figures.other_rows(runs):
+                    st.dataframe([{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""}
+                                  for r in other], hide_index=True)
+                    st.caption(OTHER_MEASURES_NOTE)
             else:
                 st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")
         with tabs[3]:

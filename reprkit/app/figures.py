@@ -14,6 +14,8 @@ import math
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from reprkit.runlog import other_measures
+
 SIDES = ("chosen", "rejected")
 _LABEL = {"cos": "cosine to frozen", "norm": "norm ratio policy / frozen",
           "along": "moved along the frozen preference direction (x frozen gap)",
@@ -214,6 +216,12 @@ def eval_rows(runs: list[dict]) -> list[dict]:
                 "margin (mean)": r.get("margin_mean"), "step": ev.get("step"),
             })
     return rows
+
+
+def other_rows(runs: list[dict]) -> list[dict]:
+    """One row per (run, measure that is not a preference accuracy): TruthfulQA MC1 / MC2 and the
+    behaviour rates ``reprkit eval`` merged into the run's ``eval.json`` (``runlog.other_measures``)."""
+    return [{"run": run["name"], **r} for run in runs for r in other_measures(run.get("eval") or {})]
 
 
 def eval_bars(runs: list[dict]) -> go.Figure:
