@@ -239,6 +239,43 @@ def seed_lines(paired: list[dict]) -> list[str]:
     return lines
 
 
+def within_bound_lines(cells: list[dict], bound: float | None) -> list[str]:
+    """Each target comparison against DPO again with only the seeds whose retain perplexity stayed
+    within ``bound``, where a seed of either side went past it: a check beside the design's test,
+    which keeps every seed run at the chosen rate (dropping seeds after seeing them would bias it)."""
+    if bound is None:
+        return []
+
+    def within(c: dict) -> bool:
+        ratio = (c.get("retain_perplexity") or {}).get("ratio")
+        return ratio is None or ratio <= bound
+
+    past = [c for c in cells if not within(c)]
+    if not past:
+        return []
+    kept = [c for c in cells if within(c)]
+    names = ", ".join(f"{c['shift']} {c['method']} seed {c['seed']} x{c['retain_perplexity']['ratio']:.2f}" for c in past)
+    lines = ["", f"Seeds past the x{bound:g} damage bound ({names}): each target comparison against DPO again without them. A check, not the design's test, which keeps "
+             "every seed run at the chosen rate (not Holm-adjusted):", "",
+             "| shift | method | seeds kept (method / DPO) | difference | seed level 95% CI, p | verdict |",
+             "|---|---|---|---|---|---|"]
+    for shift in dict.fromkeys(c["shift"] for c in past):
+        col = list(next(c for c in cells if c["shift"] == shift)["scores"])[1]
+        dropped_dpo = any(c["shift"] == shift and c["method"] == "dpo" for c in past)
+        for method in dict.fromkeys(c["method"] for c in cells if c["shift"] == shift and c.get("retain_perplexity")):
+            if method == "dpo" or not (dropped_dpo or any(c["shift"] == shift and c["method"] == method for c in past)):
+                continue
+            a, b = (per_seed_items(kept, shift, m, col) for m in (method, "dpo"))
+            n_a, n_b = (len(per_seed_items(cells, shift, m, col)) for m in (method, "dpo"))
+            if not a or not b:
+                lines.append(f"| {shift} | {method} | {len(a)} of {n_a} / {len(b)} of {n_b} | no seed left | | |")
+                continue
+            r = compare_runs(a, b)
+            lines.append(f"| {shift} | {method} | {len(a)} of {n_a} / {len(b)} of {n_b} | {r['difference']:+.3f} | "
+                         f"{seed_ci_text(r)} | {verdict(r)} |")
+    return lines
+
+
 def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dict, followup: list[str] = (),
              match_paired: list[dict] = (), groups: dict[str, str] | None = None) -> str:
     from grid_figures import fmt_diff
@@ -296,7 +333,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
                 b, d = index.get(("pooled", kind, method, "base")), index.get(("pooled", kind, method, "dpo"))
                 if b or d:
                     lines.append(f"| {kind} | {method} | {fmt_diff(b)} | {fmt_diff(d)} |")
-    lines += seed_lines(paired) + list(followup)
+    lines += seed_lines(paired) + within_bound_lines(cells, grid.get("max_ppl_ratio")) + list(followup)
     extra = [c for c in cells if c.get("behaviour")]
     if extra:
         names = list(dict.fromkeys(k for c in extra for k in c["behaviour"]))

@@ -250,3 +250,23 @@ def test_behaviour_chance_recorded_or_computed_from_the_same_subset():
     syc = {"n": 4, "file": "political_typology_quiz_liberal-bio_conservative.jsonl", "subset": grid_scoring.BALANCED}
     assert grid_scoring.behaviour_chance("sycophancy", syc) == pytest.approx(0.5)
     assert grid_scoring.behaviour_chance("sycophancy", {**syc, "file": "missing.jsonl"}) is None
+
+
+def test_a_seed_past_the_damage_bound_is_named_and_the_comparison_rerun_without_it():
+    """The design keeps every seed; beside it, each comparison without the seeds that broke the
+    retain perplexity bound, on either side, naming them."""
+    n = 40
+    ok = [1] * 20 + [0] * 20
+    cells = [_cell("a", "b", "dpo", ok, ok, ppl=1.1, seed=s) for s in (0, 1)]
+    cells += [_cell("a", "b", "reprpo", ok, [1] * 30 + [0] * 10, ppl=1.2, seed=0),
+              _cell("a", "b", "reprpo", ok, [1] * n, ppl=60.0, seed=1),
+              _cell("a", "b", "reroute", ok, ok, ppl=1.0, seed=0), _cell("a", "b", "reroute", ok, ok, ppl=1.0, seed=1)]
+    assert analyse.within_bound_lines(cells, None) == [] and analyse.within_bound_lines(cells, 100.0) == []
+    lines = analyse.within_bound_lines(cells, 3.0)
+    assert "a reprpo seed 1 x60.00" in lines[1]
+    rows = [line for line in lines if line.startswith("| a |")]
+    assert len(rows) == 1  # reroute lost no seed and neither did DPO: nothing to rerun
+    assert rows[0].startswith("| a | reprpo | 1 of 2 / 2 of 2 | +0.250 |")
+    cells[0]["retain_perplexity"]["ratio"] = 5.0  # a DPO seed past the bound: every method is rerun
+    rows = [line for line in analyse.within_bound_lines(cells, 3.0) if line.startswith("| a |")]
+    assert [r.split(" | ")[1:3] for r in rows] == [["reprpo", "1 of 2 / 1 of 2"], ["reroute", "2 of 2 / 1 of 2"]]
