@@ -158,14 +158,16 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def ppl_text(cells: list[dict], bound: float | None = None) -> str:
-    """The retain perplexity ratio of a method's cells (mean over seeds), naming each seed whose
-    ratio is past ``bound`` (the grid's ``max_ppl_ratio``, by which rates were ruled out)."""
-    ratios = [(c["seed"], c["retain_perplexity"]["ratio"]) for c in cells if c.get("retain_perplexity")]
+    """The retain perplexity ratio of each of a method's cells, in seed order ('x1.02, x63.74'),
+    naming each seed whose ratio is past ``bound`` (the grid's ``max_ppl_ratio``, by which rates
+    were ruled out). Each seed's, not their mean: one broken seed would make a mean of ratios
+    describe no run."""
+    ratios = sorted((c["seed"], c["retain_perplexity"]["ratio"]) for c in cells if c.get("retain_perplexity"))
     if not ratios:
         return ""
-    text = f"{statistics.mean(r for _, r in ratios):.2f}"
-    over = [f"seed {s} x{r:.2f}" for s, r in ratios if bound is not None and r > bound]
-    return text + (f" ({', '.join(over)}: past the x{bound:g} bound)" if over else "")
+    text = ", ".join(f"x{r:.2f}" for _, r in ratios)
+    over = [f"seed {s}" for s, r in ratios if bound is not None and r > bound]
+    return text + (f" ({', '.join(over)} past the x{bound:g} bound)" if over else "")
 
 
 def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
@@ -207,7 +209,7 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
             diff = index.get((s, cols[s][1], method, vs))
             damage = ppl_text(mc, bound)
             row.append(f"{src:.3f} / {tgt:.3f}" + (f"<br>vs {vs.replace('dpo', 'DPO')} {fmt_diff(diff)}" if diff else "")
-                       + (f"<br>retain ppl x{damage}" if damage else ""))
+                       + (f"<br>retain ppl {damage}" if damage else ""))
         if has_pool:
             pooled = index.get(("pooled", "target", method, vs))
             n = int(pooled["strata"]) if pooled else 0
@@ -295,7 +297,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
              "seeds, 'p<=' at its floor), * where the interval excludes 0 (items only, not adjusted for the many "
              "comparisons: the verdicts are the by-rule table's, seed level and Holm-adjusted); then the retain "
-             "perplexity ratio:", "",
+             "perplexity ratio of each seed:", "",
              *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio"), groups), "",
              "| shift | eval | method | seeds | accuracy | vs base (95% CI, p) | vs DPO (95% CI, p) | retain ppl ratio |",
              "|---|---|---|---|---|---|---|---|"]

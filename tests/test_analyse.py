@@ -51,11 +51,11 @@ def test_overview_damage_names_seeds_past_the_bound():
              _cell("a", "b", "reprpo", ok, ok, ppl=1.2)]
     rows = {line.split(" | ")[0].strip("| "): line for line in
             analyse.overview_lines(cells, grid_paired.paired_rows(cells), ["base", "dpo", "reprpo"], bound=3.0)[2:]}
-    assert "<br>retain ppl x3.00 (seed 1 x3.50: past the x3 bound)" in rows["dpo"]
+    assert "<br>retain ppl x2.50, x3.50 (seed 1 past the x3 bound)" in rows["dpo"]
     assert "<br>retain ppl x1.20 |" in rows["reprpo"] and "bound" not in rows["reprpo"]
     assert "retain ppl" not in rows["base"]
-    # without a bound the mean alone
-    assert analyse.ppl_text(cells[1:3]) == "3.00"
+    # without a bound each seed's ratio alone, in seed order
+    assert analyse.ppl_text(cells[2:0:-1]) == "x2.50, x3.50"
 
 
 def test_seed_table_tells_a_seed_disagreement_from_a_difference_that_holds():
