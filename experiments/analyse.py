@@ -257,8 +257,9 @@ def within_bound_lines(cells: list[dict], bound: float | None) -> list[str]:
         return []
     kept = [c for c in cells if within(c)]
     names = ", ".join(f"{c['shift']} {c['method']} seed {c['seed']} x{c['retain_perplexity']['ratio']:.2f}" for c in past)
-    lines = ["", f"Seeds past the x{bound:g} damage bound ({names}): each target comparison against DPO again without them. A check, not the design's test, which keeps "
-             "every seed run at the chosen rate (not Holm-adjusted):", "",
+    lines = ["", f"Seeds past the x{bound:g} damage bound ({names}): each target comparison against DPO again "
+                 "without them. A check, not the design's test, which keeps every seed run at the chosen rate "
+                 "(not Holm-adjusted):", "",
              "| shift | method | seeds kept (method / DPO) | difference | seed level 95% CI, p | verdict |",
              "|---|---|---|---|---|---|"]
     for shift in dict.fromkeys(c["shift"] for c in past):

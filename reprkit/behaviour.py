@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError, encode_ranked, shared_data_dir
-from .evaluate import ranked_logps
+from .evaluate import ranked_logps, uniform_chance
 from .scoring import wilson_ci95
 
 
@@ -85,9 +85,8 @@ def behaviour_rate(model, tokenizer, items: list[dict], base: bool = True, max_l
         best_other = lp.masked_fill(matching | ~sc["valid"], float("-inf")).max(-1).values
         per_item = (best_match > best_other).float()
         rate = per_item.mean().item()
-        chance = (matching & sc["valid"]).sum(-1).float() / sc["valid"].sum(-1).float()
         out[name] = {"rate": rate, "ci95": wilson_ci95(rate, len(items)), "n": len(items),
-                     "chance": chance.mean().item(), "items": per_item.int().tolist()}
+                     "chance": uniform_chance(matching, sc["valid"]), "items": per_item.int().tolist()}
     result = out["policy"]
     if "base" in out:
         result["base"] = out["base"]

@@ -151,6 +151,12 @@ def _passes(model, base: bool) -> dict:
 
 
 @torch.no_grad()
+def uniform_chance(marked: torch.Tensor, valid: torch.Tensor) -> float:
+    """What a uniform pick among each item's answers scores, averaged over items: the marked
+    answers' share of the valid ones (``[items, answers]`` boolean masks)."""
+    return ((marked & valid).sum(-1).float() / valid.sum(-1).float()).mean().item()
+
+
 def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
                  shared_prompt: bool = True) -> dict:
     """Summed log-probs ``[N, K]``, completion lengths ``[N, K]`` and ``valid [N, K]`` of every response
@@ -281,8 +287,8 @@ def truthfulqa_mc(model, tokenizer, rows: list[dict] | None = None, limit: int |
                 # one item has no spread to estimate: its interval is undefined (nan), not a warning
                 se = per_item.std().item() / math.sqrt(len(rows)) if len(rows) > 1 else float("nan")
                 m = per_item.mean().item()
-                chance = (truth & sc["valid"]).sum(-1).float() / sc["valid"].sum(-1).float()
-                value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se], "chance": chance.mean().item()}
+                value = {"score": m, "ci95": [m - 1.96 * se, m + 1.96 * se],
+                         "chance": uniform_chance(truth, sc["valid"])}
             value["n"] = len(rows)
             results.setdefault(name, {})[metric] = value
     out = results["policy"]

@@ -37,11 +37,12 @@ def layer_table(model, tokenizer, prompts=DEFAULT_PROMPTS, layers="range(0,1.0,3
     rows = []
     for i, h in states.items():
         mean_dir = masked_mean(unit(h), mask)  # [prompts, hidden]
-        norms = masked_mean(magnitude(h), mask)
+        token_norms = magnitude(h)  # [prompts, tokens]
+        norms = masked_mean(token_norms, mask)
         row = {"layer": i}
         for k in range(len(prompts)):
             row[f"norm_{k}"] = norms[k].item()
-            row[f"median_{k}"] = magnitude(h[k])[mask[k].bool()].median().item()
+            row[f"median_{k}"] = token_norms[k][mask[k].bool()].median().item()
         row["cosine_0_1"] = cosine(mean_dir[0], mean_dir[1]).item() if len(prompts) > 1 else float("nan")
         rows.append(row)
     return rows

@@ -17,6 +17,11 @@ from reprkit.app import figures
 from reprkit.runlog import OTHER_MEASURES_NOTE, list_runs, read_run, resolve_run
 
 
+def _ci_as_text(rows: list[dict]) -> list[dict]:
+    """Table rows with their ``ci95`` pair as 'low–high' text."""
+    return [{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""} for r in rows]
+
+
 def runs_dir() -> Path:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--runs-dir", default=os.environ.get("REPRKIT_RUNS_DIR", "runs"))
@@ -106,13 +111,11 @@ def main() -> None:
         with tabs[2]:
             rows = figures.eval_rows(runs)
             if rows:
-                st.dataframe([{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""} for r in rows],
-                             hide_index=True)
+                st.dataframe(_ci_as_text(rows), hide_index=True)
                 st.caption(figures.EVAL_CAPTION)
                 st.plotly_chart(figures.eval_bars(runs), key="eval")
                 if other := figures.other_rows(runs):
-                    st.dataframe([{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""}
-                                  for r in other], hide_index=True)
+                    st.dataframe(_ci_as_text(other), hide_index=True)
                     st.caption(OTHER_MEASURES_NOTE)
             else:
                 st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")
