@@ -150,13 +150,13 @@ def _passes(model, base: bool) -> dict:
     return passes
 
 
-@torch.no_grad()
 def uniform_chance(marked: torch.Tensor, valid: torch.Tensor) -> float:
     """What a uniform pick among each item's answers scores, averaged over items: the marked
     answers' share of the valid ones (``[items, answers]`` boolean masks)."""
     return ((marked & valid).sum(-1).float() / valid.sum(-1).float()).mean().item()
 
 
+@torch.no_grad()
 def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
                  shared_prompt: bool = True) -> dict:
     """Summed log-probs ``[N, K]``, completion lengths ``[N, K]`` and ``valid [N, K]`` of every response

@@ -77,6 +77,10 @@ def test_item_accuracy_on_genies_four_way(tokenizer, tiny_folder):
     res = item_accuracy(model, enc, tokenizer.pad_token_id, batch_size=5)
     assert res["n"] == 12 and res["chance"] == pytest.approx(0.25)
     scores = ranked_logps(model, enc, tokenizer.pad_token_id, batch_size=5)["policy"]
+    # scoring builds no autograd graph on either layout: its log-probs are values, not graph nodes
+    assert not scores["logps"].requires_grad
+    batched = ranked_logps(model, enc, tokenizer.pad_token_id, batch_size=5, shared_prompt=False)["policy"]
+    assert not batched["logps"].requires_grad
     manual = (scores["logps"] / scores["n_tokens"]).argmax(-1).eq(0).float().mean().item()
     assert res["accuracy_mean"] == pytest.approx(manual)
     # K = 2 items give the same figure as the pair evaluation
