@@ -282,8 +282,15 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     pair_items = [{"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]], "scores": [1.0, 0.0]} for p in pairs]
     encoded = D.encode_ranked(pair_items, tokenizer, max_length, max_prompt_length or max_length // 2)
     states, _ = completion_states(model, encoded, tokenizer.pad_token_id, layers, token)
-    vectors, stats = directions_from_states({k: s[:, 0] for k, s in states.items()}, {k: s[:, 1] for k, s in states.items()},
-                           method, probe_c)
+    try:
+        vectors, stats = directions_from_states({k: s[:, 0] for k, s in states.items()},
+                                                {k: s[:, 1] for k, s in states.items()}, method, probe_c)
+    except ValueError as err:  # responses cut to the tokens they share read the same states: say so
+        cut = sum(1 for r in encoded if r.get("response_cut"))
+        if cut and "identical" in str(err):
+            raise ValueError(f"{err}, or raise max_length: {cut} of {len(encoded)} pairs had responses cut at "
+                             f"max_length {max_length}") from None
+        raise
     info = {"method": method, "token": token, "token_rule": TOKENS[token], "layers": sorted(vectors),
             "data": source, "n": len(encoded), "max_length": max_length, "stats": stats}
     return Direction(vectors, info)

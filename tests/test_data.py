@@ -177,6 +177,17 @@ def test_encode_applies_chat_template_and_masks_completion(tokenizer):
     assert tokenizer.decode(plain[0]["chosen_prompt_ids"]) == "What is 2 + 2?"
 
 
+def test_render_prompt_uses_the_template_only_where_the_tokenizer_has_one(tokenizer):
+    import copy
+
+    messages = [{"role": "user", "content": "What is 12 + 30?"}]
+    assert D.render_prompt(tokenizer, messages).endswith("<|im_start|>assistant\n")
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None  # a base model's tokenizer (Gemma 3 270M's has none)
+    assert D.render_prompt(base, messages) == "What is 12 + 30?"
+    assert D.render_prompt(tokenizer, messages, chat=False) == "What is 12 + 30?"
+
+
 def test_truncation_prompt_left_completion_right(tokenizer):
     long_prompt = " ".join(f"w{i}" for i in range(200))
     pairs = [{"prompt": [{"role": "user", "content": long_prompt + " END"}],

@@ -146,6 +146,21 @@ def test_bad_pairs_get_one_line_that_names_the_fix(tiny_folder, tokenizer, items
         from_pairs(model, tokenizer, items, layers=[1], max_length=64)
 
 
+def test_responses_cut_to_their_shared_start_name_max_length(tiny_folder, tokenizer):
+    """Different responses cut to the tokens they share read identical states: the error says to
+    raise max_length, not only that the pairs do not contrast."""
+    from transformers import AutoModelForCausalLM
+
+    from reprkit.directions import from_pairs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    pairs = [{"prompt": "Is it?", "chosen": "The answer is yes", "rejected": "The answer is no"},
+             {"prompt": "Or?", "chosen": "The answer is no", "rejected": "The answer is yes"}]
+    with pytest.raises(ValueError, match="raise max_length: 2 of 2 pairs had responses cut at max_length 2"):
+        from_pairs(model, tokenizer, pairs, layers=[1], max_length=2)
+    assert from_pairs(model, tokenizer, pairs, layers=[1], max_length=64).vectors[1].norm() > 0
+
+
 def test_pairs_in_the_formats_reprkit_accepts_elsewhere(tiny_folder, tokenizer):
     """{prompt, chosen, rejected} with a string prompt reads like the same item in reprkit's shape."""
     from transformers import AutoModelForCausalLM

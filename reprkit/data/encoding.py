@@ -10,7 +10,12 @@ from .formats import ASSISTANT_TAG
 from .items import DataError, Messages, log
 
 
-def render_prompt(tokenizer, messages: Messages, chat: bool) -> str:
+def render_prompt(tokenizer, messages: Messages, chat: bool | None = None) -> str:
+    """The prompt text the model sees: the chat template with the generation prompt (``chat``
+    left out: when the tokenizer has a template), else plain text (a lone user message as it is;
+    a conversation as ``Human:`` / ``Assistant:`` turns, ending with the assistant's tag)."""
+    if chat is None:
+        chat = bool(tokenizer.chat_template)
     if chat:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if len(messages) == 1 and messages[0]["role"] == "user":
