@@ -17,13 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, encode_ranked, shared_data_dir
+from .data import DataError, encode_ranked, from_behaviour, shared_data_dir
 from .evaluate import ranked_logps, uniform_chance
 from .scoring import wilson_ci95
 
-
-def _answers(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
 
 
 def load_behaviour(path, limit: int | None = None) -> list[dict]:
@@ -51,17 +48,17 @@ def load_behaviour(path, limit: int | None = None) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {i + 1} is not JSON: {err.msg}") from None
             if "question" in row and "answer_matching_behavior" in row:
-                prompt, match = row["question"], _answers(row["answer_matching_behavior"])
-                other = _answers(row["answer_not_matching_behavior"])
-            elif "prompt" in row and "incorrects" in row and "corrects" in row:
-                prompt, match, other = row["prompt"], _answers(row["incorrects"]), _answers(row["corrects"])
+                row = {"answer_not_matching_behavior": None, **row}
+            elif "prompt" in row and "incorrects" in row and "corrects" in row:  # the matching answers are the incorrects
+                row = {"question": row["prompt"], "answer_matching_behavior": row["incorrects"],
+                       "answer_not_matching_behavior": row["corrects"]}
             else:
                 raise DataError(f"{path} line {i + 1} has neither question/answer_matching_behavior/"
                                 f"answer_not_matching_behavior nor prompt/corrects/incorrects (keys: {sorted(row)})")
-            responses = match + other
-            items.append({"prompt": [{"role": "user", "content": prompt}], "responses": responses,
-                          "scores": [1.0] * len(match) + [0.0] * len(other),
-                          "matching": [True] * len(match) + [False] * len(other)})
+            try:
+                items.append(from_behaviour(row, i))
+            except DataError as err:
+                raise DataError(f"{path} line {i + 1}: {str(err).split(': ', 1)[1]}") from None
     if not items:
         raise DataError(f"{path} has no items")
     return items

@@ -34,6 +34,19 @@ def test_both_formats_load_with_matching_answers_marked(tmp_path):
     assert len(load_behaviour(tmp_path / "a.jsonl", limit=2)) == 2
 
 
+def test_the_released_format_loads_as_preference_data_too(tmp_path):
+    """`reprkit direction --data FILE` and every other loader read a model-written evaluation file:
+    the same items as load_behaviour, behaviour-matching answers first."""
+    from reprkit import data as D
+
+    path = _write(tmp_path / "a.jsonl", RELEASED)
+    assert D.load_items(str(path), "train") == load_behaviour(path)
+    pairs = D.to_pairs(D.load_items(str(path), "train"))
+    assert [(p["chosen"], p["rejected"]) for p in pairs][:2] == [(" (B)", " (A)"), (" (A)", " (B)")]
+    with pytest.raises(DataError, match="row 1: 'answer_not_matching_behavior' must be an answer"):
+        D.to_items([RELEASED[0], {**RELEASED[1], "answer_not_matching_behavior": []}])
+
+
 def test_bad_files_name_the_line_or_the_fix(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_behaviour(tmp_path / "missing.jsonl")

@@ -30,6 +30,7 @@ from .formats import (  # noqa: F401
     HELPSTEER_SCORES,
     check_item,
     detect_format,
+    from_behaviour,
     from_genies,
     from_hh,
     from_messages,

@@ -1,5 +1,5 @@
 """Format adapters: a dataset row (TRL pairs, GENIES score maps, HH transcripts, chat messages,
-ranked lists, HelpSteer-style scored rows) -> an item ``{"prompt", "responses", "scores"}``."""
+ranked lists, HelpSteer-style scored rows, Anthropic's model-written evaluations) -> an item ``{"prompt", "responses", "scores"}``."""
 
 from __future__ import annotations
 
@@ -68,6 +68,26 @@ def from_pair(row: dict, index: int) -> dict:
     prompt = _text(row, "prompt", index)
     return {"prompt": _user(prompt), "responses": [_text(row, "chosen", index), _text(row, "rejected", index)],
             "scores": [1.0, 0.0]}
+
+
+def _answers(value, index: int, key: str) -> list[str]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise DataError(f"row {index}: {key!r} must be an answer or a list of answers (non-empty strings)")
+    return list(values)
+
+
+def from_behaviour(row: dict, index: int) -> dict:
+    """Anthropic's model-written evaluations, ``{question, answer_matching_behavior,
+    answer_not_matching_behavior}`` (an answer may be a list): the question as the user turn, the
+    behaviour-matching answers first (score 1) and the others after (score 0), ``matching`` marking
+    which. Read as pairs, a direction points toward the behaviour (what ``reprkit.steerability``
+    measures); trained on as preferences, an adapter learns the behaviour."""
+    match = _answers(row.get("answer_matching_behavior"), index, "answer_matching_behavior")
+    other = _answers(row.get("answer_not_matching_behavior"), index, "answer_not_matching_behavior")
+    return {"prompt": _user(_text(row, "question", index)), "responses": match + other,
+            "scores": [1.0] * len(match) + [0.0] * len(other),
+            "matching": [True] * len(match) + [False] * len(other)}
 
 
 def from_genies(row: dict, index: int) -> dict:
@@ -183,9 +203,12 @@ def detect_format(columns) -> str:
         return "pair" if "prompt" in cols else "hh"
     if {"prompt", "response"} <= cols:
         return "scored"
+    if {"question", "answer_matching_behavior", "answer_not_matching_behavior"} <= cols:
+        return "behaviour"
     raise DataError(f"cannot tell the format of a dataset with columns {sorted(cols)}; expected "
                     "{prompt, chosen, rejected}, {chosen, rejected} transcripts or messages, "
-                    "{prompt, responses} or {prompt, response, helpfulness, correctness}")
+                    "{prompt, responses}, {prompt, response, helpfulness, correctness} or "
+                    "{question, answer_matching_behavior, answer_not_matching_behavior}")
 
 
 def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction: float = 0.1,
@@ -208,7 +231,7 @@ def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction:
     if fmt == "scored":
         return from_scored_rows(rows, ranking=ranking)
     adapters = {"pair": from_pair, "hh": _hh_or_messages, "genies": from_genies, "ranked": _ranked_or_genies,
-                "messages": from_messages}
+                "messages": from_messages, "behaviour": from_behaviour}
     if fmt not in adapters:
         raise DataError(f"unknown format {fmt!r}; choose from {sorted(adapters) + ['scored', 'auto']}")
     items, errors = [], []
