@@ -20,7 +20,7 @@ from .training.errors import (  # noqa: F401
     TrainingError,
 )
 from .training.adapter import (  # noqa: F401
-    add_lora, assert_changed, check_adapter, not_plain_linear, plan_layers,
+    add_lora, assert_changed, check_adapter, lora_config, not_plain_linear, plan_layers,
     snapshot_trainable,
 )
 from .training.step import (  # noqa: F401

@@ -5,6 +5,7 @@ where it fails.
     python -m reprkit.verify --arch qwen3 gemma3          # some of them
     python -m reprkit.verify --model path/or/hub-id       # your own model (real weights: slower)
     python -m reprkit.verify --write docs/supported-models.md   # the published support table
+    python -m reprkit.verify --save-tiny qwen3 /tmp/tiny-qwen3  # a tiny random model to try the API on
 
 Each architecture is built from transformers' own config class with tiny random weights (no
 download). A check passes, fails with the reason (the first line of the exception), or is not
@@ -36,7 +37,7 @@ The checks (``CHECKS``), in order:
 - ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
 - ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit.
 
-One file of about 500 lines on purpose: the checks are the support table's columns, and reading
+One file of about 600 lines on purpose: the checks are the support table's columns, and reading
 them side by side is how a reader judges what "pass" means.
 """
 
@@ -102,13 +103,24 @@ class NotApplicable(Exception):
     """The capability does not apply to this architecture (the message says why)."""
 
 
-def tiny_model(arch: str, seed: int = 0):
-    """A tiny randomly initialised causal LM of ``arch`` (a key of ``ARCHITECTURES``), float32, eval."""
+def _arch(arch: str) -> str:
+    """The ``ARCHITECTURES`` key for ``arch``, with or without its tag (``qwen3-moe`` is ``qwen3-moe (MoE)``)."""
+    if arch in ARCHITECTURES:
+        return arch
+    found = [k for k in ARCHITECTURES if k.split(" (")[0] == arch]
+    if not found:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {[k.split(' (')[0] for k in ARCHITECTURES]}")
+    return found[0]
+
+
+def tiny_model(arch: str, seed: int = 0, **config):
+    """A tiny randomly initialised causal LM of ``arch`` (a key of ``ARCHITECTURES``), float32, eval;
+    ``config`` overrides the tiny settings (``vocab_size``, ``num_hidden_layers``, ...)."""
     import transformers
     from transformers import AutoModelForCausalLM
 
-    name, overrides = ARCHITECTURES[arch]
-    kwargs = {k: v for k, v in {**TINY, **overrides}.items() if v is not None}  # None: the config derives it
+    name, overrides = ARCHITECTURES[_arch(arch)]
+    kwargs = {k: v for k, v in {**TINY, **overrides, **config}.items() if v is not None}  # None: the config derives it
     config = getattr(transformers, name)(**kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -436,6 +448,32 @@ def check_steering(model) -> None:
     _close(after, plain, "logits after the steering context vs before")
 
 
+def save_tiny(arch: str, folder, layers: int = 20, seed: int = 0) -> Path:
+    """Save a tiny random ``arch`` model with the default model's tokenizer (its vocabulary and
+    special tokens) as a local checkpoint that ``load_model(folder)`` and every command take: any
+    architecture of the table, to try reprkit's API on without a download. 20 blocks by default, so
+    the README's examples (layer 10) run on it unchanged but for the model name.
+
+    >>> save_tiny("qwen3", "/tmp/tiny-qwen3"); model, tokenizer = load_model("/tmp/tiny-qwen3")  # doctest: +SKIP
+    """
+    from .models import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    extra = {"num_hidden_layers": layers}
+    if "n_layer" in ARCHITECTURES[_arch(arch)][1]:  # GPT-2's own name for it
+        extra["n_layer"] = layers
+    if "layer_types" in ARCHITECTURES[_arch(arch)][1]:  # hybrid attention: repeat the tiny pattern
+        pattern = ARCHITECTURES[_arch(arch)][1]["layer_types"]
+        extra["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
+    model = tiny_model(arch, seed, **ids, **extra)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def tiny_copy(model):
     import copy
 
@@ -522,14 +560,27 @@ def main(argv=None) -> None:
     p.add_argument("--check", nargs="+", default=None, help=f"of {list(CHECKS)}")
     p.add_argument("--model", default=None, help="your own model (hub id or folder) instead of the tiny ones")
     p.add_argument("--write", default=None, help="write the markdown table here")
+    p.add_argument("--save-tiny", nargs=2, metavar=("ARCH", "FOLDER"), default=None,
+                   help="save a tiny random ARCH model with the default tokenizer to FOLDER (load_model(FOLDER))")
     args = p.parse_args(argv)
+    if args.save_tiny:
+        folder = save_tiny(*args.save_tiny)
+        print(f"a tiny random {args.save_tiny[0]} model in {folder}: load_model({str(folder)!r}) or --model {folder}")
+        return
+    try:
+        archs = [_arch(a) for a in args.arch] if args.arch else None
+    except ValueError as err:
+        p.error(str(err))
+    unknown = sorted(set(args.check or ()) - set(CHECKS))
+    if unknown:
+        p.error(f"unknown check(s) {unknown}; choose from {list(CHECKS)}")
     if args.model:
         from .models import load_model
 
         model, _ = load_model(args.model)
         results = {args.model: {c: run_check(model, c) for c in args.check or CHECKS}}
     else:
-        results = verify(args.arch, args.check)
+        results = verify(archs, args.check)
     text = render(results)
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)

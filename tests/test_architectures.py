@@ -53,3 +53,30 @@ def test_a_masked_edit_on_the_wrong_positions_of_a_left_padded_batch_is_caught(m
     monkeypatch.setattr(edits, "add_vector", misplaced)
     result = V.run_check(model, "left_padding")
     assert result["status"] == "fail" and "left-padded row 0" in result["reason"]
+
+
+@pytest.mark.parametrize("arch", ["qwen3-moe", "gemma3", "gpt2"])
+def test_a_saved_tiny_model_loads_like_any_checkpoint(arch, tmp_path):
+    """`--save-tiny`: a table architecture (named without its tag; a hybrid-attention pattern and
+    GPT-2's own layer key) saved with the default tokenizer loads through load_model and captures."""
+    import torch
+
+    from reprkit import capture, load_model
+
+    V.main(["--save-tiny", arch, str(tmp_path / arch)])
+    model, tokenizer = load_model(str(tmp_path / arch))
+    assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
+    assert V.run_check(model, "capture")["status"] == "pass"
+    batch = dict(tokenizer(["The capital of France is"], return_tensors="pt"))
+    with torch.no_grad(), capture(model, [0, 19], stop=True) as cap:
+        model(**batch)
+    assert cap[19].shape[:2] == batch["input_ids"].shape  # 20 blocks, as saved
+
+
+def test_an_unknown_architecture_or_check_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        V.main(["--arch", "qwen9"])
+    assert "unknown architecture 'qwen9'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        V.main(["--arch", "llama", "--check", "capture", "speed"])
+    assert "unknown check(s) ['speed']" in capsys.readouterr().err

@@ -16,8 +16,6 @@ from .processes import all_processes, local
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # ---------------------------------------------------------------- the adapter and its guards
 
 
@@ -38,7 +36,7 @@ def plan_layers(model, loss, track_layers: str | None = None) -> tuple[list[int]
 
 def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     """Wrap ``model`` with a fresh LoRA adapter named ``default``."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     if getattr(model, "peft_config", None):
         raise TrainingError(
@@ -54,12 +52,23 @@ def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     else:  # peft takes layers_to_transform only with named targets: every linear layer inside the blocks
         _, blocks = find_blocks(model)
         targets = sorted({n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)})
-    config = LoraConfig(
-        r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-        use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers, task_type="CAUSAL_LM",
-        exclude_modules=not_plain_linear(model) or None,
-    )
+    config = lora_config(model, r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                         use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers)
     return get_peft_model(model, config)
+
+
+def lora_config(model, r: int = 8, **kwargs):
+    """peft's ``LoraConfig`` placed as reprkit places its adapters: every linear layer
+    (``"all-linear"``: peft's rule, the LM head left out) except those LoRA cannot wrap
+    (``not_plain_linear``: Llama 4's router), for a causal LM. ``kwargs`` go to ``LoraConfig``.
+
+    >>> peft_model = get_peft_model(model, lora_config(model, r=8))  # doctest: +SKIP
+    """
+    from peft import LoraConfig
+
+    settings = dict(r=r, target_modules="all-linear", task_type="CAUSAL_LM",
+                    exclude_modules=not_plain_linear(model) or None)
+    return LoraConfig(**{**settings, **kwargs})
 
 
 def not_plain_linear(model) -> list[str]:
