@@ -28,7 +28,7 @@ def readme_program(model: str) -> str:
 
 
 def main() -> None:
-    from reprkit.verify import ARCHITECTURES, save_tiny
+    from reprkit.verify import ARCHITECTURES, arch_key, save_tiny
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=None,
@@ -39,8 +39,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             model = name
-            if name.split(" (")[0] in [a.split(" (")[0] for a in ARCHITECTURES] and not Path(name).exists():
-                model = str(save_tiny(name, Path(tmp) / name))
+            try:
+                if not Path(name).exists():
+                    model = str(save_tiny(arch_key(name), Path(tmp) / name))
+            except ValueError:  # not an architecture of the table: a packaged name, hub id or folder
+                pass
             out = subprocess.run([sys.executable, "-c", readme_program(model)], capture_output=True, text=True,
                                  cwd=tmp)
             lines = [ln for ln in out.stderr.splitlines() if ln.strip()]

@@ -48,7 +48,7 @@ def load_behaviour(path, limit: int | None = None) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {i + 1} is not JSON: {err.msg}") from None
             if "question" in row and "answer_matching_behavior" in row:
-                row = {"answer_not_matching_behavior": None, **row}
+                pass  # the released format: from_behaviour reads it as it is
             elif "prompt" in row and "incorrects" in row and "corrects" in row:  # the matching answers are the incorrects
                 row = {"question": row["prompt"], "answer_matching_behavior": row["incorrects"],
                        "answer_not_matching_behavior": row["corrects"]}

@@ -234,6 +234,10 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     return unit(v)
 
 
+class IdenticalStates(ValueError):
+    """The two sides' states are the same at a layer: nothing to read a direction from."""
+
+
 def directions_from_states(states_a: dict[int, torch.Tensor], states_b: dict[int, torch.Tensor], method: str,
           probe_c: float) -> tuple[dict[int, torch.Tensor], dict[str, dict]]:
     """Per layer: the unit vector telling paired states ``a`` (``[N, H]``) from ``b``, and the
@@ -245,7 +249,7 @@ def directions_from_states(states_a: dict[int, torch.Tensor], states_b: dict[int
             raise ValueError(f"a direction needs at least 2 pairs (got {len(a)}): one pair gives no spread to "
                              "measure its separation; add pairs")
         if torch.allclose(a, b):
-            raise ValueError(f"the two sides' states are identical at layer {layer}: the positive and negative "
+            raise IdenticalStates(f"the two sides' states are identical at layer {layer}: the positive and negative "
                              "inputs do not differ there (the same prompts or responses?); give contrasting pairs")
         v = direction_from_states(a, b, method, probe_c)
         vectors[layer] = v
@@ -285,12 +289,12 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
     try:
         vectors, stats = directions_from_states({k: s[:, 0] for k, s in states.items()},
                                                 {k: s[:, 1] for k, s in states.items()}, method, probe_c)
-    except ValueError as err:  # responses cut to the tokens they share read the same states: say so
+    except IdenticalStates as err:  # responses cut to the tokens they share read the same states: say so
         cut = sum(1 for r in encoded if r.get("response_cut"))
-        if cut and "identical" in str(err):
-            raise ValueError(f"{err}, or raise max_length: {cut} of {len(encoded)} pairs had responses cut at "
-                             f"max_length {max_length}") from None
-        raise
+        if not cut:
+            raise
+        raise IdenticalStates(f"{err}, or raise max_length: {cut} of {len(encoded)} pairs had responses cut at "
+                              f"max_length {max_length}") from None
     info = {"method": method, "token": token, "token_rule": TOKENS[token], "layers": sorted(vectors),
             "data": source, "n": len(encoded), "max_length": max_length, "stats": stats}
     return Direction(vectors, info)

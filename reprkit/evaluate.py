@@ -126,9 +126,9 @@ def preference_accuracy(model, encoded: list[dict], pad_token_id: int, batch_siz
 def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 32,
                      chat_template: bool | None = None) -> list[dict]:
     """Greedy completions of a few prompts (message lists)."""
-    from .data import render_prompt
+    from .data import render_prompt, uses_chat
 
-    chat = bool(tokenizer.chat_template) if chat_template is None else chat_template
+    chat = uses_chat(tokenizer, chat_template)
     rows = []
     with eval_mode(model), root_unsharded(model):
         for messages in prompts:

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from .data import encode_ranked, render_prompt
+from .data import encode_ranked, render_prompt, uses_chat
 from .evaluate import ranked_logps
 from .scoring import wilson_ci95
 from .steering import default_layers, steer, steering_kl
@@ -67,7 +67,7 @@ def steerability(model, tokenizer, direction, items: list[dict], strengths, laye
     matching = torch.zeros((len(items), k), dtype=torch.bool)
     for i, it in enumerate(items):
         matching[i, : len(it["matching"])] = torch.tensor(it["matching"])
-    chat = bool(tokenizer.chat_template)
+    chat = uses_chat(tokenizer)
     prompts = [render_prompt(tokenizer, it["prompt"], chat) for it in items[:kl_prompts]]
     device = next(model.parameters()).device
     kl_batch = {key: v.to(device) for key, v in tokenizer(prompts, return_tensors="pt", padding=True,

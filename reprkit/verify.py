@@ -103,7 +103,7 @@ class NotApplicable(Exception):
     """The capability does not apply to this architecture (the message says why)."""
 
 
-def _arch(arch: str) -> str:
+def arch_key(arch: str) -> str:
     """The ``ARCHITECTURES`` key for ``arch``, with or without its tag (``qwen3-moe`` is ``qwen3-moe (MoE)``)."""
     if arch in ARCHITECTURES:
         return arch
@@ -119,7 +119,7 @@ def tiny_model(arch: str, seed: int = 0, **config):
     import transformers
     from transformers import AutoModelForCausalLM
 
-    name, overrides = ARCHITECTURES[_arch(arch)]
+    name, overrides = ARCHITECTURES[arch_key(arch)]
     kwargs = {k: v for k, v in {**TINY, **overrides, **config}.items() if v is not None}  # None: the config derives it
     config = getattr(transformers, name)(**kwargs)
     torch.manual_seed(seed)
@@ -461,11 +461,12 @@ def save_tiny(arch: str, folder, layers: int = 20, seed: int = 0) -> Path:
     tokenizer = default_tokenizer()
     ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    _, overrides = ARCHITECTURES[arch_key(arch)]
     extra = {"num_hidden_layers": layers}
-    if "n_layer" in ARCHITECTURES[_arch(arch)][1]:  # GPT-2's own name for it
+    if "n_layer" in overrides:  # GPT-2's own name for it
         extra["n_layer"] = layers
-    if "layer_types" in ARCHITECTURES[_arch(arch)][1]:  # hybrid attention: repeat the tiny pattern
-        pattern = ARCHITECTURES[_arch(arch)][1]["layer_types"]
+    if "layer_types" in overrides:  # hybrid attention: repeat the tiny pattern
+        pattern = overrides["layer_types"]
         extra["layer_types"] = [pattern[i % len(pattern)] for i in range(layers)]
     model = tiny_model(arch, seed, **ids, **extra)
     folder = Path(folder)
@@ -568,7 +569,7 @@ def main(argv=None) -> None:
         print(f"a tiny random {args.save_tiny[0]} model in {folder}: load_model({str(folder)!r}) or --model {folder}")
         return
     try:
-        archs = [_arch(a) for a in args.arch] if args.arch else None
+        archs = [arch_key(a) for a in args.arch] if args.arch else None
     except ValueError as err:
         p.error(str(err))
     unknown = sorted(set(args.check or ()) - set(CHECKS))

@@ -58,4 +58,5 @@ from .encoding import (  # noqa: F401
     pair_sides,
     render_completion,
     render_prompt,
+    uses_chat,
 )

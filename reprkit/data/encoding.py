@@ -10,13 +10,17 @@ from .formats import ASSISTANT_TAG
 from .items import DataError, Messages, log
 
 
+def uses_chat(tokenizer, chat: bool | None = None) -> bool:
+    """Whether prompts go through the chat template: ``chat`` when given, else whether the tokenizer
+    has one (a base model's, such as Gemma 3 270M's, has none)."""
+    return bool(tokenizer.chat_template) if chat is None else chat
+
+
 def render_prompt(tokenizer, messages: Messages, chat: bool | None = None) -> str:
     """The prompt text the model sees: the chat template with the generation prompt (``chat``
     left out: when the tokenizer has a template), else plain text (a lone user message as it is;
     a conversation as ``Human:`` / ``Assistant:`` turns, ending with the assistant's tag)."""
-    if chat is None:
-        chat = bool(tokenizer.chat_template)
-    if chat:
+    if uses_chat(tokenizer, chat):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"]
@@ -71,7 +75,7 @@ def encode_pairs(pairs: list[dict], tokenizer, max_length: int = 256, max_prompt
     """
     if max_prompt_length >= max_length:
         raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
-    chat = bool(tokenizer.chat_template) if chat_template is None else chat_template
+    chat = uses_chat(tokenizer, chat_template)
     if chat and not tokenizer.chat_template:
         raise ValueError("chat_template=True but the tokenizer has no chat template")
     out, dropped = Encoded(), 0
