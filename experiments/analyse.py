@@ -296,7 +296,7 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
              "source / target test accuracy; below, the target difference against DPO (DPO's row: "
              "against the base model), paired 95% interval, p (exact McNemar where each side is one run's 0/1 "
              "outcomes; 'perm': the sign-flip permutation test of per-item differences where a side averages "
-             "seeds, 'p<=' at its floor), * where the interval excludes 0 (items only, not adjusted for the many "
+             "seeds, 'p<=' at its floor), * where p < 0.05 († where the bootstrap interval alone excludes 0 but p does not reach 0.05; items only, not adjusted for the many "
              "comparisons: the verdicts are the by-rule table's, seed level and Holm-adjusted); then the retain "
              "perplexity ratio of each seed:", "",
              *overview_lines(cells, paired, grid.get("methods", []), grid.get("max_ppl_ratio"), groups), "",

@@ -9,7 +9,7 @@ COLOURS = {"base": "#888888", "mms": "#17becf", "dpo": "#d62728", "reprpo": "#1f
 
 
 def fmt_diff(row: dict | None) -> str:
-    """'+0.052 (+0.020, +0.084) p=0.003 *' for a paired-difference row (* when the interval excludes 0).
+    """'+0.052 (+0.020, +0.084) p=0.003 *' for a paired-difference row (* when p < 0.05, ``stats.ALPHA``; † when the interval alone excludes 0).
 
     The p names its test when it is not exact McNemar: 'perm' for the sign-flip permutation test
     of per-item differences (used where a side averages several seeds, so outcomes are not 0/1),
@@ -25,7 +25,7 @@ def fmt_diff(row: dict | None) -> str:
             p = f" p<={float(floor):.1g} perm" if at_floor else f" p={pv:.3g} perm"
         else:
             p = f" p={pv:.3g}"
-    star = " *" if row["significant"] in (True, "True") else ""
+    star = " *" if row["significant"] in (True, "True") else " †" if row.get("interval_disagrees") in (True, "True") else ""
     return f"{float(row['difference']):+.3f} ({float(row['ci_low']):+.3f}, {float(row['ci_high']):+.3f}){p}{star}"
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import data as D
+from .devices import input_device, to_model
 from .geometry import last_token, masked_mean, unit
 from .hooks import capture
 from .reference import eval_mode
@@ -60,7 +61,7 @@ def completion_states(model, encoded: list[dict], pad_token_id: int, layers, tok
     k_all = max(len(e["responses_ids"]) for e in encoded)
     with eval_mode(model):
         for i in range(0, len(encoded), batch_size):
-            batch = D.collate_ranked(encoded[i: i + batch_size], pad_token_id)
+            batch = to_model(model, D.collate_ranked(encoded[i: i + batch_size], pad_token_id))
             b, k = batch["valid"].shape
             with capture(model, layers, stop=True) as cap:
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
@@ -68,9 +69,9 @@ def completion_states(model, encoded: list[dict], pad_token_id: int, layers, tok
             if token in ("last", "last_completion"):
                 comp = last_token(comp)
             for layer, h in cap.hidden_states.items():
-                states = masked_mean(h.float(), comp).view(b, k, -1)
+                states = masked_mean(h.float(), comp).view(b, k, -1).cpu()  # for analysis: on the host
                 out.setdefault(layer, []).append(torch.nn.functional.pad(states, (0, 0, 0, k_all - k)))
-            valid.append(torch.nn.functional.pad(batch["valid"], (0, k_all - k), value=False))
+            valid.append(torch.nn.functional.pad(batch["valid"].cpu(), (0, k_all - k), value=False))
     return {layer: torch.cat(v) for layer, v in out.items()}, torch.cat(valid)
 
 
@@ -222,11 +223,11 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     elif method == "probe":
         from sklearn.linear_model import LogisticRegression
 
-        half = (diff / 2).double().numpy()
+        half = (diff / 2).detach().cpu().double().numpy()
         x = np.concatenate([half, -half])
         y = np.concatenate([np.ones(len(half)), np.zeros(len(half))])
         clf = LogisticRegression(C=probe_c, fit_intercept=False, max_iter=2000).fit(x, y)
-        v = torch.tensor(clf.coef_[0], dtype=torch.float32)
+        v = torch.tensor(clf.coef_[0], dtype=torch.float32, device=diff.device)
     else:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if (diff @ v).mean() < 0:
@@ -311,7 +312,7 @@ def prompt_states(model, tokenizer, prompts: list[str], layers, token: str = "la
     if chat:
         prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                  add_generation_prompt=True) for p in prompts]
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: dict[int, list[torch.Tensor]] = {}
     with eval_mode(model):
         for i in range(0, len(prompts), batch_size):
@@ -323,7 +324,7 @@ def prompt_states(model, tokenizer, prompts: list[str], layers, token: str = "la
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             keep = last_token(mask) if token == "last" else mask
             for layer, h in cap.hidden_states.items():
-                out.setdefault(layer, []).append(masked_mean(h.float(), keep))
+                out.setdefault(layer, []).append(masked_mean(h.float(), keep).cpu())  # for analysis: on the host
     return {layer: torch.cat(v) for layer, v in out.items()}
 
 

@@ -25,7 +25,7 @@ def _masked(fn, mask: torch.Tensor | None):
                 f"edit mask has shape {tuple(mask.shape)} but the hidden states are "
                 f"{tuple(h.shape)}; pass a [batch, seq] mask for this input (or mask=None during generate)"
             )
-        return torch.where(mask.bool().unsqueeze(-1), new, h)
+        return torch.where(mask.to(h.device).bool().unsqueeze(-1), new, h)  # the mask follows the states
 
     return edit
 

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .data import collate, collate_ranked
+from .devices import input_device, to_model
 from .reference import adapter_disabled, eval_mode
-from .logits import head_logits, head_token_logps, unwrap  # noqa: F401 (head_logits: re-exported)
+from .logits import head_logits, masked_logp_sums, unwrap  # noqa: F401 (head_logits: re-exported)
 from .scoring import length_baseline, ranked_summary, wilson_ci95
 
 
@@ -39,17 +40,16 @@ def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     the model runs with ``logits_to_keep=1`` and the head is applied to the final (normed) hidden
     states at the completion positions alone. Models without ``logits_to_keep`` fall back to full logits.
     """
+    device = input_device(model)  # a batch follows the input embedding
+    input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                     output_hidden_states=True, logits_to_keep=1)
     except TypeError:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return completion_logps(out.logits, input_ids, completion_mask)
-    final = out.hidden_states[-1][:, :-1]  # position t predicts token t + 1
-    where = completion_mask[:, 1:].bool()
-    token_logps = head_token_logps(model, final[where], input_ids[:, 1:][where])  # in bounded chunks
-    rows = where.nonzero()[:, 0]
-    return torch.zeros(input_ids.shape[0], dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    # position t predicts token t + 1; float32 sums, the head in bounded chunks
+    return masked_logp_sums(model, out.hidden_states[-1][:, :-1], input_ids[:, 1:], completion_mask[:, 1:])
 
 
 @contextmanager
@@ -75,8 +75,8 @@ def pair_logps(model, batch: dict) -> dict[str, torch.Tensor]:
     ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
     attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
     comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]])
-    logps = forward_logps(model, ids, attn, comp)
-    n = comp[:, 1:].sum(-1).clamp_min(1)
+    logps = forward_logps(model, ids, attn, comp).cpu()  # scores for analysis: on the host, float32
+    n = comp[:, 1:].sum(-1).clamp_min(1).cpu()
     b = batch["chosen_input_ids"].shape[0]
     return {"chosen": logps[:b], "rejected": logps[b:], "chosen_n": n[:b], "rejected_n": n[b:]}
 
@@ -134,7 +134,7 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
         for messages in prompts:
             text = render_prompt(tokenizer, messages, chat)
             enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
-            enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items()}
+            enc = to_model(model, enc)
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
             completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -179,7 +179,7 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
                 batch = collate_ranked(encoded[i: i + batch_size], pad_token_id)
                 b, k = batch["valid"].shape
                 with ctx(model):
-                    lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+                    lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).cpu()
                 pad_k = max(len(e["responses_ids"]) for e in encoded)
                 def widen(x, fill):
                     return torch.nn.functional.pad(x.view(b, k), (0, pad_k - k), value=fill)
@@ -320,7 +320,7 @@ def sequence_nll(model, encoded: list[dict], pad_token_id: int,
         for i in range(0, len(encoded), batch_size):
             batch = collate(encoded[i: i + batch_size], pad_token_id)
             args = (batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_completion_mask"])
-            parts.append(-forward_logps(model, *args))
+            parts.append(-forward_logps(model, *args).cpu())
             lengths.append(batch["chosen_completion_mask"][:, 1:].sum(-1).clamp_min(1).float())
     return torch.cat(parts), torch.cat(lengths)
 

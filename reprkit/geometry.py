@@ -89,7 +89,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> tor
     x = _f32(x)
     if mask is None:
         return x.mean(dim)
-    m = mask.to(x.dtype)
+    m = mask.to(device=x.device, dtype=x.dtype)  # a mask follows the states it masks
     while m.dim() < x.dim():
         m = m.unsqueeze(-1)
     return (x * m).sum(dim) / m.sum(dim).clamp_min(1.0)
@@ -101,7 +101,7 @@ def without_sinks(h: torch.Tensor, mask: torch.Tensor, k: float = 3.0) -> torch.
     Sink tokens (often the first token) carry norms tens of times larger than the rest and dominate
     means and distances; excluding them keeps the statistics about the content tokens.
     """
-    mask = mask.bool()
+    mask = mask.to(h.device).bool()
     norms = magnitude(h)
     m = mask.float()
     count = m.sum(1, keepdim=True).clamp_min(1.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .devices import to_model
 from .geometry import cosine, magnitude, masked_mean, unit
 from .hooks import forward_hidden_states
 
@@ -30,12 +31,13 @@ def layer_table(model, tokenizer, prompts=DEFAULT_PROMPTS, layers="range(0,1.0,3
         ]
     else:
         texts = list(prompts)
-    batch = dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat))
+    batch = to_model(model, tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat))
     with torch.no_grad():
         states = forward_hidden_states(model, batch, layers)
-    mask = batch["attention_mask"]
+    mask = batch["attention_mask"].cpu()
     rows = []
     for i, h in states.items():
+        h = h.float().cpu()  # a table for reading: on the host
         mean_dir = masked_mean(unit(h), mask)  # [prompts, hidden]
         token_norms = magnitude(h)  # [prompts, tokens]
         norms = masked_mean(token_norms, mask)

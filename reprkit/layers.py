@@ -194,3 +194,16 @@ def _help(message: str, block_names: list[str]) -> str:
         f"(or -{n}..-1, fractions 0.0..1.0, 'range(a,b)', 'a:b'), or module names such as "
         f"{', '.join(shown)}"
     )
+
+
+def block_indices(model: nn.Module, spec, block_name: str | None = None) -> list[int]:
+    """The decoder-block indices a layer spec selects, the same specs as ``capture`` takes (``5``,
+    ``[5, 6]``, ``"5:7"``, ``"range(.3,-2)"``, ``-1``, ``0.5``) resolved by ``select_layers``, with its
+    error where the spec is bad. Every argument of reprkit that takes layers goes through here or
+    ``select_layers``. A module name that is not a block is refused: these arguments take blocks."""
+    selection = select_layers(model, spec, block_name=block_name)
+    others = [name for name in selection.names if name not in selection.block_names]
+    if others:
+        raise ValueError(_help(f"layer spec {spec!r} names module(s) {others[:3]} that are not decoder blocks; "
+                               "this argument takes blocks", list(find_blocks(model, block_name)[0])))
+    return list(selection.indices)

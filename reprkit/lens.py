@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .devices import to_model
 from .hooks import capture
 from .reference import eval_mode
 
@@ -64,14 +65,13 @@ def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, tar
     out = {"tokens": [[tokenizer.decode([int(i)]) for i in e["input_ids"][0]] for e in enc], "top": {}}
     if target_id is not None:
         out["target"] = {"token": tokenizer.decode([target_id]), "id": target_id, "rank": {}, "prob": {}}
-    device = next(model.parameters()).device
     with eval_mode(model):
         for e in enc:
             with capture(model, layers, stop=True) as cap:
-                model(**{k: v.to(device) for k, v in e.items()}, use_cache=False)
+                model(**to_model(model, e), use_cache=False)
             for layer, h in cap.hidden_states.items():
                 probs = torch.softmax(lens_logits(model, h[0]), -1)  # [T, V]
-                p, idx = probs.topk(top_k, -1)
+                p, idx = (t.cpu() for t in probs.topk(top_k, -1))
                 tops = [[(tokenizer.decode([int(i)]), float(q)) for i, q in zip(ri, rp)]
                         for ri, rp in zip(idx, p)]
                 out["top"].setdefault(layer, []).append(tops)

@@ -67,3 +67,15 @@ def head_token_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: 
         else:
             out.append(part(h, t))
     return torch.cat(out)
+
+
+def masked_logp_sums(model, predictors: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the float32 sum of ``log p(targets[r, t] | predictors[r, t])`` over the positions
+    where ``mask`` is set: final (normed) hidden states ``[R, T, H]``, target ids and mask ``[R, T]``
+    -> ``[R]``, on the predictors' device. The head runs on the masked positions alone, in chunks
+    (``head_token_logps``). The one place reprkit sums token log-probs."""
+    where = mask.to(predictors.device).bool()
+    token_logps = head_token_logps(model, predictors[where], targets.to(predictors.device)[where])
+    rows = where.nonzero()[:, 0]
+    return torch.zeros(where.shape[0], dtype=torch.float32, device=predictors.device).index_add(
+        0, rows, token_logps.float())

@@ -11,22 +11,23 @@ little compute goes to padding. The log-probs equal the one-sequence-per-respons
 >>> lp = shared_prompt_logps(model, encoded, tokenizer.pad_token_id)   # encoded = data.encode_ranked(...)
 >>> lp["logps"].shape, lp["n_tokens"].shape, lp["valid"].shape           # [N, K] each, K = most responses
 
-Prompts are right-padded, so padding sits between a short prompt and its responses: the attention
-mask hides it and the responses get explicit position ids (prompt length + offset), exactly the
-positions they have in the concatenated sequence.
+Prompts are left-padded (``left_pad``): every response's cache index is then its prompt's length
+plus its offset, as in the concatenated sequence, which sliding-window attention (Gemma 2 and 3,
+Mistral, gpt-oss) needs; prompts and responses get explicit position ids, each prompt's from 0.
+All log-prob sums are float32 whatever the model's dtype. ``run_prompts``, ``run_responses`` and
+``response_logps`` are the one implementation that scoring, training (``pair_states``) and reading
+(``shared_prompt_states``) share.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 
-from .logits import head_token_logps, unwrap
-
-
-def _head_logps(model, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each target token from the final (normed) hidden state that predicts it: ``[n]``
-    (in bounded chunks of positions, ``reprkit.logits``)."""
-    return head_token_logps(model, hidden, targets)
+from .devices import follow, input_device
+from .logits import masked_logp_sums, unwrap
 
 
 def length_batches(encoded: list[dict], token_budget: int, max_items: int, max_waste: float = 0.1
@@ -70,73 +71,130 @@ def response_chunks(lengths: list[int], max_waste: float = 0.1) -> list[list[int
 
 
 def _rows_of(cache, index: torch.Tensor):
-    """A cache holding only the batch rows ``index`` of ``cache``, which stays as it was.
+    """A cache holding the batch rows ``index`` of ``cache`` (repeats allowed), which stays as it was.
 
     ``batch_select_indices`` rebinds each layer's keys and values to new (indexed) tensors, so a
     copy of the layer objects that shares the tensors is enough; copying the tensors themselves
-    (``copy.deepcopy``) moved the whole batch's cache through memory once per chunk."""
+    (``copy.deepcopy``) moved the whole batch's cache through memory once per chunk. Gradients
+    reach the prompt's keys and values through the indexing."""
     import copy
 
     if not hasattr(cache, "layers"):  # a cache class without per-layer objects: copy it all
         chunk = copy.deepcopy(cache)
-    else:
-        chunk = copy.copy(cache)
-        chunk.layers = [copy.copy(layer) for layer in cache.layers]
-    chunk.batch_select_indices(index)
+        chunk.batch_select_indices(index)
+        return chunk
+    chunk = copy.copy(cache)
+    chunk.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in chunk.layers:  # under a device_map each layer's cache lives beside its block
+        keys = getattr(layer, "keys", None)
+        layer.batch_select_indices(index.to(keys.device) if isinstance(keys, torch.Tensor) else index)
     return chunk
 
 
-def _prompt_batch(examples: list[dict], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The items' prompts right-padded: ids and attention mask ``[B, P]``, and each prompt's length ``[B]``."""
-    p_len = torch.tensor([len(e["prompt_ids"]) for e in examples], device=device)
-    prompt = torch.full((len(examples), int(p_len.max())), pad_token_id, dtype=torch.long, device=device)
-    prompt_mask = torch.zeros_like(prompt)
-    for i, e in enumerate(examples):
-        prompt[i, : len(e["prompt_ids"])] = torch.tensor(e["prompt_ids"])
-        prompt_mask[i, : len(e["prompt_ids"])] = 1
-    return prompt, prompt_mask, p_len
+def left_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token id lists left-padded: ids and attention mask ``[B, P]``, each row's length ``[B]``.
+
+    Left, not right: a response's cache index must be its prompt length plus its offset, because
+    sliding-window masks are built from cache indices. Right padding puts the padding between a
+    short prompt and its responses, where it uses up window slots (a tiny Gemma 3 with a window of
+    8 scored 0.69 nats off so); left padding puts it before every real token."""
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    width = int(lengths.max())
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.as_tensor(r, device=device)
+            mask[i, width - len(r):] = 1
+    return ids, mask, lengths
+
+
+def right_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists right-padded (responses: padding after the last real token is never attended
+    to by a real one): ids and mask ``[R, T]``."""
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long, device=device)
+        mask[i, : len(r)] = 1
+    return ids, mask
+
+
+@dataclasses.dataclass
+class PromptPass:
+    """The KV cache of a left-padded prompt batch: ``mask`` ``[B, P]``, ``lengths`` ``[B]`` and
+    ``last``, the final (normed) hidden state of each prompt's last token (it predicts the first
+    response token; None when not asked for)."""
+
+    cache: object
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    last: torch.Tensor | None
+
+
+def run_prompts(model, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor, *, layers=None,
+                stop: bool = False, last: bool = False) -> PromptPass:
+    """One pass over left-padded prompts with the architecture's own cache class; ``stop``: the
+    pass ends after the deepest of ``layers`` (the cache then holds those blocks only)."""
+    from transformers import DynamicCache
+
+    from .hooks import capture
+
+    cache = DynamicCache(config=unwrap(model).config)  # a PeftModel hands .config through
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # each prompt's own positions from 0
+    ctx = capture(model, layers, stop=True) if stop else contextlib.nullcontext()
+    with ctx:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                    output_hidden_states=last, logits_to_keep=1)
+    return PromptPass(cache, mask, lengths, out.hidden_states[-1][:, -1] if last else None)
+
+
+def run_responses(model, prompts: PromptPass, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, *,
+                  layers=None, stop: bool = False, detach: bool = True, final: bool = False
+                  ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """Responses ``ids`` ``[R, T]`` (right-padded, ``mask``) on the cache of prompt rows ``rows``
+    ``[R]``: block outputs at ``layers`` (``detach``: for analysis) and the final hidden states
+    ``[R, T, H]`` (``final``). Each response token gets its position in the concatenated sequence
+    (its prompt's length plus its offset)."""
+    from .hooks import capture
+
+    positions = prompts.lengths[rows][:, None] + torch.arange(ids.shape[1], device=ids.device)
+    attention = torch.cat([prompts.mask[rows], mask], 1)
+    ctx = capture(model, layers, stop=stop, detach=detach) if layers is not None else contextlib.nullcontext()
+    with ctx as cap:
+        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=_rows_of(prompts.cache, rows),
+                    use_cache=True, output_hidden_states=final, logits_to_keep=1)
+    return (cap.hidden_states if layers is not None else {}), (out.hidden_states[-1] if final else None)
+
+
+def response_logps(model, prompts: PromptPass, rows: torch.Tensor, final: torch.Tensor, ids: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """Summed log-probs ``[R]`` (float32) of each response's tokens: token j is predicted by the
+    state before it, the prompt's last for j = 0."""
+    predictors = torch.cat([prompts.last[rows][:, None], final[:, :-1]], 1)
+    return masked_logp_sums(model, predictors, ids, mask)
 
 
 def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and token counts ``[B, K]`` of every response slot (0 for empty slots).
+    """Summed log-probs (float32) and token counts ``[B, K]`` of every response slot (0 for empty slots).
 
     The prompts run once; the responses then run in chunks of similar length (``response_chunks``),
-    each on a copy of the prompt cache that holds its rows' prompts (``batch_select_indices``), so
-    a short response is not padded to the longest one of the batch."""
-    device = next(model.parameters()).device
-    b = len(examples)
-    k = max(len(e["responses_ids"]) for e in examples)
-    prompt, prompt_mask, p_len = _prompt_batch(examples, pad_token_id, device)
-    out = model(input_ids=prompt, attention_mask=prompt_mask, use_cache=True, output_hidden_states=True,
-                logits_to_keep=1)
-    last = out.hidden_states[-1][torch.arange(b, device=device), p_len - 1]  # predicts each first response token
-    cache = out.cache
-
+    each on a copy of the prompt cache that holds its rows' prompts, so a short response is not
+    padded to the longest one of the batch."""
+    device = input_device(model)
+    b, k = len(examples), max(len(e["responses_ids"]) for e in examples)
+    prompts = run_prompts(model, *left_pad([e["prompt_ids"] for e in examples], pad_token_id, device), last=True)
     slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
     responses = [examples[i]["responses_ids"][j] for i, j in slots]
-    logps = torch.zeros((b, k), dtype=last.dtype, device=device)
+    logps = torch.zeros((b, k), dtype=torch.float32, device=device)
     counts = torch.zeros((b, k), dtype=torch.long, device=device)
     for chunk in response_chunks([len(r) for r in responses]):
         item = torch.tensor([slots[c][0] for c in chunk], device=device)
         slot = torch.tensor([slots[c][1] for c in chunk], device=device)
-        rows = [responses[c] for c in chunk]
-        r_max = max(len(r) for r in rows)
-        ids = torch.full((len(rows), r_max), pad_token_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), r_max), dtype=torch.long, device=device)
-        for row, r in enumerate(rows):
-            ids[row, : len(r)] = torch.tensor(r)
-            mask[row, : len(r)] = 1
-        chunk_cache = _rows_of(cache, item)
-        positions = p_len[item][:, None] + torch.arange(r_max, device=device)
-        attention = torch.cat([prompt_mask[item], mask], 1)
-        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=chunk_cache,
-                    use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        # response token j is predicted by the state before it: the prompt's last for j = 0
-        predictors = torch.cat([last[item][:, None], out.hidden_states[-1][:, :-1]], 1)
-        where = mask.bool()
-        token_logps = _head_logps(model, predictors[where], ids[where])
-        sums = torch.zeros(len(rows), dtype=token_logps.dtype, device=device).index_add(0, where.nonzero()[:, 0], token_logps)
-        logps[item, slot] = sums.to(logps.dtype)
+        ids, mask = right_pad([responses[c] for c in chunk], pad_token_id, device)
+        _, final = run_responses(model, prompts, item, ids, mask, final=True)
+        logps[item, slot] = response_logps(model, prompts, item, final, ids, mask).to(device)
         counts[item, slot] = mask.sum(-1)
     return logps, counts
 
@@ -165,11 +223,12 @@ def shared_prompt_logps(model, encoded: list[dict], pad_token_id: int, token_bud
 
 def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
     """A collated pair batch (``data.collate``) re-laid for one prompt pass: ``prompt_ids``,
-    ``prompt_mask`` ``[B, P]`` (right-padded), and the completions item-major (row 2i chosen i, row
-    2i + 1 rejected i) as ``completion_ids``, ``completion_mask`` ``[2B, C]``, ``positions`` (their
-    positions in the concatenated sequence) and ``order``, the permutation back to chosen-first rows.
-    None when some pair's chosen and rejected prompts differ (nothing to share; truncation can cut
-    them differently) or a prompt is empty: the caller then runs the concatenated layout."""
+    ``prompt_mask`` ``[B, P]`` (left-padded, ``left_pad``), ``prompt_len``, and the completions
+    item-major (row 2i chosen i, row 2i + 1 rejected i) as ``completion_ids``, ``completion_mask``
+    ``[2B, C]``, ``positions`` (their positions in the concatenated sequence) and ``order``, the
+    permutation back to chosen-first rows. None when some pair's chosen and rejected prompts differ
+    (nothing to share; truncation can cut them differently) or a prompt is empty: the caller then
+    runs the concatenated layout."""
     ids = {s: batch[f"{s}_input_ids"] for s in ("chosen", "rejected")}
     comp = {s: batch[f"{s}_completion_mask"].bool() for s in ("chosen", "rejected")}
     prompt_len = {s: (batch[f"{s}_attention_mask"].bool() & ~comp[s]).sum(-1) for s in ("chosen", "rejected")}
@@ -182,6 +241,9 @@ def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
     prompt = {s: ids[s][:, :p_max] * in_prompt for s in ("chosen", "rejected")}
     if not torch.equal(prompt["chosen"], prompt["rejected"]):
         return None
+    shift = (torch.arange(p_max, device=device)[None] - (p_max - p_len)[:, None])  # right-padded -> left-padded
+    left_mask = shift >= 0
+    left_ids = prompt["chosen"].gather(1, shift.clamp_min(0)) * left_mask
     c_len = torch.stack([comp["chosen"].sum(-1), comp["rejected"].sum(-1)], 1).reshape(-1)  # item-major
     c_max = max(1, int(c_len.max()))
     completion = torch.zeros((2 * b, c_max), dtype=torch.long, device=device)
@@ -189,7 +251,7 @@ def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
     for j, s in enumerate(("chosen", "rejected")):
         completion[j::2][c_mask[j::2]] = ids[s][comp[s]]
     order = torch.cat([torch.arange(0, 2 * b, 2, device=device), torch.arange(1, 2 * b, 2, device=device)])
-    return {"prompt_ids": prompt["chosen"], "prompt_mask": in_prompt.long(), "prompt_len": p_len,
+    return {"prompt_ids": left_ids, "prompt_mask": left_mask.long(), "prompt_len": p_len,
             "completion_ids": completion, "completion_mask": c_mask.long(),
             "positions": p_len.repeat_interleave(2)[:, None] + torch.arange(c_max, device=device), "order": order}
 
@@ -197,38 +259,19 @@ def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
 def pair_states(model, lay: dict, layers, *, logps: bool, stop: bool, detach: bool
                 ) -> tuple[dict[int, torch.Tensor], torch.Tensor | None, torch.Tensor]:
     """Block outputs at ``layers`` on the completion tokens (``{layer: [2B, C, H]}``, chosen rows
-    then rejected rows), summed completion log-probs ``[2B]`` (``logps``) and the completion mask
-    ``[2B, C]``, from one pass over each prompt and one over both completions on top of its KV cache
-    (``DynamicCache.batch_repeat_interleave``). Gradients reach the prompt's keys and values through
-    the cache. ``stop``: both passes end after the deepest of ``layers`` (no log-probs then)."""
-    from transformers import DynamicCache
-
-    from .hooks import capture
-
-    cache = DynamicCache(config=unwrap(model).config)  # a PeftModel hands .config through
-    b = lay["prompt_ids"].shape[0]
-    with capture(model, layers, stop=stop):  # the prompt's block outputs are not needed, only its cache
-        out = model(input_ids=lay["prompt_ids"], attention_mask=lay["prompt_mask"], cache=cache, use_cache=True,
-                    output_hidden_states=logps, logits_to_keep=1)
-    last = out.hidden_states[-1][torch.arange(b, device=lay["prompt_len"].device), lay["prompt_len"] - 1] if logps else None
-    cache.batch_repeat_interleave(2)
-    attention = torch.cat([lay["prompt_mask"].repeat_interleave(2, 0), lay["completion_mask"]], 1)
-    with capture(model, layers, stop=stop, detach=detach) as cap:
-        out = model(input_ids=lay["completion_ids"], attention_mask=attention, position_ids=lay["positions"],
-                    cache=cache, use_cache=True, output_hidden_states=logps, logits_to_keep=1)
+    then rejected rows), summed completion log-probs ``[2B]`` (``logps``, float32) and the completion
+    mask ``[2B, C]``, from one pass over each prompt and one over both completions on top of its KV
+    cache. Gradients reach the prompt's keys and values through the cache. ``stop``: both passes end
+    after the deepest of ``layers`` (no log-probs then)."""
+    prompts = run_prompts(model, lay["prompt_ids"], lay["prompt_mask"], lay["prompt_len"], layers=layers, stop=stop,
+                          last=logps)
+    rows = torch.arange(lay["prompt_ids"].shape[0], device=lay["prompt_ids"].device).repeat_interleave(2)
+    ids, mask = lay["completion_ids"], lay["completion_mask"]
+    hidden, final = run_responses(model, prompts, rows, ids, mask, layers=layers, stop=stop, detach=detach, final=logps)
     order = lay["order"]
-    hidden = {k: v[order] for k, v in cap.hidden_states.items()}
-    mask = lay["completion_mask"][order]
-    summed = None
-    if logps:
-        ids, where = lay["completion_ids"], lay["completion_mask"].bool()
-        predictors = torch.cat([last.repeat_interleave(2, 0)[:, None], out.hidden_states[-1][:, :-1]], 1)
-        token_logps = _head_logps(model, predictors[where], ids[where])
-        rows = where.nonzero()[:, 0]
-        summed = torch.zeros(ids.shape[0], dtype=token_logps.dtype, device=ids.device).index_add(0, rows, token_logps)
-        summed = summed[order]
-    return hidden, summed, mask
-
+    hidden = {k: v[follow(order, v)] for k, v in hidden.items()}
+    summed = response_logps(model, prompts, rows, final, ids, mask)[order.to(final.device)] if logps else None
+    return hidden, summed, mask[order]
 
 
 # ---------------------------------------------------------------- reading: one state per response, one pass per prompt
@@ -239,26 +282,22 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
                          token_budget: int = 8192, max_items: int = 64) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Block outputs at ``layers`` reduced to one state per response of each ranked item
     (``data.encode_ranked``): ``({layer: [N, K, H]}, valid [N, K])`` in the order of ``encoded``,
-    float32. Each prompt runs once, to the deepest of ``layers``; its responses run on its KV cache,
-    in chunks of similar length. The tokens read: the response's own text (``own_text``: template
-    end tokens excluded, at least one token) or the whole completion, their mean or (``last``) the
-    last of them. Equal to one sequence per response (``directions.completion_states(...,
-    shared_prompt=False)``) to float rounding; an empty response slot reads 0."""
-    from transformers import DynamicCache
-
+    float32 on the CPU. Each prompt runs once, to the deepest of ``layers``; its responses run on
+    its KV cache, in chunks of similar length. The tokens read: the response's own text
+    (``own_text``: template end tokens excluded, at least one token) or the whole completion, their
+    mean or (``last``) the last of them. Equal to one sequence per response
+    (``directions.completion_states(..., shared_prompt=False)``) to float rounding; an empty
+    response slot reads 0."""
     from .geometry import last_token, masked_mean
-    from .hooks import capture
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     n, k_all = len(encoded), max(len(e["responses_ids"]) for e in encoded)
     states: dict[int, torch.Tensor] = {}
     valid = torch.zeros((n, k_all), dtype=torch.bool)
     for idx in length_batches(encoded, token_budget, max_items):
         examples = [encoded[i] for i in idx]
-        prompt, prompt_mask, p_len = _prompt_batch(examples, pad_token_id, device)
-        cache = DynamicCache(config=unwrap(model).config)
-        with capture(model, layers, stop=True):  # only the prompt's cache is needed, to the deepest layer
-            model(input_ids=prompt, attention_mask=prompt_mask, cache=cache, use_cache=True)
+        prompts = run_prompts(model, *left_pad([e["prompt_ids"] for e in examples], pad_token_id, device),
+                              layers=layers, stop=True)
         slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
         for i, e in enumerate(examples):
             valid[idx[i], : len(e["responses_ids"])] = True
@@ -267,26 +306,17 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
             item = torch.tensor([slots[c][0] for c in chunk], device=device)
             at = torch.tensor([idx[slots[c][0]] for c in chunk]), torch.tensor([slots[c][1] for c in chunk])
             rows = [responses[c] for c in chunk]
-            r_max = max(len(r) for r in rows)
-            ids = torch.full((len(rows), r_max), pad_token_id, dtype=torch.long, device=device)
-            mask = torch.zeros_like(ids)
+            ids, mask = right_pad(rows, pad_token_id, device)
             read = torch.zeros_like(ids)
             for row, c in enumerate(chunk):
                 i, j = slots[c]
-                r = rows[row]
-                ids[row, : len(r)] = torch.tensor(r)
-                mask[row, : len(r)] = 1
                 suffix = (examples[i].get("suffix_lens") or [0] * len(examples[i]["responses_ids"]))[j]
-                read[row, : max(len(r) - suffix, 1) if own_text else len(r)] = 1
+                read[row, : max(len(rows[row]) - suffix, 1) if own_text else len(rows[row])] = 1
             if last:
                 read = last_token(read)
-            positions = p_len[item][:, None] + torch.arange(r_max, device=device)
-            attention = torch.cat([prompt_mask[item], mask], 1)
-            with capture(model, layers, stop=True) as cap:
-                model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=_rows_of(cache, item),
-                      use_cache=True)
-            for layer, h in cap.hidden_states.items():
+            hidden, _ = run_responses(model, prompts, item, ids, mask, layers=layers, stop=True)
+            for layer, h in hidden.items():
                 if layer not in states:
                     states[layer] = torch.zeros((n, k_all, h.shape[-1]))
-                states[layer][at] = masked_mean(h.float(), read).cpu()
+                states[layer][at] = masked_mean(h.float(), follow(read, h)).cpu()
     return states, valid

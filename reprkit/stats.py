@@ -11,7 +11,8 @@ unpaired one (two independent intervals) wastes it and needs several times more 
 Outcomes are 0/1 per item, or (several seeds) the mean over seeds per item. The interval is a
 paired bootstrap percentile interval (scipy); the p-value is McNemar's exact test for 0/1
 outcomes and, for seed-averaged ones, the sign-flip permutation test of the per-item differences,
-which is McNemar's exact test again when the outcomes are 0/1.
+which is McNemar's exact test again when the outcomes are 0/1. A difference is significant (the
+star) when that p is below ``ALPHA``, never by the interval alone.
 
 Averaging seeds per item leaves the spread between training seeds out of the interval: two seeds
 can disagree by more than the difference the items call significant. ``seed_t_difference`` is the
@@ -97,10 +98,20 @@ def minimum_detectable(diff: np.ndarray, alpha: float = 0.05, power: float = 0.8
     return float(z * sd / math.sqrt(max(n, 1)))
 
 
+ALPHA = 0.05
+"""The level every star and every ``significant`` in reprkit's paired comparisons is decided at."""
+
+
 def paired_difference(a: dict[str, float], b: dict[str, float], n_resamples: int = 10000, seed: int = 0) -> dict:
     """First minus second on the same items: the difference in accuracy, its paired bootstrap 95%
     interval, p (McNemar exact for 0/1 outcomes, else sign flips), the discordant counts (items
-    only the first / only the second got right, 0/1 outcomes) and the minimum detectable difference."""
+    only the first / only the second got right, 0/1 outcomes), the minimum detectable difference,
+    and ``significant``: ``p < ALPHA``. One test decides the star and the p.
+
+    The interval is a percentile bootstrap and is not that test's inversion: with few discordant
+    items (5 against 0 of 100: interval +0.01 to +0.10, exact p 0.0625) it can exclude 0 while the
+    exact test says the evidence is short. ``interval_disagrees`` marks such a row, and tables
+    print it (a dagger), so the reader sees both and the star follows the test."""
     x, y = align(a, b)
     diff = x - y
     out = {"n": len(diff), "first": float(x.mean()), "second": float(y.mean()), "difference": float(diff.mean()),
@@ -111,7 +122,8 @@ def paired_difference(a: dict[str, float], b: dict[str, float], n_resamples: int
         out.update(p=m["p"], discordant=[m["only_first"], m["only_second"]], test="mcnemar-exact")
     else:
         out.update(p=sign_flip_p(diff, seed=seed), test="sign-flip permutation", p_floor=sign_flip_floor(diff))
-    out["significant"] = out["ci95"][0] > 0 or out["ci95"][1] < 0
+    out["significant"] = bool(out["p"] < ALPHA)
+    out["interval_disagrees"] = bool((out["ci95"][0] > 0 or out["ci95"][1] < 0) != out["significant"])
     return out
 
 

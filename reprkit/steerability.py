@@ -61,7 +61,9 @@ def steerability(model, tokenizer, direction, items: list[dict], strengths, laye
         raise ValueError("give at least two non-zero strengths (e.g. -4 4) to fit a slope")
     if not items or any("matching" not in it for it in items):
         raise ValueError("steerability needs behaviour items with 'matching' flags (reprkit.behaviour.load_behaviour)")
-    layers = default_layers(direction) if layers is None else ([layers] if isinstance(layers, int) else list(layers))
+    from .layers import block_indices
+
+    layers = default_layers(direction) if layers is None else block_indices(model, layers)
     encoded = [encode_ranked([it], tokenizer, max_length, max_length // 2)[0] for it in items]
     k = max(len(it["responses"]) for it in items)
     matching = torch.zeros((len(items), k), dtype=torch.bool)

@@ -30,20 +30,21 @@ def steer(model, direction, strength: float | dict[int, float], layers=None, mas
 
     ``strength`` is one number or ``{layer: strength}``; ``mask`` (``[batch, seq]``) limits the edit
     to those positions (``None`` during ``generate``). A layer the direction does not hold is refused
-    by name. Equal to nesting one ``capture(model, k, edit_output=direction.steer(s, k))`` per layer.
+    by name. ``layers`` takes the layer specs of ``capture`` (``"5:7"`` is blocks 5 and 6). Equal to
+    nesting one ``capture(model, k, edit_output=direction.steer(s, k))`` per layer.
     """
     from .edits import add_vector
-    from .layers import select_layers
+    from .layers import block_indices, find_blocks
 
     held = sorted(direction.vectors)
-    layers = held if layers is None else ([layers] if isinstance(layers, int) else list(layers))
-    selection = select_layers(model, layers, block_name=block_name)
-    missing = [k for k in selection.indices if k not in direction.vectors]
+    indices = held if layers is None else block_indices(model, layers, block_name)
+    missing = [k for k in indices if k not in direction.vectors]
     if missing:
         raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {held}")
-    edits = {name: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength, mask)
-             for k, name in zip(selection.indices, selection.block_names)}
-    with capture(model, selection.indices, block_name=block_name, retain_output=False,
+    names, _ = find_blocks(model, block_name)
+    edits = {names[k]: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength, mask)
+             for k in indices}
+    with capture(model, indices, block_name=block_name, retain_output=False,
                  edit_output=lambda h, name: edits[name](h, name)) as cap:
         yield cap
 
@@ -79,13 +80,15 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
     KL quantile is within ``tolerance`` (relative) of ``kl``, steering at every one of ``layer``
     (one layer or a list; default: the direction's best layer(s), ``default_layers``).
     ``direction`` is a ``Direction`` or a plain vector with ``layer`` given."""
+    from .layers import block_indices
+
     if kl <= 0:
         raise ValueError(f"kl must be positive, not {kl}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("calibrate_strength needs at least one prompt to measure the KL on")
     if hasattr(direction, "vectors"):
-        layers = default_layers(direction) if layer is None else ([layer] if isinstance(layer, int) else list(layer))
+        layers = default_layers(direction) if layer is None else block_indices(model, layer)
         missing = [k for k in layers if k not in direction.vectors]
         if missing:
             raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {sorted(direction.vectors)}")
@@ -93,7 +96,7 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
     else:
         if layer is None:
             raise ValueError("pass layer= with a plain vector")
-        layers = [layer] if isinstance(layer, int) else list(layer)
+        layers = block_indices(model, layer)
         vectors = [direction / direction.norm()] * len(layers)
     device = next(model.parameters()).device
     if tokenizer.pad_token is None:
@@ -135,7 +138,7 @@ def to_gguf(direction, path, strength: float = 1.0, model_hint: str = "llama") -
     writer.add_string("controlvector.model_hint", model_hint)
     writer.add_uint32("controlvector.layer_count", len(direction.vectors))
     for layer in sorted(direction.vectors):
-        writer.add_tensor(f"direction.{layer}", (direction.vectors[layer].float() * strength).numpy())
+        writer.add_tensor(f"direction.{layer}", (direction.vectors[layer].detach().float().cpu() * strength).numpy())
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

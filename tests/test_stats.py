@@ -233,3 +233,22 @@ def test_seed_level_interval_covers_the_truth_where_the_items_only_interval_does
         item_hits += d.mean() - half <= truth <= d.mean() + half
     assert seed_hits / sims >= 0.90, seed_hits / sims
     assert item_hits / sims <= 0.80, item_hits / sims
+
+
+def test_the_star_follows_the_exact_p_never_the_interval_alone():
+    """5 of 100 items right for the first method only, none for the second: the bootstrap interval
+    (+0.01, +0.10) excludes 0 but McNemar's exact p is 0.0625, so the row is not significant and is
+    marked as a disagreement; on random tables the star is exactly p < 0.05."""
+    base = {i: 0 for i in range(100)}
+    first = dict(base) | {i: 1 for i in range(5)}
+    d = paired_difference(first, base)
+    assert d["p"] == pytest.approx(0.0625) and d["ci95"][0] > 0
+    assert not d["significant"] and d["interval_disagrees"]
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        n = int(rng.integers(20, 200))
+        a = {i: int(v) for i, v in enumerate(rng.random(n) < rng.uniform(0.2, 0.8))}
+        b = {i: int(v) for i, v in enumerate(rng.random(n) < rng.uniform(0.2, 0.8))}
+        r = paired_difference(a, b, n_resamples=2000)
+        assert r["significant"] == (r["p"] < 0.05)
+        assert r["interval_disagrees"] == ((r["ci95"][0] > 0 or r["ci95"][1] < 0) != r["significant"])

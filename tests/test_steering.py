@@ -4,7 +4,7 @@ import torch
 from reprkit.directions import Direction
 from reprkit.steering import calibrate_strength, read_gguf, steering_kl, to_gguf
 
-from .conftest import tiny_llama
+from .conftest import TINY, tiny_llama
 
 
 class _Tok:
@@ -149,7 +149,54 @@ def test_calibrate_strength_over_several_layers_and_its_errors():
     with pytest.raises(ValueError, match="at least one prompt"):
         calibrate_strength(model, _Tok(), d, [], kl=0.5)
     with pytest.raises(ValueError, match="no vector at layer"):
+        calibrate_strength(model, _Tok(), d, ["a b"], layer=0, kl=0.5)
+    with pytest.raises(ValueError, match="layer 20 is out of range. The model has 4 decoder blocks"):  # capture's words
         calibrate_strength(model, _Tok(), d, ["a b"], layer=20, kl=0.5)
+    assert calibrate_strength(model, _Tok(), d, prompts, layer="1:3", kl=0.5)["layers"] == [1, 2]
+
+
+@pytest.mark.parametrize("spec,blocks", [("5:7", [5, 6]), ("range(5,7)", [5, 6]), ([5, 6], [5, 6]), (6, [6]),
+                                         ("-2", [6]), ("5,7", [5, 7])])
+def test_steer_takes_the_layer_specs_of_capture(spec, blocks):
+    """``steer(layers=...)`` edits exactly the blocks the spec selects (a string is a spec, never a
+    list of characters: ``"5:7"`` once steered all 8 blocks), counted at each block's output: a
+    block's output differs from the unsteered run's only from the first steered block on, and each
+    steered block adds exactly its own vector to what the block computed."""
+    from reprkit.directions import Direction
+    from reprkit.hooks import capture
+    from reprkit.layers import block_indices
+    from reprkit.steering import steer
+
+    model = tiny_llama(num_hidden_layers=8)
+    h = TINY["hidden_size"]
+    g = torch.Generator().manual_seed(1)
+    d = Direction({k: torch.nn.functional.normalize(torch.randn(h, generator=g), dim=0) for k in range(8)})
+    ids = torch.randint(0, TINY["vocab_size"], (1, 5), generator=torch.Generator().manual_seed(0))
+    assert block_indices(model, spec) == blocks
+    seen = {}
+
+    def record(out, name):  # runs before steer's edit (registered first): the block's own output
+        seen[int(name.rsplit(".", 1)[1])] = out.clone()
+        return out
+
+    with torch.no_grad(), capture(model, list(range(8)), edit_output=record, retain_output=False), \
+            steer(model, d, 4.0, layers=spec), capture(model, list(range(8))) as after:
+        model(input_ids=ids)
+    added = [k for k in range(8) if not torch.allclose(after[k], seen[k], atol=1e-6)]
+    assert added == blocks
+    for k in blocks:
+        torch.testing.assert_close(after[k] - seen[k], (4.0 * d.vectors[k]).expand_as(seen[k]), rtol=1e-5, atol=1e-5)
+
+
+def test_steer_refuses_a_bad_spec_with_captures_message():
+    from reprkit.directions import Direction
+    from reprkit.steering import steer
+
+    model = tiny_llama()
+    d = Direction({1: torch.ones(TINY["hidden_size"])})
+    with pytest.raises(ValueError, match="bad layer spec 'x:y'.*The model has 4 decoder blocks"):
+        with steer(model, d, 1.0, layers="x:y"):
+            pass
 
 
 def test_steerability_counts_items_that_move_the_wrong_way(tiny_folder, tmp_path):

@@ -4,9 +4,15 @@ A loss is a small dataclass: its fields are its hyperparameters, and it declares
 
 - ``layer_spec()``: the layers whose block outputs it reads (``None``: none);
 - ``needs_logps``: whether it needs completion log-probabilities (and so the LM head);
-- ``needs_reference``: whether it needs the frozen model's pass (adapter disabled).
+- ``needs_reference``: whether it needs the frozen model's pass (adapter disabled);
+- ``batch_totals(inputs) -> {name: tensor}`` (optional): sums over the batch of frozen-model
+  quantities the loss normalises by (ReprPO's starting gap). When a step's batch is split (micro-
+  batches of ``--grad-accum``, or processes) the trainer sums them over the whole global batch
+  first and passes them in ``LossInputs.totals``, with ``pieces`` the number of micro-batches:
+  so the accumulated gradient equals that of the whole batch in one piece.
 
-The trainer computes exactly that and calls ``loss(inputs) -> (scalar, metrics)``.
+The trainer computes exactly that and calls ``loss(inputs) -> (scalar, metrics)``. A loss that
+is a mean over pairs needs nothing of this: equal micro-batches average to the batch's mean.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ class Side:
 
     @property
     def n_tokens(self) -> torch.Tensor:
-        return self.mask.sum(-1).clamp_min(1)
+        """Completion lengths ``[B]``, beside the log-probs they divide (the mask can live elsewhere)."""
+        n = self.mask.sum(-1).clamp_min(1)
+        return n.to(self.logps.device) if self.logps is not None else n
 
 
 @dataclass
@@ -42,10 +50,14 @@ class LossInputs:
     rejected: Side
     progress: float = 0.0  # step / total steps, in [0, 1]
     ranked: dict | None = None  # K-response losses: {"logps", "ref_logps", "n_tokens", "valid"} [B, K]
+    totals: dict | None = None  # the global batch's ``batch_totals`` (all micro-batches, all processes)
+    pieces: int = 1  # micro-batches this process splits the step's batch into (--grad-accum)
 
 
 def mean_over_layers(values: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(values).mean(0)
+    """The mean of per-layer values; under a ``device_map`` the layers live on different devices,
+    so they meet on the first one's."""
+    return torch.stack([v.to(values[0].device) for v in values]).mean(0)
 
 
 def world_size() -> int:

@@ -11,7 +11,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .base import LossInputs
+from .base import LossInputs, world_size
 
 
 def preference_loss(
@@ -52,6 +52,19 @@ def dr_dpo_loss(losses: torch.Tensor, beta_prime: float = 1.0) -> torch.Tensor:
     """
     n = torch.tensor(float(losses.numel()), device=losses.device)
     return -beta_prime * (torch.logsumexp(-losses / beta_prime, dim=0) - torch.log(n))
+
+
+def dr_dpo_split(losses: torch.Tensor, beta_prime: float, total_exp: torch.Tensor, total_n: torch.Tensor,
+                 pieces: int) -> torch.Tensor:
+    """Dr. DPO on one piece of a split batch, given the whole batch's ``Z = sum_j exp(-loss_j / beta')``
+    and pair count ``N`` (``DPO.batch_totals``, summed over every piece and process): its value is
+    the whole batch's ``-beta' log(Z / N)``, its gradient ``pieces * sum_{i in piece} exp(-loss_i /
+    beta') / Z * grad loss_i``, so that the ``pieces`` accumulated (and averaged) gradients equal the
+    whole batch's."""
+    z = total_exp.to(losses.device)
+    value = -beta_prime * (torch.log(z) - torch.log(total_n.to(losses.device)))
+    surrogate = -beta_prime * torch.exp(-losses.double() / beta_prime).sum() / z * pieces
+    return (value + surrogate - surrogate.detach()).float()
 
 
 def plackett_luce_loss(
@@ -100,19 +113,38 @@ class DPO:
     default_lr: ClassVar[float] = 1e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = True
+    totals_need_policy: ClassVar[bool] = True  # Dr. DPO's weights come from the policy's losses
 
     def layer_spec(self):
         return None
 
-    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def split_totals(self) -> bool:
+        """Dr. DPO's log-mean-exp is over the whole batch: a split batch needs its totals."""
+        return self.dr_beta is not None
+
+    def _losses(self, inputs: LossInputs):
         c, r = inputs.chosen, inputs.rejected
         norm_c = c.n_tokens if self.average_log_prob else 1
         norm_r = r.n_tokens if self.average_log_prob else 1
-        losses, chosen_rewards, rejected_rewards = preference_loss(
-            c.logps / norm_c, r.logps / norm_r, c.ref_logps / norm_c, r.ref_logps / norm_r,
-            beta=self.beta, label_smoothing=self.label_smoothing, ipo=self.ipo,
-        )
-        loss = losses.mean() if self.dr_beta is None else dr_dpo_loss(losses, self.dr_beta)
+        return preference_loss(c.logps / norm_c, r.logps / norm_r, c.ref_logps / norm_c, r.ref_logps / norm_r,
+                               beta=self.beta, label_smoothing=self.label_smoothing, ipo=self.ipo)
+
+    def batch_totals(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """Dr. DPO: ``sum_i exp(-loss_i / beta')`` and the pair count of this batch (float64)."""
+        losses, _, _ = self._losses(inputs)
+        return {"dr/sum_exp": torch.exp(-losses.double() / self.dr_beta).sum(),
+                "dr/n": torch.tensor(float(losses.numel()), dtype=torch.float64, device=losses.device)}
+
+    def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        losses, chosen_rewards, rejected_rewards = self._losses(inputs)
+        if self.dr_beta is None:
+            loss = losses.mean()
+        elif inputs.totals and "dr/sum_exp" in inputs.totals:
+            loss = dr_dpo_split(losses, self.dr_beta, inputs.totals["dr/sum_exp"], inputs.totals["dr/n"],
+                                world_size() * inputs.pieces)
+        else:
+            loss = dr_dpo_loss(losses, self.dr_beta)
         metrics = {
             "dpo": losses.detach().mean(),
             "reward_chosen": chosen_rewards.mean(),

@@ -35,8 +35,16 @@ def retain_direction(policy: torch.Tensor, reference: torch.Tensor, mask: torch.
     return masked_mean(1 - cosine(policy, reference), mask)
 
 
+def starting_gap(reference_rejected: torch.Tensor, rejected_mask: torch.Tensor, reference_chosen: torch.Tensor,
+                 chosen_mask: torch.Tensor) -> torch.Tensor:
+    """The frozen model's own gap per pair, ``1 - cos(mean_t h*_r, mean_t h*_c)``: ``[B]``, no grad."""
+    target = masked_mean(reference_chosen, chosen_mask)
+    return (1 - cosine(masked_mean(reference_rejected, rejected_mask), target)).detach()
+
+
 def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor, reference_rejected: torch.Tensor,
-                     reference_chosen: torch.Tensor, chosen_mask: torch.Tensor) -> torch.Tensor:
+                     reference_chosen: torch.Tensor, chosen_mask: torch.Tensor, total_start: torch.Tensor | None = None,
+                     pieces: int = 1) -> torch.Tensor:
     """How far the rejected completion's mean state still is from the frozen chosen direction, as a
     fraction of where the frozen model started (a scalar, 1 at the start, 0 when aligned):
 
@@ -46,13 +54,18 @@ def direction_toward(policy_rejected: torch.Tensor, rejected_mask: torch.Tensor,
     model's own gap (ratio of batch sums, stable when one pair's gap is tiny) keeps the term near 1
     whatever the data: answers that differ in one token start with cosines of 0.998 and would
     otherwise give this term no weight against the retain term.
+
+    The denominator is the whole global batch's: ``total_start`` (the sum over every micro-batch
+    and process, ``ReprPO.batch_totals``) when the trainer split the batch into ``pieces``
+    micro-batches, else this batch's summed over processes. The numerator is scaled by the
+    processes and pieces, so that averaged (processes) and accumulated (pieces) gradients equal
+    those of the whole batch in one piece.
     """
     target = masked_mean(reference_chosen, chosen_mask)
     gap = 1 - cosine(masked_mean(policy_rejected, rejected_mask), target)
-    start = 1 - cosine(masked_mean(reference_rejected, rejected_mask), target)
-    # across data-parallel processes the denominator is the global batch's, so that the averaged
-    # gradients equal one process's on the whole batch
-    return gap.sum() * world_size() / global_sum(start.sum().detach()).clamp_min(EPS)
+    if total_start is None:
+        total_start = global_sum(starting_gap(reference_rejected, rejected_mask, reference_chosen, chosen_mask).sum())
+    return gap.sum() * world_size() * pieces / total_start.to(gap.device).clamp_min(EPS)
 
 
 def magnitude_kept(policy: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,9 +103,17 @@ class ReprPO:
     default_lr: ClassVar[float] = 3e-4  # LoRA r16 on SmolLM2-135M
     needs_logps: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = True
+    split_totals: ClassVar[bool] = True  # the direction term divides by a batch sum (``batch_totals``)
 
     def layer_spec(self):
         return self.layers
+
+    def batch_totals(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
+        """Per loss layer, the batch's summed starting gap (``starting_gap``): the denominator of
+        the direction term, which the trainer sums over a split batch's pieces."""
+        c, r = inputs.chosen, inputs.rejected
+        return {f"start/{layer}": starting_gap(r.ref_hidden[layer], r.mask, c.ref_hidden[layer], c.mask).sum()
+                for layer in c.ref_hidden}
 
     def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c, r = inputs.chosen, inputs.rejected
@@ -100,7 +121,9 @@ class ReprPO:
         retain, direction, mag = [], [], []
         for layer in c.hidden:
             retain.append(retain_fn(c.hidden[layer], c.ref_hidden[layer], c.mask))
-            direction.append(direction_toward(r.hidden[layer], r.mask, r.ref_hidden[layer], c.ref_hidden[layer], c.mask))
+            total = inputs.totals.get(f"start/{layer}") if inputs.totals else None
+            direction.append(direction_toward(r.hidden[layer], r.mask, r.ref_hidden[layer], c.ref_hidden[layer], c.mask,
+                                              total, inputs.pieces))
             mag.append(magnitude_kept(r.hidden[layer], r.ref_hidden[layer], r.mask))
         retain, direction, mag = (mean_over_layers(x).mean() for x in (retain, direction, mag))
         loss = self.w_retain * retain + self.w_direction * direction + self.w_magnitude * mag

@@ -15,6 +15,7 @@ One step, top to bottom:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import data as D
 from ..config import TrainConfig
+from ..devices import input_device
 from ..evaluate import generate_samples, item_accuracy
 from ..models import enable_gradient_checkpointing, load_model
 from ..truncation import describe as describe_truncation, truncation_report
@@ -36,7 +38,7 @@ from .checkpoints import check_disk, checkpoint, load_adapter_weights, load_trai
 from .errors import TrainingError
 from .frozen_cache import open_reference_cache
 from .processes import all_processes, broadcast_trainable, first_forward, is_sharded, make_accelerator, sync_gradients, wrap_decoder_blocks
-from .step import batch_accuracy, forward_pair_batch, forward_ranked_batch, nonfinite_source, only_layers, track
+from .step import batch_accuracy, batch_totals, forward_pair_batch, forward_ranked_batch, nonfinite_source, only_layers, track
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +188,17 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             if not checked and lr > 0:
                 before = snapshot_trainable(model)
             rows = []
-            for micro in range(cfg.grad_accum):
-                batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+            pieces = [{k: v.to(input_device(model)) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
+            totals = None
+            if not ranked:  # a loss normalised by batch sums sees the whole batch's, however it is split
+                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                    totals = batch_totals(model, pieces, layers, loss_layers, loss, sharded=sharded,
+                                          reference=reference, **shared)
+            for batch in pieces:
                 with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
                     inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
                                      sharded=sharded, reference=reference, **shared)
+                inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
                 value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
                 if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
                     raise TrainingError(
@@ -270,10 +278,10 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
         if "items" in r and "items" in base:
             d = paired_difference(dict(enumerate(r["items"]["correct"])), dict(enumerate(base["items"]["correct"])))
             lo, hi = d["ci95"]
-            change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else ' '}{d['p']:>11.3g}"
+            change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else '†' if d['interval_disagrees'] else ' '}{d['p']:>11.3g}"
         chance = f"{r['chance']:>8.3f}" if r.get("chance") is not None else f"{'':>8}"
         lines.append(f"{source + tag:<40}{r['n']:>5}{chance}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
-    lines.append(f"{'':<40}accuracy by mean log-prob per token; chance 1 / responses; * the paired interval excludes 0")
+    lines.append(f"{'':<40}accuracy by mean log-prob per token; chance 1 / responses; * McNemar p < 0.05; † the interval alone excludes 0")
     length = [f"  {source:<38}{lb['accuracy_shortest']:.3f} / {lb['accuracy_longest']:.3f}"
               for source, r in results["datasets"].items() if (lb := r.get("length_baseline"))]
     if length:

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
-                       sharded: bool = False, reference=None, shared_prompt: bool = False) -> LossInputs:
+                       sharded: bool = False, reference=None, shared_prompt: bool = False,
+                       policy: bool = True) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
     With ``reference`` (a ``refcache.ReferenceCache``) the frozen outputs are read from it instead.
     With ``shared_prompt`` each pair's prompt runs once and both completions run on its KV cache
@@ -35,7 +36,8 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
 
     ``model`` is the PeftModel (FSDP2-sharded in place when ``sharded``): its blocks carry the hooks
     and its adapter is disabled for the reference. Sharded models see every forward to the end (a
-    forward stopped half-way would leave FSDP's gather/reshard hooks half-run).
+    forward stopped half-way would leave FSDP's gather/reshard hooks half-run). ``policy=False``: the frozen
+    pass alone (the inputs' policy states are empty), for ``batch_totals``.
     """
     from ..shared_prompt import pair_layout, pair_states
 
@@ -58,8 +60,10 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
                     else:
                         model(**inputs, use_cache=False)
                 ref_hidden = cap.hidden_states
-    logps = None
-    if lay is not None:
+    logps, hidden = None, {}
+    if not policy:
+        pass
+    elif lay is not None:
         hidden, logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=False)
     else:
         with capture(model, layers, detach=False, stop=stop) as cap:
@@ -79,6 +83,27 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
         )
 
     return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress)
+
+
+def batch_totals(model, batches: list[dict], layers: list[int], loss_layers: list[int], loss, **options) -> dict | None:
+    """The ``batch_totals`` of ``loss`` summed over a step's micro-batches and then over processes
+    (``losses.base.global_sum``), without gradients: what a loss that normalises by batch sums
+    (ReprPO's starting gap, Dr. DPO's log-mean-exp) needs so that ``--grad-accum`` pieces and
+    processes give the whole batch's gradient. None for a loss without ``split_totals``, or a step
+    in one piece on one process. Costs one extra frozen pass per micro-batch (ReprPO, to the deepest
+    loss layer), and a policy pass too where the totals need it (Dr. DPO)."""
+    from reprkit.losses.base import global_sum, world_size
+
+    if not getattr(loss, "split_totals", False) or (len(batches) < 2 and world_size() == 1):
+        return None
+    totals: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for batch in batches:
+            inputs = forward_pair_batch(model, batch, layers, loss, 0.0, policy=getattr(loss, "totals_need_policy", False),
+                                        **options)
+            for key, value in loss.batch_totals(only_layers(inputs, loss_layers)).items():
+                totals[key] = value + totals[key].to(value.device) if key in totals else value
+    return {key: global_sum(value) for key, value in totals.items()}
 
 
 def forward_ranked_batch(model, batch: dict, layers: list[int], loss, progress: float,
