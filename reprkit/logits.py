@@ -63,7 +63,8 @@ def head_token_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: 
     for i in range(0, n, chunk):
         h, t = hidden[i: i + chunk], targets[i: i + chunk]
         if torch.is_grad_enabled() and h.requires_grad:
-            out.append(checkpoint(part, h, t, use_reentrant=False))
+            # no randomness in the head: no RNG state to keep (and none to look up per device type)
+            out.append(checkpoint(part, h, t, use_reentrant=False, preserve_rng_state=False))
         else:
             out.append(part(h, t))
     return torch.cat(out)

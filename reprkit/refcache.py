@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from . import data as D
+from .devices import input_device
 from .evaluate import forward_logps
 from .hooks import capture
 from .reference import adapter_disabled, eval_mode
@@ -126,7 +127,7 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
     order = sorted(range(len(encoded)), key=lambda i: -max(
         len(encoded[i]["chosen_prompt_ids"]) + len(encoded[i]["chosen_ids"]),
         len(encoded[i]["rejected_prompt_ids"]) + len(encoded[i]["rejected_ids"])))
-    device = next(model.parameters()).device
+    device = input_device(model)
     stop = not needs_logps
     with adapter_disabled(model), eval_mode(model):
         for s in range(0, len(order), batch_size):
@@ -141,7 +142,7 @@ def build(path: Path, key: str, model, encoded: list[dict], layers: list[int], n
             rows = [(i, side) for side in ("chosen", "rejected") for i in idx]
             for layer, h in cap.hidden_states.items():
                 for r, (i, side) in enumerate(rows):
-                    tensors[f"{i}.{side}.{layer}"] = h[r, comp[r].bool()].float().cpu().contiguous()
+                    tensors[f"{i}.{side}.{layer}"] = h[r, comp[r].to(h.device).bool()].float().cpu().contiguous()
             if needs_logps:
                 for r, (i, side) in enumerate(rows):
                     tensors[f"{i}.{side}.logp"] = logps[r].float().cpu().reshape(())

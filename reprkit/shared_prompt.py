@@ -172,7 +172,8 @@ def response_logps(model, prompts: PromptPass, rows: torch.Tensor, final: torch.
                    mask: torch.Tensor) -> torch.Tensor:
     """Summed log-probs ``[R]`` (float32) of each response's tokens: token j is predicted by the
     state before it, the prompt's last for j = 0."""
-    predictors = torch.cat([prompts.last[rows][:, None], final[:, :-1]], 1)
+    last = prompts.last[follow(rows, prompts.last)].to(final.device)  # the final norm's device; under a map, the head's
+    predictors = torch.cat([last[:, None], final[:, :-1]], 1)
     return masked_logp_sums(model, predictors, ids, mask)
 
 

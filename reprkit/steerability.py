@@ -71,9 +71,9 @@ def steerability(model, tokenizer, direction, items: list[dict], strengths, laye
         matching[i, : len(it["matching"])] = torch.tensor(it["matching"])
     chat = uses_chat(tokenizer)
     prompts = [render_prompt(tokenizer, it["prompt"], chat) for it in items[:kl_prompts]]
-    device = next(model.parameters()).device
-    kl_batch = {key: v.to(device) for key, v in tokenizer(prompts, return_tensors="pt", padding=True,
-                                                             add_special_tokens=not chat).items()}
+    from .devices import to_model
+
+    kl_batch = to_model(model, tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat))
     odds, kls = {}, {}
     for s in strengths:
         with steer(model, direction, s, layers):

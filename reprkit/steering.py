@@ -51,19 +51,35 @@ def steer(model, direction, strength: float | dict[int, float], layers=None, mas
 
 @torch.no_grad()
 def steering_kl(model, batch: dict, layer, vector, strength: float) -> torch.Tensor:
-    """Per-token KL(unsteered || steered) of next-token distributions over the batch's real tokens;
-    ``layer`` and ``vector`` may be lists (steered at every one of those layers at once)."""
+    """Per-token KL(unsteered || steered) of next-token distributions over the batch's real tokens
+    ``[n]`` (float32); ``layer`` and ``vector`` may be lists (steered at every one of those layers
+    at once). The model runs without its LM head (``logits_to_keep=1``); the head is applied to the
+    real tokens' final states in chunks (``logits.chunk_positions``), so no full ``[batch, tokens,
+    vocab]`` logits are ever built (Gemma 3's 262k vocabulary made them 2 GB each at 16 x 128)."""
     from types import SimpleNamespace
+
+    from .devices import follow
+    from .logits import chunk_positions, head_logits, unwrap
 
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
     d = SimpleNamespace(vectors=dict(zip(layers, vectors)))  # what steer() reads of a Direction
+
+    def final_states():
+        h = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+        return h[follow(batch["attention_mask"], h).bool()]  # [n, H]: the real tokens' final (normed) states
+
     with eval_mode(model):
-        plain = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
+        plain = final_states()
         with steer(model, d, strength, layers):
-            steered = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)
-    kl = (plain.exp() * (plain - steered)).sum(-1)
-    return kl[batch["attention_mask"].bool()]
+            steered = final_states()
+    chunk = max(1, chunk_positions(unwrap(model).get_output_embeddings().weight.shape[0]) // 2)
+    kl = []
+    for i in range(0, plain.shape[0], chunk):
+        p = torch.log_softmax(head_logits(model, plain[i: i + chunk]), -1)
+        q = torch.log_softmax(head_logits(model, steered[i: i + chunk]), -1)
+        kl.append((p.exp() * (p - q)).sum(-1))
+    return torch.cat(kl)
 
 
 def default_layers(direction) -> list[int]:
@@ -98,11 +114,11 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
             raise ValueError("pass layer= with a plain vector")
         layers = block_indices(model, layer)
         vectors = [direction / direction.norm()] * len(layers)
-    device = next(model.parameters()).device
+    from .devices import to_model
+
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    batch = {k: v.to(device) for k, v in tokenizer(prompts, return_tensors="pt", padding=True).items()}
-    vectors = [v.to(device) for v in vectors]
+    batch = to_model(model, tokenizer(prompts, return_tensors="pt", padding=True))  # each vector follows its block
 
     def measure(s: float) -> float:
         return torch.quantile(steering_kl(model, batch, layers, vectors, s), quantile).item()

@@ -16,7 +16,8 @@ two of them without an explicit move fails, as it would on CUDA.
 - ``Tensor.device`` answers the virtual device, so code that follows devices (``x.to(h.device)``,
   ``torch.zeros(..., device=h.device)``) works as it would on the real machine.
 - Allowed as on CUDA: zero-dimensional CPU tensors beside device tensors (Python-scalar-like), CPU
-  index tensors into a device tensor, ``copy_`` across devices, ``.item()`` and ``.tolist()``.
+  index tensors into a device tensor, ``copy_`` across devices (and so ``t[i, :n] = v`` with plain
+  indices), ``.item()`` and ``.tolist()``.
   Refused: any other mix (``VirtualDeviceError`` names the operation and the devices), and
   ``.numpy()`` of a device tensor.
 
@@ -157,7 +158,7 @@ class _Mode(TorchFunctionMode):
         if real is t:
             if target == device_of(t):
                 return t
-            real = t.view_as(t)  # a new tensor object, as a copy to another device is
+            real = t.clone()  # a copy, as a move to another device makes (in-place changes stay apart)
         return _tag(real, target)
 
     @staticmethod
@@ -169,7 +170,10 @@ class _Mode(TorchFunctionMode):
                 if device_of(t) not in (HOST, device):
                     raise VirtualDeviceError(f"{_label(func)}: a tensor on {device} indexed with an index on "
                                              f"{device_of(t)}")
+            basic = not _tensors(args[1:2], [])  # t[i, :n] = v copies (copy_ crosses devices); t[mask] = v does not
             for t in _tensors(list(args[2:]) + list(kwargs.values()), []):
+                if basic and func is torch.Tensor.__setitem__:
+                    continue
                 if device_of(t) != device and not (t.dim() == 0 and device_of(t) == HOST):
                     raise VirtualDeviceError(f"{_label(func)}: a tensor on {device} assigned values on {device_of(t)}")
             return device
@@ -180,6 +184,23 @@ class _Mode(TorchFunctionMode):
         if devices:
             return devices.pop()
         return next((device_of(t) for t in tensors), HOST)
+
+
+def _device_module(kind: str, count: int):
+    """A stand-in for ``torch.cuda`` under the virtual device type: the CPU's functions, plus what
+    autocast and checkpointing ask of an accelerator's module."""
+    import types
+
+    module = types.ModuleType(f"torch.{kind}")
+    for name in dir(torch.cpu):
+        if not name.startswith("__"):
+            setattr(module, name, getattr(torch.cpu, name))
+    module.is_available = lambda: True
+    module.device_count = lambda: count
+    module.current_device = lambda: 0
+    module.get_amp_supported_dtype = lambda: [torch.bfloat16, torch.float16]
+    module.is_bf16_supported = lambda *a, **k: True
+    return module
 
 
 def _label(func) -> str:
@@ -247,6 +268,9 @@ def virtual_devices(model, devices: tuple[str, ...] = ("privateuseone:0", "priva
     from .layers import find_blocks
 
     devices = tuple(devices) if split else tuple(devices[:1])
+    for kind in {torch.device(d).type for d in devices}:  # code that asks torch for the device's module
+        if not hasattr(torch, kind):                       # (torch.utils.checkpoint, autocast) gets a CPU-like one
+            torch._register_device_module(kind, _device_module(kind, len(devices)))
     placement = _place(model, devices)
     modules = dict(model.named_modules())
     handles = []
@@ -268,9 +292,12 @@ def virtual_devices(model, devices: tuple[str, ...] = ("privateuseone:0", "priva
     for p in list(model.parameters()) + list(model.buffers()):
         if id(p) in weight_device:
             _tag(p, weight_device[id(p)])
+    def grad_beside(q):  # a gradient lives where its parameter does
+        _tag(q.grad, device_of(q))
+
     for p in model.parameters():
         if p.requires_grad:
-            handles.append(p.register_post_accumulate_grad_hook(lambda q: _tag(q.grad, device_of(q))))
+            handles.append(p.register_post_accumulate_grad_hook(grad_beside))
     names, _ = find_blocks(model)
     inner = getattr(model, "module", model)
     first = torch.device(weight_device.get(id(inner.get_input_embeddings().weight), devices[0]))
@@ -285,4 +312,4 @@ def virtual_devices(model, devices: tuple[str, ...] = ("privateuseone:0", "priva
 
 def put(t: torch.Tensor, device) -> torch.Tensor:
     """``t`` said to be on ``device`` (a virtual one), outside the mode: for a test's inputs."""
-    return _tag(t.view_as(t), _name(device) or HOST)
+    return _tag(t.clone(), _name(device) or HOST)

@@ -95,6 +95,6 @@ class PrefVec:
             ratio_r = (r.logps - r.ref_logps) / r.n_tokens
             logp = torch.relu(-(ratio_c - ratio_r))
             nll = torch.relu(-ratio_c)  # nll_c - nll*_c = -(log pi - log ref) per token
-            loss = loss + self.w_logp * logp + self.w_nll * nll
+            loss = loss + (self.w_logp * logp + self.w_nll * nll).to(loss.device)  # the head's device under a map
             metrics |= {"logp_hinge": logp.mean().detach(), "nll_hinge": nll.mean().detach()}
         return loss.mean(), metrics

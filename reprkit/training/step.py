@@ -13,6 +13,7 @@ from reprkit.losses import LossInputs, Side
 
 from .. import data as D
 from ..evaluate import forward_logps
+from ..devices import follow
 from ..geometry import masked_mean, similarity
 from ..hooks import capture
 from ..layers import find_blocks
@@ -73,6 +74,12 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
                 model(**inputs, use_cache=False)
         hidden = cap.hidden_states
 
+    # frozen states and log-probs beside the policy's (a cache reads them onto the input's device;
+    # under a device_map each layer's block lives elsewhere)
+    ref_hidden = {k: v.to(hidden[k].device) if k in hidden else v for k, v in ref_hidden.items()}
+    if ref_logps is not None and logps is not None:
+        ref_logps = ref_logps.to(logps.device)
+
     def side(sl):
         return Side(
             mask=comp[sl],
@@ -121,17 +128,17 @@ def forward_ranked_batch(model, batch: dict, layers: list[int], loss, progress: 
     with capture(model, layers, detach=False) as cap:
         logps = forward_logps(model, ids, attn, comp)
     hidden = cap.hidden_states
-    n_tokens = comp[:, 1:].sum(-1).clamp_min(1)
+    n_tokens = comp[:, 1:].sum(-1).clamp_min(1).to(logps.device)  # beside the log-probs it divides
     best = torch.arange(b, device=ids.device) * k
     others = torch.tensor([i * k + j for i in range(b) for j in range(1, k)], dtype=torch.long, device=ids.device)
     other_mask = comp[others] * valid[:, 1:].reshape(-1, 1).to(comp.dtype)
 
     def side(rows, mask):
-        return Side(mask=mask, hidden={n: h[rows] for n, h in hidden.items()},
-                    ref_hidden={n: h[rows] for n, h in ref_hidden.items()})
+        return Side(mask=mask, hidden={n: h[follow(rows, h)] for n, h in hidden.items()},
+                    ref_hidden={n: h[follow(rows, h)] for n, h in ref_hidden.items()})
 
     ranked = {"logps": logps.view(b, k), "ref_logps": ref_logps.view(b, k), "n_tokens": n_tokens.view(b, k),
-              "valid": valid}
+              "valid": valid.to(logps.device)}
     return LossInputs(chosen=side(best, comp[best]), rejected=side(others, other_mask), progress=progress,
                       ranked=ranked)
 
