@@ -15,8 +15,24 @@ import tyro
 from .models import DEFAULT_MODEL
 
 
+@dataclasses.dataclass(kw_only=True)
+class Placement:
+    """Where and in what dtype a command runs the model (as ``from_pretrained`` users expect)."""
+
+    device: str | None = None
+    """cuda, cuda:1, mps, cpu, or auto (split over every GPU with a device_map); default: the
+    accelerator if there is one, else cpu"""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """the weights' dtype (hidden-state maths and scores stay float32)"""
+
+    def load(self, name: str):
+        from .models import default_device, load_model
+
+        return load_model(name, dtype=self.dtype, device=self.device or default_device())
+
+
 @dataclasses.dataclass
-class Inspect:
+class Inspect(Placement):
     """Print per-layer norms and the cosine between two prompts' mean directions."""
 
     model: str = DEFAULT_MODEL
@@ -36,9 +52,8 @@ class Inspect:
 
     def run(self) -> None:
         from .inspect import format_table, layer_table
-        from .models import load_model
 
-        model, tok = load_model(self.model)
+        model, tok = self.load(self.model)
         if self.logit_lens:
             from .lens import format_lens, logit_lens
 
@@ -63,7 +78,7 @@ class Inspect:
 
 
 @dataclasses.dataclass
-class DirectionCmd:
+class DirectionCmd(Placement):
     """Read a direction from contrast pairs (best vs worst response) and save it; print each layer's
     separation on held-out pairs."""
 
@@ -100,9 +115,8 @@ class DirectionCmd:
     def run(self) -> None:
         from . import data as D
         from .directions import from_pairs, from_prompts
-        from .models import load_model
 
-        model, tok = load_model(self.model)
+        model, tok = self.load(self.model)
         if self.positive or self.negative:
             if not (self.positive and self.negative):
                 raise ValueError("contrast prompts need both --positive FILE and --negative FILE")
@@ -216,7 +230,7 @@ def read_prompts(path: str) -> list[str]:
 
 
 @dataclasses.dataclass
-class Steer:
+class Steer(Placement):
     """Greedy completions of a prompt unsteered, and steered along a saved direction at +/- a
     strength calibrated to a KL budget."""
 
@@ -244,11 +258,11 @@ class Steer:
     def run(self) -> None:
         from .data import render_prompt
         from .directions import Direction
+        from .devices import to_model
         from .hooks import capture
-        from .models import load_model
         from .steering import calibrate_strength
 
-        model, tok = load_model(self.model)
+        model, tok = self.load(self.model)
         d = Direction.load(self.direction)
         if self.evaluate:
             steerability_command(self, model, tok, d)
@@ -259,7 +273,7 @@ class Steer:
         print(f"layer {layer}: strength {cal['strength']:.3f} gives KL {cal['kl']:.3f} "
               f"(q{cal['quantile']:.2f} over {cal['n_tokens']} tokens)")
         for text, prompt in zip(texts, self.prompt):
-            enc = tok(text, return_tensors="pt", add_special_tokens=False)
+            enc = to_model(model, tok(text, return_tensors="pt", add_special_tokens=False))
             for label, s in (("unsteered", 0.0), (f"+{cal['strength']:.2f}", cal["strength"]),
                              (f"-{cal['strength']:.2f}", -cal["strength"])):
                 with capture(model, layer, edit_output=d.steer(s, layer)):
@@ -293,7 +307,7 @@ class Dashboard:
 
 
 @dataclasses.dataclass
-class Eval:
+class Eval(Placement):
     """Evaluate a run directory, a saved adapter or a model (default: the base model) on any data."""
 
     target: tyro.conf.Positional[str] = DEFAULT_MODEL
@@ -325,13 +339,15 @@ class Eval:
     def run(self) -> None:
         from .data import shift_sources
         from .evalrun import evaluate_target, format_results
+        from .models import default_device
 
         data = list(dict.fromkeys(list(self.data) + (shift_sources(self.shift) if self.shift else [])))
         if not data and not self.truthfulqa and not self.retain_data and not self.behaviour:
             raise SystemExit("nothing to evaluate: pass --data, --shift, --truthfulqa, --retain-data or --behaviour")
         results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
                                   self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour),
-                                  max_prompt_length=self.max_prompt_length, eval_dtype=self.eval_dtype)
+                                  max_prompt_length=self.max_prompt_length, eval_dtype=self.eval_dtype,
+                                  dtype=self.dtype, device=self.device or default_device())
         print(format_results(results))
 
 

@@ -20,7 +20,7 @@ from .models import DEFAULT_MODEL, load_model
 from .runlog import OTHER_MEASURES_NOTE, other_measures, write_json
 
 
-def load_target(target: str, dtype: str = "float32"):
+def load_target(target: str, dtype: str = "float32", device: str | None = None):
     """(model, tokenizer, run_dir or None) for a run directory, an adapter directory or a model name."""
     path = Path(target)
     if (path / "config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
@@ -34,7 +34,7 @@ def load_target(target: str, dtype: str = "float32"):
                                 "directory (adapter_config.json) nor a model folder")
     else:
         adapter, model_name, run_dir = None, target, None
-    model, tok = load_model(model_name, dtype=dtype)
+    model, tok = load_model(model_name, dtype=dtype, device=device)
     if adapter is not None:
         from peft import PeftModel
 
@@ -59,15 +59,17 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
                     truthfulqa: bool = False, retain_data: str | None = None, max_length: int | None = None,
                     batch_size: int = 16, out: str | None = None, base: bool = True,
                     behaviour: list[str] | None = None, max_prompt_length: int | None = None,
-                    chat_template: bool | None = None, eval_dtype: str = "float32") -> dict:
+                    chat_template: bool | None = None, eval_dtype: str = "float32", dtype: str = "float32",
+                    device: str | None = None) -> dict:
     """Evaluate ``target`` (see ``load_target``). A run is scored with its own encoding settings
     (max length, prompt length, chat template from its config.json) unless they are given.
-    ``eval_dtype="bfloat16"``: matmuls under bf16 autocast (weights stay as loaded)."""
+    ``eval_dtype="bfloat16"``: matmuls under bf16 autocast (weights stay as loaded); ``dtype``: the
+    weights' dtype; ``device``: where the model runs (``load_model``'s)."""
     if eval_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"--eval-dtype must be float32 or bfloat16, not {eval_dtype!r}")
     if (Path(target) / "direction.json").is_file():
-        return evaluate_direction(target, data, split, limit, max_length, out)
-    model, tok, run_dir = load_target(target)
+        return evaluate_direction(target, data, split, limit, max_length, out, dtype=dtype, device=device)
+    model, tok, run_dir = load_target(target, dtype, device)
     device = next(model.parameters()).device
     with torch.autocast(device.type, torch.bfloat16, enabled=eval_dtype == "bfloat16"):
         results = _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length,
@@ -128,13 +130,14 @@ def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, r
 
 
 def evaluate_direction(target: str, data: list[str], split: str = "test", limit: int | None = None,
-                       max_length: int | None = None, out: str | None = None) -> dict:
+                       max_length: int | None = None, out: str | None = None, dtype: str = "float32",
+                       device: str | None = None) -> dict:
     """Score a saved ``Direction`` (``reprkit direction``) like an adapter: K-way accuracy by
     projection at its best layer, on the model it was read from."""
     from .directions import Direction
 
     d = Direction.load(target)
-    model, tok = load_model(d.info.get("model", DEFAULT_MODEL))
+    model, tok = load_model(d.info.get("model", DEFAULT_MODEL), dtype=dtype, device=device)
     layer = d.info.get("best_layer", min(d.vectors))
     length = max_length or d.info.get("max_length", 256)
     results: dict = {"target": str(target), "direction": {"layer": layer, "method": d.info.get("method")},

@@ -167,7 +167,10 @@ def load_model(
 
     - ``dtype``: weights dtype (``torch.float32``, ``"bfloat16"``, ...).
     - ``quantization``: ``None``, ``"4bit"`` (nf4, bitsandbytes) or ``"8bit"``.
-    - ``device``: where to put the model (quantized models stay where bitsandbytes puts them).
+    - ``device``: where to put the model: ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``, or
+      ``"auto"`` to split it over every accelerator with a ``device_map`` (accelerate); ``None``
+      leaves it where ``from_pretrained`` put it (the CPU). Quantized models stay where
+      bitsandbytes puts them. ``default_device()`` is what the command line uses.
     - ``kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
 
     The tokenizer keeps its chat template; a missing pad token is set to the EOS token.
@@ -178,6 +181,9 @@ def load_model(
     qconfig = quantization_config(quantization, dtype)
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
+    if device == "auto":
+        kwargs.setdefault("device_map", "auto")
+        device = None
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as err:
@@ -194,6 +200,16 @@ def load_model(
         keep_4bit_differentiable(model)
     model.eval()
     return model, tokenizer
+
+
+def default_device() -> str:
+    """The accelerator if there is one (CUDA, then Apple's MPS), else ``"cpu"``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def keep_4bit_differentiable(model) -> int:

@@ -142,3 +142,33 @@ def test_inspect_table_is_each_prompts_token_norms_and_mean_direction_cosine(tin
     for i in (0, 2):
         cos = torch.nn.functional.cosine_similarity(units[0][i], units[1][i], dim=0).item()
         assert rows[i][4] == pytest.approx(cos, abs=1e-3)
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect", "direction", "steer"])
+def test_model_commands_take_device_and_dtype(command, capsys):
+    """Every command that loads a model says where and in what dtype (as from_pretrained users
+    expect), and defaults to the accelerator when there is one."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert "--device" in text and "--dtype" in text and "bfloat16" in text
+
+
+def test_the_device_and_dtype_reach_the_model(tiny_folder, capsys, monkeypatch):
+    import torch
+
+    import reprkit.models as M
+
+    seen = {}
+    real = M.load_model
+
+    def spy(name, **kwargs):
+        seen.update(kwargs)
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(M, "load_model", spy)
+    main(["inspect", "--model", str(tiny_folder), "--layers", "0,1", "--dtype", "bfloat16", "--device", "cpu"])
+    assert seen == {"dtype": "bfloat16", "device": "cpu"}
+    assert "layer" in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert M.default_device() == "cuda"
