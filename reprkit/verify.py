@@ -241,12 +241,23 @@ def _steer_vector(model, scale: float = 20.0):
 
 
 def check_generate(model) -> None:
+    """Greedy generation with an edit: the same tokens and the same logits at every step with the KV
+    cache as without it (tokens alone can agree by chance on a tiny model)."""
+    from .hooks import capture
+
     ids = _ids(model, batch=1, length=6)
     edit = _steer_vector(model)
-    cached = _generate(model, ids, edit=edit, use_cache=True)
-    uncached = _generate(model, ids, edit=edit, use_cache=False)
+    runs = {}
+    for use_cache in (True, False):
+        with torch.no_grad(), capture(model, 1, edit_output=edit, retain_output=False):
+            runs[use_cache] = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                                             do_sample=False, use_cache=use_cache, return_dict_in_generate=True,
+                                             output_logits=True, pad_token_id=model.config.pad_token_id or 0)
+    cached, uncached = runs[True].sequences[:, ids.shape[1]:], runs[False].sequences[:, ids.shape[1]:]
     if not torch.equal(cached, uncached):
         raise AssertionError(f"with the KV cache {cached.tolist()} vs without {uncached.tolist()}")
+    for step, (a, b) in enumerate(zip(runs[True].logits, runs[False].logits)):
+        _close(a, b, f"generation step {step}'s logits with the KV cache vs without", atol=1e-3)
 
 
 def check_left_padding(model) -> None:
@@ -258,15 +269,17 @@ def check_left_padding(model) -> None:
     batch = torch.cat([torch.cat([torch.full((1, 3), pad), short], 1), long])
     attn = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 4, dtype=torch.long)], 1),
                       torch.ones(1, 7, dtype=torch.long)])
+    from .geometry import last_token
+
     v = torch.nn.functional.normalize(torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(6)), dim=0)
-    last = torch.zeros_like(attn)
-    last[:, -1] = 1  # each prompt's last real token: the last column under left padding
+    last = last_token(attn)  # each prompt's last real token (the last column under left padding)
+    if not bool(last[:, -1].all()):
+        raise AssertionError(f"last_token of a left-padded mask marks {last.nonzero().tolist()}, not the last column")
     positions = (attn.cumsum(-1) - 1).clamp(min=0)  # as generate does: absolute positions (GPT-2) start at each prompt
     with torch.no_grad(), capture(model, 1, edit_output=edits.add_vector(v, 8.0, last), retain_output=False):
         together = model(input_ids=batch, attention_mask=attn, position_ids=positions).logits[:, -1]
     for row, alone_ids in enumerate((short, long)):
-        m = torch.zeros_like(alone_ids)
-        m[:, -1] = 1
+        m = last_token(torch.ones_like(alone_ids))
         with torch.no_grad(), capture(model, 1, edit_output=edits.add_vector(v, 8.0, m), retain_output=False):
             alone = model(input_ids=alone_ids).logits[:, -1]
         _close(together[row: row + 1], alone, f"left-padded row {row}'s edited last logits vs the prompt alone", atol=1e-3)
@@ -315,14 +328,16 @@ def check_lora(model) -> None:
     return "LoRA in the last block on " + ", ".join(m for m in inside if not m.endswith(".base_layer"))
 
 
-def _pairs(model, n: int = 2) -> dict:
+def _pairs(model, n: int = 3) -> dict:
+    """Pairs whose prompts differ in length and are longer than the tiny sliding windows (8), in
+    one batch: the padded case every check of a batch must see."""
     from . import data as D
 
     g = torch.Generator().manual_seed(7)
     v = model.config.vocab_size
     rows = []
     for i in range(n):
-        prompt = torch.randint(3, v, (4 + i,), generator=g).tolist()
+        prompt = torch.randint(3, v, ((12, 9, 10)[i % 3] + 3 * (i // 3),), generator=g).tolist()
         rows.append({"chosen_prompt_ids": prompt, "rejected_prompt_ids": prompt,
                      "chosen_ids": torch.randint(3, v, (3,), generator=g).tolist() + [2],
                      "rejected_ids": torch.randint(3, v, (2 + i,), generator=g).tolist() + [2]})
@@ -380,14 +395,18 @@ def check_shared_prompt(model) -> None:
     from .evaluate import ranked_logps
 
     rows, batch = _pairs(model)
-    # prompts of different lengths, longer than the tiny configs' sliding windows (8 tokens)
+    # prompts of different lengths, longer than the tiny configs' sliding windows (8 tokens): 20, 22
+    # and 21 share a batch (padded to 22), 9 runs alone; responses of unequal length share chunks
     g = torch.Generator().manual_seed(11)
     ranked = [{"prompt_ids": torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist(),
-               "responses_ids": [torch.randint(3, model.config.vocab_size, (m,), generator=g).tolist() for m in (3, 7)]}
-              for n in (12, 20, 9)]
+               "responses_ids": [torch.randint(3, model.config.vocab_size, (m,), generator=g).tolist()
+                                 for m in (3, 4, 7)[: 2 + (n % 2)]]}
+              for n in (20, 22, 21, 9)]
     one = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=False)["policy"]
     shared = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=True)["policy"]
-    _close(shared["logps"], one["logps"], "scoring: shared prompt vs concatenated", atol=1e-3)
+    if not torch.equal(shared["valid"], one["valid"]):
+        raise AssertionError("scoring: shared prompt and concatenated disagree on which response slots exist")
+    _close(shared["logps"][one["valid"]], one["logps"][one["valid"]], "scoring: shared prompt vs concatenated", atol=1e-3)
     from .directions import completion_states
 
     layers = [0, _n_layers(model) - 1]
@@ -426,6 +445,8 @@ def check_reference_cache(model) -> None:
 
 
 def check_steering(model) -> None:
+    """Steering at two layers in one call equals nesting one edit per layer, each with its own
+    layer's vector, and is undone on exit."""
     from .directions import Direction, directions_from_states
     from .hooks import capture
     from .steering import steer
@@ -443,8 +464,12 @@ def check_steering(model) -> None:
         with steer(model, d, 8.0):
             steered = model(input_ids=ids).logits
         after = model(input_ids=ids).logits
+        with capture(model, 1, edit_output=d.steer(8.0, 1), retain_output=False), \
+                capture(model, 2, edit_output=d.steer(8.0, 2), retain_output=False):
+            nested = model(input_ids=ids).logits
     if torch.allclose(steered, plain, atol=1e-6):
         raise AssertionError("steering changed nothing")
+    _close(steered, nested, "steering two layers in one call vs one edit per layer")
     _close(after, plain, "logits after the steering context vs before")
 
 
@@ -542,6 +567,27 @@ def render(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_mutations(table: dict[str, dict[str, list[str]]]) -> str:
+    """The seeded bugs (``reprkit.mutations``) and the checks that failed under each, per architecture
+    where the bug applies: the section of the support page that says what a "pass" can see."""
+    from .mutations import MUTATIONS
+
+    lines = ["## What the checks catch", "",
+             "A check counts once it fails on the bug it exists for. Each seeded bug below (`reprkit/mutations.py`) "
+             "was run against every check on every architecture where it is a bug; `tests/test_mutations.py` "
+             "requires the checks it names to fail. Generated by `python -m reprkit.verify --write "
+             "docs/supported-models.md --mutations`.", ""]
+    for name, by_arch in table.items():
+        m = MUTATIONS[name]
+        caught = {c: sum(c in fails for fails in by_arch.values()) for c in dict.fromkeys(c for f in by_arch.values() for c in f)}
+        must = ", ".join(f"`{c}` {caught.get(c, 0)}/{len(by_arch)}" for c in m.caught_by)
+        also = ", ".join(f"`{c}` {k}/{len(by_arch)}" for c, k in caught.items() if c not in m.caught_by)
+        missed = [a for a, fails in by_arch.items() if not set(m.caught_by) <= set(fails)]
+        lines.append(f"- **{name}**: {m.what}. Caught by {must} architectures" + (f"; also fails {also}" if also else "")
+                     + (f"; NOT caught on {', '.join(missed)}" if missed else "") + ".")
+    return "\n".join(lines) + "\n"
+
+
 def parse_table(text: str) -> dict[str, dict[str, str]]:
     """``render``'s table read back: ``{arch: {check: "pass" | "fail" | "n/a"}}``."""
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| architecture")]
@@ -561,6 +607,8 @@ def main(argv=None) -> None:
     p.add_argument("--check", nargs="+", default=None, help=f"of {list(CHECKS)}")
     p.add_argument("--model", default=None, help="your own model (hub id or folder) instead of the tiny ones")
     p.add_argument("--write", default=None, help="write the markdown table here")
+    p.add_argument("--mutations", action="store_true",
+                   help="also run every seeded bug (reprkit.mutations) against every check and add what each catches")
     p.add_argument("--save-tiny", nargs=2, metavar=("ARCH", "FOLDER"), default=None,
                    help="save a tiny random ARCH model with the default tokenizer to FOLDER (load_model(FOLDER))")
     args = p.parse_args(argv)
@@ -583,6 +631,10 @@ def main(argv=None) -> None:
     else:
         results = verify(archs, args.check)
     text = render(results)
+    if args.mutations and not args.model:
+        from .mutations import catch_table
+
+        text += "\n" + render_mutations(catch_table(archs))
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)
         Path(args.write).write_text(text)

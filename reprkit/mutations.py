@@ -1,0 +1,371 @@
+"""Seeded bugs that ``reprkit.verify``'s checks must catch: a check counts only once it has been
+seen to fail on the bug it exists for.
+
+>>> with mutation("response_positions_off_by_one"):
+...     run_check(tiny_model("gemma3"), "shared_prompt")["status"]     # 'fail'
+
+Each mutation patches one piece of reprkit for the duration of the ``with`` (``unittest.mock``),
+and names the checks that must fail under it (``MUTATIONS[name].caught_by``) and the architectures
+it is a bug on (``applies``: right-padded prompts are wrong only where a sliding window counts
+cache slots; a head without softcapping only where the model softcaps). ``catch_table`` runs every
+mutation against every check and is published beside the support table
+(``docs/supported-models.md``); ``tests/test_mutations.py`` requires each listed check to fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from unittest import mock
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutation:
+    """A seeded bug: what it breaks, the patch that breaks it, the checks that must catch it."""
+
+    what: str
+    patch: Callable[[], contextlib.AbstractContextManager]
+    caught_by: tuple[str, ...]
+    applies: Callable[[object], bool] = lambda config: True
+    """on which architectures (by config) this is a bug at all"""
+
+
+def _sliding(config) -> bool:
+    return bool(getattr(config, "sliding_window", None)) and any(
+        t == "sliding_attention" for t in (getattr(config, "layer_types", None) or ["sliding_attention"]))
+
+
+def _scaled_head(config) -> bool:
+    return bool(getattr(config, "final_logit_softcapping", None)) or (
+        config.model_type.startswith(("cohere", "granite")))
+
+
+# ---------------------------------------------------------------- the patches
+
+
+@contextlib.contextmanager
+def _blocks_one_short():
+    import reprkit.layers as L
+
+    real = L.find_blocks
+
+    def short(model, block_name=None):
+        names, blocks = real(model, block_name)
+        return names[:-1], blocks[:-1]
+
+    with mock.patch.object(L, "find_blocks", short):
+        yield
+
+
+@contextlib.contextmanager
+def _layers_off_by_one():
+    """Layer i is block i + 1 (the last wraps to block 0)."""
+    import reprkit.layers as L
+
+    real = L.find_blocks
+
+    def rotated(model, block_name=None):
+        names, blocks = real(model, block_name)
+        return names[1:] + names[:1], blocks[1:] + blocks[:1]
+
+    with mock.patch.object(L, "find_blocks", rotated):
+        yield
+
+
+@contextlib.contextmanager
+def _stop_ignored():
+    import reprkit.hooks as H
+
+    with mock.patch.object(H.TraceDict, "_fired", lambda self, trace: self._pending.discard(trace.name)):
+        yield
+
+
+@contextlib.contextmanager
+def _edit_mask_ignored():
+    import reprkit.edits as E
+
+    def unmasked(fn, mask):
+        return lambda h, name="": fn(h).to(h.dtype)
+
+    with mock.patch.object(E, "_masked", unmasked):
+        yield
+
+
+@contextlib.contextmanager
+def _edit_mask_one_off():
+    """An edit's mask applied one position early (the last real token's edit lands on the one before)."""
+    import reprkit.edits as E
+
+    real = E._masked
+
+    def early(fn, mask):
+        return real(fn, None if mask is None else mask.roll(-1, dims=-1))
+
+    with mock.patch.object(E, "_masked", early):
+        yield
+
+
+@contextlib.contextmanager
+def _last_token_from_the_left():
+    import reprkit.geometry as G
+
+    def from_left(mask):
+        n = mask.sum(-1, keepdim=True)
+        return mask * (torch.arange(mask.shape[-1], device=mask.device) == n - 1)
+
+    with mock.patch.object(G, "last_token", from_left):
+        yield
+
+
+@contextlib.contextmanager
+def _edit_skipped_when_decoding():
+    """An edit applied to the prompt's forward but not to the one-token forwards of cached decoding."""
+    import reprkit.hooks as H
+
+    real = H._replace_hidden
+
+    def skip(value, new):
+        return value if new.shape[-2] == 1 else real(value, new)
+
+    with mock.patch.object(H, "_replace_hidden", skip):
+        yield
+
+
+@contextlib.contextmanager
+def _lens_without_final_norm():
+    import reprkit.lens as LE
+
+    with mock.patch.object(LE, "final_norm", lambda model: torch.nn.Identity()):
+        yield
+
+
+@contextlib.contextmanager
+def _head_unscaled():
+    """The LM head without the architecture's logit scale or softcap."""
+    import reprkit.logits as LO
+
+    def plain(model, final_hidden):
+        return LO.unwrap(model).get_output_embeddings()(final_hidden).float()
+
+    with mock.patch.object(LO, "head_logits", plain):
+        yield
+
+
+@contextlib.contextmanager
+def _lora_skips_last_block():
+    import reprkit.training.adapter as A
+    from reprkit.layers import find_blocks
+
+    real = A.lora_config
+
+    def without_last(model, r=8, **kwargs):
+        config = real(model, r, **kwargs)
+        names, _ = find_blocks(model)
+        last = {n for n, m in model.named_modules() if n.startswith(names[-1] + ".") and isinstance(m, torch.nn.Linear)}
+        config.exclude_modules = set(config.exclude_modules or ()) | last
+        return config
+
+    with mock.patch.object(A, "lora_config", without_last):
+        yield
+
+
+@contextlib.contextmanager
+def _policy_without_grad():
+    import reprkit.train as T
+
+    real = T.forward_pair_batch
+
+    def frozen(*args, **kwargs):
+        with torch.no_grad():
+            return real(*args, **kwargs)
+
+    with mock.patch.object(T, "forward_pair_batch", frozen):
+        yield
+
+
+@contextlib.contextmanager
+def _response_positions_off_by_one():
+    import reprkit.shared_prompt as S
+
+    real = S.run_responses
+
+    def shifted(model, prompts, *args, **kwargs):
+        return real(model, dataclasses.replace(prompts, lengths=prompts.lengths + 1), *args, **kwargs)
+
+    with mock.patch.object(S, "run_responses", shifted):
+        yield
+
+
+@contextlib.contextmanager
+def _prompts_right_padded():
+    """What reprkit did before: prompts right-padded, so padding sits between a short prompt and its
+    responses and uses up sliding-window slots (positions and the last prompt token kept right)."""
+    import reprkit.shared_prompt as S
+
+    real = S.run_prompts
+
+    def right(model, ids, mask, lengths, **kwargs):
+        width = ids.shape[1]
+        shift = (torch.arange(width, device=ids.device)[None] + (width - lengths)[:, None]) % width
+        r_ids, r_mask = ids.gather(1, shift), mask.gather(1, shift)
+        want_last = kwargs.pop("last", False)
+        out = real(model, r_ids, r_mask, lengths, last=False, **kwargs)
+        if want_last:
+            h = model(input_ids=r_ids, attention_mask=r_mask, position_ids=(r_mask.cumsum(-1) - 1).clamp_min(0),
+                      use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+            out.last = h[torch.arange(len(lengths), device=h.device), (lengths - 1).to(h.device)]
+        return out
+
+    with mock.patch.object(S, "run_prompts", right):
+        yield
+
+
+@contextlib.contextmanager
+def _prompt_padding_attended():
+    import reprkit.shared_prompt as S
+
+    real = S.run_responses
+
+    def attend_all(model, prompts, *args, **kwargs):
+        return real(model, dataclasses.replace(prompts, mask=torch.ones_like(prompts.mask)), *args, **kwargs)
+
+    with mock.patch.object(S, "run_responses", attend_all):
+        yield
+
+
+@contextlib.contextmanager
+def _cache_of_other_rows():
+    import reprkit.shared_prompt as S
+
+    real = S._rows_of
+
+    def other(cache, index):
+        n = next((layer.keys.shape[0] for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None), 1)
+        return real(cache, (index + 1) % n)
+
+    with mock.patch.object(S, "_rows_of", other):
+        yield
+
+
+@contextlib.contextmanager
+def _reference_cache_other_pair():
+    import reprkit.refcache as R
+
+    real = R.ReferenceCache.batch
+
+    def other(self, index, completion_mask, device=None):
+        return real(self, index.flip(0), completion_mask, device)
+
+    with mock.patch.object(R.ReferenceCache, "batch", other):
+        yield
+
+
+@contextlib.contextmanager
+def _reference_cache_of_the_policy():
+    import reprkit.refcache as R
+
+    with mock.patch.object(R, "adapter_disabled", lambda model: contextlib.nullcontext()):
+        yield
+
+
+@contextlib.contextmanager
+def _steer_wrong_layer_vector():
+    import reprkit.steering as ST
+
+    real = ST.steer
+
+    @contextlib.contextmanager
+    def rotated(model, direction, strength, layers=None, mask=None, block_name=None):
+        keys = sorted(direction.vectors)
+        swapped = dataclasses.replace(direction, vectors={k: direction.vectors[keys[(i + 1) % len(keys)]]
+                                                          for i, k in enumerate(keys)})
+        with real(model, swapped, strength, layers, mask, block_name) as cap:
+            yield cap
+
+    with mock.patch.object(ST, "steer", rotated):
+        yield
+
+
+@contextlib.contextmanager
+def _steer_not_undone():
+    import reprkit.steering as ST
+
+    real = ST.steer
+
+    @contextlib.contextmanager
+    def lingering(model, direction, strength, layers=None, mask=None, block_name=None):
+        with real(model, direction, strength, layers, mask, block_name) as cap:
+            yield cap
+        from reprkit.layers import find_blocks
+
+        _, blocks = find_blocks(model)
+        k = sorted(direction.vectors)[0]
+        blocks[k].register_forward_hook(lambda m, a, o: (o[0] + 1.0, *o[1:]) if isinstance(o, tuple) else o + 1.0)
+
+    with mock.patch.object(ST, "steer", lingering):
+        yield
+
+
+MUTATIONS: dict[str, Mutation] = {
+    "blocks_one_short": Mutation("the last decoder block not found", _blocks_one_short, ("blocks",)),
+    "layers_off_by_one": Mutation("layer i resolves to block i + 1", _layers_off_by_one, ("capture", "stop")),
+    "stop_ignored": Mutation("stop=True runs every block", _stop_ignored, ("stop",)),
+    "edit_mask_ignored": Mutation("an edit's position mask ignored", _edit_mask_ignored, ("edits",)),
+    "edit_mask_one_off": Mutation("an edit's position mask one position early", _edit_mask_one_off, ("edits",)),
+    "last_token_from_the_left": Mutation("each row's last real token counted from the left (wrong under left padding)",
+                                         _last_token_from_the_left, ("left_padding",)),
+    "edit_skipped_when_decoding": Mutation("edits skipped on the one-token forwards of cached generation",
+                                           _edit_skipped_when_decoding, ("generate",)),
+    "lens_without_final_norm": Mutation("the logit lens skips the final norm", _lens_without_final_norm,
+                                        ("logit_lens",)),
+    "head_unscaled": Mutation("the LM head without the model's logit scale or softcap", _head_unscaled,
+                              ("logit_lens",), _scaled_head),
+    "lora_skips_last_block": Mutation("LoRA left off the last block", _lora_skips_last_block, ("lora",)),
+    "policy_without_grad": Mutation("the policy pass of training runs without grad", _policy_without_grad,
+                                    ("losses",)),
+    "response_positions_off_by_one": Mutation("responses read one position off", _response_positions_off_by_one,
+                                              ("shared_prompt",)),
+    "prompts_right_padded": Mutation("prompts right-padded: padding uses sliding-window slots",
+                                     _prompts_right_padded, ("shared_prompt",), _sliding),
+    "prompt_padding_attended": Mutation("the prompts' padding attended to (mask ignored)", _prompt_padding_attended,
+                                        ("shared_prompt",)),
+    "cache_of_other_rows": Mutation("responses run on another item's prompt cache", _cache_of_other_rows,
+                                    ("shared_prompt",)),
+    "reference_cache_other_pair": Mutation("the frozen-model cache returns another pair's states",
+                                           _reference_cache_other_pair, ("reference_cache",)),
+    "reference_cache_of_the_policy": Mutation("the frozen-model cache built with the adapter on",
+                                              _reference_cache_of_the_policy, ("reference_cache",)),
+    "steer_wrong_layer_vector": Mutation("steering adds another layer's vector", _steer_wrong_layer_vector,
+                                         ("steering",)),
+    "steer_not_undone": Mutation("steering left on after its context", _steer_not_undone, ("steering",)),
+}
+
+
+@contextlib.contextmanager
+def mutation(name: str):
+    """The named seeded bug, for the duration of the ``with``."""
+    if name not in MUTATIONS:
+        raise ValueError(f"unknown mutation {name!r}; choose from {sorted(MUTATIONS)}")
+    with MUTATIONS[name].patch():
+        yield MUTATIONS[name]
+
+
+def catch_table(archs=None, mutations=None) -> dict[str, dict[str, list[str]]]:
+    """``{mutation: {arch: [checks that failed under it]}}`` on the tiny architectures where the
+    mutation is a bug (``applies``), with every check run on a fresh model."""
+    from .verify import ARCHITECTURES, CHECKS, run_check, tiny_model
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in mutations or MUTATIONS:
+        m = MUTATIONS[name]
+        out[name] = {}
+        for arch in archs or ARCHITECTURES:
+            model = tiny_model(arch)
+            if not m.applies(model.config):
+                continue
+            with mutation(name):
+                out[name][arch] = [c for c in CHECKS if run_check(tiny_model(arch), c)["status"] == "fail"]
+    return out
