@@ -56,3 +56,29 @@ def test_gemma_training_step_of_each_loss_and_evaluation(gemma, tmp_path):
     items = D.load_items("embedded:capitals", "test", limit=4)
     res = item_accuracy(model, D.encode_ranked(items, tok, 96, 48, chat_template=False), tok.pad_token_id, base=False)
     assert res["n"] == 4 and 0 <= res["accuracy_mean"] <= 1 and res["truncation"]["cut"] == 0
+
+
+def test_gemma_shared_prompt_past_its_window_equals_one_sequence_at_a_time(gemma):
+    """Gemma 3 270M's sliding window is 512 tokens. Three prompts of about 530, 560 and 590 tokens
+    in one batch (left-padded to the longest), two responses each: the shared-prompt scores and read
+    states equal scoring each item alone with no padding at all. (Right-padded prompts, as before,
+    put up to 60 padding slots inside the window of the shorter prompts' responses.)"""
+    from reprkit.directions import completion_states
+    from reprkit.evaluate import ranked_logps
+
+    model, tok = gemma
+    assert model.config.sliding_window == 512
+    g = torch.Generator().manual_seed(0)
+    items = [{"prompt_ids": torch.randint(1000, 20000, (n,), generator=g).tolist(),
+              "responses_ids": [torch.randint(1000, 20000, (m,), generator=g).tolist() for m in (5, 9)]}
+             for n in (530, 590, 560)]
+    shared = ranked_logps(model, items, tok.pad_token_id, base=False, shared_prompt=True)["policy"]["logps"]
+    alone = torch.cat([ranked_logps(model, [it], tok.pad_token_id, base=False, shared_prompt=False)["policy"]["logps"]
+                       for it in items])
+    torch.testing.assert_close(shared, alone, rtol=0, atol=2e-3)
+    states, _ = completion_states(model, items, tok.pad_token_id, [9, 17], "mean", shared_prompt=True)
+    for i, it in enumerate(items):
+        one, _ = completion_states(model, [it], tok.pad_token_id, [9, 17], "mean", shared_prompt=False)
+        for layer in (9, 17):
+            rel = (states[layer][i] - one[layer][0]).norm() / one[layer][0].norm()
+            assert rel < 1e-3, (i, layer, float(rel))

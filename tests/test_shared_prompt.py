@@ -239,3 +239,96 @@ def test_response_chunks_sorted_complete_and_within_the_waste_bound():
         real, padded = sum(lengths[i] for i in c), len(c) * max(lengths[i] for i in c)
         assert padded <= 1.25 * real
     assert 1 < len(chunks) < 50
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_bf16_scores_are_float32_sums_of_the_bf16_models_logits(shared, monkeypatch):
+    """A bf16 model's response log-probs are the float32 sums of the float32 log-softmaxes of its
+    own bf16 logits, to 1e-4 relative: no sum is accumulated in bf16 (whose spacing is 1.0 beyond
+    128, where these sums lie: a bf16 sum is off by up to 0.5). The reference recomputes each sum
+    in float64 from the very states the scorer saw (recorded), so only the arithmetic is compared."""
+    import reprkit.evaluate as EV
+    import reprkit.shared_prompt as S
+    from reprkit.logits import head_logits
+
+    model = tiny_llama(initializer_range=0.2).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(9)
+    items = [{"prompt_ids": torch.randint(1, TINY["vocab_size"], (n,), generator=g).tolist(),
+              "responses_ids": [torch.randint(1, TINY["vocab_size"], (m,), generator=g).tolist() for m in (40, 55)]}
+             for n in (7, 12, 9)]
+    seen = []
+    module = S if shared else EV
+    real = module.masked_logp_sums
+
+    def record(model, predictors, targets, mask):
+        out = real(model, predictors, targets, mask)
+        seen.append((predictors, targets, mask, out))
+        return out
+
+    monkeypatch.setattr(module, "masked_logp_sums", record)
+    got = ranked_logps(model, items, 0, base=False, shared_prompt=shared)["policy"]
+    assert got["logps"].dtype == torch.float32 and seen
+    wants = []
+    for predictors, targets, mask, out in seen:
+        where = mask.bool()
+        with torch.no_grad():
+            logp = torch.log_softmax(head_logits(model, predictors[where]).double(), -1)  # the bf16 head's logits
+        token = logp.gather(1, targets[where][:, None])[:, 0]
+        want = torch.zeros(len(out), dtype=torch.float64).index_add(0, where.nonzero()[:, 0], token)
+        assert want.abs().max() > 128
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-4)
+        wants.append(want)
+    # and what the scorer returns is those sums, not a copy rounded to the model's dtype on the way
+    returned = got["logps"][got["valid"]].double().sort().values
+    torch.testing.assert_close(returned, torch.cat(wants).sort().values, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral", "gpt-oss", "gemma2"])
+def test_sliding_window_models_equal_unpadded_one_item_at_a_time(arch):
+    """Prompts of 30, 32 and 31 tokens (windows of 8) in one batch: shared-prompt scores, read states,
+    and the DPO and ReprPO losses and LoRA gradients of a training batch equal running each item
+    alone with no padding at all (float32: gpt-oss's expert kernels take no float64, and Gemma 2's
+    eager float64 mask turns the left padding's empty rows into NaN, a float64-only case). Before
+    prompts were left-padded these were off by 0.69 (gemma3), 2.85 (mistral) and 4.79 (gpt-oss)
+    nats."""
+    from peft import LoraConfig, get_peft_model
+
+    from reprkit.config import TrainConfig
+    from reprkit.data import collate
+    from reprkit.directions import completion_states
+    from reprkit.train import forward_pair_batch, only_layers, plan_layers
+    from reprkit.verify import tiny_model
+
+    model = tiny_model(arch)
+    g = torch.Generator().manual_seed(2)
+    items = [{"prompt_ids": torch.randint(3, 256, (n,), generator=g).tolist(),
+              "responses_ids": [torch.randint(3, 256, (m,), generator=g).tolist() for m in (3, 7)]} for n in (30, 32, 31)]
+    assert len(length_batches(items, 8192, 64)) == 1  # one padded batch
+    shared = ranked_logps(model, items, 0, base=False, shared_prompt=True)["policy"]["logps"]
+    alone = torch.cat([ranked_logps(model, [it], 0, base=False, shared_prompt=False)["policy"]["logps"] for it in items])
+    torch.testing.assert_close(shared, alone, rtol=0, atol=1e-4)
+    states, _ = completion_states(model, items, 0, [1, 3], "mean", shared_prompt=True)
+    for i, it in enumerate(items):
+        one, _ = completion_states(model, [it], 0, [1, 3], "mean", shared_prompt=False)
+        for layer in (1, 3):
+            rel = (states[layer][i] - one[layer][0]).norm() / one[layer][0].norm()  # float32 states
+            assert rel < 1e-4, (layer, i, float(rel))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    rows = [{"chosen_prompt_ids": it["prompt_ids"], "rejected_prompt_ids": it["prompt_ids"],
+             "chosen_ids": it["responses_ids"][1], "rejected_ids": it["responses_ids"][0]} for it in items]
+    for name in ("dpo", "reprpo"):  # the shared layout vs the concatenated one (right-padded whole sequences)
+        loss = TrainConfig(loss=name).loss_fn()
+        loss_layers, layers, _ = plan_layers(peft_model, loss)
+        results = []
+        for shared_prompt in (True, False):
+            peft_model.zero_grad()
+            inputs = forward_pair_batch(peft_model, collate(rows, 0), layers, loss, 0.0, shared_prompt=shared_prompt)
+            value, _ = loss(only_layers(inputs, loss_layers))
+            value.backward()
+            results.append((value.detach(), {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.grad is not None}))
+        (a, ga), (b, gb) = results
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        scale = max(g.abs().max() for g in gb.values())
+        assert scale > 1e-6
+        for n in ga:
+            assert (ga[n] - gb[n]).abs().max() <= 1e-4 * scale, (name, n)
