@@ -309,9 +309,7 @@ def prompt_states(model, tokenizer, prompts: list[str], layers, token: str = "la
     model's chat template, generation prompt included (the state the model answers from)."""
     if token not in ("mean", "last"):
         raise ValueError(f"token must be 'mean' or 'last', not {token!r}")
-    if chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
+    prompts = [D.render_prompt(tokenizer, [{"role": "user", "content": p}], chat) for p in prompts]  # one chat rule
     device = input_device(model)
     out: dict[int, list[torch.Tensor]] = {}
     with eval_mode(model):

@@ -24,13 +24,10 @@ def layer_table(model, tokenizer, prompts=DEFAULT_PROMPTS, layers="range(0,1.0,3
     direction of a prompt is the mean over its tokens of the unit hidden states, so sinks count as
     one token each in the cosine.
     """
-    if chat and tokenizer.chat_template:
-        texts = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
-    else:
-        texts = list(prompts)
+    from .data import render_prompt, uses_chat
+
+    chat = chat and uses_chat(tokenizer)  # the template where the tokenizer has one (a base model's has none)
+    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}], chat) for p in prompts]
     batch = to_model(model, tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat))
     with torch.no_grad():
         states = forward_hidden_states(model, batch, layers)

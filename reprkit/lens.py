@@ -50,12 +50,10 @@ def logit_lens(model, tokenizer, prompts: list[str], layers, top_k: int = 5, tar
     "chat": bool}``; positions are each prompt's own (no padding)."""
     if chat and not tokenizer.chat_template:
         raise ValueError("chat=True but the tokenizer has no chat template; pass chat=False (--no-chat)")
-    if chat:
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]
-        enc = [tokenizer(t, return_tensors="pt", add_special_tokens=False) for t in texts]
-    else:
-        enc = [tokenizer(p, return_tensors="pt") for p in prompts]
+    from .data import render_prompt
+
+    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}], chat) for p in prompts]  # one chat rule
+    enc = [tokenizer(t, return_tensors="pt", add_special_tokens=not chat) for t in texts]
     target_id = None
     if target is not None:
         ids = tokenizer(target, add_special_tokens=False)["input_ids"]

@@ -7,8 +7,8 @@ seen to fail on the bug it exists for.
 Each mutation patches one piece of reprkit for the duration of the ``with`` (``unittest.mock``),
 and names the checks that must fail under it (``MUTATIONS[name].caught_by``) and the architectures
 it is a bug on (``applies``: right-padded prompts are wrong only where a sliding window counts
-cache slots; a head without softcapping only where the model softcaps). ``catch_table`` runs every
-mutation against every check and is published beside the support table
+cache slots; a head without softcapping only where the model softcaps). ``verify.catch_table`` runs
+every mutation against every check and is published beside the support table
 (``docs/supported-models.md``); ``tests/test_mutations.py`` requires each listed check to fail.
 """
 
@@ -351,21 +351,3 @@ def mutation(name: str):
         raise ValueError(f"unknown mutation {name!r}; choose from {sorted(MUTATIONS)}")
     with MUTATIONS[name].patch():
         yield MUTATIONS[name]
-
-
-def catch_table(archs=None, mutations=None) -> dict[str, dict[str, list[str]]]:
-    """``{mutation: {arch: [checks that failed under it]}}`` on the tiny architectures where the
-    mutation is a bug (``applies``), with every check run on a fresh model."""
-    from .verify import ARCHITECTURES, CHECKS, run_check, tiny_model
-
-    out: dict[str, dict[str, list[str]]] = {}
-    for name in mutations or MUTATIONS:
-        m = MUTATIONS[name]
-        out[name] = {}
-        for arch in archs or ARCHITECTURES:
-            model = tiny_model(arch)
-            if not m.applies(model.config):
-                continue
-            with mutation(name):
-                out[name][arch] = [c for c in CHECKS if run_check(tiny_model(arch), c)["status"] == "fail"]
-    return out

@@ -567,6 +567,23 @@ def render(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def catch_table(archs=None, mutations=None) -> dict[str, dict[str, list[str]]]:
+    """``{mutation: {arch: [checks that failed under it]}}``: every seeded bug of
+    ``reprkit.mutations`` against every check, on the tiny architectures where it is a bug
+    (``applies``), each check on a fresh model."""
+    from .mutations import MUTATIONS, mutation
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for name in mutations or MUTATIONS:
+        out[name] = {}
+        for arch in archs or ARCHITECTURES:
+            if not MUTATIONS[name].applies(tiny_model(arch).config):
+                continue
+            with mutation(name):
+                out[name][arch] = [c for c in CHECKS if run_check(tiny_model(arch), c)["status"] == "fail"]
+    return out
+
+
 def render_mutations(table: dict[str, dict[str, list[str]]]) -> str:
     """The seeded bugs (``reprkit.mutations``) and the checks that failed under each, per architecture
     where the bug applies: the section of the support page that says what a "pass" can see."""
@@ -632,8 +649,6 @@ def main(argv=None) -> None:
         results = verify(archs, args.check)
     text = render(results)
     if args.mutations and not args.model:
-        from .mutations import catch_table
-
         text += "\n" + render_mutations(catch_table(archs))
     if args.write:
         Path(args.write).parent.mkdir(parents=True, exist_ok=True)

@@ -278,3 +278,24 @@ def test_checkpointing_recomputes_inside_a_block_but_not_the_block_hook(inputs):
     # torch stops a recompute once the saved tensors are back: the block's last sub-module (its MLP)
     # is not run to its end again, so its hook fires once
     assert counts == {"block": 1, "inside": 2, "last": 1}
+
+
+def test_the_one_private_torch_call_tells_a_backward_recompute_from_a_forward():
+    """``hooks._in_backward`` is reprkit's only use of a private torch API
+    (``torch._C._current_graph_task_id``): False in a forward, True while a checkpointed block is
+    recomputed in the backward pass. If a torch release changes it, this test says so first."""
+    import torch.utils.checkpoint as cp
+
+    from reprkit import hooks
+
+    seen = []
+    lin = torch.nn.Linear(3, 3)
+
+    def body(x):
+        seen.append(hooks._in_backward())
+        return lin(x)
+
+    x = torch.randn(2, 3, requires_grad=True)
+    assert hooks._in_backward() is False
+    cp.checkpoint(body, x, use_reentrant=False).sum().backward()
+    assert seen == [False, True]

@@ -178,7 +178,7 @@ def test_shared_prompt_step_equals_the_concatenated_step_float64(name):
 
 def test_pair_layout_only_when_prompts_are_shared():
     from reprkit.config import TrainConfig
-    from reprkit.shared_prompt import pair_layout
+    from reprkit.data import pair_layout
     from reprkit.train import forward_pair_batch
 
     differ = _pair_batch(same_prompt=False)

@@ -11,8 +11,8 @@ Every format becomes an *item*: ``{"prompt": [messages], "responses": [best, ...
 
 One file per concern: ``items`` (the item shape, ``DataError``, the shared data folder),
 ``formats`` (row -> item adapters), ``sources`` (where rows come from, splits, pairs, GENIES' shifts)
-and ``encoding`` (tokenization with truncation counts, collation); everything is importable from
-``reprkit.data``.
+``encoding`` (tokenization with truncation counts, collation) and ``layout`` (a collated batch laid
+out for a forward: concatenated or shared-prompt); everything is importable from ``reprkit.data``.
 
 Sources: ``embedded[:task]`` (shipped with reprkit), ``genies:<distribution>``,
 ``hh-rlhf:<subset>``, a local json / jsonl / jsonl.gz / csv / parquet file, or a hub dataset id
@@ -55,8 +55,8 @@ from .encoding import (  # noqa: F401
     collate_ranked,
     encode_pairs,
     encode_ranked,
-    pair_sides,
     render_completion,
     render_prompt,
     uses_chat,
 )
+from .layout import pair_layout, pair_sides  # noqa: F401

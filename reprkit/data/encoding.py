@@ -153,15 +153,6 @@ def collate(examples: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def pair_sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
-    """A collated pair batch as one forward: chosen rows then rejected rows, ``({input_ids,
-    attention_mask}, completion_mask, number of pairs)``."""
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]])
-    attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
-    comp = torch.cat([batch["chosen_completion_mask"], batch["rejected_completion_mask"]])
-    return {"input_ids": ids, "attention_mask": attn}, comp, batch["chosen_input_ids"].shape[0]
-
-
 def encode_ranked(items: list[dict], tokenizer, max_length: int = 256, max_prompt_length: int = 128,
                   chat_template: bool | None = None, max_responses: int | None = None) -> Encoded:
     """Tokenize items with all their responses, best first (for Plackett-Luce losses and K-way

@@ -40,11 +40,11 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
     forward stopped half-way would leave FSDP's gather/reshard hooks half-run). ``policy=False``: the frozen
     pass alone (the inputs' policy states are empty), for ``batch_totals``.
     """
-    from ..shared_prompt import pair_layout, pair_states
+    from ..shared_prompt import pair_states
 
     inputs, comp, b = D.pair_sides(batch)
     stop = not loss.needs_logps and not sharded
-    lay = pair_layout(batch) if shared_prompt else None
+    lay = D.pair_layout(batch) if shared_prompt else None
     if lay is not None:
         comp = lay["completion_mask"][lay["order"]]
     ref_hidden, ref_logps = {}, None
