@@ -34,6 +34,12 @@ def follow(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return t if t is None or t.device == like.device else t.to(like.device)
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """float64 for sums that must not lose precision, except on Apple's MPS, which has no float64
+    (float32 there)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (a block under a ``device_map``)."""
     for t in module.parameters():

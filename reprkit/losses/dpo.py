@@ -63,7 +63,7 @@ def dr_dpo_split(losses: torch.Tensor, beta_prime: float, total_exp: torch.Tenso
     whole batch's."""
     z = total_exp.to(losses.device)
     value = -beta_prime * (torch.log(z) - torch.log(total_n.to(losses.device)))
-    surrogate = -beta_prime * torch.exp(-losses.double() / beta_prime).sum() / z * pieces
+    surrogate = -beta_prime * torch.exp(-losses.to(z.dtype) / beta_prime).sum() / z * pieces
     return (value + surrogate - surrogate.detach()).float()
 
 
@@ -131,10 +131,13 @@ class DPO:
                                beta=self.beta, label_smoothing=self.label_smoothing, ipo=self.ipo)
 
     def batch_totals(self, inputs: LossInputs) -> dict[str, torch.Tensor]:
-        """Dr. DPO: ``sum_i exp(-loss_i / beta')`` and the pair count of this batch (float64)."""
+        """Dr. DPO: ``sum_i exp(-loss_i / beta')`` and the pair count of this batch (float64; float32 on MPS)."""
+        from reprkit.devices import wide_float
+
         losses, _, _ = self._losses(inputs)
-        return {"dr/sum_exp": torch.exp(-losses.double() / self.dr_beta).sum(),
-                "dr/n": torch.tensor(float(losses.numel()), dtype=torch.float64, device=losses.device)}
+        wide = wide_float(losses.device)
+        return {"dr/sum_exp": torch.exp(-losses.to(wide) / self.dr_beta).sum(),
+                "dr/n": torch.tensor(float(losses.numel()), dtype=wide, device=losses.device)}
 
     def __call__(self, inputs: LossInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         losses, chosen_rewards, rejected_rewards = self._losses(inputs)

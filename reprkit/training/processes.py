@@ -152,7 +152,10 @@ def all_processes(value, accelerator, op: str = "mean"):
     from torch.utils._pytree import tree_flatten, tree_unflatten
 
     leaves, spec = tree_flatten(value)
-    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64).detach().cpu() for v in leaves]).to(accelerator.device)
+    from ..devices import wide_float
+
+    wide = wide_float(accelerator.device)  # float64, but MPS has none
+    flat = torch.stack([torch.as_tensor(v, dtype=wide).detach().cpu() for v in leaves]).to(accelerator.device)
     dist.all_reduce(flat, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
     if op == "mean":
         flat /= accelerator.num_processes
