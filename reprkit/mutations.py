@@ -156,19 +156,24 @@ def _head_unscaled():
 
 @contextlib.contextmanager
 def _lora_skips_last_block():
-    import reprkit.training.adapter as A
+    """The adapter's layers in the last block unwrapped back to their base layers after placement."""
+    import peft
+
     from reprkit.layers import find_blocks
 
-    real = A.lora_config
+    real = peft.get_peft_model
 
-    def without_last(model, r=8, **kwargs):
-        config = real(model, r, **kwargs)
-        names, _ = find_blocks(model)
-        last = {n for n, m in model.named_modules() if n.startswith(names[-1] + ".") and isinstance(m, torch.nn.Linear)}
-        config.exclude_modules = set(config.exclude_modules or ()) | last
-        return config
+    def without_last(model, config, *args, **kwargs):
+        wrapped = real(model, config, *args, **kwargs)
+        names, _ = find_blocks(wrapped)
+        modules = dict(wrapped.named_modules())
+        for name in sorted((n for n in modules if n.startswith(names[-1] + ".") and hasattr(modules[n], "lora_A")),
+                           key=lambda n: -n.count(".")):  # innermost first
+            parent, _, child = name.rpartition(".")
+            setattr(modules[parent], child, modules[name].get_base_layer())
+        return wrapped
 
-    with mock.patch.object(A, "lora_config", without_last):
+    with mock.patch.object(peft, "get_peft_model", without_last):
         yield
 
 
@@ -303,7 +308,8 @@ def _steer_not_undone():
 
         _, blocks = find_blocks(model)
         k = sorted(direction.vectors)[0]
-        blocks[k].register_forward_hook(lambda m, a, o: (o[0] + 1.0, *o[1:]) if isinstance(o, tuple) else o + 1.0)
+        v = direction.vectors[k] * (strength[k] if isinstance(strength, dict) else strength)  # the edit, left on
+        blocks[k].register_forward_hook(lambda m, a, o: (o[0] + v.to(o[0]), *o[1:]) if isinstance(o, tuple) else o + v.to(o))
 
     with mock.patch.object(ST, "steer", lingering):
         yield

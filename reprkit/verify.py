@@ -396,12 +396,13 @@ def check_shared_prompt(model) -> None:
 
     rows, batch = _pairs(model)
     # prompts of different lengths, longer than the tiny configs' sliding windows (8 tokens): 20, 22
-    # and 21 share a batch (padded to 22), 9 runs alone; responses of unequal length share chunks
+    # and 21 share a batch (padded to 22), 9 runs alone; 6 and 7, shorter than the window, share one
+    # (so padding lies inside the window); responses of unequal length share chunks
     g = torch.Generator().manual_seed(11)
     ranked = [{"prompt_ids": torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist(),
                "responses_ids": [torch.randint(3, model.config.vocab_size, (m,), generator=g).tolist()
                                  for m in (3, 4, 7)[: 2 + (n % 2)]]}
-              for n in (20, 22, 21, 9)]
+              for n in (20, 22, 21, 9, 6, 7)]
     one = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=False)["policy"]
     shared = ranked_logps(model, ranked, model.config.pad_token_id or 0, base=False, shared_prompt=True)["policy"]
     if not torch.equal(shared["valid"], one["valid"]):

@@ -153,3 +153,26 @@ def test_remeasure_at_a_glance_accuracies_are_results_csv():
                 assert tgt == round(acc(shift, method, target), 3), (page.name, shift, method)
                 checked += 1
     assert checked >= 8
+
+
+def test_every_committed_star_is_the_rows_p():
+    """In every committed table of paired differences, a row is significant exactly when its p is
+    below 0.05, and the dagger marks exactly the rows whose interval alone excludes 0."""
+    import csv
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "results").glob("*/*paired*.csv"))
+    assert len(files) >= 4
+    checked = 0
+    for path in files:
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get("p") in (None, "") or row.get("significant") in (None, ""):
+                    continue
+                p, star = float(row["p"]), row["significant"] == "True"
+                assert star == (p < 0.05), (path.name, row)
+                if row.get("interval_disagrees") not in (None, ""):
+                    outside = float(row["ci_low"]) > 0 or float(row["ci_high"]) < 0
+                    assert (row["interval_disagrees"] == "True") == (outside != star), (path.name, row)
+                checked += 1
+    assert checked > 100
