@@ -3,6 +3,7 @@ on an architecture where that bug is a bug; and passes without it. The full tabl
 against every check on all 23 architectures, is in docs/supported-models.md."""
 
 import pytest
+import torch
 
 from reprkit import mutations as M
 from reprkit.verify import CHECKS, run_check, tiny_model
@@ -48,3 +49,43 @@ def test_right_padding_is_a_bug_only_where_a_window_counts_cache_slots():
     with M.mutation("prompts_right_padded"):
         assert run_check(tiny_model("llama"), "shared_prompt")["status"] == "pass"
         assert run_check(tiny_model("mistral"), "shared_prompt")["status"] == "fail"
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 128, (2, 7), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _equality_cases():
+    from . import test_shared_prompt as SP
+    from . import test_steering as ST
+    from .conftest import tiny_llama
+
+    return [
+        ("shared-prompt scoring, adapter on and off", SP.test_shared_prompt_with_adapter_on_and_off, (),
+         ["response_positions_off_by_one", "cache_of_other_rows", "prompt_padding_attended"]),
+        ("shared-prompt training step (ReprPO)", SP.test_shared_prompt_step_equals_the_concatenated_step_float64,
+         ("reprpo",), ["response_positions_off_by_one", "cache_of_other_rows"]),
+        ("sliding windows equal one unpadded item", SP.test_sliding_window_models_equal_unpadded_one_item_at_a_time,
+         ("gemma3",), ["prompts_right_padded", "response_positions_off_by_one"]),
+        ("steering two layers in one call", ST.test_steer_at_two_layers_in_one_call_equals_nested_single_layer_captures,
+         lambda: (tiny_llama(), _inputs()), ["steer_wrong_layer_vector", "steer_not_undone"]),
+        ("steer takes capture's layer specs", ST.test_steer_takes_the_layer_specs_of_capture, ("5:7", [5, 6]),
+         ["steer_wrong_layer_vector"]),
+    ]
+
+
+def _cases():
+    return [(label, name) for label, _, _, names in _equality_cases() for name in names]
+
+
+@pytest.mark.parametrize("label,name", _cases(), ids=[f"{n}-{label}" for label, n in _cases()])
+def test_the_library_equality_tests_fail_on_their_mutations(label, name):
+    """The equality tests of scoring, training and steering are checks too: each fails on the bug it
+    exists for (and passes without it, as the suite shows)."""
+    fn, args = next((f, a) for lab, f, a, _ in _equality_cases() if lab == label)
+    with M.mutation(name), pytest.raises(AssertionError):
+        fn(*(args() if callable(args) else args))
