@@ -62,7 +62,8 @@ def test_gemma_shared_prompt_past_its_window_equals_one_sequence_at_a_time(gemma
     """Gemma 3 270M's sliding window is 512 tokens. Three prompts of about 530, 560 and 590 tokens
     in one batch (left-padded to the longest), two responses each: the shared-prompt scores and read
     states equal scoring each item alone with no padding at all. (Right-padded prompts, as before,
-    put up to 60 padding slots inside the window of the shorter prompts' responses.)"""
+    put up to 60 padding slots inside the window of the shorter prompts' responses: 0.23 nats off,
+    measured; left-padded, 1.8e-4.)"""
     from reprkit.directions import completion_states
     from reprkit.evaluate import ranked_logps
 
@@ -76,9 +77,9 @@ def test_gemma_shared_prompt_past_its_window_equals_one_sequence_at_a_time(gemma
     alone = torch.cat([ranked_logps(model, [it], tok.pad_token_id, base=False, shared_prompt=False)["policy"]["logps"]
                        for it in items])
     torch.testing.assert_close(shared, alone, rtol=0, atol=2e-3)
-    states, _ = completion_states(model, items, tok.pad_token_id, [9, 17], "mean", shared_prompt=True)
+    states, _ = completion_states(model, items, tok.pad_token_id, [9], "mean", shared_prompt=True)  # stops at 9
     for i, it in enumerate(items):
-        one, _ = completion_states(model, [it], tok.pad_token_id, [9, 17], "mean", shared_prompt=False)
-        for layer in (9, 17):
+        one, _ = completion_states(model, [it], tok.pad_token_id, [9], "mean", shared_prompt=False)
+        for layer in (9,):
             rel = (states[layer][i] - one[layer][0]).norm() / one[layer][0].norm()
             assert rel < 1e-3, (i, layer, float(rel))
