@@ -37,8 +37,8 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
 
     ``model`` is the PeftModel (FSDP2-sharded in place when ``sharded``): its blocks carry the hooks
     and its adapter is disabled for the reference. Sharded models see every forward to the end (a
-    forward stopped half-way would leave FSDP's gather/reshard hooks half-run). ``policy=False``: the frozen
-    pass alone (the inputs' policy states are empty), for ``batch_totals``.
+    forward stopped half-way would leave FSDP's gather/reshard hooks half-run). ``policy=False``:
+    the frozen pass alone (the inputs' policy states are empty), for ``batch_totals``.
     """
     from ..shared_prompt import pair_states
 
@@ -62,11 +62,9 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
                         model(**inputs, use_cache=False)
                 ref_hidden = cap.hidden_states
     logps, hidden = None, {}
-    if not policy:
-        pass
-    elif lay is not None:
+    if policy and lay is not None:
         hidden, logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=False)
-    else:
+    elif policy:
         with capture(model, layers, detach=False, stop=stop) as cap:
             if loss.needs_logps:
                 logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
