@@ -601,7 +601,8 @@ def render_mutations(table: dict[str, dict[str, list[str]]]) -> str:
         must = ", ".join(f"`{c}` {caught.get(c, 0)}/{len(by_arch)}" for c in m.caught_by)
         also = ", ".join(f"`{c}` {k}/{len(by_arch)}" for c, k in caught.items() if c not in m.caught_by)
         missed = [a for a, fails in by_arch.items() if not set(m.caught_by) <= set(fails)]
-        lines.append(f"- **{name}**: {m.what}. Caught by {must} architectures" + (f"; also fails {also}" if also else "")
+        where = "" if len(by_arch) == len(ARCHITECTURES) else f" (where it is a bug: {', '.join(by_arch)})"
+        lines.append(f"- **{name}**: {m.what}. Caught by {must} architectures{where}" + (f"; also fails {also}" if also else "")
                      + (f"; NOT caught on {', '.join(missed)}" if missed else "") + ".")
     return "\n".join(lines) + "\n"
 
