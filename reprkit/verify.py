@@ -141,6 +141,17 @@ def _ids(model, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, model.config.vocab_size, (batch, length), generator=g)
 
 
+def _close_rows(a: torch.Tensor, b: torch.Tensor, what: str, rel: float = 1e-4) -> None:
+    """Hidden states equal row by row relative to each row's norm: real models' states reach 10^4
+    in some dimensions (Gemma 3 270M's last layer), where float32 rounding alone is 10^-2 absolute."""
+    a, b = a.float(), b.float()
+    if a.shape != b.shape:
+        raise AssertionError(f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}")
+    err = ((a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-6)).max().item()
+    if err > rel:
+        raise AssertionError(f"{what}: differ by up to {err:.3g} of a state's norm")
+
+
 def _close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = 1e-4, rtol: float = 1e-4) -> None:
     a, b = a.float(), b.float()
     if a.shape != b.shape:
@@ -415,8 +426,7 @@ def check_shared_prompt(model) -> None:
         read = [completion_states(model, ranked, model.config.pad_token_id or 0, layers, token, shared_prompt=flag)[0]
                 for flag in (False, True)]
         for layer in layers:
-            _close(read[1][layer], read[0][layer], f"reading ({token}, layer {layer}): shared prompt vs concatenated",
-                   atol=1e-3)
+            _close_rows(read[1][layer], read[0][layer], f"reading ({token}, layer {layer}): shared prompt vs concatenated")
     peft_model = _adapted(tiny_copy(model))
     for name in ("dpo", "reprpo"):
         a = _loss_step(peft_model, _loss(name), batch, shared_prompt=False)
