@@ -55,7 +55,8 @@ def head_token_logps(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: 
     chunk = chunk or chunk_positions(unwrap(model).get_output_embeddings().weight.shape[0])
 
     def part(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return -F.cross_entropy(head_logits(model, h), t, reduction="none")
+        logits = head_logits(model, h)  # on the head's device (a tied head lives with the embedding)
+        return -F.cross_entropy(logits, t.to(logits.device), reduction="none")
 
     if n <= chunk and not (torch.is_grad_enabled() and hidden.requires_grad):
         return part(hidden, targets)
@@ -79,4 +80,4 @@ def masked_logp_sums(model, predictors: torch.Tensor, targets: torch.Tensor, mas
     token_logps = head_token_logps(model, predictors[where], targets.to(predictors.device)[where])
     rows = where.nonzero()[:, 0]
     return torch.zeros(where.shape[0], dtype=torch.float32, device=predictors.device).index_add(
-        0, rows, token_logps.float())
+        0, rows, token_logps.float().to(predictors.device))

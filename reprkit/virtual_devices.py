@@ -220,8 +220,8 @@ class VirtualDevices:
 def _send(obj, device: str):
     """``obj`` with every tensor in it (tuples, lists, dicts) moved to ``device``, as accelerate's
     ``send_to_device`` does; other objects (caches) as they are."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device) if device_of(obj) != device else obj
+    if isinstance(obj, torch.Tensor):  # a copy said to be there (not .to(): a backward recompute runs outside the mode)
+        return _tag(obj.clone(), device) if device_of(obj) != device else obj
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(_send(x, device) for x in obj))
     if isinstance(obj, (tuple, list)):

@@ -127,11 +127,25 @@ def test_capture_stop_edits_and_generation(split):
     assert cap[2] is not None
 
 
+def _model(arch: str):
+    """A tiny Llama, or a tiny architecture of the support table (gemma3: sliding-window caches,
+    tied head; gpt-oss: experts and attention sinks)."""
+    if arch == "llama":
+        return tiny_llama()
+    from reprkit.verify import tiny_model
+
+    return tiny_model(arch)
+
+
+ARCHS = ["llama", "gemma3", "gpt-oss"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("split", PLACEMENTS)
-def test_scoring_both_layouts_perplexity_and_accuracy(split):
+def test_scoring_both_layouts_perplexity_and_accuracy(split, arch):
     from reprkit.evaluate import item_accuracy, perplexity_ratio, preference_accuracy, ranked_logps
 
-    model = tiny_llama()
+    model = _model(arch)
     items = _ranked_items()
     pairs = [{"chosen_prompt_ids": e["prompt_ids"], "rejected_prompt_ids": e["prompt_ids"],
               "chosen_ids": e["responses_ids"][0], "rejected_ids": e["responses_ids"][1]} for e in items]
@@ -169,10 +183,14 @@ def test_reading_steering_calibration_and_the_lens(split, vocab_model, tokenizer
         layer_table(model, tokenizer, ["a b", "c d e"], layers=[0, 3], chat=False)
 
 
+LOSS_CASES = [("llama", name) for name in ["dpo", "ipo", "dr-dpo", "reprpo", "reprpo-direction-only", "reroute",
+                                          "prefvec", "prefvec-hinges", "plackett-luce"]] + [
+    (arch, name) for arch in ("gemma3", "gpt-oss") for name in ("dpo", "reprpo")]
+
+
 @pytest.mark.parametrize("split", PLACEMENTS)
-@pytest.mark.parametrize("name", ["dpo", "ipo", "dr-dpo", "reprpo", "reprpo-direction-only", "reroute", "prefvec",
-                                  "prefvec-hinges", "plackett-luce"])
-def test_every_loss_steps_on_both_layouts(split, name):
+@pytest.mark.parametrize("arch,name", LOSS_CASES)
+def test_every_loss_steps_on_both_layouts(split, arch, name):
     """A training step of every loss (forward, loss, backward, tracking, optimiser step), in the
     concatenated and the shared-prompt layout, with a batch split in two pieces (whole-batch totals)."""
     from peft import LoraConfig, get_peft_model
@@ -181,7 +199,7 @@ def test_every_loss_steps_on_both_layouts(split, name):
     from reprkit.train import forward_pair_batch, forward_ranked_batch, only_layers, plan_layers, track
     from reprkit.training.step import batch_totals
 
-    model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)).train()
+    model = get_peft_model(_model(arch), LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)).train()
     loss = preset(name).loss_fn()
     ranked = getattr(loss, "ranked", False)
     items = _ranked_items(4)
