@@ -12,7 +12,7 @@ import torch
 from reprkit import data as D
 from reprkit.virtual_devices import VirtualDeviceError, device_of, put, virtual_devices
 
-from .conftest import TINY, tiny_llama
+from .conftest import FIXTURES, TINY, tiny_llama
 
 PLACEMENTS = [pytest.param(False, id="one-device"), pytest.param(True, id="device-map")]
 
@@ -161,9 +161,11 @@ def test_scoring_both_layouts_perplexity_and_accuracy(split, arch):
 
 
 @pytest.mark.parametrize("split", PLACEMENTS)
-def test_reading_steering_calibration_and_the_lens(split, vocab_model, tokenizer):
+def test_reading_steering_calibration_the_lens_and_behaviour(split, vocab_model, tokenizer):
+    from reprkit.behaviour import behaviour_rate, load_behaviour
     from reprkit.directions import from_pairs, from_prompts
     from reprkit.lens import logit_lens
+    from reprkit.steerability import steerability
     from reprkit.inspect import layer_table
     from reprkit.steering import calibrate_strength, steer
 
@@ -181,6 +183,9 @@ def test_reading_steering_calibration_and_the_lens(split, vocab_model, tokenizer
             model(**{k: v.to(vd.input_device) for k, v in enc.items()})
         logit_lens(model, tokenizer, ["The capital of France is"], layers=[1, 3], target=" Paris")
         layer_table(model, tokenizer, ["a b", "c d e"], layers=[0, 3], chat=False)
+        behaviour = load_behaviour(FIXTURES / "anthropic-evals/advanced-ai-risk/corrigible-neutral-HHH.jsonl", limit=3)
+        behaviour_rate(model, tokenizer, behaviour, base=False)
+        steerability(model, tokenizer, d, behaviour, [-1.0, 1.0], layers=[3], kl_prompts=2)
 
 
 LOSS_CASES = [("llama", name) for name in ["dpo", "ipo", "dr-dpo", "reprpo", "reprpo-direction-only", "reroute",
