@@ -38,12 +38,3 @@ def wide_float(device: torch.device) -> torch.dtype:
     """float64 for sums that must not lose precision, except on Apple's MPS, which has no float64
     (float32 there)."""
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer (a block under a ``device_map``)."""
-    for t in module.parameters():
-        return t.device
-    for t in module.buffers():
-        return t.device
-    return torch.device("cpu")

@@ -277,42 +277,43 @@ def _reference_cache_of_the_policy():
 
 
 @contextlib.contextmanager
-def _steer_wrong_layer_vector():
+def _steer_changed(before=None, after=None):
+    """``steering.steer`` with ``before(direction) -> direction`` applied on entry and
+    ``after(model, direction, strength)`` run on exit."""
     import reprkit.steering as ST
 
     real = ST.steer
 
     @contextlib.contextmanager
-    def rotated(model, direction, strength, layers=None, mask=None, block_name=None):
-        keys = sorted(direction.vectors)
-        swapped = dataclasses.replace(direction, vectors={k: direction.vectors[keys[(i + 1) % len(keys)]]
-                                                          for i, k in enumerate(keys)})
-        with real(model, swapped, strength, layers, mask, block_name) as cap:
+    def changed(model, direction, strength, layers=None, mask=None, block_name=None):
+        with real(model, before(direction) if before else direction, strength, layers, mask, block_name) as cap:
             yield cap
+        if after:
+            after(model, direction, strength)
 
-    with mock.patch.object(ST, "steer", rotated):
+    with mock.patch.object(ST, "steer", changed):
         yield
 
 
-@contextlib.contextmanager
+def _steer_wrong_layer_vector():
+    def rotated(direction):
+        keys = sorted(direction.vectors)
+        return dataclasses.replace(direction, vectors={k: direction.vectors[keys[(i + 1) % len(keys)]]
+                                                       for i, k in enumerate(keys)})
+
+    return _steer_changed(before=rotated)
+
+
 def _steer_not_undone():
-    import reprkit.steering as ST
-
-    real = ST.steer
-
-    @contextlib.contextmanager
-    def lingering(model, direction, strength, layers=None, mask=None, block_name=None):
-        with real(model, direction, strength, layers, mask, block_name) as cap:
-            yield cap
+    def linger(model, direction, strength):  # the first layer's edit left on the block
         from reprkit.layers import find_blocks
 
         _, blocks = find_blocks(model)
         k = sorted(direction.vectors)[0]
-        v = direction.vectors[k] * (strength[k] if isinstance(strength, dict) else strength)  # the edit, left on
+        v = direction.vectors[k] * (strength[k] if isinstance(strength, dict) else strength)
         blocks[k].register_forward_hook(lambda m, a, o: (o[0] + v.to(o[0]), *o[1:]) if isinstance(o, tuple) else o + v.to(o))
 
-    with mock.patch.object(ST, "steer", lingering):
-        yield
+    return _steer_changed(after=linger)
 
 
 MUTATIONS: dict[str, Mutation] = {

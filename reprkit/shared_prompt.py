@@ -11,7 +11,7 @@ little compute goes to padding. The log-probs equal the one-sequence-per-respons
 >>> lp = shared_prompt_logps(model, encoded, tokenizer.pad_token_id)   # encoded = data.encode_ranked(...)
 >>> lp["logps"].shape, lp["n_tokens"].shape, lp["valid"].shape           # [N, K] each, K = most responses
 
-Prompts are left-padded (``left_pad``): every response's cache index is then its prompt's length
+Prompts are left-padded (``pad``): every response's cache index is then its prompt's length
 plus its offset, as in the concatenated sequence, which sliding-window attention (Gemma 2 and 3,
 Mistral, gpt-oss) needs; prompts and responses get explicit position ids, each prompt's from 0.
 All log-prob sums are float32 whatever the model's dtype. ``run_prompts``, ``run_responses`` and
@@ -91,34 +91,24 @@ def _rows_of(cache, index: torch.Tensor):
     return chunk
 
 
-def left_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token id lists left-padded: ids and attention mask ``[B, P]``, each row's length ``[B]``.
+def pad(rows: list[list[int]], pad_token_id: int, device, left: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token id lists padded to one width: ids and attention mask ``[B, P]``, each row's length ``[B]``.
 
-    Left, not right: a response's cache index must be its prompt length plus its offset, because
+    Prompts go ``left``: a response's cache index must be its prompt length plus its offset, because
     sliding-window masks are built from cache indices. Right padding puts the padding between a
     short prompt and its responses, where it uses up window slots (a tiny Gemma 3 with a window of
-    8 scored 0.69 nats off so); left padding puts it before every real token."""
+    8 scored 0.69 nats off so); left padding puts it before every real token. Responses go right:
+    padding after a response's last real token is never attended to by a real one."""
     lengths = torch.tensor([len(r) for r in rows], device=device)
-    width = int(lengths.max())
+    width = max(1, int(lengths.max()))
     ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.as_tensor(r, device=device)
-            mask[i, width - len(r):] = 1
+            at = slice(width - len(r), None) if left else slice(0, len(r))
+            ids[i, at] = torch.as_tensor(r, dtype=torch.long, device=device)
+            mask[i, at] = 1
     return ids, mask, lengths
-
-
-def right_pad(rows: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists right-padded (responses: padding after the last real token is never attended
-    to by a real one): ids and mask ``[R, T]``."""
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(r, dtype=torch.long, device=device)
-        mask[i, : len(r)] = 1
-    return ids, mask
 
 
 @dataclasses.dataclass
@@ -185,7 +175,7 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.
     padded to the longest one of the batch."""
     device = input_device(model)
     b, k = len(examples), max(len(e["responses_ids"]) for e in examples)
-    prompts = run_prompts(model, *left_pad([e["prompt_ids"] for e in examples], pad_token_id, device), last=True)
+    prompts = run_prompts(model, *pad([e["prompt_ids"] for e in examples], pad_token_id, device, left=True), last=True)
     slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
     responses = [examples[i]["responses_ids"][j] for i, j in slots]
     logps = torch.zeros((b, k), dtype=torch.float32, device=device)
@@ -193,7 +183,7 @@ def _score_batch(model, examples: list[dict], pad_token_id: int) -> tuple[torch.
     for chunk in response_chunks([len(r) for r in responses]):
         item = torch.tensor([slots[c][0] for c in chunk], device=device)
         slot = torch.tensor([slots[c][1] for c in chunk], device=device)
-        ids, mask = right_pad([responses[c] for c in chunk], pad_token_id, device)
+        ids, mask, _ = pad([responses[c] for c in chunk], pad_token_id, device, left=False)
         _, final = run_responses(model, prompts, item, ids, mask, final=True)
         logps[item, slot] = response_logps(model, prompts, item, final, ids, mask).to(device)
         counts[item, slot] = mask.sum(-1)
@@ -262,7 +252,7 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
     valid = torch.zeros((n, k_all), dtype=torch.bool)
     for idx in length_batches(encoded, token_budget, max_items):
         examples = [encoded[i] for i in idx]
-        prompts = run_prompts(model, *left_pad([e["prompt_ids"] for e in examples], pad_token_id, device),
+        prompts = run_prompts(model, *pad([e["prompt_ids"] for e in examples], pad_token_id, device, left=True),
                               layers=layers, stop=True)
         slots = [(i, j) for i, e in enumerate(examples) for j, r in enumerate(e["responses_ids"]) if r]
         for i, e in enumerate(examples):
@@ -272,7 +262,7 @@ def shared_prompt_states(model, encoded: list[dict], pad_token_id: int, layers, 
             item = torch.tensor([slots[c][0] for c in chunk], device=device)
             at = torch.tensor([idx[slots[c][0]] for c in chunk]), torch.tensor([slots[c][1] for c in chunk])
             rows = [responses[c] for c in chunk]
-            ids, mask = right_pad(rows, pad_token_id, device)
+            ids, mask, _ = pad(rows, pad_token_id, device, left=False)
             read = torch.zeros_like(ids)
             for row, c in enumerate(chunk):
                 i, j = slots[c]

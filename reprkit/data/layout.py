@@ -26,7 +26,7 @@ def pair_sides(batch: dict) -> tuple[dict, torch.Tensor, int]:
 
 def pair_layout(batch: dict) -> dict[str, torch.Tensor] | None:
     """A collated pair batch (``data.collate``) re-laid for one prompt pass: ``prompt_ids``,
-    ``prompt_mask`` ``[B, P]`` (left-padded, ``left_pad``), ``prompt_len``, and the completions
+    ``prompt_mask`` ``[B, P]`` (left-padded, as ``shared_prompt.pad`` pads prompts), ``prompt_len``, and the completions
     item-major (row 2i chosen i, row 2i + 1 rejected i) as ``completion_ids``, ``completion_mask``
     ``[2B, C]``, ``positions`` (their positions in the concatenated sequence) and ``order``, the
     permutation back to chosen-first rows. None when some pair's chosen and rejected prompts differ
