@@ -208,17 +208,75 @@ def seed_t_difference(a_runs: list[dict[str, float]], b_runs: list[dict[str, flo
     return _t_result(out, terms, confidence)
 
 
-def pooled_seed_t_difference(strata: dict[str, tuple[list[dict], list[dict]]], confidence: float = 0.95) -> dict:
-    """``seed_t_difference`` pooled over strata (shifts): the mean of the strata's differences, with
-    variance the sum of each stratum's terms over the number of strata squared and Satterthwaite's
-    degrees of freedom over all of them."""
+def pooled_seed_t_difference(strata: dict[str, tuple[list[dict], list[dict]]], confidence: float = 0.95,
+                             shared: dict[str, str] | None = None) -> dict:
+    """``seed_t_difference`` pooled over strata (shifts, or targets): the mean of the strata's
+    differences, with Satterthwaite's degrees of freedom over all the variance terms.
+
+    Strata scored by different runs are independent: the variance is the sum of each stratum's
+    terms over the number of strata squared. Strata scored by the *same* runs (one training run per
+    seed, scored on several targets) are not: a seed that does well on one target tends to do well
+    on the others, and summing their seed terms as if independent leaves that covariance out.
+    ``shared`` maps each stratum to a group whose strata share runs (seed ``s`` of the group's
+    strata is one run; every stratum of a group has the same number of runs in the same order); a
+    group's seed terms are then the Welch terms of each run's pooled accuracy (its strata's
+    accuracies summed, over the number of strata), which carry the covariance, and its items' terms
+    stay per stratum (the item sets are different items). ``shared=None``: every stratum its own
+    group."""
     if not strata:
         raise ValueError("pooled_seed_t_difference needs at least one stratum")
     k = len(strata)
-    parts = [_seed_t_terms(a, b) for a, b in strata.values()]
-    terms = [(v / k ** 2, df) for _, t in parts for v, df in t]
-    out = {"strata": k, "difference": float(np.mean([o["difference"] for o, _ in parts]))}
+    groups: dict[str, list[str]] = {}
+    for name in strata:
+        groups.setdefault((shared or {}).get(name, name), []).append(name)
+    terms, diffs = [], []
+    for names in groups.values():
+        runs = {len(strata[n][0]) for n in names}, {len(strata[n][1]) for n in names}
+        if len(runs[0]) > 1 or len(runs[1]) > 1:
+            raise ValueError(f"strata {names} share runs but have different numbers of runs: {runs}")
+        per_side = []
+        for side in (0, 1):
+            acc = np.array([[np.mean(list(r.values())) for r in strata[n][side]] for n in names])  # strata x runs
+            per_side.append(acc.sum(0) / k)  # each run's contribution to the pooled difference
+        for acc in per_side:
+            if len(acc) > 1:
+                terms.append((float(acc.var(ddof=1)) / len(acc), len(acc) - 1))
+        for n in names:
+            out, t = _seed_t_terms(*strata[n])
+            diffs.append(out["difference"])
+            items = t[-1] if out["n"] > 1 else None  # the items' term is the last one
+            if items is not None:
+                terms.append((items[0] / k ** 2, items[1]))
+    out = {"strata": k, "groups": len(groups), "difference": float(np.mean(diffs))}
     return _t_result(out, terms, confidence)
+
+
+def detectable_difference(se: float, df: float, alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided t test at ``alpha`` detects with probability
+    ``power``, for an estimate with standard error ``se`` and ``df`` degrees of freedom:
+    ``(t_{1-alpha/2, df} + t_{power, df}) * se`` (the usual approximation to the noncentral t).
+    For a family adjusted by Holm over m tests, the most significant test meets ``alpha / m``:
+    pass that to read the family's floor."""
+    df = float(df) if math.isfinite(df) else 1e9
+    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * se)
+
+
+def ratio_interval(num: float, den: float, var_num: float, var_den: float, cov: float, df: float,
+                   confidence: float = 0.95) -> dict:
+    """Fieller's interval for the ratio ``num / den`` of two estimates with the given variances,
+    covariance and degrees of freedom. Where ``den`` is not clearly away from 0 (``g =
+    t^2 var_den / den^2 >= 1``) no finite interval exists: ``ci95`` is None and ``bounded`` False
+    (the ratio of, say, a transfer gain to a ceiling gain that may be 0 is not estimable)."""
+    t = float(stats.t.ppf(0.5 + confidence / 2, df if math.isfinite(df) else 1e9))
+    ratio = num / den if den != 0 else float("nan")
+    g = t ** 2 * var_den / den ** 2 if den != 0 else float("inf")
+    if g >= 1:
+        return {"ratio": ratio, "ci95": None, "bounded": False, "g": g}
+    a = den ** 2 - t ** 2 * var_den
+    b = num * den - t ** 2 * cov
+    c = num ** 2 - t ** 2 * var_num
+    root = math.sqrt(max(b ** 2 - a * c, 0.0))
+    return {"ratio": ratio, "ci95": [(b - root) / a, (b + root) / a], "bounded": True, "g": g}
 
 
 def holm(pvalues: dict[str, float]) -> dict[str, float]:

@@ -252,3 +252,66 @@ def test_the_star_follows_the_exact_p_never_the_interval_alone():
         r = paired_difference(a, b, n_resamples=2000)
         assert r["significant"] == (r["p"] < 0.05)
         assert r["interval_disagrees"] == ((r["ci95"][0] > 0 or r["ci95"][1] < 0) != r["significant"])
+
+
+def _shared_target_runs(seed_effects, base, n, rng, prefix):
+    """Runs of one method scored on one target: seed s adds seed_effects[s] to every item's chance
+    of being right (the same run on every target: its effect is shared)."""
+    return [{f"{prefix}{j}": float(rng.random() < base + e) for j in range(n)} for e in seed_effects]
+
+
+def test_pooled_over_targets_of_the_same_runs_counts_the_shared_seed_spread():
+    rng = np.random.default_rng(5)
+    effects = [-0.08, 0.0, 0.08]  # a seed good on one target is good on the other
+    strata = {t: (_shared_target_runs(effects, 0.55, 300, rng, t), _shared_target_runs([0.0], 0.5, 300, rng, t))
+              for t in ("raven", "arc")}
+    shared = pooled_seed_t_difference(strata, shared={"raven": "src", "arc": "src"})
+    alone = pooled_seed_t_difference(strata)
+    assert shared["difference"] == pytest.approx(alone["difference"]) and shared["groups"] == 1
+    # by hand: the Welch term of each run's pooled accuracy, plus each target's items term over k^2
+    pooled = np.mean([[np.mean(list(r.values())) for r in strata[t][0]] for t in strata], axis=0)
+    items = []
+    for t in strata:
+        a, b = strata[t]
+        ids = sorted(b[0])
+        d = np.mean([[r[i] for i in ids] for r in a], 0) - np.array([b[0][i] for i in ids])
+        items.append(d.var(ddof=1) / len(d) / 4)
+    assert shared["se"] ** 2 == pytest.approx(pooled.var(ddof=1) / 3 + sum(items))
+    # treating the targets as independent halves the seed spread the shared runs really have
+    assert shared["se"] > alone["se"]
+    with pytest.raises(ValueError, match="different numbers of runs"):
+        pooled_seed_t_difference({"a": strata["raven"], "b": (strata["arc"][0][:2], strata["arc"][1])},
+                                 shared={"a": "g", "b": "g"})
+
+
+def test_detectable_difference_is_the_t_sum_times_the_standard_error():
+    from scipy import stats as st
+
+    from reprkit.stats import detectable_difference
+
+    assert detectable_difference(0.01, float("inf")) == pytest.approx((st.norm.ppf(0.975) + st.norm.ppf(0.8)) * 0.01)
+    assert detectable_difference(0.02, 4) == pytest.approx((st.t.ppf(0.975, 4) + st.t.ppf(0.8, 4)) * 0.02)
+    # at power 0.5 it is the critical value; Holm's first step is stricter
+    assert detectable_difference(0.02, 10, power=0.5) == pytest.approx(st.t.ppf(0.975, 10) * 0.02)
+    assert detectable_difference(0.02, 10, alpha=0.05 / 12) > detectable_difference(0.02, 10)
+
+
+def test_ratio_interval_is_fieller():
+    from scipy import stats as st
+
+    from reprkit.stats import ratio_interval
+
+    # an exact denominator: the numerator's t interval over the denominator
+    r = ratio_interval(0.06, 0.2, 0.0004, 0.0, 0.0, 8)
+    t = st.t.ppf(0.975, 8)
+    assert r["bounded"] and r["ratio"] == pytest.approx(0.3)
+    assert r["ci95"] == pytest.approx([(0.06 - t * 0.02) / 0.2, (0.06 + t * 0.02) / 0.2])
+    # a noisy denominator widens it, more above the ratio than below
+    w = ratio_interval(0.06, 0.2, 0.0004, 0.0025, 0.0, 8)
+    assert w["ci95"][0] < r["ci95"][0] and w["ci95"][1] > r["ci95"][1]
+    assert w["ci95"][1] - 0.3 > 0.3 - w["ci95"][0]
+    # every ratio inside Fieller's interval passes the t test of num - ratio * den = 0
+    for rho in w["ci95"]:
+        assert (0.06 - rho * 0.2) ** 2 == pytest.approx(t ** 2 * (0.0004 + rho ** 2 * 0.0025))
+    # a denominator not clearly away from 0: no finite interval
+    assert ratio_interval(0.06, 0.05, 0.0004, 0.0025, 0.0, 8)["ci95"] is None
