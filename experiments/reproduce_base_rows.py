@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grid_scoring import encode_set, item_ids, score  # noqa: E402
-from grid_settings import Grid  # noqa: E402
+from reprkit.compare.scoring import encode_set, item_ids, score  # noqa: E402
+from reprkit.compare.settings import Grid  # noqa: E402
 
 from reprkit.models import load_model  # noqa: E402
 

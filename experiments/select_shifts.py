@@ -18,8 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from grid_scoring import encode_set  # noqa: E402
-from grid_settings import TRAIN_SPLIT, VAL_SPLIT, Grid  # noqa: E402
+from reprkit.compare.scoring import encode_set
+from reprkit.compare.settings import TRAIN_SPLIT, VAL_SPLIT, Grid
 
 from reprkit import data as D
 from reprkit.evaluate import item_accuracy

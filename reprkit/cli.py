@@ -307,6 +307,50 @@ class Dashboard:
 
 
 @dataclasses.dataclass
+class Compare:
+    """Compare training methods on a shift (source -> targets) under one design: lengths checked,
+    rates chosen on source validation, seeds, paired statistics, ceilings, a report
+    (``reprkit.compare``). Resumable: run it again to go on where it stopped."""
+
+    config: tyro.conf.Positional[str]
+    """JSON file of the grid's fields (``reprkit.compare.Grid``; ``experiments/grids/`` has examples)"""
+    out: str = "results/compare"
+    """output folder: cells, sweeps, the report (results.md, csv, figures)"""
+    methods: list[str] | None = None
+    """this sitting runs only these of the grid's methods (the grid itself is unchanged)"""
+    sources: list[str] | None = None
+    """this sitting runs only the shifts from these sources (or a target's ceiling)"""
+    seeds: list[int] | None = None
+    """this sitting trains these seeds (default: the grid's); a seed outside the grid's adds cells beside it"""
+    max_cells: int | None = None
+    """stop after this many new cells"""
+    poll: float = 60.0
+    """seconds between looks at cells that wait on another process's sweep (processes can share a grid)"""
+    status: bool = False
+    """only say what is done, started and left, with an estimate of the time left (read-only)"""
+    workers: int = 2
+    """with --status: workers sharing the grid, for the wall time"""
+    check_lengths: bool = False
+    """only count what truncation cuts in every set of the grid (truncation.json) and stop"""
+    shift_file: str | None = None
+    """a GENIES-format shift list (overrides the grid's)"""
+
+    def run(self) -> None:
+        from .compare import Grid, run
+
+        grid = Grid.from_file(self.config)
+        if self.shift_file:
+            grid.shift_file = self.shift_file
+        res = run(grid, self.out, methods=self.methods, sources=self.sources, seeds=self.seeds,
+                  max_cells=self.max_cells, poll=self.poll, status=self.status, workers=self.workers,
+                  check_lengths=self.check_lengths)
+        if self.status:
+            from .compare.status import format_status
+
+            print(format_status(res, self.workers))
+
+
+@dataclasses.dataclass
 class Eval(Placement):
     """Evaluate a run directory, a saved adapter or a model (default: the base model) on any data."""
 
@@ -416,7 +460,8 @@ def parse(argv: list[str]):
         cfg.validate()  # before anything loads
         return cfg
     return tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard,
-                                                 "inspect": Inspect, "direction": DirectionCmd, "steer": Steer},
+                                                 "inspect": Inspect, "direction": DirectionCmd, "steer": Steer,
+                                                 "compare": Compare},
                                                 args=argv, prog="reprkit")
 
 

@@ -1,19 +1,10 @@
 """The comparison's overview table quotes the paired statistics of the cells it is given."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-EXPERIMENTS = Path(__file__).parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-spec = importlib.util.spec_from_file_location("analyse", EXPERIMENTS / "analyse.py")
-analyse = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(analyse)
-
-import grid_matched  # noqa: E402 (experiments/, on the path above)
-import grid_paired  # noqa: E402
+from reprkit.compare import matched as grid_matched
+from reprkit.compare import paired as grid_paired
+from reprkit.compare import report as analyse
 
 
 def _cell(shift, target, method, source_ok, target_ok, ppl=None, seed=0):
@@ -236,7 +227,7 @@ def test_length_cue_shifts_are_labelled_and_left_out_of_the_pool(tmp_path):
 def test_behaviour_chance_recorded_or_computed_from_the_same_subset():
     """A behaviour column's chance: the cell's where it recorded one, else from the data subset it
     names (here the fixtures under $REPRKIT_DATA_DIR), the same number truthfulqa_mc reports."""
-    import grid_scoring
+    from reprkit.compare import scoring as grid_scoring
 
     from reprkit.evaluate import load_truthfulqa
 

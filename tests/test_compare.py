@@ -1,27 +1,39 @@
 """The comparison grid runs, keeps per-item outcomes, writes its paired statistics, and resumes."""
 
 import csv
-import os
-import importlib.util
+import dataclasses
 import json
-import sys
+import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-EXPERIMENTS = Path(__file__).parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-spec = importlib.util.spec_from_file_location("compare", EXPERIMENTS / "compare.py")
-compare = importlib.util.module_from_spec(spec)
-sys.modules["compare"] = compare  # dataclasses look their module up there
-spec.loader.exec_module(compare)
+from reprkit import cli
+from reprkit import data as D
+from reprkit.compare import cells, command
+from reprkit.compare import scoring as grid_scoring
+from reprkit.compare import settings as grid_settings
+from reprkit.compare import sweep as grid_sweep
+from reprkit.compare import training as grid_training
 
-import grid_scoring  # noqa: E402 (experiments/, on the path above)
-import grid_settings  # noqa: E402
-import grid_sweep  # noqa: E402
-import grid_training  # noqa: E402
 
-GRID_MODULES = (compare, grid_settings, grid_scoring, grid_training, grid_sweep)
+def _main():
+    """``reprkit compare`` on the command line the grid script took (``--grid FILE`` first), raising
+    what the command raises."""
+    import sys
+
+    argv = sys.argv[1:]
+    i = argv.index("--grid")
+    cli.parse(["compare", argv[i + 1], *argv[:i], *argv[i + 2:]]).run()
+
+
+compare = SimpleNamespace(main=_main, dataclasses=dataclasses, D=D, time=time, Grid=grid_settings.Grid,
+                          resolve_shifts=grid_settings.resolve_shifts,
+                          machine=grid_settings.machine, tune_lr=grid_sweep.tune_lr, claim=cells.claim,
+                          run_cell=cells.run_cell, cell_order=cells.cell_order, work=cells.work)
+GRID_MODULES = (cells, command, grid_settings, grid_scoring, grid_training, grid_sweep)
 
 
 def patch(monkeypatch, name: str, value) -> None:
@@ -209,7 +221,7 @@ def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
     assert calls == [(0, "alpaca_easy", "mms")] and tuned == []  # no sweep for a method this sitting skips
     assert json.loads((tmp_path / "out" / "grid.json").read_text())["methods"] == ["base", "mms", "dpo"]
     monkeypatch.setattr("sys.argv", ["compare", "--grid", str(gfile), "--out", str(tmp_path / "out"), "--methods", "dpx"])
-    with pytest.raises(SystemExit, match="dpx"):
+    with pytest.raises(ValueError, match="dpx"):
         compare.main()
 
 
@@ -232,7 +244,7 @@ def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
     assert calls == [(0, "alpaca_short", "base"), (0, "alpaca_easy", "reprpo"), (0, "alpaca_short", "dpo"),
                      (0, "alpaca_short", "reprpo"), (1, "alpaca_short", "dpo"), (1, "alpaca_short", "reprpo")]
     monkeypatch.setattr("sys.argv", argv[:-1] + ["alpaca_hard"])
-    with pytest.raises(SystemExit, match="alpaca_hard"):
+    with pytest.raises(ValueError, match="alpaca_hard"):
         compare.main()
 
 
@@ -438,7 +450,7 @@ def test_per_shift_tuning_with_length_and_reading_baselines(tiny_folder, tmp_pat
 
 
 def test_the_ratio_rule_uses_the_frozen_models_log_probs_on_the_same_items():
-    import rule_tables
+    from reprkit.compare import rules as rule_tables
 
     def cell(method, seed, logps):
         return {"shift": "s", "method": method, "seed": seed,
@@ -456,7 +468,7 @@ def test_holm_adjusts_each_rules_family_alike_and_leaves_the_length_rows_out():
     every rule's comparisons on targets form their own Holm family of the same size."""
     import random
 
-    import rule_tables
+    from reprkit.compare import rules as rule_tables
 
     rng = random.Random(0)
     ids = [f"i{k}" for k in range(40)]
@@ -577,9 +589,10 @@ def test_two_processes_share_a_grid_each_cell_runs_once(tmp_path, monkeypatch):
 
 
 def test_two_real_processes_on_one_grid_split_its_cells(tiny_folder, tmp_path):
-    """Two `compare.py` processes started together on one grid: every cell is run by exactly one of
-    them, and the sweep once."""
+    """Two `reprkit compare` processes started together on one grid: every cell is run by exactly one
+    of them, and the sweep once."""
     import subprocess
+    import sys
 
     grid = compare.Grid(model=str(tiny_folder), shifts=["alpaca_easy->alpaca_hard"], methods=["base", "length", "dpo"],
                         seeds=[0, 1], train_limit=4, batch_size=2, max_length=96, max_prompt_length=48, lora_r=2,
@@ -589,7 +602,7 @@ def test_two_real_processes_on_one_grid_split_its_cells(tiny_folder, tmp_path):
     gfile = tmp_path / "grid.json"
     gfile.write_text(json.dumps(compare.dataclasses.asdict(grid)))
     out = tmp_path / "out"
-    cmd = [sys.executable, str(EXPERIMENTS / "compare.py"), "--grid", str(gfile), "--out", str(out), "--poll", "0.5"]
+    cmd = [sys.executable, "-m", "reprkit.cli", "compare", str(gfile), "--out", str(out), "--poll", "0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for _ in range(2)]
@@ -630,7 +643,7 @@ def test_retain_ratio_reads_the_frozen_models_nll_once_computed(tiny_folder, tmp
 
 
 def test_status_counts_what_is_done_started_and_left_and_estimates_from_recorded_times(tmp_path):
-    import grid_status
+    from reprkit.compare import status as grid_status
 
     grid = compare.Grid(shifts=["a->b"], methods=["base", "dpo"], seeds=[0, 1], lr_sweep={"dpo": [1e-4, 3e-4]},
                         tune_per_shift=True, sweep_steps=None)

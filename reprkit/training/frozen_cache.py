@@ -12,8 +12,6 @@ from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 FINGERPRINT_ELEMENTS = 1024
 
 

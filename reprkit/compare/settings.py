@@ -1,7 +1,7 @@
-"""The comparison grid's settings (``Grid``, one JSON file per grid in ``grids/``), its shifts, its
-method families, and what a timing ran on. Shared by every part of the grid: ``compare.py`` (the
-cells and the command), ``grid_sweep.py`` (learning rates), ``grid_training.py`` (training in
-segments), ``grid_scoring.py`` (scores), ``select_shifts.py`` and ``reproduce_base_rows.py``."""
+"""A comparison grid's settings (``Grid``, one JSON file per grid: ``experiments/grids/``, or your
+own), its shifts, its method families, and what a timing ran on. Shared by every part of the grid:
+``cells`` (the cells and their order), ``sweep`` (learning rates), ``training`` (training in
+segments), ``scoring`` (scores), and the experiments' ``select_shifts.py``."""
 
 from __future__ import annotations
 
@@ -14,15 +14,41 @@ from reprkit import data as D
 from reprkit.models import DEFAULT_MODEL
 
 TRAIN_SPLIT, VAL_SPLIT = "train[:90%]", "train[90%:]"
+"""The first grids' split of a source's training data into training and validation (``Grid``'s
+default)."""
 
 
 @dataclasses.dataclass
 class Grid:
     model: str = DEFAULT_MODEL
     shifts: list[str] = dataclasses.field(default_factory=lambda: ["alpaca_easy->alpaca_hard"])
-    """'source->target', or a source alone for every target the shift file gives it"""
+    """'source->target', or a source alone for every target the shift file gives it. A name in
+    ``data`` is that dataset; any other name is a GENIES distribution"""
+    data: dict[str, str] = dataclasses.field(default_factory=dict)
+    """name -> dataset (any source ``reprkit.data.load_items`` reads: a local file, a hub id, an
+    ``embedded:`` set), for your own data; a shift between two such names needs no shift list"""
     shift_file: str | None = None
     """a GENIES-format shift list (default: genies/distribution_shifts/GENIES.json of the data dir)"""
+    train_split: str = TRAIN_SPLIT
+    """the source's training pairs (a split slice, as in HF datasets)"""
+    val_split: str = VAL_SPLIT
+    """the source's validation items (rates are chosen on them, never on a target)"""
+    test_split: str = "test"
+    """the split every final score reads (source and targets; a local file has one split: all its rows)"""
+    primary_targets: list[str] | None = None
+    """the evidence family, named before the runs: the targets whose hidden-state-vs-DPO comparisons
+    are adjusted together (Holm) and pooled; None: every length-neutral target of the shift rule
+    (``shift-selection.json``), or every target where there is no such file"""
+    positive_control: str | None = None
+    """a near target, named before the runs, where DPO's target gain is expected to be significant:
+    the design's check that it can see transfer at all"""
+    ceiling_methods: list[str] = dataclasses.field(default_factory=list)
+    """methods also trained on each target itself (the ceiling normalised transfer divides by), at
+    the rate the method's sweep chose on the source, with ``ceiling_max_length`` /
+    ``ceiling_max_prompt_length``; cells in ``ceiling/<target>/<method>/seed<k>/``"""
+    ceiling_max_length: int | None = None
+    """training length of a ceiling run (None: ``max_length``): a target's prompts may be longer"""
+    ceiling_max_prompt_length: int | None = None
     methods: list[str] = dataclasses.field(default_factory=lambda: ["base", "mms", "dpo", "reprpo", "reroute"])
     """'base' (frozen model), 'mms' (read direction) or presets of reprkit.config.PRESETS"""
     seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1])
@@ -83,14 +109,51 @@ class Grid:
     """cells train with each pair's prompt run once (``--shared-prompt``; the same loss to float
     rounding, 0.70-0.75x the step); the learning-rate sweep runs the concatenated layout"""
 
+    def spec(self, name: str) -> str:
+        """The dataset a source or target name reads: ``data[name]``, else the GENIES distribution."""
+        return self.data.get(name, f"genies:{name}")
+
+    def for_ceiling(self) -> "Grid":
+        """The settings a ceiling run trains with: the grid's, at the ceiling lengths."""
+        return dataclasses.replace(self, max_length=self.ceiling_max_length or self.max_length,
+                                   max_prompt_length=self.ceiling_max_prompt_length or self.max_prompt_length)
+
+    @classmethod
+    def from_file(cls, path) -> "Grid":
+        """A grid from a JSON file of its fields; an unknown field is an error that lists the known ones."""
+        import json
+        from pathlib import Path
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"comparison config {path} does not exist")
+        try:
+            fields = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"comparison config {path}: not JSON ({err})") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(fields) - known):
+            raise ValueError(f"comparison config {path}: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**fields)
+
 
 def resolve_shifts(grid: Grid) -> dict[str, list[str]]:
-    """source -> its targets, in the grid's order."""
-    listed = D.genies_shifts(grid.shift_file)
+    """source -> its targets, in the grid's order. A shift between names of ``grid.data`` is taken
+    as written; any other is checked against the shift list."""
+    listed = None
     out: dict[str, list[str]] = {}
     for spec in grid.shifts:
         source, _, target = spec.partition("->")
         source, target = source.strip(), target.strip()
+        if source in grid.data:
+            if not target:
+                raise D.DataError(f"shift {spec!r}: a source of your own data needs its targets written out "
+                                  f"('{source}->TARGET'); names in data: {sorted(grid.data)}")
+            out.setdefault(source, [])
+            if target not in out[source]:
+                out[source].append(target)
+            continue
+        listed = D.genies_shifts(grid.shift_file) if listed is None else listed
         known = [s["target"] for s in listed if s["source"] == source]
         if not known:
             raise D.DataError(f"no shift in the shift list has source {source!r}; sources: "

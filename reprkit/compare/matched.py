@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from grid_paired import compare_runs, seed_ci_text, verdict
+from .paired import compare_runs, seed_ci_text, verdict
 
 MATCHED_TITLE = ("At matched source accuracy, paired: target (curve subset) against DPO's where each run's source "
                  "validation first reaches DPO's final (mean over its seeds), per-item outcomes interpolated between "
@@ -18,7 +18,7 @@ def matched(cells: list[dict]) -> list[dict]:
     final one (mean over DPO's seeds), by linear interpolation between curve points. The base
     model's point is every trained run's step 0, so a run whose frozen model already meets the level
     is matched there, at the base target accuracy; mms (no training) has one point, its own."""
-    from grid_figures import run_points
+    from .figures import run_points
 
     rows = []
     for shift in dict.fromkeys(c["shift"] for c in cells):
@@ -64,7 +64,7 @@ def matched_items(base: dict, cell: dict, col: str, level: float) -> dict[str, f
     """A run's per-item target outcomes (curve subset) where its source validation first reaches
     ``level``, interpolated between the two checkpoints around it as ``matched`` interpolates the
     accuracy (so their mean is that run's ``target_at_match``); None where it never does."""
-    from grid_figures import run_points
+    from .figures import run_points
 
     points = run_points(base, cell)
     at = _crossing([p["source val"]["accuracy_mean"] for p in points], level)
@@ -83,7 +83,7 @@ def matched_paired_rows(cells: list[dict], methods: set[str] | None = None) -> l
     (mean over DPO's seeds), paired by item: both the seed-averaged items interval and the one that
     holds the spread between seeds (seed-level t). Runs that never reach the level are left out and counted (``reached``):
     a method most of whose runs never reach it is compared on the runs that did."""
-    from grid_figures import run_points
+    from .figures import run_points
 
     rows = []
     for shift in dict.fromkeys(c["shift"] for c in cells):

@@ -10,9 +10,9 @@ import shutil
 import time
 from pathlib import Path
 
-from grid_scoring import encode_set, retain_ratio, score
-from grid_settings import VAL_SPLIT, Grid, machine
-from grid_training import cache_dir, load_adapter, train_config, train_curve, train_to
+from .scoring import encode_set, retain_ratio, score
+from .settings import Grid, machine
+from .training import cache_dir, load_adapter, train_config, train_curve, train_to
 
 from reprkit.runlog import read_config, write_json
 
@@ -87,7 +87,7 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
     if grid.sweep_steps:
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
-        val = score(model, tok, encode_set(grid, tok, f"genies:{source}", VAL_SPLIT, grid.val_limit))
+        val = score(model, tok, encode_set(grid, tok, grid.spec(source), grid.val_split, grid.val_limit))
         ppl = retain_ratio(grid, model, tok, out / "retain-frozen.json")["ratio"]
         rec = {"steps": grid.sweep_steps}
     else:
@@ -162,7 +162,7 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
     rule = choose_lr_not_worse if grid.lr_rule == "not-worse-larger" else choose_lr
     write_json(cache, {"lr": best, "rule": " ".join(rule.__doc__.split("\n\n")[0].split()), "why": why,
                        "max_ppl_ratio": grid.max_ppl_ratio,
-                       "source": source, "split": VAL_SPLIT, "steps": grid.sweep_steps or "epochs",
+                       "source": source, "split": grid.val_split, "steps": grid.sweep_steps or "epochs",
                        "sweep": {f"{lr:g}": r for lr, r in records.items()},
                        "skipped (broke the model in a shorter sweep)": sorted(skipped)})
     return best

@@ -2,7 +2,7 @@
 run resumes from its last checkpoint), which are left, and the worker time left by the grid's own
 recorded times.
 
-    python experiments/compare.py --grid experiments/grids/remeasure.json --out results/remeasure --status
+    reprkit compare experiments/grids/remeasure.json --out results/remeasure --status
 
 Read-only: it looks at the files a grid writes and takes no claim, so it is safe beside running
 workers. The estimate counts each item left at the mean recorded seconds of finished items of its
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from grid_settings import UNTRAINED, Grid
-from grid_sweep import broken_before, method_rates, sweep_dir
+from .settings import UNTRAINED, Grid
+from .sweep import broken_before, method_rates, sweep_dir
 
 
 def _seconds(path: Path) -> float | None:
@@ -57,9 +57,12 @@ def grid_status(grid: Grid, out: Path, sources: list[str], first: str,
                     state = "skipped"  # the sweep chose without it, or it broke the model in a shorter sweep
                 rows.append({"kind": "sweep point", "source": source, "method": method, "which": f"lr {lr:g}",
                              "state": state, "seconds": _seconds(rec) if rec.is_file() else None})
+    from .cells import CEILING, cell_path
+
     for seed, source, method in order:
-        cell = out / "cells" / source / method / f"seed{seed}"
-        kind = "untrained cell" if method in UNTRAINED else "seed-0 cell" if seed == grid.seeds[0] else "later-seed cell"
+        cell = cell_path(out, source, method, seed)
+        kind = ("ceiling cell" if source.startswith(CEILING) else "untrained cell" if method in UNTRAINED
+                else "seed-0 cell" if seed == grid.seeds[0] else "later-seed cell")
         done = (cell / "cell.json").is_file()
         rows.append({"kind": kind, "source": source, "method": method, "which": f"seed {seed}",
                      "state": _state(done, cell), "seconds": _seconds(cell / "cell.json") if done else None})
@@ -78,7 +81,7 @@ def estimate_left(rows: list[dict]) -> float | None:
     for r in rows:
         if r["state"] in ("done", "skipped"):
             continue
-        if r["kind"] == "later-seed cell":
+        if r["kind"] == "later-seed cell" or (r["kind"] == "ceiling cell" and mean_of(r["kind"], r["source"]) is None):
             parts = [mean_of("sweep point", r["source"]), mean_of("seed-0 cell", r["source"])]
             guess = None if None in parts else sum(parts)
         else:

@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from grid_settings import TRAIN_SPLIT, VAL_SPLIT, Grid
+from .settings import Grid
 
 from reprkit import data as D
 from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio, sequence_nll
@@ -63,16 +63,16 @@ def score(model, tok, encoded: list[dict]) -> dict:
 
 def eval_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
     """column -> (dataset, split, limit) of the final evaluation."""
-    cols = {"source test": (f"genies:{source}", "test", grid.eval_limit)}
+    cols = {"source test": (grid.spec(source), grid.test_split, grid.eval_limit)}
     for t in targets:
-        cols[f"target {t}"] = (f"genies:{t}", "test", grid.eval_limit)
+        cols[f"target {t}"] = (grid.spec(t), grid.test_split, grid.eval_limit)
     return cols
 
 
 def curve_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
-    cols = {"source val": (f"genies:{source}", VAL_SPLIT, grid.val_limit)}
+    cols = {"source val": (grid.spec(source), grid.val_split, grid.val_limit)}
     for t in targets:
-        cols[f"target {t}"] = (f"genies:{t}", "test", grid.curve_target_limit)
+        cols[f"target {t}"] = (grid.spec(t), grid.test_split, grid.curve_target_limit)
     return cols
 
 
@@ -148,7 +148,7 @@ def retain_ratio(grid: Grid, model, tok, frozen: Path | None = None) -> dict:
 
 
 def samples(grid: Grid, model, tok, target: str) -> list[dict]:
-    items = D.load_items(f"genies:{target}", "test", limit=grid.n_samples)
+    items = D.load_items(grid.spec(target), grid.test_split, limit=grid.n_samples)
     return generate_samples(model, tok, [it["prompt"] for it in items], max_new_tokens=48)
 
 
@@ -224,9 +224,20 @@ def check_lengths(grid: Grid, tok, shifts: dict[str, list[str]]) -> dict:
 
     reports, bad = {}, []
     for source, targets in shifts.items():
-        items = D.load_items(f"genies:{source}", TRAIN_SPLIT, limit=grid.train_limit)
-        sets = {f"train genies:{source} {TRAIN_SPLIT}": D.encode_pairs(D.to_pairs(items), tok, grid.max_length,
+        items = D.load_items(grid.spec(source), grid.train_split, limit=grid.train_limit)
+        sets = {f"train {grid.spec(source)} {grid.train_split}": D.encode_pairs(D.to_pairs(items), tok, grid.max_length,
                                                                       grid.max_prompt_length, warn=False)}
+        if grid.ceiling_methods:  # each target trained on itself, at the ceiling lengths
+            ceil = grid.for_ceiling()
+            for t in targets:
+                name = f"train {grid.spec(t)} {grid.train_split} (ceiling)"
+                if name not in sets:
+                    pairs = D.to_pairs(D.load_items(grid.spec(t), grid.train_split, limit=grid.train_limit))
+                    sets[name] = D.encode_pairs(pairs, tok, ceil.max_length, ceil.max_prompt_length, warn=False)
+                for d, split, lim in curve_sets(grid, t, []).values():
+                    name = f"eval {d} {split}" + (f"[:{lim}]" if lim else "")
+                    if name not in sets:
+                        sets[name] = encode_set(grid, tok, d, split, lim)
         for d, split, lim in [*eval_sets(grid, source, targets).values(), *curve_sets(grid, source, targets).values()]:
             name = f"eval {d} {split}" + (f"[:{lim}]" if lim else "")
             if name not in sets:
@@ -238,6 +249,7 @@ def check_lengths(grid: Grid, tok, shifts: dict[str, list[str]]) -> dict:
                 bad.append(f"{name}: {describe(rep)}")
     if bad:
         raise SystemExit(f"refused: more than {grid.max_cut_share:.0%} of items cut in {len(bad)} set(s); raise the "
-                         "grid's max_length / max_prompt_length (training) or eval_max_length / "
+                         "grid's max_length / max_prompt_length (training; ceiling_max_length / "
+                         "ceiling_max_prompt_length for a ceiling) or eval_max_length / "
                          "eval_max_prompt_length (scoring), or leave the shift out:\n  " + "\n  ".join(bad))
     return reports
