@@ -180,7 +180,8 @@ def cell_order(grid: Grid, sources: list[str], seeds: list[int] | None = None,
     order = [(grid.seeds[0], s, m) for s in sources for m in untrained]
     order += [(seed, s, m) for seed in seeds for s in sources for m in trained]
     targets = list(dict.fromkeys(t for s in sources for t in (shifts or {}).get(s, [])))
-    return order + [(seed, CEILING + t, m) for seed in seeds for t in targets for m in grid.ceiling_methods]
+    ceiling_seeds = grid.ceiling_seeds if grid.ceiling_seeds is not None else seeds
+    return order + [(seed, CEILING + t, m) for seed in ceiling_seeds for t in targets for m in grid.ceiling_methods]
 
 
 def wanted(grid: Grid, out: Path, args, first: str, seed: int, source: str, method: str) -> bool:

@@ -46,6 +46,8 @@ class Grid:
     """methods also trained on each target itself (the ceiling normalised transfer divides by), at
     the rate the method's sweep chose on the source, with ``ceiling_max_length`` /
     ``ceiling_max_prompt_length``; cells in ``ceiling/<target>/<method>/seed<k>/``"""
+    ceiling_seeds: list[int] | None = None
+    """seeds of the ceiling runs (None: the grid's)"""
     ceiling_max_length: int | None = None
     """training length of a ceiling run (None: ``max_length``): a target's prompts may be longer"""
     ceiling_max_prompt_length: int | None = None
