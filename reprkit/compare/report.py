@@ -28,6 +28,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..runlog import write_json
 from .matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
 from .paired import (compare_runs, evidence_pool, grid_targets, load_cells, paired_rows, per_seed_items,
                          seed_ci_text, shift_groups, verdict)
@@ -410,6 +411,14 @@ def analyse(out: Path) -> None:
     write_csv(out / "followup-matched-paired.csv", fmatch_paired)
     text = markdown(cells, paired, match, grid, followup_lines(extra, follow, paired, fmatch, fmatch_paired),
                     match_paired, groups)
+    from .design import answer, answer_lines, load_ceilings
+
+    ceilings = load_ceilings(out)
+    if ceilings or grid.get("positive_control") or grid.get("primary_targets"):  # grids built for the answer
+        res = answer(cells, ceilings, grid)
+        write_json(out / "answer.json", res)
+        write_csv(out / "ceiling-results.csv", result_rows(ceilings))
+        text = "\n".join(answer_lines(res)) + "\n" + text
     from .rules import has_logps, markdown_lines, rule_rows, verdicts
 
     if has_logps(cells):  # grids whose cells keep log-probs: every rule, seed-level tests, Holm
