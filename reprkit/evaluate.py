@@ -198,7 +198,8 @@ def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int
     (log-prob ratio to the frozen model); the mean margin, chance level, the model-free
     ``length_baseline`` and what truncation cut (``truncation``); and ``base`` (the frozen model).
 
-    ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``: ``correct`` and
+    ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``, with each item's
+    stable ``id`` (``reprkit.scoring.item_ids``: pair two runs' outcomes by it): ``correct`` and
     ``margin`` (mean rule), ``correct_sum``/``margin_sum``, ``correct_ratio``/``margin_ratio``,
     each response's ``logps`` and ``n_tokens``, for paired statistics under any rule."""
     from .truncation import truncation_report
@@ -211,6 +212,13 @@ def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int
     lengths = length_baseline(encoded)
     result["length_baseline"] = {k: lengths[k] for k in ("accuracy_shortest", "accuracy_longest", "rule")}
     result["items"]["shortest"], result["items"]["longest"] = lengths["shortest"], lengths["longest"]
+    if encoded and "prompt_ids" in encoded[0]:  # stable ids: outcomes of two runs pair by item
+        from .scoring import item_ids
+
+        ids = item_ids(encoded)
+        for res in (result, result.get("base")):
+            if res is not None and "items" in res:
+                res["items"]["id"] = ids
     if encoded and "prompt_cut" in encoded[0]:
         result["truncation"] = truncation_report(encoded)
     return result

@@ -31,6 +31,30 @@ RULES = {
 }
 
 
+def item_id(encoded: dict) -> str:
+    """A stable id of an encoded item: a hash of its prompt and best response tokens, the same under
+    every method and run that encodes the item alike, so that two runs' outcomes pair by item, not by
+    list position."""
+    import hashlib
+    import json
+
+    key = json.dumps([encoded["prompt_ids"], encoded["responses_ids"][0]])
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def item_ids(encoded: list[dict]) -> list[str]:
+    """``item_id`` of each item, made unique: a set can repeat a prompt and its best response with a
+    different worse one (GENIES' change_my_view), and the second such item gets ``id~2``. Ids of
+    items that do not repeat are ``item_id`` unchanged."""
+    seen: dict[str, int] = {}
+    out = []
+    for e in encoded:
+        i = item_id(e)
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}~{seen[i]}")
+    return out
+
+
 def wilson_ci95(p: float, n: int) -> list[float]:
     """Wilson 95% interval of a proportion."""
     if n == 0:

@@ -590,3 +590,27 @@ def test_reprkit_eval_says_when_it_scores_a_runs_training_rows(tiny_folder, tmp_
     assert "8 of 10 scored items are training prompts" in format_results(same)
     held = evaluate_target(str(run), [str(path)], split="train[80%:]", out=str(tmp_path / "b.json"))
     assert held["datasets"][str(path)]["training_items"] == 0 and "training prompts" not in format_results(held)
+
+
+def test_summary_pairs_before_and_after_by_item_id(tmp_path):
+    """The run's table pairs the adapter's and the frozen model's outcomes by item id: results whose
+    items come in another order give the same paired change as in-order ones."""
+    from reprkit.config import TrainConfig
+    from reprkit.training.loop import summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    ids = [f"i{k}" for k in range(12)]
+    after = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    before = [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
+
+    def table(order):
+        items = {"id": [ids[k] for k in order], "correct": [after[k] for k in order]}
+        res = {"n": 12, "accuracy_mean": 8 / 12, "items": items,
+               "base": {"n": 12, "accuracy_mean": 4 / 12, "items": {"id": ids, "correct": before}}}
+        return summary(run, {"datasets": {"embedded:capitals": res}}, TrainConfig(loss="dpo"))
+
+    in_order = table(range(12))
+    assert "+0.333" in in_order
+    assert table(list(reversed(range(12)))) == in_order

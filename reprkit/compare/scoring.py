@@ -15,25 +15,7 @@ from reprkit import data as D
 from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio, sequence_nll
 from reprkit.reference import adapter_disabled
 from reprkit.runlog import write_json
-
-def item_id(encoded: dict) -> str:
-    """A stable id of an encoded item: its prompt and best response tokens (the same under every method)."""
-    key = json.dumps([encoded["prompt_ids"], encoded["responses_ids"][0]])
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
-def item_ids(encoded: list[dict]) -> list[str]:
-    """``item_id`` of each item, made unique: a set can repeat a prompt and its best response with a
-    different worse one (GENIES' change_my_view), and the second such item gets ``id~2``. Ids of
-    items that do not repeat are ``item_id`` unchanged."""
-    seen: dict[str, int] = {}
-    out = []
-    for e in encoded:
-        i = item_id(e)
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}~{seen[i]}")
-    return out
-
+from reprkit.scoring import item_id, item_ids  # noqa: F401 (the grid's ids are the library's)
 
 def eval_prompt_length(grid: Grid) -> int:
     return grid.eval_max_prompt_length or grid.eval_max_length // 2
@@ -54,7 +36,7 @@ def score(model, tok, encoded: list[dict]) -> dict:
     truncation cut (``truncation``)."""
     res = item_accuracy(model, encoded, tok.pad_token_id, base=False)
     items = res.pop("items")
-    res["items"] = {"id": item_ids(encoded)}
+    res["items"] = {"id": items["id"] if "id" in items else item_ids(encoded)}
     for key in ITEM_KEYS:
         values = items[key]
         res["items"][key] = [round(m, 5) for m in values] if key.startswith("margin") else values

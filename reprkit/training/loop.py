@@ -278,7 +278,8 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
         base = r.get("base", r)
         change = ""
         if "items" in r and "items" in base:
-            d = paired_difference(dict(enumerate(r["items"]["correct"])), dict(enumerate(base["items"]["correct"])))
+            d = paired_difference(*(dict(zip(x["items"].get("id", range(len(x["items"]["correct"]))), x["items"]["correct"]))
+                                    for x in (r, base)))
             lo, hi = d["ci95"]
             change = f"{d['difference']:>+9.3f} ({lo:+.3f}, {hi:+.3f}){'*' if d['significant'] else '†' if d['interval_disagrees'] else ' '}{d['p']:>11.3g}"
         chance = f"{r['chance']:>8.3f}" if r.get("chance") is not None else f"{'':>8}"
