@@ -226,6 +226,7 @@ def test_a_sitting_can_run_some_methods_only(tmp_path, monkeypatch):
 
 
 def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
+    patch(monkeypatch, "check_held_out", lambda *a: {})  # these sources have no data: the cells are stand-ins
     calls = []
     patch(monkeypatch, "tune_lr", lambda *a: 1e-3)
     patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
@@ -252,6 +253,7 @@ def test_a_sitting_can_run_some_shifts_only(tmp_path, monkeypatch):
 def test_with_per_shift_rates_a_sitting_leaves_the_other_shifts_sweeps_to_their_own_sitting(tmp_path, monkeypatch):
     """Two sittings side by side, one shift each: neither runs the other's sweep (each shift tunes on
     itself), so neither writes into the other's folders."""
+    patch(monkeypatch, "check_held_out", lambda *a: {})  # these sources have no data: the cells are stand-ins
     calls, tuned = [], []
     patch(monkeypatch, "tune_lr", lambda grid, method, source, *a: tuned.append((method, source)) or 1e-3)
     patch(monkeypatch, "adopt_sweep_run", lambda *a: None)
@@ -273,6 +275,7 @@ def test_a_cell_records_the_threads_and_load_its_timing_ran_under():
     assert m["threads"] == grid_settings.torch.get_num_threads() and len(m["load_avg"]) == 3
 
 def test_a_sitting_can_add_a_seed_beyond_the_grids(tmp_path, monkeypatch):
+    patch(monkeypatch, "check_held_out", lambda *a: {})  # these sources have no data: the cells are stand-ins
     calls = []
     patch(monkeypatch, "tune_lr", lambda *a: 1e-3)
     patch(monkeypatch, "adopt_sweep_run", lambda *a: None)

@@ -133,3 +133,26 @@ def test_compare_on_your_own_data_with_ceilings(tiny_folder, tmp_path):
     res = json.loads((out / "answer.json").read_text())["arith"]
     assert set(res["entry"]) == {"dpo", "reprpo"} and "positive_control" in res and "caps" in res["normalised"]
     assert "## The design's answer" in (out / "results.md").read_text()
+
+
+def test_a_local_file_scored_on_its_own_training_rows_is_refused(tmp_path):
+    """A local file has one split: its "test" is every row, the training rows among them. The grid
+    refuses before any run and names the fix; separate files per split pass."""
+    from reprkit.compare.command import check_held_out
+
+    rows = [{"prompt": f"q{i}?", "chosen": "yes", "rejected": "no"} for i in range(20)]
+    one, held = tmp_path / "all.jsonl", tmp_path / "held.jsonl"
+    one.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held.write_text("".join(json.dumps({**r, "prompt": f"h{i}?"}) + "\n" for i, r in enumerate(rows)))
+    grid = Grid(shifts=["mine->other"], data={"mine": str(one), "other": str(held)}, train_split="train[:75%]",
+                val_split="train[75%:]")
+    with pytest.raises(ValueError, match=r"(?s)mine test vs train\[:75%\]: 15 of 20.*separate test file"):
+        check_held_out(grid, {"mine": ["other"]})
+    split = Grid(shifts=["mine->other"], data={"mine": {"train": str(one), "test": str(held)}, "other": str(held)},
+                 train_split="train[:75%]", val_split="train[75%:]", ceiling_methods=["dpo"])
+    with pytest.raises(ValueError, match=r"other test vs train\[:75%\]: 15 of 20"):  # the ceiling trains on other
+        check_held_out(split, {"mine": ["other"]})
+    split.ceiling_methods = []
+    report = check_held_out(split, {"mine": ["other"]})
+    assert report["mine test vs train[:75%]"]["training_prompts"] == 0
+    assert report["mine train[75%:] vs train[:75%]"] == {"n": 5, "training_prompts": 0, "share": 0.0}

@@ -152,11 +152,11 @@ def read_mms(grid: Grid, model, tok, source: str, token: str = "mean", saved: Pa
         info = json.loads((saved / "choice.json").read_text())
         return info, (Direction.load(saved), info["layer"])
 
-    items = D.load_items(grid.spec(source), grid.train_split, limit=grid.train_limit)
+    items = D.load_items(grid.spec(source, grid.train_split), grid.train_split, limit=grid.train_limit)
     direction = from_pairs(model, tok, items, grid.mms_layers, "mean_diff", token=token,
                            max_length=grid.eval_max_length, max_prompt_length=eval_prompt_length(grid),
-                           source=f"{grid.spec(source)} {grid.train_split}")
-    val = D.load_items(grid.spec(source), grid.val_split, limit=grid.val_limit)
+                           source=f"{grid.spec(source, grid.train_split)} {grid.train_split}")
+    val = D.load_items(grid.spec(source, grid.val_split), grid.val_split, limit=grid.val_limit)
     layer, per_layer = direction.best_layer(model, tok, val, max_length=grid.eval_max_length,
                                             max_prompt_length=eval_prompt_length(grid))
     info = {"layer": layer, "token": token, "validation": {str(k): v["accuracy_mean"] for k, v in per_layer.items()},

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
+from .. import data as D
 from ..runlog import write_json
 from .cells import CEILING, cell_order, claim, wanted, work
 from .settings import Grid, resolve_shifts
@@ -44,6 +45,7 @@ def run(grid: Grid, out, methods: list[str] | None = None, sources: list[str] | 
         write_json(out / "truncation.json", count(grid, load_tokenizer_only(grid.model), shifts))
         if check_lengths:
             return None
+    write_json(out / "held-out.json", check_held_out(grid, shifts))
     args = SimpleNamespace(methods=methods, sources=sources)
     order = [(seed, source, method) for seed, source, method in order_all
              if wanted(grid, out, args, first, seed, source, method)]
@@ -54,3 +56,32 @@ def run(grid: Grid, out, methods: list[str] | None = None, sources: list[str] | 
 
             analyse(out)
     return None
+
+
+def check_held_out(grid: Grid, shifts: dict[str, list[str]]) -> dict:
+    """How many validation and test items of each run repeat a prompt it trains on (the source's
+    validation and test against its training split; with ceilings, each target's test against its
+    own training split); refuses, naming the fix, where a set's share exceeds ``max_seen_share``."""
+    def prompts(name: str, split: str, limit: int | None = None) -> list[str]:
+        return [D.prompt_key(it) for it in D.load_items(grid.spec(name, split), split, limit=limit)]
+
+    checks = [(s, grid.val_split, grid.val_limit) for s in shifts] + [(s, grid.test_split, grid.eval_limit) for s in shifts]
+    if grid.ceiling_methods:
+        checks += [(t, grid.test_split, grid.eval_limit) for t in dict.fromkeys(t for ts in shifts.values() for t in ts)]
+    report, bad = {}, []
+    trained: dict[str, set[str]] = {}
+    for name, split, limit in checks:
+        if name not in trained:
+            trained[name] = set(prompts(name, grid.train_split, grid.train_limit))
+        scored = prompts(name, split, limit)
+        seen = sum(p in trained[name] for p in scored)
+        key = f"{name} {split} vs {grid.train_split}"
+        report[key] = {"n": len(scored), "training_prompts": seen, "share": seen / max(len(scored), 1)}
+        if seen / max(len(scored), 1) > grid.max_seen_share:
+            bad.append(f"{key}: {seen} of {len(scored)} prompts are training prompts")
+    if bad:
+        raise ValueError("refused: sets scored on the prompts they train on:\n  " + "\n  ".join(bad) + "\n"
+                         "give the set a separate test file (data: {NAME: {\"train\": TRAIN_FILE, \"test\": TEST_FILE}}) "
+                         "or slices that hold rows out (train_split 'train[:60%]', val_split 'train[60%:80%]', "
+                         "test_split 'train[80%:]')")
+    return report

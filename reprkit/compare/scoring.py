@@ -45,16 +45,16 @@ def score(model, tok, encoded: list[dict]) -> dict:
 
 def eval_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
     """column -> (dataset, split, limit) of the final evaluation."""
-    cols = {"source test": (grid.spec(source), grid.test_split, grid.eval_limit)}
+    cols = {"source test": (grid.spec(source, grid.test_split), grid.test_split, grid.eval_limit)}
     for t in targets:
-        cols[f"target {t}"] = (grid.spec(t), grid.test_split, grid.eval_limit)
+        cols[f"target {t}"] = (grid.spec(t, grid.test_split), grid.test_split, grid.eval_limit)
     return cols
 
 
 def curve_sets(grid: Grid, source: str, targets: list[str]) -> dict[str, tuple[str, str, int | None]]:
-    cols = {"source val": (grid.spec(source), grid.val_split, grid.val_limit)}
+    cols = {"source val": (grid.spec(source, grid.val_split), grid.val_split, grid.val_limit)}
     for t in targets:
-        cols[f"target {t}"] = (grid.spec(t), grid.test_split, grid.curve_target_limit)
+        cols[f"target {t}"] = (grid.spec(t, grid.test_split), grid.test_split, grid.curve_target_limit)
     return cols
 
 
@@ -130,7 +130,7 @@ def retain_ratio(grid: Grid, model, tok, frozen: Path | None = None) -> dict:
 
 
 def samples(grid: Grid, model, tok, target: str) -> list[dict]:
-    items = D.load_items(grid.spec(target), grid.test_split, limit=grid.n_samples)
+    items = D.load_items(grid.spec(target, grid.test_split), grid.test_split, limit=grid.n_samples)
     return generate_samples(model, tok, [it["prompt"] for it in items], max_new_tokens=48)
 
 
@@ -206,15 +206,15 @@ def check_lengths(grid: Grid, tok, shifts: dict[str, list[str]]) -> dict:
 
     reports, bad = {}, []
     for source, targets in shifts.items():
-        items = D.load_items(grid.spec(source), grid.train_split, limit=grid.train_limit)
-        sets = {f"train {grid.spec(source)} {grid.train_split}": D.encode_pairs(D.to_pairs(items), tok, grid.max_length,
+        items = D.load_items(grid.spec(source, grid.train_split), grid.train_split, limit=grid.train_limit)
+        sets = {f"train {grid.spec(source, grid.train_split)} {grid.train_split}": D.encode_pairs(D.to_pairs(items), tok, grid.max_length,
                                                                       grid.max_prompt_length, warn=False)}
         if grid.ceiling_methods:  # each target trained on itself, at the ceiling lengths
             ceil = grid.for_ceiling()
             for t in targets:
-                name = f"train {grid.spec(t)} {grid.train_split} (ceiling)"
+                name = f"train {grid.spec(t, grid.train_split)} {grid.train_split} (ceiling)"
                 if name not in sets:
-                    pairs = D.to_pairs(D.load_items(grid.spec(t), grid.train_split, limit=grid.train_limit))
+                    pairs = D.to_pairs(D.load_items(grid.spec(t, grid.train_split), grid.train_split, limit=grid.train_limit))
                     sets[name] = D.encode_pairs(pairs, tok, ceil.max_length, ceil.max_prompt_length, warn=False)
                 for d, split, lim in curve_sets(grid, t, []).values():
                     name = f"eval {d} {split}" + (f"[:{lim}]" if lim else "")

@@ -24,9 +24,11 @@ class Grid:
     shifts: list[str] = dataclasses.field(default_factory=lambda: ["alpaca_easy->alpaca_hard"])
     """'source->target', or a source alone for every target the shift file gives it. A name in
     ``data`` is that dataset; any other name is a GENIES distribution"""
-    data: dict[str, str] = dataclasses.field(default_factory=dict)
+    data: dict[str, str | dict[str, str]] = dataclasses.field(default_factory=dict)
     """name -> dataset (any source ``reprkit.data.load_items`` reads: a local file, a hub id, an
-    ``embedded:`` set), for your own data; a shift between two such names needs no shift list"""
+    ``embedded:`` set), or ``{"train": ..., "test": ...}`` where the splits are separate files (a
+    local file has one split, all its rows); for your own data. A shift between two such names
+    needs no shift list"""
     shift_file: str | None = None
     """a GENIES-format shift list (default: genies/distribution_shifts/GENIES.json of the data dir)"""
     train_split: str = TRAIN_SPLIT
@@ -69,6 +71,10 @@ class Grid:
     max_cut_share: float | None = None
     """refuse (before any run) a training or eval set whose share of cut items exceeds this, naming
     the lengths that would fit (None: report the share, refuse nothing: the first grids' setting)"""
+    max_seen_share: float = 0.05
+    """refuse (before any run) a validation or test set more than this share of whose prompts are
+    training prompts of the run that scores it (a local file's "test" split is all its rows, the
+    training rows among them); the count is kept in ``held-out.json`` either way"""
     eval_limit: int | None = None
     """items per final eval set (None: the whole test split)"""
     curve_points: int = 4
@@ -111,9 +117,19 @@ class Grid:
     """cells train with each pair's prompt run once (``--shared-prompt``; the same loss to float
     rounding, 0.70-0.75x the step); the learning-rate sweep runs the concatenated layout"""
 
-    def spec(self, name: str) -> str:
-        """The dataset a source or target name reads: ``data[name]``, else the GENIES distribution."""
-        return self.data.get(name, f"genies:{name}")
+    def spec(self, name: str, split: str = "train") -> str:
+        """The dataset a source or target name reads for ``split`` (its slice aside): ``data[name]``
+        (its entry for the split's base name where it names one per split), else the GENIES
+        distribution."""
+        entry = self.data.get(name, f"genies:{name}")
+        if isinstance(entry, dict):
+            from ..data.sources import split_slice
+
+            base = split_slice(split)[0]
+            if base not in entry:
+                raise ValueError(f"data[{name!r}] names the splits {sorted(entry)}, not {base!r} (for {split!r})")
+            return entry[base]
+        return entry
 
     def for_ceiling(self) -> "Grid":
         """The settings a ceiling run trains with: the grid's, at the ceiling lengths."""

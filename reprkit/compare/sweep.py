@@ -87,7 +87,7 @@ def sweep_point(grid: Grid, out: Path, method: str, source: str, targets: list[s
     if grid.sweep_steps:
         train_to(train_config(grid, method, source, 0, lr, run, grid.sweep_steps, cache_dir(grid, out)), grid.sweep_steps)
         model, tok = load_adapter(grid, run)
-        val = score(model, tok, encode_set(grid, tok, grid.spec(source), grid.val_split, grid.val_limit))
+        val = score(model, tok, encode_set(grid, tok, grid.spec(source, grid.val_split), grid.val_split, grid.val_limit))
         ppl = retain_ratio(grid, model, tok, out / "retain-frozen.json")["ratio"]
         rec = {"steps": grid.sweep_steps}
     else:

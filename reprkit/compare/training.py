@@ -19,7 +19,7 @@ from reprkit.models import load_model
 from reprkit.runlog import checkpoints, read_config, write_json
 
 def n_steps(grid: Grid, source: str) -> int:
-    pairs = D.to_pairs(D.load_items(grid.spec(source), grid.train_split, limit=grid.train_limit))
+    pairs = D.to_pairs(D.load_items(grid.spec(source, grid.train_split), grid.train_split, limit=grid.train_limit))
     return math.ceil(grid.epochs * len(pairs) / grid.batch_size)
 
 
@@ -27,7 +27,7 @@ def train_config(grid: Grid, method: str, source: str, seed: int, lr: float, run
                  cache: Path | None = None, shared_prompt: bool = False) -> TrainConfig:
     cfg = preset(method)
     return dataclasses.replace(
-        cfg, model=grid.model, data=grid.spec(source), train_split=grid.train_split, eval_data=(), seed=seed, lr=lr,
+        cfg, model=grid.model, data=grid.spec(source, grid.train_split), train_split=grid.train_split, eval_data=(), seed=seed, lr=lr,
         steps=total, batch_size=grid.batch_size, max_length=grid.max_length, max_prompt_length=grid.max_prompt_length,
         lora=LoraSettings(r=grid.lora_r, alpha=2 * grid.lora_r), run_dir=str(run_dir), progress=False,
         save_every=0, warmup_steps=max(1, total // 10), n_samples=0, limit=grid.train_limit,
