@@ -134,3 +134,39 @@ def test_steerability_results_are_shown_and_a_broken_file_only_warns(tmp_path, m
     assert not at.exception
     assert any("broken.steerability.json" in w.value for w in at.warning)
     assert any("anti-steerable 0.500" in c.value for c in at.caption)
+
+
+def test_a_comparison_folder_shows_its_answer(tmp_path, monkeypatch):
+    """A `reprkit compare` folder under the runs directory: the comparison view draws the answer's
+    figure and tables; an answer file of another shape only warns."""
+    entry = {"dpo": {"difference": 0.1, "ci95": [0.05, 0.15], "p": 0.001, "learnt": True},
+             "reroute": {"difference": 0.0, "ci95": [-0.02, 0.02], "p": 0.9, "learnt": False}}
+    answer = {"src": {"entry": entry, "positive_control": {"target": "near", "difference": 0.08, "ci95": [0.01, 0.15],
+                                                           "p": 0.03, "shown": True},
+                      "normalised": {"near": {"dpo": {"normalised": 0.5, "ci95": [0.2, 0.9]}}},
+                      "family": {"targets": ["near"], "rows": {}, "not_learnt": ["reroute"],
+                                 "why_empty": "no hidden-state method learnt the source at seed level"}},
+              "other": {"entry": "not a table"}}
+    (tmp_path / "cmp").mkdir()
+    (tmp_path / "cmp" / "answer.json").write_text(json.dumps(answer))
+    at = app_test(tmp_path, monkeypatch).run()
+    assert not at.exception
+    at.sidebar.radio[0].set_value("comparison").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 1 and any("transfer is visible" in c.value for c in at.caption)
+    assert any("source other: cannot be shown" in w.value for w in at.warning)
+
+
+def test_answer_figure_marks_what_was_not_learnt_and_the_undetectable_band():
+    from reprkit.app.figures import answer_figure
+
+    res = {"entry": {"dpo": {"difference": 0.1, "ci95": [0.05, 0.15], "learnt": True},
+                     "reprpo": {"difference": 0.09, "ci95": [0.04, 0.14], "learnt": True},
+                     "reroute": {"difference": 0.0, "ci95": [-0.02, 0.02], "learnt": False}},
+           "family": {"rows": {"reprpo": {"difference": -0.01, "simultaneous_ci": [-0.08, 0.06], "mde80_family": 0.07}}}}
+    fig = answer_figure(res)
+    bars = fig.data[0]
+    assert list(bars.marker.color) == ["seagreen", "seagreen", "lightgrey"]
+    assert list(fig.data[1].error_y.array) == pytest.approx([0.07]) and list(fig.data[1].error_y.arrayminus) == pytest.approx([0.07])
+    band = [s for s in fig.layout.shapes if s.type == "rect"][0]
+    assert (band.y0, band.y1) == (-0.07, 0.07)

@@ -52,11 +52,48 @@ def load(root: Path, name: str) -> dict:
     return _load(str(path), _stamp(path))
 
 
+def comparisons(root: Path) -> list[Path]:
+    """Comparison folders (``reprkit compare --out``) at or under the runs directory, two levels deep."""
+    found = [p.parent for pattern in ("answer.json", "*/answer.json", "*/*/answer.json") for p in root.glob(pattern)]
+    return sorted(set(found))
+
+
+def comparison_view(folders: list[Path]) -> None:
+    """A comparison's answer: the entry condition, the positive control, the family against DPO
+    with its detectable difference, normalised transfer; a broken file only warns."""
+    import json
+
+    folder = st.sidebar.selectbox("comparison", folders, format_func=str)
+    try:
+        answer = json.loads((folder / "answer.json").read_text())
+    except (ValueError, OSError) as err:
+        st.warning(f"{folder}/answer.json cannot be read ({type(err).__name__}: {err})")
+        return
+    for source, res in answer.items():
+        try:
+            st.subheader(f"source {source}")
+            st.plotly_chart(figures.answer_figure(res), key=f"answer-{folder}-{source}")
+            st.dataframe([{"method": m, "gain": e["difference"], "ci95": e["ci95"], "p": e["p"],
+                           "learnt its source": e["learnt"]} for m, e in res["entry"].items()], hide_index=True)
+            if pc := res.get("positive_control"):
+                st.caption(f"positive control ({pc['target']}): DPO's target gain {pc['difference']:+.3f}, p "
+                           f"{pc['p']:.3g}: " + ("transfer is visible where expected" if pc["shown"] else
+                                                 "not significant, so the design has shown no power to see transfer"))
+            for target, rows in res.get("normalised", {}).items():
+                st.dataframe([{"target": target, "method": m, "normalised transfer": n["normalised"],
+                               "ci95": n["ci95"] or "no finite interval"} for m, n in rows.items()], hide_index=True)
+        except (KeyError, TypeError, ValueError) as err:  # a file of another version never takes the page down
+            st.warning(f"{folder}/answer.json, source {source}: cannot be shown ({type(err).__name__}: {err})")
+
+
 def main() -> None:
     st.set_page_config(page_title="reprkit runs", layout="wide")
     root = runs_dir()
     st.sidebar.title("reprkit")
     st.sidebar.caption(f"runs directory: `{root}`")
+    if (found := comparisons(root)) and st.sidebar.radio("view", ["runs", "comparison"], horizontal=True) == "comparison":
+        comparison_view(found)
+        return
     names = list_runs(root)
     if not names:
         st.info(f"No runs in `{root}` yet. Start one with `reprkit train --run-dir {root}/my-run`.")

@@ -298,3 +298,41 @@ def steerability_figure(res: dict, max_lines: int = 100) -> go.Figure:
     fig.update_layout(height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50},
                       title=f"steerability at layer(s) {res['layers']}: mean slope {res['mean_slope']:+.3g}")
     return fig
+
+
+def answer_figure(res: dict) -> go.Figure:
+    """A comparison's answer for one source (``answer.json``'s entry): left, each method's
+    seed-level source gain over the frozen model with its 95% interval (grey: did not learn the
+    source, so not compared); right, each compared hidden-state method minus DPO on the pooled
+    primary targets with its simultaneous interval, and the band of differences the design could
+    not have detected (80% power at Holm's first step)."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15,
+                        subplot_titles=("source gain over the frozen model (95% CI)",
+                                        "method - DPO on the primary targets (simultaneous CI)"))
+    entry = res.get("entry", {})
+    names = list(entry)
+    gains = [entry[m]["difference"] for m in names]
+    lo = [entry[m]["difference"] - entry[m]["ci95"][0] for m in names]
+    hi = [entry[m]["ci95"][1] - entry[m]["difference"] for m in names]
+    fig.add_trace(go.Bar(x=names, y=gains, error_y={"type": "data", "array": hi, "arrayminus": lo},
+                         marker={"color": ["seagreen" if entry[m]["learnt"] else "lightgrey" for m in names]},
+                         showlegend=False, hovertext=["learnt its source" if entry[m]["learnt"] else
+                                                      "did not learn this source" for m in names]), row=1, col=1)
+    rows = res.get("family", {}).get("rows", {})
+    if rows:
+        methods = list(rows)
+        diff = [rows[m]["difference"] for m in methods]
+        fig.add_trace(go.Scatter(x=methods, y=diff, mode="markers", marker={"size": 10, "color": "black"},
+                                 error_y={"type": "data", "array": [rows[m]["simultaneous_ci"][1] - rows[m]["difference"]
+                                                                    for m in methods],
+                                          "arrayminus": [rows[m]["difference"] - rows[m]["simultaneous_ci"][0]
+                                                         for m in methods]}, showlegend=False), row=1, col=2)
+        mde = max(rows[m]["mde80_family"] for m in methods)
+        fig.add_hrect(y0=-mde, y1=mde, fillcolor="orange", opacity=0.15, line_width=0, row=1, col=2,
+                      annotation_text=f"not detectable: |d| < {mde:.3f}", annotation_position="top left")
+    else:
+        why = res.get("family", {}).get("why_empty", "no family")
+        fig.add_annotation(text=why, xref="x2 domain", yref="y2 domain", x=0.5, y=0.5, showarrow=False)
+    fig.add_hline(y=0, line={"dash": "dash", "color": "grey"})
+    fig.update_layout(height=420, margin={"t": 60, "l": 60, "r": 20, "b": 50})
+    return fig
