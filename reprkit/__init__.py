@@ -1,35 +1,37 @@
-"""reprkit: capture, edit and train the residual stream of HuggingFace causal LMs."""
+"""reprkit: capture, edit and train the residual stream of HuggingFace causal LMs.
 
-from .geometry import angle, compose, cosine, decompose, magnitude, masked_mean, norm_ratio, project, reject, similarity
-from .hooks import Capture, Trace, TraceDict, capture, forward_hidden_states
-from .layers import LayerSelection, find_blocks, select_layers
-from .models import DEFAULT_MODEL, load_model
-from .reference import adapter_disabled, cosine_to_reference, reference_hidden_states
+The names below are imported on first use (``import reprkit`` itself loads neither torch nor
+transformers), so ``reprkit --help`` and a notebook's first import stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "Capture",
-    "LayerSelection",
-    "Trace",
-    "TraceDict",
-    "adapter_disabled",
-    "angle",
-    "capture",
-    "compose",
-    "cosine",
-    "cosine_to_reference",
-    "decompose",
-    "find_blocks",
-    "forward_hidden_states",
-    "load_model",
-    "magnitude",
-    "masked_mean",
-    "norm_ratio",
-    "project",
-    "reference_hidden_states",
-    "reject",
-    "select_layers",
-    "similarity",
-]
+_EXPORTS = {
+    "geometry": ("angle", "compose", "cosine", "decompose", "magnitude", "masked_mean", "norm_ratio", "project",
+                 "reject", "similarity"),
+    "hooks": ("Capture", "Trace", "TraceDict", "capture", "forward_hidden_states"),
+    "layers": ("LayerSelection", "find_blocks", "select_layers"),
+    "models": ("load_model",),
+    "packaged": ("DEFAULT_MODEL",),
+    "reference": ("adapter_disabled", "cosine_to_reference", "reference_hidden_states"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reprkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -12,7 +12,7 @@ from typing import Literal
 
 import tyro
 
-from .models import DEFAULT_MODEL
+from .packaged import DEFAULT_MODEL
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -301,8 +301,14 @@ class Dashboard:
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--runs-dir", self.runs_dir]
 
     def run(self) -> None:
+        import importlib.util
         import os
 
+        from .extras import MissingExtra
+
+        for module in ("streamlit", "plotly"):
+            if importlib.util.find_spec(module) is None:
+                raise MissingExtra(f"the dashboard needs {module}, which is not installed: pip install 'reprkit[dashboard]'")
         os.execv(sys.executable, self.command())
 
 
@@ -436,10 +442,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         from .data import DataError
+        from .extras import MissingExtra
         from .train import TrainingError
 
         usage = isinstance(err, (DataError, ValueError, FileNotFoundError, FileExistsError, PermissionError, OSError,
-                                 KeyError))
+                                 KeyError, MissingExtra))
         message = str(err).strip() or type(err).__name__
         if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, FileExistsError, PermissionError)):
             message = f"{message} ({type(err).__name__})"

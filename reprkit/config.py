@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from reprkit.losses import DPO, LOSSES, PrefVec, ReprPO
 
-from .models import DEFAULT_MODEL
+from .packaged import DEFAULT_MODEL
 
 
 @dataclass

@@ -221,7 +221,9 @@ def direction_from_states(chosen: torch.Tensor, rejected: torch.Tensor, method: 
     elif method == "pca_uncentered":
         v = torch.linalg.svd(diff, full_matrices=False).Vh[0]
     elif method == "probe":
-        from sklearn.linear_model import LogisticRegression
+        from .extras import require
+
+        LogisticRegression = require("sklearn.linear_model", "probe").LogisticRegression
 
         half = (diff / 2).detach().cpu().double().numpy()
         x = np.concatenate([half, -half])

@@ -7,7 +7,14 @@ values: magnitude 0, direction 0, cosine 0, never NaN.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from reprkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: the command line's parser needs this module, not torch
+    torch = lazy_module("torch")
 
 EPS = 1e-6
 

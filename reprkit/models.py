@@ -144,6 +144,10 @@ def default_model_path(name: str = DEFAULT_MODEL) -> Path:
 def quantization_config(quantization: str | None, compute_dtype: torch.dtype) -> BitsAndBytesConfig | None:
     if quantization is None:
         return None
+    if quantization in ("4bit", "8bit"):
+        from .extras import require
+
+        require("bitsandbytes", "quantized")
     if quantization == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,

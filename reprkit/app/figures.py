@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
+from reprkit.extras import require
 from reprkit.runlog import other_measures
+
+go = require("plotly.graph_objects", "figures")
+make_subplots = require("plotly.subplots", "figures").make_subplots
 
 SIDES = ("chosen", "rejected")
 _LABEL = {"cos": "cosine to frozen", "norm": "norm ratio policy / frozen",

@@ -39,8 +39,10 @@ def run_points(base: dict, cell: dict) -> list[dict]:
 def curve_figure(cells: list[dict]):
     """Target (curve subset) against source-validation accuracy along training, one line per run,
     one panel per shift and target; the base model is every trained run's first point."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    from ..extras import require
+
+    go = require("plotly.graph_objects", "figures")
+    make_subplots = require("plotly.subplots", "figures").make_subplots
 
     panels = [(c["shift"], t) for c in cells if c["method"] == "base" for t in c["targets"]]
     fig = make_subplots(rows=1, cols=max(1, len(panels)), subplot_titles=[f"{s} -> {t}" for s, t in panels])
@@ -68,8 +70,10 @@ def curve_figure(cells: list[dict]):
 
 def difference_figure(paired: list[dict]):
     """Paired difference in target accuracy vs DPO and vs base, per shift and pooled, with 95% intervals."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+    from ..extras import require
+
+    go = require("plotly.graph_objects", "figures")
+    make_subplots = require("plotly.subplots", "figures").make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["target: method - DPO", "target: method - base"],
                         shared_yaxes=True)

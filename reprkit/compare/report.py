@@ -28,6 +28,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..extras import MissingExtra
 from ..runlog import write_json
 from .matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
 from .paired import (compare_runs, evidence_pool, grid_targets, load_cells, paired_rows, per_seed_items,
@@ -427,7 +428,10 @@ def analyse(out: Path) -> None:
         write_csv(out / "verdicts.csv", verdicts(rules))
         text += "\n".join(markdown_lines(rules, grid)) + "\n"
     (out / "results.md").write_text(text + "\n".join(sweep_lines(out)) + "\n")
-    save(curve_figure(cells), out / "matched-accuracy")
-    save(difference_figure(paired), out / "differences")
+    try:
+        save(curve_figure(cells), out / "matched-accuracy")
+        save(difference_figure(paired), out / "differences")
+    except MissingExtra as err:  # the tables are written; the figures need plotly
+        print(f"no figures: {err}")
     print((out / "results.md").read_text())
 

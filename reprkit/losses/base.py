@@ -19,7 +19,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from typing import TYPE_CHECKING
+
+from reprkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: the command line's parser needs this module, not torch
+    torch = lazy_module("torch")
 
 
 @dataclass

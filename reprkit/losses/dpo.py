@@ -6,10 +6,16 @@ Log-probabilities are of the completion tokens given the prompt, summed (or aver
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
+from reprkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+else:  # imported on first use: the command line's parser needs this module, not torch
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 from .base import LossInputs, world_size
 

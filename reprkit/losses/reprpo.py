@@ -9,9 +9,14 @@ after the deepest loss layer is enough.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
+from reprkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: the command line's parser needs this module, not torch
+    torch = lazy_module("torch")
 
 from reprkit.geometry import EPS, cosine, magnitude, masked_mean
 

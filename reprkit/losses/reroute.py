@@ -15,9 +15,14 @@ term was 0.9999 after the epoch at lr 1e-3 and 0.997 at 3e-3.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
+from reprkit.lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: the command line's parser needs this module, not torch
+    torch = lazy_module("torch")
 
 from reprkit.geometry import cosine, masked_mean
 
