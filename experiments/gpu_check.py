@@ -31,10 +31,10 @@ PLACEMENTS = {"bf16": {"dtype": "bfloat16", "device": "cuda"}, "nf4": {"quantiza
 
 
 def checks(model, tok) -> dict:
+    from reprkit.directions import Direction
     from reprkit.hooks import capture
     from reprkit.lens import final_norm, lens_logits
     from reprkit.steering import steer
-    from reprkit.directions import Direction
 
     out = {}
     device = next(model.parameters()).device

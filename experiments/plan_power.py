@@ -66,7 +66,7 @@ def main(folder: Path) -> dict:
     for col in ("source test", "target raven_matrices"):
         sds, item_sds = [], []
         runs = {m: per_seed(cells, source, m, col) for m in TRAINED}
-        for m, r in runs.items():
+        for r in runs.values():
             acc = [np.mean(list(x.values())) for x in r]
             if len(acc) > 1:
                 sds.append(statistics.stdev(acc))

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reprkit.compare.scoring import encode_set, item_ids, score  # noqa: E402
 from reprkit.compare.settings import Grid  # noqa: E402
-
 from reprkit.models import load_model  # noqa: E402
 
 

@@ -18,10 +18,9 @@ import json
 import time
 from pathlib import Path
 
+from reprkit import data as D
 from reprkit.compare.scoring import encode_set
 from reprkit.compare.settings import TRAIN_SPLIT, VAL_SPLIT, Grid
-
-from reprkit import data as D
 from reprkit.evaluate import item_accuracy
 from reprkit.models import load_model, load_tokenizer_only
 from reprkit.runlog import write_json

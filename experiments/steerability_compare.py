@@ -20,7 +20,6 @@ import json
 import time
 from pathlib import Path
 
-
 from reprkit import data as D
 from reprkit.behaviour import load_behaviour
 from reprkit.directions import Direction, completion_states, directions_from_states

@@ -22,7 +22,6 @@ from .evaluate import ranked_logps, uniform_chance
 from .scoring import wilson_ci95
 
 
-
 def load_behaviour(path, limit: int | None = None) -> list[dict]:
     """Items ``{"prompt": [user turn], "responses": [...], "scores": [...], "matching": [bool, ...]}``.
 

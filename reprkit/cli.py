@@ -170,7 +170,7 @@ class DirectionCmd(Placement):
             d.to_gguf(self.gguf, model_hint=model.config.model_type)
 
 
-def steerability_command(self: "Steer", model, tok, d) -> None:
+def steerability_command(self: Steer, model, tok, d) -> None:
     """``reprkit steer --evaluate FILE``: the steerability table, at multiples of a calibrated strength."""
     import json
     from pathlib import Path
@@ -257,8 +257,8 @@ class Steer(Placement):
 
     def run(self) -> None:
         from .data import render_prompt
-        from .directions import Direction
         from .devices import to_model
+        from .directions import Direction
         from .hooks import capture
         from .steering import calibrate_strength
 
@@ -434,6 +434,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # CPU kernel notices, not ours
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        from . import __version__
+
+        print(f"reprkit {__version__}")
+        return
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:

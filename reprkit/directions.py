@@ -30,7 +30,6 @@ from .hooks import capture
 from .reference import eval_mode
 from .scoring import ranked_summary
 
-
 TOKENS = {
     "mean": "mean over the completion's tokens, the chat template's end tokens included",
     "mean_response": "mean over the response's own tokens (template end tokens excluded)",

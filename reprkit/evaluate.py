@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from .data import collate, collate_ranked
 from .devices import input_device, to_model
-from .reference import adapter_disabled, eval_mode
 from .logits import head_logits, masked_logp_sums, unwrap  # noqa: F401 (head_logits: re-exported)
+from .reference import adapter_disabled, eval_mode
 from .scoring import length_baseline, ranked_summary, wilson_ci95
 
 
@@ -181,7 +181,7 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
                 with ctx(model):
                     lp = forward_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]).cpu()
                 pad_k = max(len(e["responses_ids"]) for e in encoded)
-                def widen(x, fill):
+                def widen(x, fill, b=b, k=k, pad_k=pad_k):
                     return torch.nn.functional.pad(x.view(b, k), (0, pad_k - k), value=fill)
                 logps.append(widen(lp, float("-inf")))
                 lengths.append(widen(batch["completion_mask"][:, 1:].sum(-1).clamp_min(1).float(), 1.0))

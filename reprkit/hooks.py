@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,13 +89,13 @@ class Trace(AbstractContextManager):
         edit_output: EditFn | None = None,
         stop: bool = False,
     ):
-        self.owner = self
+        self.owner: Trace | TraceDict = self  # the TraceDict that holds it, else itself
         self.name = name or ""
         self.module = module if name is None else module.get_submodule(name)
         self.output: torch.Tensor | None = None
         self.input: torch.Tensor | None = None
         self.calls = 0
-        self._opts = dict(
+        self._opts: dict[str, Any] = dict(
             retain_output=retain_output,
             retain_input=retain_input,
             detach=detach,
@@ -211,6 +212,9 @@ class Capture(TraceDict):
     ...     model(**inputs)
     >>> cap[3], cap.hidden_states  # tensor; {3: tensor, 10: tensor}
     """
+
+    _by_index: dict[int, str]
+    """layer number -> its block's module name (set by ``capture``)"""
 
     selection: LayerSelection
 

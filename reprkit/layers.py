@@ -115,7 +115,7 @@ def _expand(spec, n: int, names: set[str]) -> list[int | str]:
     if isinstance(spec, (list, tuple)):
         return [x for item in spec for x in _expand(item, n, names)]
     if isinstance(spec, slice):
-        return list(range(n))[spec]
+        return [*range(n)][spec]
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return [_index(spec, n)]
     if isinstance(spec, str):
@@ -129,13 +129,13 @@ def _expand(spec, n: int, names: set[str]) -> list[int | str]:
             if len(parts) == 1:
                 parts = [0, parts[0]]
             start, stop = _index(parts[0], n, end=True), _index(parts[1], n, end=True)
-            step = parts[2] if len(parts) == 3 else 1
-            return list(range(start, stop, step))
+            step = int(parts[2]) if len(parts) == 3 else 1  # an int: checked above
+            return [*range(start, stop, step)]
         if "," in s:
             return [x for part in s.split(",") if part.strip() for x in _expand(part, n, names)]
         if ":" in s:
             bounds = [int(p) if p.strip() else None for p in s.split(":")]
-            return list(range(n))[slice(*bounds)]
+            return [*range(n)][slice(*bounds)]
         try:
             return [_index(_number(s), n)]
         except ValueError as err:

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -180,8 +181,9 @@ def load_model(
 
     The tokenizer keeps its chat template; a missing pad token is set to the EOS token.
     """
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch dtype or its name ('float32', 'bfloat16', ...), not {dtype!r}")
     source = default_model_path(str(name_or_path)) if str(name_or_path) in PACKAGED else name_or_path
     qconfig = quantization_config(quantization, dtype)
     if qconfig is not None:
@@ -200,7 +202,7 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device is not None and qconfig is None:
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]  # transformers' decorator types the first argument as the model
     if quantization == "4bit":
         keep_4bit_differentiable(model)
     model.eval()
@@ -235,9 +237,10 @@ def keep_4bit_differentiable(model) -> int:
     for m in model.modules():
         if isinstance(m, bnb.nn.Linear4bit):
             m.support_avx512bf16_for_cpu = False
-            state = getattr(m.weight, "quant_state", None)
+            weight = cast(Any, m.weight)  # bitsandbytes' Params4bit, with its quant_state
+            state = getattr(weight, "quant_state", None)
             if state is not None and getattr(state, "packing_format_for_cpu", False):
-                m.weight.data, m.weight.quant_state = _convert_weight_packed_for_cpu_inverse(m.weight.data, state)
+                weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
             n += 1
     return n
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ def eval_mode(model: nn.Module):
 def adapter_disabled(model: nn.Module):
     """peft's ``disable_adapter()`` context when ``model`` has adapters; a no-op otherwise."""
     if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
-        return model.disable_adapter()
+        return cast(Any, model).disable_adapter()  # peft's method, not a submodule
     return nullcontext()
 
 

@@ -16,32 +16,65 @@ One step, top to bottom:
 
 from __future__ import annotations
 
+from .training.adapter import (  # noqa: F401
+    add_lora,
+    assert_changed,
+    check_adapter,
+    lora_config,
+    not_plain_linear,
+    plan_layers,
+    snapshot_trainable,
+)
+from .training.batches import (  # noqa: F401
+    load_pairs,
+    micro_batches,
+)
+from .training.checkpoints import (  # noqa: F401
+    check_disk,
+    checkpoint,
+    checkpoint_bytes,
+    load_adapter_weights,
+    load_training_state,
+    save_adapter,
+    save_checkpoint,
+    together,
+    write_failed,
+)
 from .training.errors import (  # noqa: F401
     TrainingError,
 )
-from .training.adapter import (  # noqa: F401
-    add_lora, assert_changed, check_adapter, lora_config, not_plain_linear, plan_layers,
-    snapshot_trainable,
-)
-from .training.step import (  # noqa: F401
-    batch_accuracy, forward_pair_batch, forward_ranked_batch, nonfinite_source, only_layers,
-    preference_movement, track,
-)
-from .training.processes import (  # noqa: F401
-    all_processes, broadcast_trainable, first_forward, full_state_options, is_sharded,
-    local, make_accelerator, sync_gradients, training_state, wrap_decoder_blocks,
-)
-from .training.batches import (  # noqa: F401
-    load_pairs, micro_batches,
-)
 from .training.frozen_cache import (  # noqa: F401
-    FINGERPRINT_ELEMENTS, model_fingerprint, open_reference_cache,
-)
-from .training.checkpoints import (  # noqa: F401
-    check_disk, checkpoint, checkpoint_bytes, load_adapter_weights, load_training_state,
-    save_adapter, save_checkpoint, together, write_failed,
+    FINGERPRINT_ELEMENTS,
+    model_fingerprint,
+    open_reference_cache,
 )
 from .training.loop import (  # noqa: F401
-    as_number, default_run_dir, discard_new_run, evaluate_run, mean_of_dicts,
-    summary, train,
+    as_number,
+    default_run_dir,
+    discard_new_run,
+    evaluate_run,
+    mean_of_dicts,
+    summary,
+    train,
+)
+from .training.processes import (  # noqa: F401
+    all_processes,
+    broadcast_trainable,
+    first_forward,
+    full_state_options,
+    is_sharded,
+    local,
+    make_accelerator,
+    sync_gradients,
+    training_state,
+    wrap_decoder_blocks,
+)
+from .training.step import (  # noqa: F401
+    batch_accuracy,
+    forward_pair_batch,
+    forward_ranked_batch,
+    nonfinite_source,
+    only_layers,
+    preference_movement,
+    track,
 )

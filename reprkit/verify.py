@@ -133,7 +133,7 @@ def tiny_model(arch: str, seed: int = 0, **config):
 
 def _n_layers(model) -> int:
     c = model.config
-    return getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+    return getattr(c, "num_hidden_layers", None) or c.n_layer
 
 
 def _ids(model, batch: int = 2, length: int = 9, seed: int = 1) -> torch.Tensor:

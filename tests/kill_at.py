@@ -13,8 +13,8 @@ import signal
 import sys
 
 from reprkit import runlog
-from reprkit.training import checkpoints as train
 from reprkit.cli import main
+from reprkit.training import checkpoints as train
 
 STEP, WHERE = int(os.environ["KILL_AT_STEP"]), os.environ["KILL_WHERE"]
 

@@ -228,7 +228,6 @@ def test_behaviour_chance_recorded_or_computed_from_the_same_subset():
     """A behaviour column's chance: the cell's where it recorded one, else from the data subset it
     names (here the fixtures under $REPRKIT_DATA_DIR), the same number truthfulqa_mc reports."""
     from reprkit.compare import scoring as grid_scoring
-
     from reprkit.evaluate import load_truthfulqa
 
     assert grid_scoring.behaviour_chance("truthfulqa_mc1", {"n": 3, "chance": 0.3}) == 0.3

@@ -6,7 +6,6 @@ import torch
 
 from reprkit import data as D
 
-
 # ------------------------------------------------------------------ adapters on the real files
 
 

@@ -108,11 +108,11 @@ def test_last_token_reads_the_answer_not_the_chat_templates_end(tiny_folder, tok
     last token, "last_completion" the template's; they differ, and "last" equals a state read by hand
     at the answer token."""
     import torch
+    from transformers import AutoModelForCausalLM
+
     from reprkit import data as D
     from reprkit.directions import completion_states
     from reprkit.hooks import capture
-
-    from transformers import AutoModelForCausalLM
 
     model, tok = AutoModelForCausalLM.from_pretrained(tiny_folder), tokenizer
     items = [{"prompt": [{"role": "user", "content": "Pick one"}], "responses": [" (A)", " (B)"], "scores": [1.0, 0.0]}]
@@ -227,10 +227,10 @@ def test_shared_prompt_states_equal_one_sequence_per_response(tiny_folder, token
     response, for every token rule, with prompts and responses of different lengths and an item
     with fewer responses than the others."""
     import torch
+    from transformers import AutoModelForCausalLM
+
     from reprkit import data as D
     from reprkit.directions import completion_states
-
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_folder)
     items = D.load_items("genies:alpaca_easy", "test", limit=5) + [

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from reprkit.scoring import ranked_summary, wilson_ci95
 from reprkit.evaluate import completion_logps, forward_logps, preference_accuracy
+from reprkit.scoring import ranked_summary, wilson_ci95
 
 
 def test_forward_logps_matches_full_logits(model, inputs):

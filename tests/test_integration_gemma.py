@@ -47,8 +47,8 @@ def test_gemma_first_token_is_an_attention_sink_that_no_completion_reduction_see
 
 
 def test_gemma_training_step_of_each_loss_and_evaluation(gemma, tmp_path):
-    from reprkit.evaluate import item_accuracy
     from reprkit import data as D
+    from reprkit.evaluate import item_accuracy
     from reprkit.verify import check_losses
 
     model, tok = gemma

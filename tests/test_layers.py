@@ -4,7 +4,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForC
 from reprkit.layers import find_blocks, select_layers
 
 
-
 def test_find_blocks_llama(model):
     names, blocks = find_blocks(model)
     assert names == [f"model.layers.{i}" for i in range(4)]

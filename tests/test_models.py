@@ -7,7 +7,6 @@ from reprkit import models
 from reprkit.models import DEFAULT_MODEL, load_model
 
 
-
 def test_local_folder_loads_with_chat_template(tiny_folder):
     model, tok = load_model(tiny_folder)
     assert model.config.num_hidden_layers == 4 and not model.training

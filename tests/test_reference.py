@@ -1,8 +1,8 @@
 import torch
 from peft import LoraConfig, get_peft_model
 
-from reprkit.reference import cosine_to_reference, reference_hidden_states
 from reprkit.hooks import forward_hidden_states
+from reprkit.reference import cosine_to_reference, reference_hidden_states
 
 
 def _peft(model, init_b: float = 0.0):

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from reprkit.stats import (align, mcnemar_exact, paired_difference, pooled_difference, pooled_seed_t_difference,
-                           seed_t_difference, sign_flip_p)
+from reprkit.stats import (
+    align,
+    mcnemar_exact,
+    paired_difference,
+    pooled_difference,
+    pooled_seed_t_difference,
+    seed_t_difference,
+    sign_flip_p,
+)
 
 
 def _outcomes(table: dict[tuple[int, int], int]) -> tuple[dict, dict]:
@@ -220,7 +227,7 @@ def test_seed_level_interval_covers_the_truth_where_the_items_only_interval_does
     for _ in range(sims):
         difficulty = rng.normal(0, 1, n)
 
-        def runs(shift):
+        def runs(shift, difficulty=difficulty):
             return [dict(enumerate((rng.random(n) < expit(difficulty + shift + rng.normal(0, tau)
                                                           + rng.normal(0, sigma, n))).astype(float)))
                     for _ in range(seeds)]

@@ -164,9 +164,9 @@ def test_scoring_both_layouts_perplexity_and_accuracy(split, arch):
 def test_reading_steering_calibration_the_lens_and_behaviour(split, vocab_model, tokenizer):
     from reprkit.behaviour import behaviour_rate, load_behaviour
     from reprkit.directions import from_pairs, from_prompts
+    from reprkit.inspect import layer_table
     from reprkit.lens import logit_lens
     from reprkit.steerability import steerability
-    from reprkit.inspect import layer_table
     from reprkit.steering import calibrate_strength, steer
 
     model = vocab_model

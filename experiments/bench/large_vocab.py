@@ -54,7 +54,6 @@ def score_fn(model, tok, ranked):
 
 
 def step_fn(model, tok, pairs, loss):
-    import torch
 
     from reprkit import data as D
     from reprkit.train import forward_pair_batch, only_layers, plan_layers

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
-from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,10 +74,10 @@ def main() -> None:
             reading(model, tok, name, enc, args.reading, args.repeats, concat_tokens, shared_tokens)
             continue
 
-        def run(shared: bool, items=enc):
+        def run(shared: bool, items=enc, out=out):
             out[shared] = ranked_logps(model, items, tok.pad_token_id, base=False, shared_prompt=shared)["policy"]
 
-        def run_bf16(items=enc):
+        def run_bf16(items=enc, out=out):
             with torch.autocast("cpu", torch.bfloat16):
                 out["bf16"] = ranked_logps(model, items, tok.pad_token_id, base=False, shared_prompt=True)["policy"]
 

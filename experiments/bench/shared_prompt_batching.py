@@ -53,7 +53,7 @@ def main() -> None:
     for n in args.sizes:
         enc = D.encode_ranked(D.load_items(f"genies:{args.set}", "test", limit=n), tok, 256, 128)
 
-        def run(old: bool):
+        def run(old: bool, enc=enc):
             use(old)
             return ranked_logps(model, enc, tok.pad_token_id, base=False, shared_prompt=True)
 

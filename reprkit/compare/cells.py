@@ -5,7 +5,6 @@ share one grid (``reprkit.compare`` says what a grid is)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import shutil
@@ -15,9 +14,17 @@ from pathlib import Path
 from .. import data as D
 from ..models import load_model
 from ..runlog import read_run, write_json
-from .scoring import (BALANCED, behaviour_columns, check_lengths, curve_sets, eval_prompt_length, eval_sets,
-                      retain_ratio, samples, score_sets)
-from .settings import READERS, UNTRAINED, Grid, machine, resolve_shifts
+from .scoring import (
+    BALANCED,
+    behaviour_columns,
+    curve_sets,
+    eval_prompt_length,
+    eval_sets,
+    retain_ratio,
+    samples,
+    score_sets,
+)
+from .settings import READERS, UNTRAINED, Grid, machine
 from .sweep import adopt_sweep_run, sweep_dir, tune_lr
 from .training import load_adapter, train_curve
 

@@ -31,8 +31,17 @@ from pathlib import Path
 from ..extras import MissingExtra
 from ..runlog import write_json
 from .matched import MATCHED_TITLE, matched, matched_line, matched_paired_lines, matched_paired_rows
-from .paired import (compare_runs, evidence_pool, grid_targets, load_cells, paired_rows, per_seed_items,
-                         seed_ci_text, shift_groups, verdict)
+from .paired import (
+    compare_runs,
+    evidence_pool,
+    grid_targets,
+    load_cells,
+    paired_rows,
+    per_seed_items,
+    seed_ci_text,
+    shift_groups,
+    verdict,
+)
 from .scoring import behaviour_chance
 
 

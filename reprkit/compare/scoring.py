@@ -9,13 +9,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from .settings import Grid
-
 from reprkit import data as D
 from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio, sequence_nll
 from reprkit.reference import adapter_disabled
 from reprkit.runlog import write_json
 from reprkit.scoring import item_id, item_ids  # noqa: F401 (the grid's ids are the library's)
+
+from .settings import Grid
+
 
 def eval_prompt_length(grid: Grid) -> int:
     return grid.eval_max_prompt_length or grid.eval_max_length // 2

@@ -131,13 +131,13 @@ class Grid:
             return entry[base]
         return entry
 
-    def for_ceiling(self) -> "Grid":
+    def for_ceiling(self) -> Grid:
         """The settings a ceiling run trains with: the grid's, at the ceiling lengths."""
         return dataclasses.replace(self, max_length=self.ceiling_max_length or self.max_length,
                                    max_prompt_length=self.ceiling_max_prompt_length or self.max_prompt_length)
 
     @classmethod
-    def from_file(cls, path) -> "Grid":
+    def from_file(cls, path) -> Grid:
         """A grid from a JSON file of its fields; an unknown field is an error that lists the known ones."""
         import json
         from pathlib import Path

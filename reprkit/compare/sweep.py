@@ -10,11 +10,12 @@ import shutil
 import time
 from pathlib import Path
 
+from reprkit.runlog import read_config, write_json
+
 from .scoring import encode_set, retain_ratio, score
 from .settings import Grid, machine
 from .training import cache_dir, load_adapter, train_config, train_curve, train_to
 
-from reprkit.runlog import read_config, write_json
 
 def choose_lr(accuracy: dict[float, float], margin: dict[float, float], ppl_ratio: dict[float, float] | None = None,
               max_ppl_ratio: float = float("inf")) -> float:

@@ -10,13 +10,14 @@ import math
 import time
 from pathlib import Path
 
-from .scoring import curve_sets, score_sets
-from .settings import Grid
-
 from reprkit import data as D
 from reprkit.config import LoraSettings, TrainConfig, preset
 from reprkit.models import load_model
 from reprkit.runlog import checkpoints, read_config, write_json
+
+from .scoring import curve_sets, score_sets
+from .settings import Grid
+
 
 def n_steps(grid: Grid, source: str) -> int:
     pairs = D.to_pairs(D.load_items(grid.spec(source, grid.train_split), grid.train_split, limit=grid.train_limit))

@@ -19,11 +19,15 @@ Sources: ``embedded[:task]`` (shipped with reprkit), ``genies:<distribution>``,
 (``name`` or ``name:config``).
 """
 
-from .items import (  # noqa: F401
-    DataError,
-    Messages,
-    prompt_key,
-    shared_data_dir,
+from .encoding import (  # noqa: F401
+    Encoded,
+    collate,
+    collate_ranked,
+    encode_pairs,
+    encode_ranked,
+    render_completion,
+    render_prompt,
+    uses_chat,
 )
 from .formats import (  # noqa: F401
     ASSISTANT_TAG,
@@ -40,6 +44,13 @@ from .formats import (  # noqa: F401
     parse_transcript,
     to_items,
 )
+from .items import (  # noqa: F401
+    DataError,
+    Messages,
+    prompt_key,
+    shared_data_dir,
+)
+from .layout import pair_layout, pair_sides  # noqa: F401
 from .sources import (  # noqa: F401
     genies_shifts,
     load_items,
@@ -49,14 +60,3 @@ from .sources import (  # noqa: F401
     to_pairs,
     zip_retain_reroute,
 )
-from .encoding import (  # noqa: F401
-    Encoded,
-    collate,
-    collate_ranked,
-    encode_pairs,
-    encode_ranked,
-    render_completion,
-    render_prompt,
-    uses_chat,
-)
-from .layout import pair_layout, pair_sides  # noqa: F401

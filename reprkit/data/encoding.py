@@ -3,7 +3,6 @@ completion and response masks."""
 
 from __future__ import annotations
 
-
 import torch
 
 from .formats import ASSISTANT_TAG

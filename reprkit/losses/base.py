@@ -18,7 +18,6 @@ is a mean over pairs needs nothing of this: equal micro-batches average to the b
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from reprkit.lazy import lazy_module

@@ -30,15 +30,32 @@ from ..config import TrainConfig
 from ..devices import input_device
 from ..evaluate import generate_samples, item_accuracy
 from ..models import enable_gradient_checkpointing, load_model
-from ..truncation import describe as describe_truncation, truncation_report
 from ..runlog import RunLog, checkpoints, read_config
+from ..truncation import describe as describe_truncation
+from ..truncation import truncation_report
 from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
 from .batches import load_pairs, micro_batches
 from .checkpoints import check_disk, checkpoint, load_adapter_weights, load_training_state, save_adapter, together
 from .errors import TrainingError
 from .frozen_cache import open_reference_cache
-from .processes import all_processes, broadcast_trainable, first_forward, is_sharded, make_accelerator, sync_gradients, wrap_decoder_blocks
-from .step import batch_accuracy, batch_totals, forward_pair_batch, forward_ranked_batch, nonfinite_source, only_layers, track
+from .processes import (
+    all_processes,
+    broadcast_trainable,
+    first_forward,
+    is_sharded,
+    make_accelerator,
+    sync_gradients,
+    wrap_decoder_blocks,
+)
+from .step import (
+    batch_accuracy,
+    batch_totals,
+    forward_pair_batch,
+    forward_ranked_batch,
+    nonfinite_source,
+    only_layers,
+    track,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +279,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
 def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
     """Accuracy before (frozen model) vs after per eval set, the final per-layer cosines, where the run is."""
-    from ..runlog import read_jsonl
-
-    from ..stats import paired_difference
-
     from ..models import model_note
+    from ..runlog import read_jsonl
+    from ..stats import paired_difference
 
     lines = [f"\nrun: {run_dir}  (loss {cfg.loss}, {cfg.steps} steps; model: {model_note(cfg.model)})", "",
              f"{f'eval data ({cfg.eval_split})':<40}{'n':>5}{'chance':>8}{'before':>9}{'after':>9}"

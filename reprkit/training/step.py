@@ -12,8 +12,8 @@ import torch
 from reprkit.losses import LossInputs, Side
 
 from .. import data as D
-from ..evaluate import forward_logps
 from ..devices import follow
+from ..evaluate import forward_logps
 from ..geometry import masked_mean, similarity
 from ..hooks import capture
 from ..layers import find_blocks
