@@ -256,6 +256,16 @@ def _cache_of_other_rows():
 
 
 @contextlib.contextmanager
+def _cache_under_the_old_keyword():
+    """The KV cache passed under a keyword the installed transformers does not take (``cache`` before
+    5.24, ``past_key_values`` after a rename): it vanishes into ``**kwargs``, unused."""
+    import reprkit.shared_prompt as S
+
+    with mock.patch.object(S, "cache_kwargs", lambda model, cache: {"kv_cache_unknown": cache}):
+        yield
+
+
+@contextlib.contextmanager
 def _reference_cache_other_pair():
     import reprkit.refcache as R
 
@@ -341,6 +351,9 @@ MUTATIONS: dict[str, Mutation] = {
                                         ("shared_prompt",)),
     "cache_of_other_rows": Mutation("responses run on another item's prompt cache", _cache_of_other_rows,
                                     ("shared_prompt",)),
+    "cache_under_an_unknown_keyword": Mutation("the prompt cache passed under a keyword the model's forward does not "
+                                               "take (transformers renamed it in 5.24): silently unused",
+                                               _cache_under_the_old_keyword, ("shared_prompt",)),
     "reference_cache_other_pair": Mutation("the frozen-model cache returns another pair's states",
                                            _reference_cache_other_pair, ("reference_cache",)),
     "reference_cache_of_the_policy": Mutation("the frozen-model cache built with the adapter on",

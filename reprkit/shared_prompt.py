@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 
 import torch
 
@@ -68,6 +70,24 @@ def response_chunks(lengths: list[int], max_waste: float = 0.1) -> list[list[int
     if current:
         chunks.append(current)
     return chunks
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    """The keyword a model's forward takes its KV cache under: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name warns until it goes). A keyword the forward does
+    not know vanishes into its ``**kwargs``, so a cache passed under the wrong name is silently not
+    used and every response is scored without its prompt: the name must be the installed one."""
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{keyword: cache}`` for ``model``'s forward (``_cache_keyword``), read from the transformers
+    model inside any wrapper (DDP / FSDP ``.module``, peft's ``get_base_model()``)."""
+    inner = unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return {_cache_keyword(type(inner)): cache}
 
 
 def _rows_of(cache, index: torch.Tensor):
@@ -135,7 +155,7 @@ def run_prompts(model, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Ten
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # each prompt's own positions from 0
     ctx = capture(model, layers, stop=True) if stop else contextlib.nullcontext()
     with ctx:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True,
                     output_hidden_states=last, logits_to_keep=1)
     return PromptPass(cache, mask, lengths, out.hidden_states[-1][:, -1] if last else None)
 
@@ -153,8 +173,9 @@ def run_responses(model, prompts: PromptPass, rows: torch.Tensor, ids: torch.Ten
     attention = torch.cat([prompts.mask[rows], mask], 1)
     ctx = capture(model, layers, stop=stop, detach=detach) if layers is not None else contextlib.nullcontext()
     with ctx as cap:
-        out = model(input_ids=ids, attention_mask=attention, position_ids=positions, cache=_rows_of(prompts.cache, rows),
-                    use_cache=True, output_hidden_states=final, logits_to_keep=1)
+        out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                    **cache_kwargs(model, _rows_of(prompts.cache, rows)), use_cache=True, output_hidden_states=final,
+                    logits_to_keep=1)
     return (cap.hidden_states if layers is not None else {}), (out.hidden_states[-1] if final else None)
 
 
