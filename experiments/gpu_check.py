@@ -34,7 +34,7 @@ def checks(model, tok) -> dict:
     from reprkit.directions import Direction
     from reprkit.hooks import capture
     from reprkit.lens import final_norm, lens_logits
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     out = {}
     device = next(model.parameters()).device
@@ -75,10 +75,10 @@ def checks(model, tok) -> dict:
         one = {k: v[:1] for k, v in batch.items()}
         with torch.no_grad():
             plain = model.generate(**one, max_new_tokens=8, do_sample=False)
-            with steer(model, d, 20.0 * float(model.get_input_embeddings().weight.float().norm(dim=-1).mean())):
-                steered = model.generate(**one, max_new_tokens=8, do_sample=False)
+            with steered(model, d, 20.0 * float(model.get_input_embeddings().weight.float().norm(dim=-1).mean())):
+                steered_ids = model.generate(**one, max_new_tokens=8, do_sample=False)
             again = model.generate(**one, max_new_tokens=8, do_sample=False)
-        assert not torch.equal(plain, steered), "steering changed nothing"
+        assert not torch.equal(plain, steered_ids), "steering changed nothing"
         assert torch.equal(plain, again), "not undone on exit"
 
     for name, fn in (("capture", cap), ("stop", stop), ("logit_lens", lens), ("steering", steering)):

@@ -2,6 +2,13 @@
 
 The names below are imported on first use (``import reprkit`` itself loads neither torch nor
 transformers), so ``reprkit --help`` and a notebook's first import stay fast.
+
+>>> import reprkit
+>>> model, tok = reprkit.load_model()                          # SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)
+>>> with reprkit.capture(model, [3, 10]) as cap: ...           # residual streams per layer
+>>> d = reprkit.from_pairs(model, tok, items, "range(.2,.9)")  # a direction from contrast pairs
+>>> with reprkit.steered(model, d, 4.0): ...                   # steering at a chosen strength
+>>> reprkit.train(reprkit.TrainConfig(loss="reprpo", steps=40)) # a LoRA adapter with a hidden-state loss
 """
 
 from __future__ import annotations
@@ -11,6 +18,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "compare": ("Grid",),
+    "config": ("TrainConfig",),
+    "directions": ("Direction", "from_pairs", "from_prompts"),
+    "evaluate": ("item_accuracy",),
+    "lens": ("logit_lens",),
+    "stats": ("paired_difference", "seed_t_difference"),
+    "steering": ("calibrate_strength", "steered"),
+    "training.loop": ("train",),
     "geometry": ("angle", "compose", "cosine", "decompose", "magnitude", "masked_mean", "norm_ratio", "project",
                  "reject", "similarity"),
     "hooks": ("Capture", "Trace", "TraceDict", "capture", "forward_hidden_states"),

@@ -51,7 +51,7 @@ class Inspect(Placement):
     """with --logit-lens: also write a layer x position heatmap per prompt (plotly) to this .html file"""
 
     def run(self) -> None:
-        from .inspect import format_table, layer_table
+        from .inspection import format_table, layer_table
 
         model, tok = self.load(self.model)
         if self.logit_lens:
@@ -276,7 +276,7 @@ class Steer(Placement):
             enc = to_model(model, tok(text, return_tensors="pt", add_special_tokens=False))
             for label, s in (("unsteered", 0.0), (f"+{cal['strength']:.2f}", cal["strength"]),
                              (f"-{cal['strength']:.2f}", -cal["strength"])):
-                with capture(model, layer, edit_output=d.steer(s, layer)):
+                with capture(model, layer, edit_output=d.edit(s, layer)):
                     out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False,
                                          pad_token_id=tok.pad_token_id)
                 print(f"[{label}] {prompt!r} -> {tok.decode(out[0, enc['input_ids'].shape[1]:], skip_special_tokens=True)!r}")

@@ -158,11 +158,20 @@ class Direction:
         best = max(per_layer, key=lambda k: (round(per_layer[k]["accuracy_mean"], 6), per_layer[k]["margin_mean"]))
         return best, per_layer
 
-    def steer(self, strength: float, layer: int):
-        """An edit for ``capture(model, layer, edit_output=...)`` adding ``strength`` x the unit vector."""
+    def edit(self, strength: float, layer: int):
+        """An edit for ``capture(model, layer, edit_output=...)`` adding ``strength`` x the unit vector
+        (``reprkit.steering.steered`` applies it at every layer in one context)."""
         from .edits import add_vector
 
         return add_vector(self.vector(layer), strength)
+
+    def steer(self, strength: float, layer: int):
+        """Deprecated name of ``edit``; it goes in the next release."""
+        import warnings
+
+        warnings.warn("Direction.steer is now Direction.edit (reprkit.steering.steer is steering.steered)",
+                      DeprecationWarning, stacklevel=2)
+        return self.edit(strength, layer)
 
     def ablate(self, layer: int):
         """An edit projecting the direction out of the layer's output."""

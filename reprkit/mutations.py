@@ -288,11 +288,11 @@ def _reference_cache_of_the_policy():
 
 @contextlib.contextmanager
 def _steer_changed(before=None, after=None):
-    """``steering.steer`` with ``before(direction) -> direction`` applied on entry and
+    """``steering.steered`` with ``before(direction) -> direction`` applied on entry and
     ``after(model, direction, strength)`` run on exit."""
     import reprkit.steering as ST
 
-    real = ST.steer
+    real = ST.steered
 
     @contextlib.contextmanager
     def changed(model, direction, strength, layers=None, mask=None, block_name=None):
@@ -301,7 +301,7 @@ def _steer_changed(before=None, after=None):
         if after:
             after(model, direction, strength)
 
-    with mock.patch.object(ST, "steer", changed):
+    with mock.patch.object(ST, "steered", changed):
         yield
 
 

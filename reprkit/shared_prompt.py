@@ -72,7 +72,7 @@ def response_chunks(lengths: list[int], max_waste: float = 0.1) -> list[list[int
     return chunks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_keyword(model_class: type) -> str:
     """The keyword a model's forward takes its KV cache under: transformers 5.24 renamed
     ``past_key_values`` to ``cache`` (the old name warns until it goes). A keyword the forward does

@@ -29,7 +29,7 @@ import torch
 from .data import encode_ranked, render_prompt, uses_chat
 from .evaluate import ranked_logps
 from .scoring import wilson_ci95
-from .steering import default_layers, steer, steering_kl
+from .steering import default_layers, steered, steering_kl
 
 RULE = ("log-odds of the behaviour-matching answer(s): logsumexp of their summed log-probs minus the others'; "
         "steered at every position of prompt and answer")
@@ -76,7 +76,7 @@ def steerability(model, tokenizer, direction, items: list[dict], strengths, laye
     kl_batch = to_model(model, tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat))
     odds, kls = {}, {}
     for s in strengths:
-        with steer(model, direction, s, layers):
+        with steered(model, direction, s, layers):
             sc = ranked_logps(model, encoded, tokenizer.pad_token_id, batch_size, base=False)["policy"]
         odds[s] = _log_odds(sc["logps"], sc["valid"], matching)
         kl = steering_kl(model, kl_batch, layers, [direction.vector(x) for x in layers], s) if s else torch.zeros(1)

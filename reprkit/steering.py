@@ -1,9 +1,9 @@
 """Steering with a read direction at a strength chosen by divergence, not by an arbitrary multiplier.
 
 >>> s = calibrate_strength(model, tokenizer, direction, prompts, kl=1.0)   # over the direction's best layer(s)
->>> with steer(model, direction, s["strength"], layers=s["layers"]):      # every layer in one call, undone on exit
+>>> with steered(model, direction, s["strength"], layers=s["layers"]):      # every layer in one call, undone on exit
 ...     model.generate(...)
->>> with capture(model, 15, edit_output=direction.steer(s["strength"], 15)):   # one layer, the baukit way
+>>> with capture(model, 15, edit_output=direction.edit(s["strength"], 15)):   # one layer, the baukit way
 ...     model.generate(...)
 >>> direction.to_gguf("honesty.gguf")   # llama.cpp control vector (see ``to_gguf``)
 
@@ -23,15 +23,15 @@ from .reference import eval_mode
 
 
 @contextmanager
-def steer(model, direction, strength: float | dict[int, float], layers=None, mask: torch.Tensor | None = None,
-          block_name: str | None = None):
+def steered(model, direction, strength: float | dict[int, float], layers=None, mask: torch.Tensor | None = None,
+            block_name: str | None = None):
     """Add ``strength`` x the direction's vector to the output of each of ``layers`` (default: every
     layer the direction holds), in one context; undone on exit, also when the body raises.
 
     ``strength`` is one number or ``{layer: strength}``; ``mask`` (``[batch, seq]``) limits the edit
     to those positions (``None`` during ``generate``). A layer the direction does not hold is refused
     by name. ``layers`` takes the layer specs of ``capture`` (``"5:7"`` is blocks 5 and 6). Equal to
-    nesting one ``capture(model, k, edit_output=direction.steer(s, k))`` per layer.
+    nesting one ``capture(model, k, edit_output=direction.edit(s, k))`` per layer.
     """
     from .edits import add_vector
     from .layers import block_indices, find_blocks
@@ -63,7 +63,7 @@ def steering_kl(model, batch: dict, layer, vector, strength: float) -> torch.Ten
 
     layers = list(layer) if isinstance(layer, (list, tuple)) else [layer]
     vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
-    d = SimpleNamespace(vectors=dict(zip(layers, vectors)))  # what steer() reads of a Direction
+    d = SimpleNamespace(vectors=dict(zip(layers, vectors)))  # what steered() reads of a Direction
 
     def final_states():
         h = model(**batch, use_cache=False, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
@@ -71,13 +71,13 @@ def steering_kl(model, batch: dict, layer, vector, strength: float) -> torch.Ten
 
     with eval_mode(model):
         plain = final_states()
-        with steer(model, d, strength, layers):
-            steered = final_states()
+        with steered(model, d, strength, layers):
+            moved = final_states()
     chunk = max(1, chunk_positions(unwrap(model).get_output_embeddings().weight.shape[0]) // 2)
     kl = []
     for i in range(0, plain.shape[0], chunk):
         p = torch.log_softmax(head_logits(model, plain[i: i + chunk]), -1)
-        q = torch.log_softmax(head_logits(model, steered[i: i + chunk]), -1)
+        q = torch.log_softmax(head_logits(model, moved[i: i + chunk]), -1)
         kl.append((p.exp() * (p - q)).sum(-1))
     return torch.cat(kl)
 
@@ -168,3 +168,12 @@ def read_gguf(path) -> dict[int, torch.Tensor]:
     reader = gguf.GGUFReader(str(path))
     return {int(t.name.split(".")[1]): torch.tensor(t.data.copy()).float().reshape(-1)
             for t in reader.tensors if t.name.startswith("direction.")}
+
+
+def steer(*args, **kwargs):
+    """Deprecated name of ``steered`` (the context manager); it goes in the next release."""
+    import warnings
+
+    warnings.warn("reprkit.steering.steer is now reprkit.steering.steered (Direction.steer is Direction.edit)",
+                  DeprecationWarning, stacklevel=2)
+    return steered(*args, **kwargs)

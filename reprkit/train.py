@@ -78,3 +78,15 @@ from .training.step import (  # noqa: F401
     preference_movement,
     track,
 )
+
+
+class _CallableModule(type(__import__("sys"))):
+    """This module, callable as ``train``: once ``reprkit.train`` is imported, ``from reprkit import
+    train`` yields the module (Python sets the package attribute to it), and calling it runs
+    ``train(cfg)`` as the function would."""
+
+    def __call__(self, cfg, model=None, tokenizer=None):
+        return train(cfg, model, tokenizer)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

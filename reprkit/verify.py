@@ -460,7 +460,7 @@ def check_steering(model) -> None:
     layer's vector, and is undone on exit."""
     from .directions import Direction, directions_from_states
     from .hooks import capture
-    from .steering import steer
+    from .steering import steered
 
     ids = _ids(model, batch=4, length=6, seed=8)
     other = _ids(model, batch=4, length=6, seed=9)
@@ -472,11 +472,11 @@ def check_steering(model) -> None:
     d = Direction(vectors, {"method": "mean_diff"})
     with torch.no_grad():
         plain = model(input_ids=ids).logits
-        with steer(model, d, 8.0):
+        with steered(model, d, 8.0):
             steered = model(input_ids=ids).logits
         after = model(input_ids=ids).logits
-        with capture(model, 1, edit_output=d.steer(8.0, 1), retain_output=False), \
-                capture(model, 2, edit_output=d.steer(8.0, 2), retain_output=False):
+        with capture(model, 1, edit_output=d.edit(8.0, 1), retain_output=False), \
+                capture(model, 2, edit_output=d.edit(8.0, 2), retain_output=False):
             nested = model(input_ids=ids).logits
     if torch.allclose(steered, plain, atol=1e-6):
         raise AssertionError("steering changed nothing")

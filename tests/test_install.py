@@ -66,3 +66,15 @@ def test_dependencies_are_ranges_and_the_extras_hold_the_optional_parts():
     extras = meta["optional-dependencies"]
     assert any(d.startswith("streamlit") for d in extras["dashboard"]) and any(d.startswith("bitsandbytes") for d in extras["quantized"])
     assert any(d.startswith("scikit-learn") for d in extras["probe"])
+
+
+def test_the_front_door_exports_the_entry_points_and_train_is_callable_either_way():
+    done = _run("import reprkit, sys\n"
+                "names = ['capture', 'load_model', 'Direction', 'from_pairs', 'steered', 'calibrate_strength', "
+                "'logit_lens', 'item_accuracy', 'TrainConfig', 'paired_difference', 'seed_t_difference', 'Grid']\n"
+                "assert set(names) <= set(reprkit.__all__), set(names) - set(reprkit.__all__)\n"
+                "assert all(callable(getattr(reprkit, n)) for n in names)\n"
+                "from reprkit import train\nprint(callable(train), train.__name__)\n"
+                "import reprkit.train\nfrom reprkit import train\nprint(callable(train), train.__name__)\n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True", "train", "True", "reprkit.train"]

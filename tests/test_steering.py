@@ -58,14 +58,14 @@ def _direction(model, layers=(1, 2), seed=0):
 
 def test_steer_at_two_layers_in_one_call_equals_nested_single_layer_captures(model, inputs):
     from reprkit.hooks import capture
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     d = _direction(model)
     with torch.no_grad():
         plain = model(**inputs).logits
-        with steer(model, d, 3.0, layers=[1, 2]):
+        with steered(model, d, 3.0, layers=[1, 2]):
             one_call = model(**inputs).logits
-        with capture(model, 1, edit_output=d.steer(3.0, 1)), capture(model, 2, edit_output=d.steer(3.0, 2)):
+        with capture(model, 1, edit_output=d.edit(3.0, 1)), capture(model, 2, edit_output=d.edit(3.0, 2)):
             nested = model(**inputs).logits
         after = model(**inputs).logits
     torch.testing.assert_close(one_call, nested)
@@ -74,24 +74,24 @@ def test_steer_at_two_layers_in_one_call_equals_nested_single_layer_captures(mod
 
 
 def test_steer_refuses_a_layer_the_direction_does_not_hold(model):
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     d = _direction(model)
     with pytest.raises(ValueError, match=r"no vector at layer\(s\) \[3\]; it holds layers \[1, 2\]"):
-        with steer(model, d, 1.0, layers=[1, 3]):
+        with steered(model, d, 1.0, layers=[1, 3]):
             pass
     with pytest.raises(ValueError, match="no vector at layer 3; it holds layers"):
-        d.steer(4.0, 3)
+        d.edit(4.0, 3)
 
 
 def test_steer_with_a_mask_edits_only_the_masked_positions(model, inputs):
     from reprkit.hooks import capture
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     d = _direction(model, layers=(1,))
     mask = torch.zeros_like(inputs["input_ids"])
     mask[:, -1] = 1
-    with torch.no_grad(), steer(model, d, 5.0, mask=mask), capture(model, 1) as cap:
+    with torch.no_grad(), steered(model, d, 5.0, mask=mask), capture(model, 1) as cap:
         model(**inputs)
     with torch.no_grad(), capture(model, 1) as ref:
         model(**inputs)
@@ -158,14 +158,14 @@ def test_calibrate_strength_over_several_layers_and_its_errors():
 @pytest.mark.parametrize("spec,blocks", [("5:7", [5, 6]), ("range(5,7)", [5, 6]), ([5, 6], [5, 6]), (6, [6]),
                                          ("-2", [6]), ("5,7", [5, 7])])
 def test_steer_takes_the_layer_specs_of_capture(spec, blocks):
-    """``steer(layers=...)`` edits exactly the blocks the spec selects (a string is a spec, never a
+    """``steered(layers=...)`` edits exactly the blocks the spec selects (a string is a spec, never a
     list of characters: ``"5:7"`` once steered all 8 blocks), counted at each block's output: a
     block's output differs from the unsteered run's only from the first steered block on, and each
     steered block adds exactly its own vector to what the block computed."""
     from reprkit.directions import Direction
     from reprkit.hooks import capture
     from reprkit.layers import block_indices
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     model = tiny_llama(num_hidden_layers=8)
     h = TINY["hidden_size"]
@@ -180,7 +180,7 @@ def test_steer_takes_the_layer_specs_of_capture(spec, blocks):
         return out
 
     with torch.no_grad(), capture(model, list(range(8)), edit_output=record, retain_output=False), \
-            steer(model, d, 4.0, layers=spec), capture(model, list(range(8))) as after:
+            steered(model, d, 4.0, layers=spec), capture(model, list(range(8))) as after:
         model(input_ids=ids)
     added = [k for k in range(8) if not torch.allclose(after[k], seen[k], atol=1e-6)]
     assert added == blocks
@@ -190,12 +190,12 @@ def test_steer_takes_the_layer_specs_of_capture(spec, blocks):
 
 def test_steer_refuses_a_bad_spec_with_captures_message():
     from reprkit.directions import Direction
-    from reprkit.steering import steer
+    from reprkit.steering import steered
 
     model = tiny_llama()
     d = Direction({1: torch.ones(TINY["hidden_size"])})
     with pytest.raises(ValueError, match="bad layer spec 'x:y'.*The model has 4 decoder blocks"):
-        with steer(model, d, 1.0, layers="x:y"):
+        with steered(model, d, 1.0, layers="x:y"):
             pass
 
 
@@ -231,3 +231,27 @@ def test_steerability_counts_items_that_move_the_wrong_way(tiny_folder, tmp_path
     from reprkit.app.figures import steerability_figure
 
     assert len(steerability_figure(res).data) >= 10
+
+
+def test_the_old_steering_names_still_work_and_warn():
+    """``steering.steer`` and ``Direction.steer`` (the docs' names before ``steered`` and ``edit``)
+    work for one release, each with a DeprecationWarning naming the new name."""
+    import warnings
+
+    from reprkit.steering import steer
+
+    model = tiny_llama()
+    d = Direction({1: torch.ones(model.config.hidden_size)})
+    ids = torch.tensor([[1, 2, 3]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with steer(model, d, 2.0, layers=[1]):
+            old = model(ids).logits
+        edit = d.steer(2.0, 1)
+    assert [str(w.message).split(" is now ")[1].split(" ")[0] for w in caught] == [
+        "reprkit.steering.steered", "Direction.edit"]
+    from reprkit.steering import steered
+
+    with steered(model, d, 2.0, layers=[1]):
+        assert torch.equal(old, model(ids).logits)
+    assert callable(edit)

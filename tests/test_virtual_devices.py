@@ -164,10 +164,10 @@ def test_scoring_both_layouts_perplexity_and_accuracy(split, arch):
 def test_reading_steering_calibration_the_lens_and_behaviour(split, vocab_model, tokenizer):
     from reprkit.behaviour import behaviour_rate, load_behaviour
     from reprkit.directions import from_pairs, from_prompts
-    from reprkit.inspect import layer_table
+    from reprkit.inspection import layer_table
     from reprkit.lens import logit_lens
     from reprkit.steerability import steerability
-    from reprkit.steering import calibrate_strength, steer
+    from reprkit.steering import calibrate_strength, steered
 
     model = vocab_model
     items = D.load_items("embedded:arithmetic", "train", limit=6)
@@ -179,7 +179,7 @@ def test_reading_steering_calibration_the_lens_and_behaviour(split, vocab_model,
         assert device_of(d.vectors[3]) == "cpu"  # a read direction is for analysis: on the host
         cal = calibrate_strength(model, tokenizer, d, ["What is 2 + 2?", "Hello"], layer=[1, 3], kl=0.5)
         enc = tokenizer(["What is 2 + 2?"], return_tensors="pt")
-        with steer(model, d, cal["strength"], layers="1,3"):
+        with steered(model, d, cal["strength"], layers="1,3"):
             model(**{k: v.to(vd.input_device) for k, v in enc.items()})
         logit_lens(model, tokenizer, ["The capital of France is"], layers=[1, 3], target=" Paris")
         layer_table(model, tokenizer, ["a b", "c d e"], layers=[0, 3], chat=False)
