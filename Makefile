@@ -31,7 +31,7 @@ test-fast: setup
 
 # ruff over the code, mypy over the public API (the top-level names and the modules they come from)
 PUBLIC_API := reprkit/__init__.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \
-	reprkit/reference.py reprkit/extras.py reprkit/lazy.py reprkit/packaged.py
+	reprkit/frozen.py reprkit/extras.py reprkit/lazy.py reprkit/packaged.py
 lint: setup
 	$(PY) -m ruff check reprkit tests experiments .ci
 	$(PY) -m mypy $(PUBLIC_API)

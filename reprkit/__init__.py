@@ -32,14 +32,23 @@ _EXPORTS = {
     "layers": ("LayerSelection", "find_blocks", "select_layers"),
     "models": ("load_model",),
     "packaged": ("DEFAULT_MODEL",),
-    "reference": ("adapter_disabled", "cosine_to_reference", "reference_hidden_states"),
+    "frozen": ("adapter_disabled", "cosine_to_frozen", "frozen_hidden_states"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
 __all__ = sorted(_WHERE)
 
 
+_RENAMED = {"reference_hidden_states": "frozen_hidden_states", "cosine_to_reference": "cosine_to_frozen"}
+"""old name -> new name: the old ones work, with a DeprecationWarning, until the next release"""
+
+
 def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        warnings.warn(f"reprkit.{name} is now reprkit.{_RENAMED[name]}", DeprecationWarning, stacklevel=2)
+        return __getattr__(_RENAMED[name])
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'reprkit' has no attribute {name!r}")

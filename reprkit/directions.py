@@ -25,9 +25,9 @@ import torch
 
 from . import data as D
 from .devices import input_device, to_model
+from .frozen import eval_mode
 from .geometry import last_token, masked_mean, unit
 from .hooks import capture
-from .reference import eval_mode
 from .scoring import ranked_summary
 
 TOKENS = {

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from .data import collate, collate_ranked
 from .devices import input_device, to_model
+from .frozen import adapter_disabled, eval_mode
 from .logits import head_logits, masked_logp_sums, unwrap  # noqa: F401 (head_logits: re-exported)
-from .reference import adapter_disabled, eval_mode
 from .scoring import length_baseline, ranked_summary, wilson_ci95
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from .devices import to_model
+from .frozen import eval_mode
 from .hooks import capture
-from .reference import eval_mode
 
 
 def final_norm(model) -> torch.nn.Module:

@@ -267,7 +267,7 @@ def _cache_under_the_old_keyword():
 
 @contextlib.contextmanager
 def _reference_cache_other_pair():
-    import reprkit.refcache as R
+    import reprkit.frozen_cache as R
 
     real = R.ReferenceCache.batch
 
@@ -280,7 +280,7 @@ def _reference_cache_other_pair():
 
 @contextlib.contextmanager
 def _reference_cache_of_the_policy():
-    import reprkit.refcache as R
+    import reprkit.frozen_cache as R
 
     with mock.patch.object(R, "adapter_disabled", lambda model: contextlib.nullcontext()):
         yield

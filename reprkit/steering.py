@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .frozen import eval_mode
 from .hooks import capture
-from .reference import eval_mode
 
 
 @contextmanager

@@ -435,7 +435,7 @@ def check_shared_prompt(model) -> None:
 
 
 def check_reference_cache(model) -> None:
-    from .refcache import ReferenceCache
+    from .frozen_cache import ReferenceCache
     from .train import plan_layers
 
     rows, batch = _pairs(model)

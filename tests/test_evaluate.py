@@ -175,7 +175,7 @@ def test_perplexity_ratio_is_one_for_an_untrained_adapter(tokenizer, tiny_folder
     assert trained["ratio"] != pytest.approx(1.0)
     # the frozen model's per-sequence NLL, computed once, gives the same result without the frozen pass
     from reprkit.evaluate import sequence_nll
-    from reprkit.reference import adapter_disabled
+    from reprkit.frozen import adapter_disabled
 
     with adapter_disabled(model):
         frozen, tokens = sequence_nll(model, enc, tokenizer.pad_token_id)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from reprkit.config import TrainConfig
+from reprkit.frozen import adapter_disabled
 from reprkit.hooks import capture
 from reprkit.models import load_model
-from reprkit.reference import adapter_disabled
 from reprkit.runlog import read_jsonl
 from reprkit.train import add_lora, train
 

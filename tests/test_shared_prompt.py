@@ -200,7 +200,7 @@ def test_pair_layout_only_when_prompts_are_shared():
 def test_shared_prompt_run_equals_a_plain_run(tiny_folder, tmp_path):
     """Through the trainer: same losses, tracked statistics and adapter (float32, 3 steps), with and
     without the frozen-model cache (built in the concatenated layout, read in the shared one)."""
-    from .test_refcache import _run, _same
+    from .test_frozen_cache import _run, _same
 
     plain = {}
     for loss in ("reprpo", "dpo"):

@@ -239,7 +239,7 @@ def test_the_frozen_model_cache_on_devices(split, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from reprkit.config import preset
-    from reprkit.refcache import ReferenceCache
+    from reprkit.frozen_cache import ReferenceCache
     from reprkit.train import forward_pair_batch, only_layers, plan_layers
 
     model = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))

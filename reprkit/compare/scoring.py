@@ -11,7 +11,7 @@ from pathlib import Path
 
 from reprkit import data as D
 from reprkit.evaluate import generate_samples, item_accuracy, perplexity_ratio, sequence_nll
-from reprkit.reference import adapter_disabled
+from reprkit.frozen import adapter_disabled
 from reprkit.runlog import write_json
 from reprkit.scoring import item_id, item_ids  # noqa: F401 (the grid's ids are the library's)
 

@@ -1,5 +1,5 @@
 """The frozen-model cache for a run: its key (the model's weights, the pairs, the layers) and
-opening or building it (``reprkit.refcache``)."""
+opening or building it (``reprkit.frozen_cache``)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def model_fingerprint(model) -> str:
 def open_reference_cache(cfg: TrainConfig, model, tokenizer, train_pairs: list[dict], layers: list[int], loss,
                          sharded: bool):
     """The frozen-model cache of this run's training pairs (built on first use): ``--reference-cache``."""
-    from ..refcache import ReferenceCache
+    from ..frozen_cache import ReferenceCache
 
     if sharded:
         raise TrainingError("--reference-cache works with one process or data parallelism, not FSDP sharding")

@@ -14,10 +14,10 @@ from reprkit.losses import LossInputs, Side
 from .. import data as D
 from ..devices import follow
 from ..evaluate import forward_logps
+from ..frozen import adapter_disabled, eval_mode
 from ..geometry import masked_mean, similarity
 from ..hooks import capture
 from ..layers import find_blocks
-from ..reference import adapter_disabled, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
                        sharded: bool = False, reference=None, shared_prompt: bool = False,
                        policy: bool = True) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
-    With ``reference`` (a ``refcache.ReferenceCache``) the frozen outputs are read from it instead.
+    With ``reference`` (a ``frozen_cache.ReferenceCache``) the frozen outputs are read from it instead.
     With ``shared_prompt`` each pair's prompt runs once and both completions run on its KV cache
     (``shared_prompt.pair_states``); the loss inputs then hold completion positions only, which is
     all any pair loss reads (everything is masked to the completion), so the loss is the same.

@@ -64,8 +64,8 @@ def test_cache_batch_matches_a_frozen_forward(tiny_folder, tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 
     from reprkit import data as D
+    from reprkit.frozen_cache import ReferenceCache
     from reprkit.hooks import capture
-    from reprkit.refcache import ReferenceCache
     from reprkit.train import micro_batches
 
     model = AutoModelForCausalLM.from_pretrained(tiny_folder).eval()
