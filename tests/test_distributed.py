@@ -14,8 +14,21 @@ from safetensors.torch import load_file
 
 from reprkit.runlog import read_jsonl
 from reprkit.train import train
+from reprkit.training.processes import FSDP2_ACCELERATE
 
 from .test_train import tiny_config
+
+
+def _old_accelerate() -> bool:
+    import accelerate
+    from packaging.version import Version
+
+    return Version(accelerate.__version__) < Version(FSDP2_ACCELERATE)
+
+
+needs_fsdp2 = pytest.mark.skipif(_old_accelerate(),
+                                 reason=f"FSDP2 needs accelerate>={FSDP2_ACCELERATE} (the lowest-versions run has "
+                                        "an older one; test_fsdp2_on_an_old_accelerate_says_which checks the refusal)")
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
@@ -85,6 +98,7 @@ def test_two_processes_equal_one_process_on_the_global_batch(tiny_folder, tmp_pa
     assert json.loads((two / "eval.json").read_text())["datasets"]["embedded:arithmetic"]["n"] == 4
 
 
+@needs_fsdp2
 @pytest.mark.parametrize("loss,checkpointing", [("reprpo", False), ("dpo", True)])
 def test_fsdp2_on_two_processes_equals_one_process(tiny_folder, tmp_path, loss, checkpointing):
     """FSDP2 (configs/accelerate/fsdp.yaml, each decoder block one unit) shards the PeftModel: the
@@ -108,6 +122,7 @@ def test_fsdp2_on_two_processes_equals_one_process(tiny_folder, tmp_path, loss, 
     assert len(read_jsonl(two / "samples.jsonl")[0]) == len(read_jsonl(one / "samples.jsonl")[0])
 
 
+@needs_fsdp2
 def test_fsdp2_bf16_mixed_precision_as_shipped(tiny_folder, tmp_path):
     """The shipped FSDP config's bf16: FSDP2 computes in bf16 and keeps float32 weights. The run
     differs from float32 (so bf16 was on) by bf16 rounding only. Measured after 4 steps: losses
@@ -127,6 +142,7 @@ def test_fsdp2_bf16_mixed_precision_as_shipped(tiny_folder, tmp_path):
         assert ((w2[k] - w1[k]).norm() / w1[k].norm().clamp_min(1e-12)).item() < 0.15, k
 
 
+@needs_fsdp2
 @pytest.mark.parametrize("first", ["fsdp", "ddp"])
 def test_fsdp2_resumes_a_checkpoint(tiny_folder, tmp_path, first):
     """2 steps (sharded, or data parallel: optimiser state keyed by index), then `--resume` under
@@ -176,3 +192,23 @@ def test_fsdp_config_without_gpus_says_it_runs_data_parallel(monkeypatch, caplog
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     assert is_sharded(fake) is False
     assert "run data parallel" in caplog.text and "MULTI_CPU" in caplog.text
+
+
+
+def test_fsdp2_on_an_old_accelerate_says_which(monkeypatch):
+    """Under FSDP2 with an accelerate older than FSDP2_ACCELERATE the trainer refuses in one line
+    naming the version that works, before the model loads."""
+    from types import SimpleNamespace
+
+    import accelerate
+
+    from reprkit.training.errors import TrainingError
+    from reprkit.training.processes import is_sharded
+
+    monkeypatch.setattr(accelerate, "__version__", "1.10.0")
+    fake = SimpleNamespace(distributed_type=accelerate.DistributedType.FSDP,
+                           state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=2)))
+    with pytest.raises(TrainingError, match=r"FSDP2 training needs accelerate>=1\.14 \(this is 1\.10\.0\): pip install"):
+        is_sharded(fake)
+    monkeypatch.setattr(accelerate, "__version__", FSDP2_ACCELERATE)
+    assert is_sharded(fake)

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- processes
 
 
+FSDP2_ACCELERATE = "1.14"
+"""The lowest accelerate whose FSDP2 reprkit trains under (tested; the rest of reprkit needs 1.10)."""
+
+
 def make_accelerator():
     """An Accelerator on the GPU when there is one, else on the CPU, where ``torchrun`` or
     ``accelerate launch --multi_gpu`` with several processes gives gloo data parallelism."""
@@ -45,6 +49,14 @@ def is_sharded(accelerator) -> bool:
                 f"accelerate is set to FSDP version {version}; reprkit trains under FSDP2 only. Set "
                 "`fsdp_version: 2` in the accelerate config (as configs/accelerate/fsdp.yaml does)"
             )
+        import accelerate
+        from packaging.version import Version
+
+        if Version(accelerate.__version__) < Version(FSDP2_ACCELERATE):
+            # before 1.14 accelerate's FSDP2 preparation leaves LoRA weights as plain tensors beside
+            # DTensors: "aten.mm.default got mixed torch.Tensor and DTensor" on the first step
+            raise TrainingError(f"FSDP2 training needs accelerate>={FSDP2_ACCELERATE} (this is "
+                                f"{accelerate.__version__}): pip install -U 'accelerate>={FSDP2_ACCELERATE}'")
         return True
     if kind in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
         raise TrainingError(
