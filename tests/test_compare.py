@@ -326,6 +326,54 @@ def test_sweep_extends_below_when_all_broke_and_above_when_the_largest_wins(tmp_
     assert rec["lr"] == expect and rec["steps"] == "epochs" and len(rec["sweep"]) == len(expect_run)
 
 
+def test_sweep_stops_above_a_rate_that_broke_the_model(tmp_path, monkeypatch):
+    """With ``stop_above_broken`` a rate above one that broke the model in this sweep is not run; the
+    smaller rates are tried while every rate run broke it, and the record lists what was skipped."""
+    table = {3e-3: (0.22, 4e5), 1e-2: (0.2, 1e6), 3e-2: (0.2, 1e6), 1e-3: (0.40, 2.0), 3e-4: (0.45, 1.0)}
+    ran = sweep_table(monkeypatch, table)
+    grid = compare.Grid(lr_sweep=[3e-3, 1e-2, 3e-2], lr_below=[1e-3, 3e-4], sweep_steps=None, stop_above_broken=True)
+    assert compare.tune_lr(grid, "reroute", "alpaca_easy", tmp_path) == 1e-3
+    assert ran == [3e-3, 1e-3]
+    rec = json.loads((tmp_path / "lr-epoch" / "reroute.json").read_text())
+    assert rec["skipped (above a rate that broke the model)"] == [1e-2, 3e-2]
+    # without the setting every listed rate runs
+    ran.clear()
+    (tmp_path / "lr-epoch" / "reroute.json").unlink()
+    grid = compare.Grid(lr_sweep=[3e-3, 1e-2, 3e-2], lr_below=[1e-3, 3e-4], sweep_steps=None)
+    compare.tune_lr(grid, "reroute", "alpaca_easy", tmp_path)
+    assert ran == [3e-3, 1e-2, 3e-2, 1e-3]
+
+
+def test_most_accurate_rule_records_what_validation_says_and_rates_run_before(tmp_path, monkeypatch):
+    """The accuracy rule picks the most accurate valid rate even where McNemar cannot tell the rates
+    apart (the not-worse rule would take the largest), records the McNemar figures beside it, and
+    lists a rate whose record is on disk from another rule's sweep without letting it choose."""
+    n = 150
+    def ones(a, b):  # items a..b-1 right: the rates disagree on many items, as real sweeps do
+        return [int(a <= i < b) for i in range(n)]
+
+    outcomes = {3e-5: ones(0, 67), 1e-4: ones(40, 114), 3e-4: ones(77, 150)}
+
+    def fake(grid, out, method, source, targets, lr):
+        return {"accuracy": sum(outcomes[lr]) / n, "margin": 0.0, "n": n, "ppl_ratio": 1.0 + lr * 1000,
+                "val_correct": outcomes[lr]}
+
+    patch(monkeypatch, "sweep_point", fake)
+    old = tmp_path / "lr-epoch" / "dpo"
+    old.mkdir(parents=True)
+    (old / "lr0.001.json").write_text(json.dumps({"accuracy": 0.9, "ppl_ratio": 2.0}))
+    grid = compare.Grid(lr_sweep=[3e-5, 1e-4, 3e-4], sweep_steps=None, lr_rule="accuracy-margin-smaller")
+    assert compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path) == 1e-4
+    rec = json.loads((tmp_path / "lr-epoch" / "dpo.json").read_text())
+    assert rec["lr_rule"] == "accuracy-margin-smaller" and rec["why"]["told_apart"] is False
+    assert rec["why"]["why"].startswith("the most accurate rate")
+    assert list(rec["also run (not part of this rule's sweep)"]) == ["0.001"]
+    # the same sweep under the not-worse rule: the largest rate within the bound
+    (tmp_path / "lr-epoch" / "dpo.json").unlink()
+    grid = compare.Grid(lr_sweep=[3e-5, 1e-4, 3e-4], sweep_steps=None, lr_rule="not-worse-larger")
+    assert compare.tune_lr(grid, "dpo", "alpaca_easy", tmp_path) == 3e-4
+
+
 def test_sweep_skips_rates_that_broke_the_model_in_a_shorter_sweep(tmp_path, monkeypatch):
     ran = sweep_table(monkeypatch, {3e-4: (0.6, 1.0), 1e-3: (0.7, 1.0)})
     (tmp_path / "lr").mkdir()
@@ -450,6 +498,7 @@ def test_per_shift_tuning_with_length_and_reading_baselines(tiny_folder, tmp_pat
     assert {r["method"] for r in rules if r["rule"] == "ratio"} == {"shortest", "longest", "meandiff-last", "dpo"}
     assert any(r.get("seed_p_holm") for r in rules)  # the headline family is Holm-adjusted
     assert "depends on the rule" in (out / "results.md").read_text()
+    assert "Learning-rate sweep `lr-epoch/alpaca_easy/`" in (out / "results.md").read_text()  # the per-source record
 
 
 def test_the_ratio_rule_uses_the_frozen_models_log_probs_on_the_same_items():
@@ -672,3 +721,10 @@ def test_status_counts_what_is_done_started_and_left_and_estimates_from_recorded
     rows = grid_status.grid_status(grid, tmp_path, ["a"], "a", compare.cell_order(grid, ["a"]))
     assert [r["state"] for r in rows if r["which"] == "lr 0.0003"] == ["skipped"]
     assert grid_status.estimate_left(rows) == pytest.approx(170)
+    # a rate above one that broke the model in this sweep is skipped where the grid says so
+    (sweep.parent / "dpo.json").unlink()
+    (sweep / "lr0.0001.json").write_text(json.dumps({"seconds": 100.0, "ppl_ratio": 9.0}))
+    for stop, state in ((False, "started"), (True, "skipped")):
+        grid.stop_above_broken = stop
+        rows = grid_status.grid_status(grid, tmp_path, ["a"], "a", compare.cell_order(grid, ["a"]))
+        assert [r["state"] for r in rows if r["which"] == "lr 0.0003"] == [state]

@@ -379,20 +379,38 @@ def sweep_lines(out: Path) -> list[str]:
     perplexity ratio per method and rate, and the rate the rule chose."""
     lines = []
     for folder in ("lr", "lr-epoch"):
-        recs = {f.stem: json.loads(f.read_text()) for f in sorted((out / folder).glob("*.json"))}
-        if not recs:
-            continue
-        rates = sorted({float(lr) for r in recs.values() for lr in r["sweep"]})
-        first = next(iter(recs.values()))
-        budget = f"{first['steps']} steps" if first["steps"] != "epochs" else "the cells' whole budget"
-        lines += ["", f"Learning-rate sweep `{folder}/` ({budget} per rate on {first['source']}; validation "
-                  f"{first['split']}: accuracy / margin / retain perplexity ratio; '-' not run):", "",
-                  "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " | chosen |", "|---|" + "---|" * (len(rates) + 1)]
-        for method, r in recs.items():
-            sweep = {float(lr): v for lr, v in r["sweep"].items()}
-            cells = [f"{v['accuracy']:.3f} / {v['margin']:.3f} / x{v['ppl_ratio']:.4g}" if (v := sweep.get(lr)) else "-"
-                     for lr in rates]
-            lines.append(f"| {method} | " + " | ".join(cells) + f" | {r['lr']:g} |")
+        # one record per method (``<folder>/<method>.json``, or per source with tune_per_shift); a
+        # rate's own record (``<method>/lr<rate>.json``) has no "sweep"
+        found = [*sorted((out / folder).glob("*.json")), *sorted((out / folder).glob("*/*.json"))]
+        groups: dict[str, dict[str, dict]] = {}
+        for f in found:
+            rec = json.loads(f.read_text())
+            if isinstance(rec, dict) and "sweep" in rec:
+                where = f.parent.relative_to(out).as_posix()
+                groups.setdefault(where, {})[f.stem] = rec
+        for where, recs in groups.items():
+            also = lambda r: r.get("also run (not part of this rule's sweep)", {})  # noqa: E731
+            rates = sorted({float(lr) for r in recs.values() for lr in [*r["sweep"], *also(r)]})
+            first = next(iter(recs.values()))
+            budget = f"{first['steps']} steps" if first["steps"] != "epochs" else "the cells' whole budget"
+            lines += ["", f"Learning-rate sweep `{where}/` ({budget} per rate on {first['source']}; validation "
+                      f"{first['split']}: accuracy / margin / retain perplexity ratio; '-' not run; in brackets: "
+                      "run, but not part of that rule's sweep):", "",
+                      "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " | rule | chosen |",
+                      "|---|" + "---|" * (len(rates) + 2)]
+            for method, r in recs.items():
+                sweep = {float(lr): v for lr, v in r["sweep"].items()}
+                extra = {float(lr): v for lr, v in also(r).items()}
+
+                def cell(lr: float) -> str:
+                    v = sweep.get(lr) or extra.get(lr)
+                    if not v:
+                        return "-"
+                    text = f"{v['accuracy']:.3f} / {v['margin']:.3f} / x{v['ppl_ratio']:.4g}"
+                    return text if lr in sweep else f"({text})"
+
+                lines.append(f"| {method} | " + " | ".join(cell(lr) for lr in rates)
+                             + f" | {r.get('lr_rule', '-')} | {r['lr']:g} |")
     return lines
 
 

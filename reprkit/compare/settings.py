@@ -103,6 +103,9 @@ class Grid:
     lr_above: list[float] | dict[str, list[float]] = dataclasses.field(default_factory=list)
     """larger rates tried in turn, only while the largest rate swept so far is the rule's choice (or per method)"""
     skip_broken_from: str | None = None
+    stop_above_broken: bool = False
+    """within a sweep, a rate above one that already broke the model is not run (breaking is taken
+    to grow with the rate); the record lists it as skipped"""
     """a shorter sweep's folder (relative to --out): a rate that broke the model there is not run again"""
     max_ppl_ratio: float = 3.0
     """a learning rate whose retain perplexity ratio exceeds this broke the model: not a valid choice"""

@@ -30,6 +30,13 @@ def _seconds(path: Path) -> float | None:
         return None
 
 
+def _broke(path: Path, grid: Grid) -> bool:
+    try:
+        return float(json.loads(path.read_text())["ppl_ratio"]) > grid.max_ppl_ratio
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
 def _state(done: bool, folder: Path) -> str:
     if done:
         return "done"
@@ -50,11 +57,15 @@ def grid_status(grid: Grid, out: Path, sources: list[str], first: str,
             extra = sorted({float(p.stem[2:]) for p in (folder / method).glob("lr*.json")} - set(rates))
             finished = (folder / f"{method}.json").is_file()
             broken = broken_before(grid, out, method)
+            broke_here = [lr for lr in list(rates) + extra if _broke(folder / method / f"lr{lr:g}.json", grid)]
             for lr in list(rates) + extra:
                 rec = folder / method / f"lr{lr:g}.json"
                 state = _state(rec.is_file(), folder / method / f"lr{lr:g}")
-                if state != "done" and (finished or lr in broken):
-                    state = "skipped"  # the sweep chose without it, or it broke the model in a shorter sweep
+                above = grid.stop_above_broken and any(b < lr for b in broke_here)
+                if state != "done" and (finished or lr in broken or above):
+                    # the sweep chose without it, it broke the model in a shorter sweep, or a smaller
+                    # rate broke it in this one
+                    state = "skipped"
                 rows.append({"kind": "sweep point", "source": source, "method": method, "which": f"lr {lr:g}",
                              "state": state, "seconds": _seconds(rec) if rec.is_file() else None})
     from .cells import CEILING, cell_path

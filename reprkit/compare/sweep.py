@@ -131,19 +131,31 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
     records: dict[float, dict] = {}
     why: dict = {}
 
+    above_broken: list[float] = []
+
     def chosen() -> float:
         ppl = {lr: r["ppl_ratio"] for lr, r in records.items()}
+        outcomes = {lr: r["val_correct"] for lr, r in records.items() if "val_correct" in r}
         if grid.lr_rule == "not-worse-larger":
-            lr, reason = choose_lr_not_worse({lr: r["val_correct"] for lr, r in records.items()}, ppl, grid.max_ppl_ratio)
-            why.clear()
-            why.update(reason)
-            return lr
-        return choose_lr({lr: r["accuracy"] for lr, r in records.items()},
-                         {lr: r["margin"] for lr, r in records.items()}, ppl, grid.max_ppl_ratio)
+            lr, reason = choose_lr_not_worse(outcomes, ppl, grid.max_ppl_ratio)
+        else:
+            lr = choose_lr({lr: r["accuracy"] for lr, r in records.items()},
+                           {lr: r["margin"] for lr, r in records.items()}, ppl, grid.max_ppl_ratio)
+            # what the validation items say about the choice, recorded beside it (not used by the rule)
+            reason = choose_lr_not_worse(outcomes, ppl, grid.max_ppl_ratio)[1] if len(outcomes) == len(records) else {}
+            reason = {"why": "the most accurate rate on validation within the perplexity bound (ties: larger "
+                             "margin, then the smaller rate)",
+                      **{k: v for k, v in reason.items() if k != "why"}}
+        why.clear()
+        why.update(reason)
+        return lr
 
     def run(lrs: list[float], while_) -> None:
         for lr in lrs:
             if lr in skipped:
+                continue
+            if grid.stop_above_broken and any(r["ppl_ratio"] > grid.max_ppl_ratio for k, r in records.items() if k < lr):
+                above_broken.append(lr)
                 continue
             if not while_():
                 return
@@ -161,11 +173,23 @@ def tune_lr(grid: Grid, method: str, source: str, out: Path, targets: list[str] 
     best = chosen()
     cache.parent.mkdir(parents=True, exist_ok=True)
     rule = choose_lr_not_worse if grid.lr_rule == "not-worse-larger" else choose_lr
-    write_json(cache, {"lr": best, "rule": " ".join(rule.__doc__.split("\n\n")[0].split()), "why": why,
-                       "max_ppl_ratio": grid.max_ppl_ratio,
-                       "source": source, "split": grid.val_split, "steps": grid.sweep_steps or "epochs",
-                       "sweep": {f"{lr:g}": r for lr, r in records.items()},
-                       "skipped (broke the model in a shorter sweep)": sorted(skipped)})
+    # rates run before (under another rule, or an earlier sweep list) whose records are on disk: shown
+    # beside the sweep, never part of the choice
+    also = {}
+    for f in sorted((sweep_dir(grid, out, source) / method).glob("lr*.json")):
+        lr = float(f.stem[2:])
+        if lr not in records:
+            also[f"{lr:g}"] = json.loads(f.read_text())
+    rec = {"lr": best, "rule": " ".join(rule.__doc__.split("\n\n")[0].split()), "lr_rule": grid.lr_rule, "why": why,
+           "max_ppl_ratio": grid.max_ppl_ratio,
+           "source": source, "split": grid.val_split, "steps": grid.sweep_steps or "epochs",
+           "sweep": {f"{lr:g}": r for lr, r in records.items()},
+           "skipped (broke the model in a shorter sweep)": sorted(skipped)}
+    if grid.stop_above_broken:
+        rec["skipped (above a rate that broke the model)"] = sorted(above_broken)
+    if also:
+        rec["also run (not part of this rule's sweep)"] = also
+    write_json(cache, rec)
     return best
 
 
