@@ -443,9 +443,19 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     try:
         _run(argv)
+    except KeyboardInterrupt:  # Ctrl-C outside training (training stops itself with a checkpoint)
+        if debug:
+            raise
+        print("reprkit: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         if debug:
             raise
+        from .training.signals import Stopped
+
+        if isinstance(err, Stopped):  # SIGTERM / SIGINT: the checkpoint and resume command are in the message
+            print(f"reprkit: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
         from .data import DataError
         from .extras import MissingExtra
         from .train import TrainingError

@@ -108,7 +108,7 @@ def test_guard_refuses_an_adapter_the_loss_cannot_reach(tiny_folder, tmp_path):
     cfg.reprpo.layers = "1"
     with pytest.raises(TrainingError, match="does not depend on any trainable weight"):
         train(cfg, model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_folder))
-    assert (tmp_path / "r" / "config.json").is_file()  # what was written is kept
+    assert not (tmp_path / "r").exists()  # a new run without a checkpoint leaves nothing to block a rerun
 
 
 def test_guard_detects_an_adapter_that_does_not_change(tiny_folder, tmp_path):
@@ -121,17 +121,33 @@ def test_guard_detects_an_adapter_that_does_not_change(tiny_folder, tmp_path):
     with pytest.raises(TrainingError, match="did not change after an optimiser step"):
         train(tiny_config(tiny_folder, tmp_path / "r", eval_data=()), model=model,
               tokenizer=AutoTokenizer.from_pretrained(tiny_folder))
-    rows, _ = read_jsonl(tmp_path / "r" / "metrics.jsonl")
-    # step 1 is warm-up (learning rate 0); the guard fires at step 2, the first with a positive rate
-    assert [r["step"] for r in rows] == [1]
+    # step 1 is warm-up (learning rate 0); the guard fires at step 2, the first with a positive rate,
+    # before any checkpoint: the new run's directory is removed (it would block a rerun there)
+    assert not (tmp_path / "r").exists()
 
 
-def test_nan_loss_stops_with_step_and_keeps_the_log(tiny_folder, tmp_path):
-    cfg = tiny_config(tiny_folder, tmp_path / "r", eval_data=(), lr=1e30, warmup_steps=0, max_grad_norm=1e30)
-    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d+"):
+@pytest.mark.parametrize("at,kept", [(1, None), (5, 3)])
+def test_nan_loss_stops_with_step_and_keeps_the_log_only_with_a_checkpoint(tiny_folder, tmp_path, monkeypatch, at, kept):
+    """The loss turns NaN at step ``at``: before any checkpoint the new run is removed (nothing in it
+    can be resumed, and it would block a rerun); after step 3's checkpoint it is kept for --resume."""
+    real, calls = ReprPO.__call__, {"n": 0}
+
+    def nan_at(self, inputs):
+        calls["n"] += 1
+        value, terms = real(self, inputs)
+        return (value * float("nan") if calls["n"] >= at else value), terms
+
+    monkeypatch.setattr(ReprPO, "__call__", nan_at)
+    cfg = tiny_config(tiny_folder, tmp_path / "r", eval_data=(), steps=8)
+    with pytest.raises(TrainingError, match=rf"loss is nan at step {at}.*" + ("is removed" if kept is None else
+                                                                            "keeps everything written up to step 4")):
         train(cfg)
-    rows, bad = read_jsonl(tmp_path / "r" / "metrics.jsonl")
-    assert bad == 0 and rows and rows[-1]["step"] == len(rows)
+    if kept is None:
+        assert not (tmp_path / "r").exists()
+    else:
+        rows, bad = read_jsonl(tmp_path / "r" / "metrics.jsonl")
+        assert bad == 0 and [r["step"] for r in rows] == [1, 2, 3, 4]
+        assert [p.name for p in (tmp_path / "r").glob("checkpoint-*")] == ["checkpoint-000003"]
 
 
 def _broken(tiny_folder, where: str):
@@ -163,7 +179,7 @@ def test_nan_names_the_step_and_layer(tiny_folder, tmp_path, where, expect, loss
     cfg.reprpo.layers = "2,3"
     with pytest.raises(TrainingError, match="at step 1.*" + expect):
         train(cfg, model=model, tokenizer=tok)
-    assert (tmp_path / "r" / "config.json").is_file()  # what was written is kept
+    assert not (tmp_path / "r").exists()  # no checkpoint yet: nothing kept to block a rerun
 
 
 def test_run_dir_that_is_not_empty_is_refused(tiny_folder, tmp_path):
@@ -210,13 +226,57 @@ def test_sigkill_and_resume_logs_every_step_once(tiny_folder, tmp_path, uninterr
     # the resumed run continues the same data order, optimiser and scheduler state
     for a, b in zip(rows, reference):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
-    assert [p.name for p in run.iterdir() if p.name.startswith(("checkpoint-", ".checkpoint"))] == ["checkpoint-000008"]
+    # the newest two checkpoints are kept (the one before is the fallback for a damaged newest)
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(("checkpoint-", ".checkpoint"))) == [
+        "checkpoint-000006", "checkpoint-000008"]
     # and ends with the same adapter as the uninterrupted run
     from safetensors.torch import load_file
 
     a, b = load_file(run / "adapter/adapter_model.safetensors"), load_file(full / "adapter/adapter_model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=f"{k} (killed after step {killed_at})")
+
+
+def _same_run(run, full, steps=8):
+    from safetensors.torch import load_file
+
+    rows, bad = read_jsonl(run / "metrics.jsonl")
+    assert bad == 0 and [r["step"] for r in rows] == list(range(1, steps + 1))
+    reference, _ = read_jsonl(full / "metrics.jsonl")
+    for a, b in zip(rows, reference):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7), a["step"]
+    a, b = load_file(run / "adapter/adapter_model.safetensors"), load_file(full / "adapter/adapter_model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("sig,where,step,accum,saved", [
+    ("TERM", "logged", 4, 1, 4),  # after step 4: the step is complete, its checkpoint is written
+    ("INT", "forward", 5, 2, 4),  # in step 5's first micro-batch of 2: step 5 is abandoned, step 4 checkpointed
+])
+def test_sigterm_and_ctrl_c_checkpoint_say_how_to_resume_and_resume_exactly(tiny_folder, tmp_path, uninterrupted,
+                                                                           sig, where, step, accum, saved):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # with LoRA dropout the abandoned step's random draws matter: the checkpoint keeps the state from before it
+    extra = ("--batch-size", "2", "--grad-accum", "2", "--lora.dropout", "0.1") if accum > 1 else ()
+    full = uninterrupted
+    if accum > 1:  # the same settings, uninterrupted
+        full = tmp_path / "full"
+        subprocess.run(_cli(tiny_folder, full, *extra), check=True, capture_output=True)
+    run = tmp_path / "stopped"
+    stopped = subprocess.run([sys.executable, "-m", "tests.kill_at", *_cli(tiny_folder, run, *extra)[3:]],
+                             env={**env, "KILL_AT_STEP": str(step), "KILL_WHERE": where, "KILL_SIGNAL": sig,
+                                  "KILL_ACCUM": str(accum)}, capture_output=True, cwd=root)
+    err = stopped.stderr.decode()
+    assert stopped.returncode == 128 + getattr(signal, "SIG" + sig), err[-2000:]
+    assert f"checkpoint-{saved:06d} holds step {saved} of 8. Resume with: reprkit train --resume {run}" in err
+    assert "Traceback" not in err
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == list(range(1, saved + 1))
+    assert sorted(p.name for p in run.glob("*checkpoint-*")) == sorted({f"checkpoint-{3:06d}", f"checkpoint-{saved:06d}"})
+    assert not (run / ".lock").exists()
+    subprocess.run(_cli(tiny_folder, run, *extra, "--resume", str(run)), check=True, env=env, capture_output=True)
+    _same_run(run, full)
 
 
 @pytest.fixture

@@ -402,7 +402,7 @@ def sweep_lines(out: Path) -> list[str]:
                 sweep = {float(lr): v for lr, v in r["sweep"].items()}
                 extra = {float(lr): v for lr, v in also(r).items()}
 
-                def cell(lr: float) -> str:
+                def cell(lr: float, sweep: dict = sweep, extra: dict = extra) -> str:
                     v = sweep.get(lr) or extra.get(lr)
                     if not v:
                         return "-"

@@ -12,8 +12,6 @@ from ..config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # ---------------------------------------------------------------- data
 
 

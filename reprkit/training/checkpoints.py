@@ -1,8 +1,10 @@
 """Checkpoints and resume: the adapter, optimiser and scheduler state written atomically, disk
-checks before training, and reading them back."""
+checks before training, and reading them back (falling back to the checkpoint before when the
+latest cannot be read)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -14,19 +16,26 @@ from safetensors.torch import load_file
 from ..runlog import checkpoints, commit_checkpoint, new_checkpoint_dir, write_json
 from .errors import TrainingError
 from .processes import all_processes, training_state
+from .signals import Stopped
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
+KEEP = 2
+"""checkpoints kept: the latest and the one before, to fall back to when the latest is unreadable"""
 
 # ---------------------------------------------------------------- checkpoints
 
 
-def write_failed(what: str, run_dir: Path, err: OSError) -> TrainingError:
+def _reason(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err).strip() or type(err).__name__
+    return " ".join(text.split())[:300]
+
+
+def write_failed(what: str, run_dir: Path, err: BaseException) -> TrainingError:
     found = checkpoints(run_dir)
-    kept = f"the last complete checkpoint is {found[-1][1].name}" if found else "no checkpoint was complete yet"
+    kept = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was complete yet"
     return TrainingError(
-        f"could not write {what} in {run_dir}: {err.strerror or err}. Nothing half-written was published: "
+        f"could not write {what} in {run_dir}: {_reason(err)}. Nothing half-written was kept: "
         f"{kept}, metrics.jsonl is intact. Free space (or fix permissions), then --resume {run_dir}"
     )
 
@@ -44,10 +53,12 @@ def save_checkpoint(run_dir: Path, step: int, model, state: tuple[dict | None, d
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         write_json(tmp / "trainer_state.json", {"step": step})
-        commit_checkpoint(tmp, final)
-    except OSError as err:
+        commit_checkpoint(tmp, final, keep=KEEP)
+    except Exception as err:  # OSError, safetensors' SafetensorError, torch's "PytorchStreamWriter failed"
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Stopped):  # a second signal: stop at once, the temporary files removed
+            raise
         raise write_failed(f"the checkpoint of step {step}", run_dir, err) from err
 
 
@@ -60,8 +71,10 @@ def save_adapter(run_dir: Path, model, adapter_weights: dict | None = None) -> N
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as err:
+    except Exception as err:  # as in save_checkpoint
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Stopped):
+            raise
         raise write_failed("the final adapter", run_dir, err) from err
 
 
@@ -96,49 +109,103 @@ def checkpoint_bytes(params: list[torch.Tensor]) -> int:
 
 
 def check_disk(run_dir: Path, params: list[torch.Tensor]) -> None:
-    """Refuse to start when the run directory's disk cannot hold two checkpoints (a new one is
-    written before the old one is deleted) and the final adapter."""
-    need = 2 * checkpoint_bytes(params) + sum(p.numel() * p.element_size() for p in params) + (1 << 20)
+    """Refuse to start when the run directory's disk cannot hold what the run will write at its
+    peak: ``KEEP`` checkpoints plus the one being written, and the final adapter. Checkpoints and an
+    adapter already there (a resumed run) count as written: the check asks only for what is new."""
+    one = checkpoint_bytes(params)
+    have = min(len(checkpoints(run_dir)), KEEP)
+    adapter = 0 if (run_dir / "adapter").is_dir() else sum(p.numel() * p.element_size() for p in params)
+    need = (KEEP + 1 - have) * one + adapter + (1 << 20)
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise TrainingError(
-            f"{run_dir} has {free / 2**20:.1f} MiB free; checkpoints of this adapter need {need / 2**20:.1f} MiB. "
-            "Free space or choose another --run-dir"
+            f"{run_dir} has {free / 2**20:.1f} MiB free; checkpoints of this adapter need {need / 2**20:.1f} MiB "
+            f"more ({KEEP + 1 - have} of {one / 2**20:.1f} MiB and the final adapter). Free space or choose another "
+            "--run-dir"
         )
 
 
-def load_adapter_weights(path: Path, model) -> None:
-    """A checkpoint's adapter weights into the (not yet sharded) PeftModel; safetensors only."""
+class Unreadable(TrainingError):
+    """A checkpoint file that cannot be read; ``path`` names it."""
+
+    def __init__(self, path: Path, err: BaseException):
+        super().__init__(f"{path} cannot be read ({_reason(err)})")
+        self.path = path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Every file of a checkpoint, read into memory before any is applied (``weights_only`` loads and
+    safetensors only), so a damaged one is found before the model or optimiser is touched. Raises
+    ``Unreadable`` naming the file."""
+    out = {}
+    parts = {"adapter": (path / "adapter" / "adapter_model.safetensors", load_file),
+             "optimizer": (path / "optimizer.pt", lambda f: torch.load(f, weights_only=True)),
+             "scheduler": (path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
+             "rng": (path / "rng.pt", lambda f: torch.load(f, weights_only=True)["torch"]),
+             "step": (path / "trainer_state.json", lambda f: int(json.loads(Path(f).read_text())["step"]))}
+    for key, (file, read) in parts.items():
+        try:
+            out[key] = read(str(file))
+        except Exception as err:
+            raise Unreadable(file, err) from err
+    return out
+
+
+def latest_readable(run_dir: Path, say=print) -> tuple[Path, dict] | None:
+    """The newest checkpoint whose files all read, newest first; each one passed over is said in one
+    line. None when there is none; ``TrainingError`` naming every damaged file when none reads."""
+    found = checkpoints(run_dir)
+    damaged = []
+    for _, path in reversed(found):
+        try:
+            state = read_checkpoint(path)
+        except Unreadable as err:
+            damaged.append(err)
+            continue
+        for err in damaged:
+            say(f"reprkit: {err}; resuming from {path.name} instead (the steps after it run again)")
+        return path, state
+    if damaged:
+        raise TrainingError(
+            "no checkpoint of " + str(run_dir) + " can be read: " + "; ".join(str(e) for e in damaged)
+            + f". Remove them (rm -r {run_dir}/checkpoint-*) to train this run again from step 0 with --resume, "
+            "or start a new run"
+        )
+    return None
+
+
+def load_adapter_weights(path: Path, model, weights: dict | None = None) -> None:
+    """A checkpoint's adapter weights (read by ``read_checkpoint``, or from ``path``) into the (not
+    yet sharded) PeftModel; safetensors only."""
     from peft import set_peft_model_state_dict
 
-    adapter_file = path / "adapter" / "adapter_model.safetensors"
-    result = set_peft_model_state_dict(model, load_file(adapter_file))
+    if weights is None:
+        weights = load_file(path / "adapter" / "adapter_model.safetensors")
+    result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise TrainingError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")
 
 
-def load_training_state(path: Path, model, optimizer, scheduler, sharded: bool) -> int:
-    """Optimiser, scheduler and RNG state of a checkpoint (``torch.load(weights_only=True)`` only);
-    returns its step. The optimiser state is keyed by parameter index (unsharded runs) or by
-    parameter name (sharded runs: spread back over the shards)."""
-    import json
-
-    state = torch.load(path / "optimizer.pt", weights_only=True)
-    by_name = any(isinstance(k, str) for k in state.get("state", {}))
+def load_training_state(path: Path, model, optimizer, scheduler, sharded: bool, state: dict | None = None) -> int:
+    """Optimiser, scheduler and RNG state of a checkpoint (``read_checkpoint``'s, or read from
+    ``path``); returns its step. The optimiser state is keyed by parameter index (unsharded runs) or
+    by parameter name (sharded runs: spread back over the shards)."""
+    if state is None:
+        state = read_checkpoint(path)
+    opt = state["optimizer"]
+    by_name = any(isinstance(k, str) for k in opt.get("state", {}))
     if sharded and not by_name:  # written unsharded: index i is the i-th trainable parameter
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        state = {"state": {names[i]: v for i, v in state["state"].items()},
-                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        opt = {"state": {names[i]: v for i, v in opt["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in opt["param_groups"]]}
         by_name = True
     if by_name:  # written sharded (or converted above): spread over this run's parameters, sharded or not
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), state,
+        set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), opt,
                                  options=StateDictOptions(full_state_dict=True))
     else:
-        optimizer.load_state_dict(state)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-    return json.loads((path / "trainer_state.json").read_text())["step"]
-
-
+        optimizer.load_state_dict(opt)
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"]

@@ -6,8 +6,6 @@ import logging
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 class TrainingError(RuntimeError):
     """Training cannot go on (a guard fired, or the loss diverged); what was written is kept."""
 

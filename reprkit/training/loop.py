@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import socket
 import time
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +37,15 @@ from ..truncation import describe as describe_truncation
 from ..truncation import truncation_report
 from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
 from .batches import load_pairs, micro_batches
-from .checkpoints import check_disk, checkpoint, load_adapter_weights, load_training_state, save_adapter, together
+from .checkpoints import (
+    check_disk,
+    checkpoint,
+    latest_readable,
+    load_adapter_weights,
+    load_training_state,
+    save_adapter,
+    together,
+)
 from .errors import TrainingError
 from .frozen_cache import open_reference_cache
 from .processes import (
@@ -47,6 +57,7 @@ from .processes import (
     sync_gradients,
     wrap_decoder_blocks,
 )
+from .signals import Stopped, StopSignals
 from .step import (
     batch_accuracy,
     batch_totals,
@@ -56,8 +67,6 @@ from .step import (
     only_layers,
     track,
 )
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +102,15 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
     return results
 
 
-def discard_new_run(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but what ``RunLog.create`` wrote (config.json)."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"config.json"}:
+def discard_new_run(run_dir: Path, keep_dir: bool = False) -> None:
+    """Remove a new run that has no checkpoint (what it holds cannot be resumed and would block a
+    rerun there): its files, and the directory itself unless it existed before (``keep_dir``)."""
+    if not run_dir.is_dir() or checkpoints(run_dir) or (run_dir / "adapter").exists():
+        return
+    if keep_dir:
+        for p in run_dir.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    else:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -103,21 +118,110 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.loss}"
 
 
+class RunLock:
+    """An flock on ``<run>/.lock`` for as long as a run trains (the system drops it when the process
+    ends, however it ends): a second ``train`` or ``--resume`` on the same directory is refused with
+    who holds it. A no-op where ``fcntl`` is missing (Windows)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (Windows)
+            return self
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            self.file = None
+            raise TrainingError(f"{self.path.parent} is being trained by {holder}: wait for it to finish, or stop it "
+                                f"(kill -TERM writes a checkpoint), then --resume {self.path.parent}") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"process {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
+            self.path.unlink(missing_ok=True)
+            self.file = None
+
+
+# settings a resumed run may change: how long it runs and what it writes along the way
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "n_samples", "progress")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_settings(cfg: TrainConfig) -> TrainConfig:
+    """The saved config of ``cfg.resume`` with the flags given on this command line that may change
+    (``RESUME_MAY_CHANGE``) applied and said; a flag that contradicts the run's own settings is
+    refused (``ValueError`` naming each, with the run's value)."""
+    default = type(cfg)()
+    saved = type(cfg).from_dict(read_config(cfg.resume))  # type(cfg): registered losses included
+    given, run, base = cfg.to_dict(), saved.to_dict(), default.to_dict()
+    clashes, changes = [], []
+
+    def compare(a: dict, b: dict, d: dict, prefix: str = "") -> None:
+        for key, value in a.items():
+            if key in ("resume", "run_dir"):
+                continue
+            if isinstance(value, dict) and isinstance(b.get(key), dict):
+                if key in (cfg.loss, saved.loss, "lora"):  # the other losses' groups are not used
+                    compare(value, b[key], d.get(key, {}), f"{prefix}{key}.")
+                continue
+            if value == d.get(key) or value == b.get(key):
+                continue  # not given (the default), or the run's own value
+            if not prefix and key in RESUME_MAY_CHANGE:
+                changes.append(key)
+            else:
+                clashes.append(f"{_flag(prefix + key)} {value!r} (the run's: {b.get(key)!r})")
+
+    compare(given, run, base)
+    if cfg.run_dir and Path(cfg.run_dir) != Path(cfg.resume):
+        clashes.append(f"--run-dir {cfg.run_dir} (the run is {cfg.resume})")
+    if clashes:
+        raise ValueError(f"--resume {cfg.resume} continues that run with its own settings; these flags contradict "
+                         f"them: {', '.join(clashes)}. Drop them, or start a new run with its own --run-dir")
+    if "steps" in changes and cfg.steps < saved.steps:
+        raise ValueError(f"--steps {cfg.steps} is below the run's {saved.steps}: a resumed run is not shortened "
+                         "(its schedule was set for its steps); drop --steps")
+    for key in changes:
+        print(f"reprkit: resuming with {_flag(key)} {given[key]!r} (the run had {run[key]!r})", flush=True)
+        setattr(saved, key, getattr(cfg, key))
+    saved.resume, saved.run_dir = cfg.resume, cfg.resume
+    return saved
+
+
 def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     """Train per ``cfg``; return the run directory. ``model`` may be a base model (an adapter is added)
-    or a PeftModel whose active adapter is trained (checked by ``check_adapter``)."""
-    from transformers import get_scheduler
+    or a PeftModel whose active adapter is trained (checked by ``check_adapter``).
 
-    resume_from = None
+    SIGTERM and SIGINT stop the run at the next safe point with a checkpoint and the resume command
+    (``reprkit.training.signals``); a second ``train`` on the same directory is refused (``RunLock``)."""
     if cfg.resume:
-        saved = type(cfg).from_dict(read_config(cfg.resume))  # type(cfg): registered losses included
-        saved.resume, saved.run_dir = cfg.resume, cfg.resume
-        saved.steps = max(saved.steps, cfg.steps) if cfg.steps != type(cfg).steps else saved.steps
-        cfg = saved
-        found = checkpoints(cfg.resume)
-        resume_from = found[-1][1] if found else None
+        if not Path(cfg.resume).is_dir():
+            raise FileNotFoundError(f"--resume {cfg.resume}: no such run directory")
+        cfg = resume_settings(cfg)
     cfg.validate()
+    with StopSignals() as stop:
+        return _train(cfg, model, tokenizer, stop)
+
+
+def _train(cfg: TrainConfig, model, tokenizer, stop: StopSignals) -> Path:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    resume_line = f"reprkit train --resume {run_dir}"
+    existed = run_dir.exists()
 
     accelerator = make_accelerator()
     sharded = is_sharded(accelerator)
@@ -126,7 +230,35 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
     runlog = RunLog(run_dir, enabled=accelerator.is_main_process)
     if not cfg.resume:  # before loading anything: fail fast on an unusable directory, in every process
         together(accelerator, lambda: runlog.create(cfg.to_dict()), f"the run directory {run_dir}")
-    try:  # a run that fails before its first step leaves no directory behind (it holds only config.json)
+    lock = RunLock(run_dir)
+    if accelerator.is_main_process:
+        try:
+            lock.__enter__()
+        except BaseException:
+            if not cfg.resume:
+                discard_new_run(run_dir, keep_dir=existed)
+            raise
+    stop.now_message = lambda name: (f"stopped by {name} while setting up: " + (
+        f"the run is as it was; {resume_line}" if cfg.resume else "nothing was kept"))
+    try:
+        return _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, accelerator, sharded, runlog)
+    finally:
+        lock.__exit__()
+
+
+def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, accelerator, sharded, runlog) -> Path:
+    from transformers import get_scheduler
+
+    resume_from = resume_state = None
+    try:  # a new run that fails before its first checkpoint leaves no directory behind
+        if cfg.resume and accelerator.is_main_process:
+            found = latest_readable(run_dir)
+        elif cfg.resume:
+            found = latest_readable(run_dir, say=lambda line: None)
+        else:
+            found = None
+        if found is not None:
+            resume_from, resume_state = found
         torch.manual_seed(cfg.seed)
 
         if model is None:
@@ -157,7 +289,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
             optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.steps,
         )
         if resume_from is not None:  # before sharding: the PeftModel loads its own adapter file
-            load_adapter_weights(resume_from, model)
+            load_adapter_weights(resume_from, model, resume_state["adapter"])
         if sharded:  # FSDP2 shards the PeftModel in place (it stays a PeftModel): hooks and adapters work as before
             wrap_decoder_blocks(accelerator, model)
             model, optimizer = accelerator.prepare(model, optimizer)
@@ -174,100 +306,152 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
 
         start = 0
         if resume_from is not None:
-            start = load_training_state(resume_from, model, optimizer, scheduler, sharded)
+            start = load_training_state(resume_from, model, optimizer, scheduler, sharded, resume_state)
             runlog.resume(start)
         elif cfg.resume:
             runlog.resume(0)
+        del resume_state
         log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
         if accelerator.num_processes > 1 and accelerator.is_main_process:
             print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
                   f"{accelerator.state.backend}): global batch {cfg.batch_size * accelerator.num_processes} "
                   f"= --batch-size {cfg.batch_size} x {accelerator.num_processes}", flush=True)
 
+        ranked = getattr(loss, "ranked", False)
+        batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
+                                accelerator.process_index, accelerator.num_processes,
+                                collate=D.collate_ranked if ranked else D.collate)
+        forward = forward_ranked_batch if ranked else forward_pair_batch
+        shared = {"shared_prompt": True} if cfg.shared_prompt else {}
+        saved_at = start  # the step of the newest checkpoint on disk (start: the one resumed from, or none)
+
+        def requested() -> bool:
+            flag = stop.signum is not None
+            if accelerator.num_processes > 1:  # every process stops at the same point
+                flag = bool(all_processes(torch.tensor(float(flag)), accelerator, "sum") > 0)
+            return flag
+
+        def stopped(step_done: int, abandoned: int | None = None) -> Stopped:
+            nonlocal saved_at
+            if step_done > saved_at:
+                checkpoint(run_dir, step_done, model, optimizer, scheduler, accelerator, sharded)
+                saved_at = step_done
+            name = stop.name or "a signal on another process"
+            what = f"step {abandoned} was abandoned; " if abandoned else ""
+            if step_done == 0:
+                kept = "no step had finished, so nothing was kept" if not cfg.resume else \
+                       f"no step had finished since the start: {resume_line}"
+            else:
+                kept = f"checkpoint-{step_done:06d} holds step {step_done} of {cfg.steps}. Resume with: {resume_line}"
+            return Stopped(f"stopped by {name}: {what}{kept}", stop.signum or 15)
+
+        bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
+                   desc=f"{cfg.loss}", dynamic_ncols=True)
+        checked = False
+        stop.deferring = True
+        stop.now_message = lambda name: (f"stopped at once by a second {name}: " + (
+            f"the newest checkpoint is checkpoint-{saved_at:06d}. Resume with: {resume_line}" if saved_at else
+            "no checkpoint had been written"))
+        try:
+            for step in range(start + 1, cfg.steps + 1):
+                if requested():  # between steps: the previous one is complete
+                    raise stopped(step - 1)
+                t0 = time.perf_counter()
+                rng = torch.get_rng_state()  # to checkpoint this step's start if it is abandoned
+                lr = scheduler.get_last_lr()[0]
+                if not checked and lr > 0:
+                    before = snapshot_trainable(model)
+                rows = []
+                pieces = [{k: v.to(input_device(model)) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
+                totals = None
+                if not ranked:  # a loss normalised by batch sums sees the whole batch's, however it is split
+                    with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                        totals = batch_totals(model, pieces, layers, loss_layers, loss, sharded=sharded,
+                                              reference=reference, **shared)
+                for i, batch in enumerate(pieces):
+                    if i and requested():  # between micro-batches: abandon the step, checkpoint the one before
+                        optimizer.zero_grad(set_to_none=True)
+                        torch.set_rng_state(rng)
+                        raise stopped(step - 1, abandoned=step)
+                    with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                        inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
+                                         sharded=sharded, reference=reference, **shared)
+                    inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
+                    value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
+                    if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
+                        kept = (f"The run directory {run_dir} keeps everything written up to step {step - 1}"
+                                if saved_at or cfg.resume else
+                                f"No checkpoint had been written, so {run_dir} is removed")
+                        raise TrainingError(
+                            f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
+                            f"{nonfinite_source(model, batch, ranked=ranked)}. {kept}. Lower --lr or check the data"
+                        )
+                    if not value.requires_grad:
+                        raise TrainingError(
+                            f"the {cfg.loss} loss does not depend on any trainable weight: the adapter has no LoRA "
+                            f"weights on blocks up to the deepest layer the loss reads ({max(layers)}); put LoRA there"
+                        )
+                    accelerator.backward(value / cfg.grad_accum)
+                    row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
+                    if (acc := batch_accuracy(inputs)) is not None:
+                        row["accuracy"] = acc
+                    rows.append(row)
+                if not sharded:
+                    sync_gradients(params, accelerator)
+                grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if not checked and lr > 0:
+                    assert_changed(model, before, adapter, accelerator)
+                    checked = True
+                    del before
+
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    metrics = {"step": step, **mean_of_dicts(all_processes(rows, accelerator)), "lr": lr,
+                               "grad_norm": as_number(grad_norm),
+                               "step_time": time.perf_counter() - t0}
+                    try:
+                        runlog.log(metrics)
+                    except OSError as err:
+                        from .checkpoints import write_failed
+
+                        raise write_failed(f"the metrics of step {step} (metrics.jsonl)", run_dir, err) from err
+                    postfix = {"loss": f"{metrics['loss']:.4g}"}
+                    if "accuracy" in metrics:
+                        postfix["acc"] = f"{metrics['accuracy']:.2f}"
+                    cos = [v["cos_rejected"] for v in metrics["layers"].values() if "cos_rejected" in v]
+                    if cos:
+                        postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
+                    bar.set_postfix(postfix)
+                bar.update(1)
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                    checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
+                    saved_at = step
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
+                    evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut, overlap)  # sharded: every process runs it
+                if step < cfg.steps and requested():  # the step is complete: checkpoint it
+                    raise stopped(step)
+        finally:
+            bar.close()
+            runlog.close()
+
+        stop.deferring = False
+        stop.now_message = lambda name: (f"stopped by {name} while writing the final checkpoint and adapter: "
+                                         f"checkpoint-{saved_at:06d} is the newest. Resume with: {resume_line}")
+        state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
+        saved_at = cfg.steps
+        together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
     except BaseException:
         if not cfg.resume and accelerator.is_main_process:
-            discard_new_run(run_dir)
+            discard_new_run(run_dir, keep_dir=existed)
         raise
 
-    ranked = getattr(loss, "ranked", False)
-    batches = micro_batches(train_pairs, cfg.batch_size, cfg.seed, start * cfg.grad_accum, tokenizer.pad_token_id,
-                            accelerator.process_index, accelerator.num_processes,
-                            collate=D.collate_ranked if ranked else D.collate)
-    forward = forward_ranked_batch if ranked else forward_pair_batch
-    shared = {"shared_prompt": True} if cfg.shared_prompt else {}
-    bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
-               desc=f"{cfg.loss}", dynamic_ncols=True)
-    checked = False
-    try:
-        for step in range(start + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            lr = scheduler.get_last_lr()[0]
-            if not checked and lr > 0:
-                before = snapshot_trainable(model)
-            rows = []
-            pieces = [{k: v.to(input_device(model)) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
-            totals = None
-            if not ranked:  # a loss normalised by batch sums sees the whole batch's, however it is split
-                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-                    totals = batch_totals(model, pieces, layers, loss_layers, loss, sharded=sharded,
-                                          reference=reference, **shared)
-            for batch in pieces:
-                with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-                    inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
-                                     sharded=sharded, reference=reference, **shared)
-                inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
-                value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
-                if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
-                    raise TrainingError(
-                        f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
-                        f"{nonfinite_source(model, batch, ranked=ranked)}. "
-                        f"The run directory {run_dir} keeps everything written up to step {step - 1}. "
-                        "Lower --lr or check the data"
-                    )
-                if not value.requires_grad:
-                    raise TrainingError(
-                        f"the {cfg.loss} loss does not depend on any trainable weight: the adapter has no LoRA "
-                        f"weights on blocks up to the deepest layer the loss reads ({max(layers)}); put LoRA there"
-                    )
-                accelerator.backward(value / cfg.grad_accum)
-                row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
-                if (acc := batch_accuracy(inputs)) is not None:
-                    row["accuracy"] = acc
-                rows.append(row)
-            if not sharded:
-                sync_gradients(params, accelerator)
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if not checked and lr > 0:
-                assert_changed(model, before, adapter, accelerator)
-                checked = True
-                del before
-
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {"step": step, **mean_of_dicts(all_processes(rows, accelerator)), "lr": lr,
-                           "grad_norm": as_number(grad_norm),
-                           "step_time": time.perf_counter() - t0}
-                runlog.log(metrics)
-                postfix = {"loss": f"{metrics['loss']:.4g}"}
-                if "accuracy" in metrics:
-                    postfix["acc"] = f"{metrics['accuracy']:.2f}"
-                cos = [v["cos_rejected"] for v in metrics["layers"].values() if "cos_rejected" in v]
-                if cos:
-                    postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
-                bar.set_postfix(postfix)
-            bar.update(1)
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
-                evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut, overlap)  # sharded: every process runs it
-    finally:
-        bar.close()
-        runlog.close()
-
-    state = checkpoint(run_dir, cfg.steps, model, optimizer, scheduler, accelerator, sharded)
-    together(accelerator, lambda: save_adapter(run_dir, model, state[0]), "the final adapter")
+    late = stop.signum  # a signal during the last step: the run is complete, the evaluation is skipped
+    stop.now_message = lambda name: (f"stopped by {name} during the final evaluation: training is complete and the "
+                                     f"adapter is in {run_dir / 'adapter'}; score it with reprkit eval {run_dir}")
+    if late is not None:
+        raise Stopped(stop.now_message(stop.name), late)
     if sharded or accelerator.is_main_process:
         results = evaluate_run(model, tokenizer, evals, prompts, cfg.steps, cfg, runlog, train_cut, overlap)
         runlog.close()

@@ -13,8 +13,6 @@ from .errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # ---------------------------------------------------------------- processes
 
 

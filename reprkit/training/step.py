@@ -21,8 +21,6 @@ from ..layers import find_blocks
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # ---------------------------------------------------------------- one step
 
 
