@@ -279,6 +279,117 @@ def test_sigterm_and_ctrl_c_checkpoint_say_how_to_resume_and_resume_exactly(tiny
     _same_run(run, full)
 
 
+def test_a_second_train_on_a_running_run_is_refused_with_who_holds_it(tiny_folder, tmp_path):
+    from reprkit.training.loop import RunLock
+
+    run = tmp_path / "r"
+    train(tiny_config(tiny_folder, run, steps=3))
+    with RunLock(run):  # as a run still training holds it
+        with pytest.raises(TrainingError, match=rf"{run} is being trained by process {os.getpid()} on .* since"):
+            train(tiny_config(tiny_folder, run, resume=str(run), steps=4))
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == [1, 2, 3]  # untouched
+    train(tiny_config(tiny_folder, run, resume=str(run), steps=4))  # free again
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_flags_that_contradict_the_run_and_applies_more_steps(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(tiny_config(tiny_folder, run, steps=3))
+    with pytest.raises(ValueError, match=r"contradict them: --data 'other.jsonl' \(the run's: 'embedded:arithmetic'\), "
+                                         r"--lr 0.5 \(the run's: 0.001\), --run-dir .*other"):
+        train(TrainConfig(resume=str(run), lr=0.5, data="other.jsonl", run_dir=str(tmp_path / "other")))
+    with pytest.raises(ValueError, match=r"--dpo.beta 0.5 \(the run's: 0.1\)"):
+        train(TrainConfig(resume=str(run), loss="dpo", dpo=__import__("reprkit.losses").losses.DPO(beta=0.5)))
+    with pytest.raises(ValueError, match="--steps 2 is below the run's 3"):
+        train(TrainConfig(resume=str(run), steps=2))
+    train(TrainConfig(resume=str(run), steps=5, progress=False))
+    assert "resuming with --steps 5 (the run had 3)" in capsys.readouterr().out
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt", "adapter/adapter_model.safetensors", "trainer_state.json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_folder, tmp_path, uninterrupted, damage):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "r"
+    seven = _cli(tiny_folder, run)
+    seven[seven.index("--steps") + 1] = "7"
+    subprocess.run(seven, check=True, capture_output=True)
+    # steps 3 and 6 checkpointed, then the final one at 7 (two kept: 6 and 7); damage the newest
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000006", "checkpoint-000007"]
+    path = run / "checkpoint-000007" / damage
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    done = subprocess.run(_cli(tiny_folder, run, "--resume", str(run)), env=env, capture_output=True)
+    out = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, out[-2000:]
+    assert f"{path} cannot be read" in out and "resuming from checkpoint-000006 instead" in out
+    _same_run(run, uninterrupted)  # steps 7 and 8 ran again from step 6's state, to the same adapter
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-000006", "checkpoint-000007.damaged", "checkpoint-000008"]
+    # every kept checkpoint damaged: refused, naming each file and the fix
+    for p in run.glob("checkpoint-00000[68]"):
+        f = p / damage
+        f.write_bytes(f.read_bytes()[:10])
+    done = subprocess.run(_cli(tiny_folder, run, "--resume", str(run)), env=env, capture_output=True)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "no checkpoint of" in err and "rm -r" in err, err
+    assert all(f"checkpoint-00000{k}/{damage} cannot be read" in err for k in (6, 8)), err
+
+
+def test_a_write_error_of_safetensors_is_one_line_with_the_last_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    """safetensors raises its own SafetensorError on a full disk, not OSError: the same one line."""
+    from safetensors import SafetensorError
+
+    import reprkit.training.checkpoints as C
+
+    real, calls = C.save_checkpoint, {"n": 0}
+
+    def fail_second(run_dir, step, model, state, scheduler):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            tmp = run_dir / f".checkpoint-{step:06d}.tmp"
+            tmp.mkdir()
+            (tmp / "part").write_bytes(b"x" * 10)
+            real_save = model.save_pretrained
+
+            def boom(*a, **k):
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+            monkeypatch.setattr(model, "save_pretrained", boom)
+            try:
+                return real(run_dir, step, model, state, scheduler)
+            finally:
+                monkeypatch.setattr(model, "save_pretrained", real_save)
+        return real(run_dir, step, model, state, scheduler)
+
+    monkeypatch.setattr(C, "save_checkpoint", fail_second)
+    run = tmp_path / "r"
+    with pytest.raises(TrainingError, match=r"could not write the checkpoint of step 6 .*No space left on device.*"
+                                            r"the last complete checkpoint is .*checkpoint-000003.*--resume"):
+        train(tiny_config(tiny_folder, run))
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-000003"]
+
+
+def test_resume_on_the_disk_it_fitted_is_not_refused(tiny_folder, tmp_path, monkeypatch):
+    """The free-space check counts checkpoints already written as written: a run that fitted its
+    disk resumes there."""
+    import shutil as sh
+    from collections import namedtuple
+
+    from reprkit.training.checkpoints import checkpoint_bytes
+
+    run = tmp_path / "r"
+    train(tiny_config(tiny_folder, run, steps=6))
+    one = sum(p.stat().st_size for p in (run / "checkpoint-000006").rglob("*") if p.is_file())
+    usage = namedtuple("usage", "total used free")
+    # room for one more checkpoint and a MiB, not for three (the new run's need)
+    monkeypatch.setattr(sh, "disk_usage", lambda path: usage(1 << 30, 1 << 29, int(1.6 * one) + (1 << 20)))
+    train(tiny_config(tiny_folder, run, resume=str(run), steps=8))
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == list(range(1, 9))
+    with pytest.raises(TrainingError, match="MiB free"):
+        train(tiny_config(tiny_folder, tmp_path / "new", steps=6))
+    assert checkpoint_bytes  # the estimate the check uses
+
+
 @pytest.fixture
 def loaded(monkeypatch):
     """The models the trainer loads, kept for inspection after the run."""

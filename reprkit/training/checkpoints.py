@@ -162,8 +162,13 @@ def latest_readable(run_dir: Path, say=print) -> tuple[Path, dict] | None:
         except Unreadable as err:
             damaged.append(err)
             continue
-        for err in damaged:
-            say(f"reprkit: {err}; resuming from {path.name} instead (the steps after it run again)")
+        for err in damaged:  # set aside, so that keeping the newest checkpoints never keeps a damaged one
+            bad = err.path.relative_to(run_dir).parts[0]
+            aside = run_dir / f"{bad}.damaged"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(run_dir / bad, aside)
+            say(f"reprkit: {err}; resuming from {path.name} instead (the steps after it run again; the damaged "
+                f"checkpoint is kept as {aside.name})")
         return path, state
     if damaged:
         raise TrainingError(
