@@ -17,7 +17,6 @@ import sys
 from reprkit import runlog
 from reprkit.cli import main
 from reprkit.training import checkpoints as train
-
 from reprkit.training import loop
 
 STEP, WHERE = int(os.environ["KILL_AT_STEP"]), os.environ["KILL_WHERE"]
