@@ -58,6 +58,9 @@ class _Settings:
     """use at most this many training items"""
     eval_limit: int | None = 100
     """use at most this many items per eval set"""
+    max_bad_rows: float = 0.1
+    """share of the training rows that may be bad (skipped, with a warning naming them); more stops
+    before training, naming the rows"""
     max_length: int = 192
     """tokens of prompt + completion (completions are cut from the right)"""
     max_prompt_length: int = 128
@@ -119,39 +122,67 @@ class _Settings:
     """show a progress bar"""
 
     def validate(self) -> None:
-        """Raise ValueError naming the fix for settings that cannot work (before anything is written)."""
+        """Raise ValueError naming the flag, its valid range and the fix for settings that cannot
+        work, before anything is loaded or written: every number finite and in its range (the
+        active loss's settings too), and the combinations that cannot run."""
         if (self.retain_data is None) != (self.reroute_data is None) or (self.retain_data and self.loss != "reroute"):
             raise ValueError("--retain-data and --reroute-data go together, with --loss reroute")
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            in_range(_flag(name), getattr(self, name), lo=1)
+        for name in ("warmup_steps", "save_every", "eval_every", "n_samples"):
+            in_range(_flag(name), getattr(self, name), lo=0)
+        in_range("--max-length", self.max_length, lo=2)
+        in_range("--max-bad-rows", self.max_bad_rows, lo=0, hi=1)
+        in_range("--max-prompt-length", self.max_prompt_length, lo=1)
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"--max-prompt-length ({self.max_prompt_length}) must be below --max-length ({self.max_length})")
-        for name in ("steps", "batch_size", "grad_accum", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
-            raise ValueError("--warmup-steps, --save-every and --eval-every cannot be negative")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"--lr must be positive (got {self.lr}); typical LoRA rates are 1e-4 to 3e-3")
-        if self.max_prompt_length < 1:
-            raise ValueError("--max-prompt-length must be at least 1")
-        if self.limit is not None and self.limit < 1 or self.eval_limit is not None and self.eval_limit < 1:
-            raise ValueError("--limit and --eval-limit must be at least 1 (or omitted for all items)")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise ValueError("--weight-decay cannot be negative and --max-grad-norm must be positive")
-        if self.lora.r < 1 or self.lora.alpha <= 0 or not 0 <= self.lora.dropout < 1:
-            raise ValueError("--lora.r must be at least 1, --lora.alpha positive, --lora.dropout in [0, 1)")
+        for name in ("limit", "eval_limit"):
+            if getattr(self, name) is not None:
+                in_range(_flag(name), getattr(self, name), lo=1, fix="or omit it for every item")
+        if self.lr is not None:
+            in_range("--lr", self.lr, lo=0, lo_open=True, hi=1.0,
+                     fix="LoRA rates that train lie between about 1e-5 and 1e-2")
+        in_range("--weight-decay", self.weight_decay, lo=0)
+        if self.learning_rate() * self.weight_decay >= 1:
+            raise ValueError(f"--lr x --weight-decay is {self.learning_rate() * self.weight_decay:g}: at 1 or more "
+                             "AdamW's decoupled decay zeroes or flips every weight each step; typical weight decay is 0 to 0.1")
+        in_range("--max-grad-norm", self.max_grad_norm, lo=0, lo_open=True, fix="1.0 is usual")
+        in_range("--lora.r", self.lora.r, lo=1, hi=65536)
+        in_range("--lora.alpha", self.lora.alpha, lo=0, lo_open=True)
+        in_range("--lora.dropout", self.lora.dropout, lo=0, hi=1, hi_open=True)
+        self.validate_loss()
         loss = self.loss_fn()
-        for name, value in vars(loss).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and (name.startswith("w_") or name in (
-                    "alpha", "target")) and value < 0:
-                raise ValueError(f"--{self.loss.replace('_', '-')}.{name.replace('_', '-')} cannot be negative (got {value})")
-        if getattr(loss, "beta", 1.0) <= 0:
-            raise ValueError(f"--{self.loss}.beta must be positive (got {loss.beta})")
         if self.shared_prompt and (self.gradient_checkpointing or getattr(loss, "ranked", False)):
             raise ValueError("--shared-prompt needs the KV cache in the training forward and chosen/rejected pairs: "
                              "drop it with --gradient-checkpointing or a ranked loss")
         if self.reference_cache and getattr(loss, "ranked", False):
             raise ValueError(f"--reference-cache covers chosen/rejected pairs; the {self.loss} loss ranks K responses: "
                              "drop --reference-cache")
+
+    def validate_loss(self) -> None:
+        """The active loss's numbers: each finite; weights (``w_*``), ``alpha`` at least 0 and not all
+        weights 0; ``beta``, ``target``, ``dr_beta`` above 0; ``label_smoothing`` in [0, 0.5). A
+        registered loss may add its own checks as a ``validate()`` method."""
+        loss, group = self.loss_fn(), "--" + self.loss.replace("_", "-")
+        numbers = {f.name: getattr(loss, f.name) for f in dataclasses.fields(loss)
+                   if isinstance(getattr(loss, f.name), (int, float)) and not isinstance(getattr(loss, f.name), bool)}
+        for name, value in numbers.items():
+            flag = f"{group}.{name.replace('_', '-')}"
+            if name.startswith("w_") or name == "alpha":
+                in_range(flag, value, lo=0)
+            elif name in ("beta", "target", "dr_beta"):
+                in_range(flag, value, lo=0, lo_open=True)
+            elif name == "label_smoothing":
+                in_range(flag, value, lo=0, hi=0.5, hi_open=True,
+                         fix="at 0.5 chosen and rejected count the same, above it DPO learns the reverse preference")
+            else:
+                in_range(flag, value)
+        weights = {k: v for k, v in numbers.items() if k.startswith("w_")}
+        if weights and not any(weights.values()):
+            raise ValueError(f"every weight of the {self.loss} loss is 0 ({', '.join(f'{group}.' + k.replace('_', '-') for k in weights)}): "
+                             "the loss is constant and trains nothing; set one above 0")
+        if hasattr(loss, "validate"):
+            loss.validate()
 
     def loss_fn(self):
         return getattr(self, self.loss)
@@ -177,6 +208,27 @@ class _Settings:
         if unknown:
             raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def in_range(flag: str, value, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+             hi_open: bool = False, fix: str = "") -> None:
+    """``ValueError`` naming ``flag``, its value and its range unless ``value`` is a finite number in
+    it (``lo``/``hi`` inclusive unless ``*_open``)."""
+    import math
+
+    low = "" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+    high = "" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+    where = f" in {low or '(-inf'}, {high or 'inf)'}" if (lo is not None or hi is not None) else ""
+    bad = not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+    if not bad:
+        bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
+              (hi is not None and (value >= hi if hi_open else value > hi))
+    if bad:
+        raise ValueError(f"{flag} must be a finite number{where} (got {value!r})" + (f"; {fix}" if fix else ""))
 
 
 def _config_class(losses: dict[str, type]) -> type:

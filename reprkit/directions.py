@@ -307,8 +307,18 @@ def from_pairs(model, tokenizer, items: list[dict], layers, method: str = "mean_
         raise IdenticalStates(f"{err}, or raise max_length: {cut} of {len(encoded)} pairs had responses cut at "
                               f"max_length {max_length}") from None
     info = {"method": method, "token": token, "token_rule": TOKENS[token], "layers": sorted(vectors),
-            "data": source, "n": len(encoded), "max_length": max_length, "stats": stats}
+            "data": source, "n": len(encoded), "max_length": max_length, "stats": stats, **read_on(model)}
     return Direction(vectors, info)
+
+
+def read_on(model) -> dict:
+    """What a direction records of the model it was read on: its name and hidden size (steering
+    another model names both)."""
+    from .logits import unwrap
+
+    config = unwrap(model).config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return {"model": getattr(config, "name_or_path", "") or "", "hidden_size": getattr(text, "hidden_size", None)}
 
 
 @torch.no_grad()
@@ -354,5 +364,6 @@ def from_prompts(model, tokenizer, positive: list[str], negative: list[str], lay
     states_n = prompt_states(model, tokenizer, list(negative), layers, token, chat, max_length)
     vectors, stats = directions_from_states(states_p, states_n, method, probe_c)
     info = {"method": method, "token": token, "layers": sorted(vectors), "data": source or "prompts",
-            "n": len(positive), "max_length": max_length, "chat": chat, "contrast": "prompts", "stats": stats}
+            "n": len(positive), "max_length": max_length, "chat": chat, "contrast": "prompts", "stats": stats,
+            **read_on(model)}
     return Direction(vectors, info)

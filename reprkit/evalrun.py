@@ -39,7 +39,15 @@ def load_target(target: str, dtype: str = "float32", device: str | None = None):
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)  # safetensors; is_trainable=False
+        try:
+            model = PeftModel.from_pretrained(model, adapter)  # safetensors; is_trainable=False
+        except RuntimeError as err:
+            if "size mismatch" not in str(err):
+                raise
+            base = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), "")
+            raise ValueError(f"the adapter in {adapter} does not fit {model_name}: it was trained on {base!r} "
+                             f"({first[:200]}). Evaluate it on its own base model") from None
     return model, tok, run_dir, model_name
 
 

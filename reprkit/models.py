@@ -193,7 +193,12 @@ def load_model(
         device = None
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
-    except OSError as err:
+    except Exception as err:
+        if not isinstance(err, OSError) and (damaged := damaged_weights(source)):
+            raise OSError(f"{damaged[0]} cannot be read ({damaged[1]}): the file is incomplete or damaged; "
+                          "copy or download it again") from err
+        if not isinstance(err, OSError):
+            raise
         raise OSError(
             f"could not load a model from {str(name_or_path)!r}: pass a local folder with config.json and "
             f"weights, a HuggingFace hub id (needs network access), or {DEFAULT_MODEL!r}. ({err})"
@@ -207,6 +212,24 @@ def load_model(
         keep_4bit_differentiable(model)
     model.eval()
     return model, tokenizer
+
+
+def damaged_weights(source) -> tuple[Path, str] | None:
+    """The first safetensors file of a local model folder whose header cannot be read, with the
+    reason (transformers' own error names no file), or None."""
+    from safetensors import safe_open
+
+    folder = Path(str(source))
+    if not folder.is_dir():
+        return None
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt") as handle:
+                for key in list(handle.keys())[:1]:
+                    handle.get_slice(key)
+        except Exception as err:
+            return f, " ".join(str(err).split())[:200] or type(err).__name__
+    return None
 
 
 def default_device() -> str:

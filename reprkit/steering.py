@@ -22,6 +22,32 @@ from .frozen import eval_mode
 from .hooks import capture
 
 
+def check_steering(model, vectors: dict[int, torch.Tensor], strength, info: dict | None = None) -> None:
+    """``ValueError`` in one line for a steer that cannot be right: a vector whose size is not the
+    model's hidden size (naming both, and the model the direction was read on where it says), a
+    vector or strength that is not finite."""
+    import math
+
+    from .logits import unwrap
+
+    config = unwrap(model).config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = getattr(text, "hidden_size", None)
+    info = info or {}
+    for k, v in vectors.items():
+        if hidden is not None and v.shape[-1] != hidden:
+            read = f" (it was read on {info['model']})" if info.get("model") else ""
+            raise ValueError(f"the direction's vector at layer {k} has {v.shape[-1]} dimensions and the model "
+                             f"{getattr(config, 'name_or_path', '') or ''} has hidden size {hidden}{read}: "
+                             "steer the model it was read on, or read it again on this one")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"the direction's vector at layer {k} holds NaN or inf: read it again (or check what "
+                             "built it)")
+    for s in (strength.values() if isinstance(strength, dict) else [strength]):
+        if not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise ValueError(f"the steering strength must be a finite number, not {s!r}")
+
+
 @contextmanager
 def steered(model, direction, strength: float | dict[int, float], layers=None, mask: torch.Tensor | None = None,
             block_name: str | None = None):
@@ -41,6 +67,7 @@ def steered(model, direction, strength: float | dict[int, float], layers=None, m
     missing = [k for k in indices if k not in direction.vectors]
     if missing:
         raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {held}")
+    check_steering(model, {k: direction.vectors[k] for k in indices}, strength, getattr(direction, "info", None))
     names, _ = find_blocks(model, block_name)
     edits = {names[k]: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength, mask)
              for k in indices}
@@ -101,8 +128,8 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
     if kl <= 0:
         raise ValueError(f"kl must be positive, not {kl}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not prompts:
-        raise ValueError("calibrate_strength needs at least one prompt to measure the KL on")
+    if not prompts or not any(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError(f"calibrate_strength needs at least one non-empty prompt to measure the KL on (got {prompts!r})")
     if hasattr(direction, "vectors"):
         layers = default_layers(direction) if layer is None else block_indices(model, layer)
         missing = [k for k in layers if k not in direction.vectors]
@@ -114,6 +141,7 @@ def calibrate_strength(model, tokenizer, direction, prompts: list[str], layer: i
             raise ValueError("pass layer= with a plain vector")
         layers = block_indices(model, layer)
         vectors = [direction / direction.norm()] * len(layers)
+    check_steering(model, dict(zip(layers, vectors)), 1.0, getattr(direction, "info", None))
     from .devices import to_model
 
     if tokenizer.pad_token is None:

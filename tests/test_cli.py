@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -64,15 +66,69 @@ def _bad_input_cases(tmp_path, tiny_folder):
         "no rejected column": (model + ["--data", str(no_rejected)], "rejected"),
         "broken jsonl line": (model + ["--data", str(broken)], r"broken\.jsonl line 2 is not valid JSON"),
         "layer out of range": (model + ["--reprpo.layers", "99"], "99"),
-        "negative lr": (model + ["--lr", "-1"], "--lr must be positive"),
+        "negative lr": (model + ["--lr", "-1"], r"--lr must be a finite number in \(0, 1\] \(got -1.0\)"),
         "empty model folder": (["--model", str(empty)], str(empty)),
-        "negative loss weight": (model + ["--reprpo.w-retain", "-2"], "--reprpo.w-retain cannot be negative"),
+        "negative loss weight": (model + ["--reprpo.w-retain", "-2"], r"--reprpo.w-retain must be a finite number in \[0"),
         "prompt longer than all": (model + ["--max-prompt-length", "300", "--max-length", "200"], "--max-prompt-length"),
+        **_settings_and_data_cases(tmp_path),
     }
 
 
+def _settings_and_data_cases(tmp_path, write: bool = True):
+    """Settings and data that cannot be right, each refused before the model loads (``--model`` is a
+    path that does not exist: reaching it would be a different error)."""
+    nowhere = ["--model", str(tmp_path / "no-model")]
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(8)]
+
+    def file(name, text: str | bytes):
+        path = tmp_path / name
+        if write:
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return str(path)
+
+    same = file("same.jsonl", "".join(json.dumps({**r, "rejected": r["chosen"]}) + "\n" for r in rows))
+    ties = file("ties.jsonl", "".join(json.dumps({"prompt": r["prompt"], "responses": [r["chosen"], r["rejected"], "c"],
+                                                  "scores": [1, 1, 1]}) + "\n" for r in rows))
+    one_empty = file("one-empty.jsonl", "".join(json.dumps({**r, "chosen": "" if i == 3 else r["chosen"]}) + "\n"
+                                                for i, r in enumerate(rows)))
+    cases = {f"{flag} {value}": (nowhere + [flag, value] + extra, expect) for flag, value, extra, expect in [
+        ("--lr", "inf", [], r"--lr must be a finite number in \(0, 1\] \(got inf\)"),
+        ("--lr", "1e30", [], r"--lr must be a finite number in \(0, 1\]"),
+        ("--weight-decay", "nan", [], r"--weight-decay must be a finite number in \[0, inf\) \(got nan\)"),
+        ("--weight-decay", "inf", [], r"--weight-decay must be a finite number"),
+        ("--max-grad-norm", "nan", [], r"--max-grad-norm must be a finite number in \(0, inf\)"),
+        ("--max-grad-norm", "inf", [], r"--max-grad-norm must be a finite number"),
+        ("--reprpo.w-retain", "nan", [], r"--reprpo.w-retain must be a finite number"),
+        ("--reroute.alpha", "inf", ["--loss", "reroute"], r"--reroute.alpha must be a finite number"),
+        ("--prefvec.target", "nan", ["--loss", "prefvec"], r"--prefvec.target must be a finite number"),
+        ("--dpo.beta", "nan", ["--loss", "dpo"], r"--dpo.beta must be a finite number in \(0, inf\)"),
+        ("--dpo.beta", "inf", ["--loss", "dpo"], r"--dpo.beta must be a finite number"),
+        ("--dpo.label-smoothing", "5", ["--loss", "dpo"], r"--dpo.label-smoothing must be .* \[0, 0.5\).*reverse"),
+        ("--dpo.dr-beta", "0", ["--loss", "dpo"], r"--dpo.dr-beta must be a finite number in \(0, inf\)"),
+        ("--dpo.dr-beta", "-1", ["--loss", "dpo"], r"--dpo.dr-beta must be"),
+        ("--plackett-luce.beta", "0", ["--loss", "plackett_luce"], r"--plackett-luce.beta must be"),
+        ("--n-samples", "-1", [], r"--n-samples must be a finite number in \[0, inf\)"),
+        ("--lora.r", "100000", [], r"--lora.r must be a finite number in \[1, 65536\]"),
+        ("--lr", "0.5", ["--weight-decay", "4"], r"--lr x --weight-decay is 2"),
+        ("--reprpo.w-retain", "0", ["--reprpo.w-direction", "0", "--reprpo.w-magnitude", "0"],
+         r"every weight of the reprpo loss is 0"),
+    ]}
+    cases.update({
+        "chosen == rejected": (nowhere + ["--data", same], r"none of its 8 rows prefers .*8 with every response the same text"),
+        "equal ranked scores": (nowhere + ["--data", ties, "--loss", "plackett_luce"], r"8 with every response scored the same"),
+        "empty file": (nowhere + ["--data", file("empty.jsonl", "")], r"empty\.jsonl is empty: no rows"),
+        "whitespace file": (nowhere + ["--data", file("blank.jsonl", " \n\n")], r"blank\.jsonl holds only blank lines"),
+        "invalid utf-8": (nowhere + ["--data", file("latin.jsonl", b'{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n')],
+                          r"latin\.jsonl is not UTF-8 text: line 1, byte 16 is 0xe9"),
+        "one empty chosen in 8": (nowhere + ["--data", one_empty], r"1 of 8 rows are bad: more than the 0.1 share .*"
+                                  r"--max-bad-rows to 0.13 .*row 3: field 'chosen' is empty"),
+    })
+    return cases
+
+
 @pytest.mark.parametrize("case", ["missing file", "no rejected column", "broken jsonl line", "layer out of range",
-                                  "negative lr", "empty model folder", "negative loss weight", "prompt longer than all"])
+                                  "negative lr", "empty model folder", "negative loss weight", "prompt longer than all",
+                                  *_settings_and_data_cases(__import__("pathlib").Path("/nonexistent"), write=False)])
 def test_bad_input_gives_one_line_and_leaves_no_run(case, tmp_path, tiny_folder, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args, expect = _bad_input_cases(tmp_path, tiny_folder)[case]
@@ -90,7 +146,7 @@ def test_bad_input_gives_one_line_and_leaves_no_run(case, tmp_path, tiny_folder,
 
 
 def test_debug_shows_the_traceback(tmp_path, tiny_folder):
-    with pytest.raises(ValueError, match="--lr must be positive"):
+    with pytest.raises(ValueError, match="--lr must be a finite number"):
         main(["train", "--model", str(tiny_folder), "--lr", "-1", "--debug", "--run-dir", str(tmp_path / "r")])
 
 

@@ -58,5 +58,6 @@ from .sources import (  # noqa: F401
     shift_sources,
     split_slice,
     to_pairs,
+    without_preference,
     zip_retain_reroute,
 )

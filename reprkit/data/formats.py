@@ -3,6 +3,7 @@ ranked lists, HelpSteer-style scored rows, Anthropic's model-written evaluations
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 from .items import DataError, Messages, log
@@ -248,7 +249,11 @@ def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction:
             errors.append(str(err))
     if errors:
         if len(errors) > max_bad_fraction * len(rows):
-            raise DataError(f"{len(errors)} of {len(rows)} rows are bad (is the format right?); first: {errors[0]}")
+            hint = (" (is the format right?)" if len(errors) == len(rows) else
+                    f": more than the {max_bad_fraction:g} share of bad rows that is skipped (--max-bad-rows); fix "
+                    f"those rows, or raise --max-bad-rows to {math.ceil(100 * len(errors) / len(rows)) / 100:g} to skip them")
+            raise DataError(f"{len(errors)} of {len(rows)} rows are bad{hint}. " + "; ".join(errors[:5])
+                            + ("; ..." if len(errors) > 5 else ""))
         log.warning("skipped %d of %d bad rows: %s", len(errors), len(rows), "; ".join(errors[:3]))
     return items
 

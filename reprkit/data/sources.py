@@ -4,6 +4,7 @@ slices; items -> pairs; GENIES' shift list."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from pathlib import Path
@@ -11,8 +12,34 @@ from pathlib import Path
 from .formats import to_items
 from .items import DataError, prompt_key, shared_data_dir
 
+log = logging.getLogger(__name__)
+
 _HUB = {"genies": "wassname/genies_preferences", "hh-rlhf": "Anthropic/hh-rlhf"}
 _EXTENSIONS = {".json": "json", ".jsonl": "json", ".gz": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _check_text(path: Path) -> None:
+    """A text file (json, jsonl, csv, gzipped or not) that holds no rows or is not UTF-8 gets one line
+    naming the problem and where it is, before datasets reads it (its errors name neither)."""
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path} could not be read: {err}") from None
+    if not data:
+        raise DataError(f"{path} is empty: no rows to read (a preference file holds one JSON object per line)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path} is not UTF-8 text: line {line}, byte {column} is 0x{data[err.start]:02x}; "
+                        "save the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path} holds only blank lines: no rows to read")
 
 
 def _load_file(path: Path):
@@ -21,6 +48,8 @@ def _load_file(path: Path):
     builder = _EXTENSIONS.get(path.suffix)
     if builder is None:
         raise DataError(f"{path}: unsupported file type; use .json, .jsonl, .jsonl.gz, .csv or .parquet")
+    if builder != "parquet" and path.stat().st_size < (256 << 20):  # larger files: datasets' own errors
+        _check_text(path)
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as err:
@@ -131,7 +160,7 @@ def _apply_slice(rows: list, sl: slice) -> list:
 
 
 def load_items(source: str, split: str = "train", fmt: str = "auto", limit: int | None = None,
-               bad_rows: str = "skip", ranking: str = "best_vs_worst") -> list[dict]:
+               bad_rows: str = "skip", ranking: str = "best_vs_worst", max_bad_fraction: float = 0.1) -> list[dict]:
     """Items of a source and split; ``limit`` keeps the first n. An empty result is an error.
 
     ``split`` may slice, as in HF datasets: ``"train[:90%]"``, ``"train[90%:]"``, ``"test[:100]"``.
@@ -146,7 +175,7 @@ def load_items(source: str, split: str = "train", fmt: str = "auto", limit: int 
     rows = list(rows)[:limit] if limit else rows
     try:
         items = to_items(rows, native if fmt == "auto" and native != "auto" else fmt, bad_rows=bad_rows,
-                         ranking=ranking)
+                         ranking=ranking, max_bad_fraction=max_bad_fraction)
     except DataError as err:
         raise DataError(f"{source} ({split}): {err}") from None
     if not items:
@@ -164,6 +193,32 @@ def zip_retain_reroute(retain: list[dict], reroute: list[dict]) -> list[dict]:
          "rejected_prompt": reroute[i % len(reroute)]["prompt"], "rejected": reroute[i % len(reroute)]["responses"][0]}
         for i in range(n)
     ]
+
+
+def without_preference(items: list[dict], source: str) -> list[dict]:
+    """Training items that say which response is preferred: an item whose responses are all the same
+    text, or whose scores are all equal, carries no preference (DPO's margin is 0 whatever the
+    weights; a hidden-state loss would train on an arbitrary order). Some: dropped, said in one
+    warning with their rows. All: ``DataError`` saying what is wrong with the data."""
+    same_text = [i for i, it in enumerate(items) if len({r.strip() for r in it["responses"]}) == 1]
+    same_score = [i for i, it in enumerate(items) if i not in same_text and len(set(it["scores"])) == 1]
+    bad = sorted(same_text + same_score)
+    if not bad:
+        return items
+
+    def rows(idx: list[int]) -> str:
+        return ", ".join(map(str, idx[:5])) + (", ..." if len(idx) > 5 else "")
+
+    what = "; ".join(x for x in (
+        f"{len(same_text)} with every response the same text (rows {rows(same_text)})" if same_text else "",
+        f"{len(same_score)} with every response scored the same (rows {rows(same_score)})" if same_score else "") if x)
+    if len(bad) == len(items):
+        raise DataError(f"{source}: none of its {len(items)} rows prefers one response to another: {what}. "
+                        "Check that chosen and rejected (or the scores) are the right columns")
+    log.warning("%s: %d of %d rows prefer no response and are left out of training: %s", source, len(bad),
+                len(items), what)
+    keep = set(range(len(items))) - set(bad)
+    return [it for i, it in enumerate(items) if i in keep]
 
 
 def to_pairs(items: list[dict], mode: str = "best_vs_worst") -> list[dict]:

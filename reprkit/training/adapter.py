@@ -52,9 +52,23 @@ def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     else:  # peft takes layers_to_transform only with named targets: every linear layer inside the blocks
         _, blocks = find_blocks(model)
         targets = sorted({n.rsplit(".", 1)[-1] for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)})
+    check_rank(model, lc.r, targets, layers)
     config = lora_config(model, r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                          use_rslora=lc.rslora, use_dora=lc.dora, layers_to_transform=layers)
     return get_peft_model(model, config)
+
+
+def check_rank(model, r: int, targets, layers: list[int] | None) -> None:
+    """Refuse a LoRA rank above the smallest side of a layer it adapts: the update's rank cannot
+    exceed it, so the extra rows only cost memory (``--lora.r 100000`` would otherwise end in an
+    allocator error)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    sides = [(min(m.in_features, m.out_features), n) for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and m is not head
+             and (targets == "all-linear" or n.rsplit(".", 1)[-1] in targets)]
+    if sides and r > (smallest := min(sides))[0]:
+        raise TrainingError(f"--lora.r {r} is above the smallest side ({smallest[0]}) of a layer it adapts "
+                            f"({smallest[1]}): a LoRA update cannot have a higher rank. Use --lora.r {smallest[0]} or less")
 
 
 def lora_config(model, r: int = 8, **kwargs):

@@ -15,28 +15,45 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- data
 
 
-def load_pairs(cfg: TrainConfig, tokenizer) -> tuple[list[dict], dict[str, list[dict]], dict[str, list], dict[str, int]]:
+def read_items(cfg: TrainConfig) -> dict:
+    """The training and eval items of ``cfg``, read and checked before any model loads (bad rows,
+    rows that prefer nothing, empty or broken files fail here, in a second, not after the model).
+    ``load_pairs`` encodes them."""
+    bad = dict(max_bad_fraction=cfg.max_bad_rows)
+    out: dict = {"ranked": getattr(cfg.loss_fn(), "ranked", False)}
+    if cfg.retain_data:
+        out["retain"] = D.load_items(cfg.retain_data, cfg.train_split, limit=cfg.limit, **bad)
+        out["reroute"] = D.load_items(cfg.reroute_data, cfg.train_split, limit=cfg.limit, **bad)
+    else:
+        out["train"] = D.without_preference(
+            D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking, **bad), cfg.data)
+    out["evals"] = {source: D.load_items(source, cfg.eval_split) for source in cfg.eval_data}
+    return out
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, items: dict | None = None
+               ) -> tuple[list[dict], dict[str, list[dict]], dict[str, list], dict[str, int]]:
     """Encoded training pairs (or ranked items), encoded eval items (all their responses) per eval
     source, a few eval prompts per source, and per source how many of its scored items are also
-    training items (a local file's every split is the same rows: its "test" split is not held out)."""
+    training items (a local file's every split is the same rows: its "test" split is not held out).
+    ``items``: ``read_items(cfg)`` (read here when not given)."""
+    items = items if items is not None else read_items(cfg)
     kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
-    if getattr(cfg.loss_fn(), "ranked", False):  # all K responses of an item, best first
-        pairs = D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking)
+    if items["ranked"]:  # all K responses of an item, best first
+        pairs = items["train"]
         train_pairs = D.encode_ranked(pairs, tokenizer, **kw)
     elif cfg.retain_data:
-        pairs = D.zip_retain_reroute(D.load_items(cfg.retain_data, cfg.train_split, limit=cfg.limit),
-                                     D.load_items(cfg.reroute_data, cfg.train_split, limit=cfg.limit))
+        pairs = D.zip_retain_reroute(items["retain"], items["reroute"])
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     else:
-        pairs = D.to_pairs(D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking), cfg.pairs)
+        pairs = D.to_pairs(items["train"], cfg.pairs)
         train_pairs = D.encode_pairs(pairs, tokenizer, **kw)
     seen = {D.prompt_key(p) for p in pairs}
     evals, prompts, overlap = {}, {}, {}
-    for source in cfg.eval_data:
-        items = D.load_items(source, cfg.eval_split)
-        evals[source] = D.encode_ranked(items[: cfg.eval_limit], tokenizer, **kw)
-        prompts[source] = [it["prompt"] for it in items[:1]]
-        overlap[source] = sum(D.prompt_key(it) in seen for it in items[: cfg.eval_limit])
+    for source, scored in items["evals"].items():
+        evals[source] = D.encode_ranked(scored[: cfg.eval_limit], tokenizer, **kw)
+        prompts[source] = [it["prompt"] for it in scored[:1]]
+        overlap[source] = sum(D.prompt_key(it) in seen for it in scored[: cfg.eval_limit])
         if overlap[source]:
             log.warning("%d of the %d items scored on %s %s are training prompts: its accuracy is not held out "
                         "(a local file's splits are the same rows; pass slices, e.g. --train-split 'train[:80%%]' "

@@ -36,7 +36,7 @@ from ..runlog import RunLog, checkpoints, read_config
 from ..truncation import describe as describe_truncation
 from ..truncation import truncation_report
 from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
-from .batches import load_pairs, micro_batches
+from .batches import load_pairs, micro_batches, read_items
 from .checkpoints import (
     check_disk,
     checkpoint,
@@ -259,6 +259,7 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
             found = None
         if found is not None:
             resume_from, resume_state = found
+        items = read_items(cfg)  # the data's problems are found before the model loads
         torch.manual_seed(cfg.seed)
 
         if model is None:
@@ -276,7 +277,8 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
             enable_gradient_checkpointing(model)
         model.train()
 
-        train_pairs, evals, prompts, overlap = load_pairs(cfg, tokenizer)
+        train_pairs, evals, prompts, overlap = load_pairs(cfg, tokenizer, items)
+        del items
         train_cut = truncation_report(train_pairs)
         if accelerator.is_main_process and not cfg.resume:
             print(f"training data {cfg.data} ({cfg.train_split}): {describe_truncation(train_cut)}", flush=True)
