@@ -298,7 +298,9 @@ class Dashboard:
         app = importlib.util.find_spec("reprkit.app.dashboard").origin  # without importing (it renders)
         return [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", self.address,
                 "--server.port", str(self.port), "--server.headless", "true",
-                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal", "--", "--runs-dir", self.runs_dir]
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+                # no traceback (with the server's paths) ever reaches the page; the console keeps it
+                "--client.showErrorDetails", "none", "--", "--runs-dir", self.runs_dir]
 
     def run(self) -> None:
         import importlib.util

@@ -191,6 +191,38 @@ def commit_checkpoint(tmp: Path, final: Path, keep: int = 1) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def usable_metrics(rows: list) -> tuple[list[dict], list[str]]:
+    """Metric rows the dashboard can draw, and a notice for each kind of row it could not: a row
+    without a numeric ``step`` is left out; a ``layers`` field that is not a mapping of layers to
+    mappings is dropped from its row (the other curves keep it); steps whose loss is NaN or inf are
+    counted (the training curve has a gap there)."""
+    import math
+
+    kept, no_step, bad_layers, nonfinite = [], 0, 0, []
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("step"), (int, float)) or isinstance(row.get("step"), bool):
+            no_step += 1
+            continue
+        layers = row.get("layers")
+        if layers is not None and not (isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())):
+            row = {k: v for k, v in row.items() if k != "layers"}
+            bad_layers += 1
+        loss = row.get("loss")
+        if "loss" in row and not (isinstance(loss, (int, float)) and math.isfinite(loss)):
+            nonfinite.append(row["step"])
+        kept.append(row)
+    notices = []
+    if no_step:
+        notices.append(f"{no_step} line(s) of metrics.jsonl have no step: left out")
+    if bad_layers:
+        notices.append(f"{bad_layers} line(s) of metrics.jsonl have a 'layers' field that is not a mapping of layers: "
+                       "their layer curves are left out")
+    if nonfinite:
+        notices.append(f"the loss is NaN or infinite at {len(nonfinite)} step(s) (first: step {nonfinite[0]}): the "
+                       "training curves leave them out")
+    return kept, notices
+
+
 def read_run(run: str | os.PathLike) -> dict:
     """Everything the dashboard shows of one run, tolerating a run still being written or broken.
 
@@ -210,6 +242,8 @@ def read_run(run: str | os.PathLike) -> dict:
         notices.append("no metrics.jsonl yet")
     if bad:
         notices.append(f"{bad} line(s) of metrics.jsonl could not be read (a line still being written?)")
+    metrics, more = usable_metrics(metrics)
+    notices += more
     samples, bad_s = read_jsonl(run / "samples.jsonl")
     if bad_s:
         notices.append(f"{bad_s} line(s) of samples.jsonl could not be read")

@@ -72,6 +72,60 @@ def test_corrupt_metrics_shows_a_notice(tmp_path, monkeypatch):
     assert "could not be read" in texts and "config.json unreadable" in texts
 
 
+STEER = {"n": 2, "layers": [3], "strengths": [-1.0, 0.0, 1.0], "rule": "log-odds", "data": "f.jsonl items 0..2",
+         "mean_slope": 0.5, "slope_ci95": [0.1, 0.9], "anti_steerable": 0.5, "anti_steerable_ci95": [0.1, 0.9],
+         "unsteered_matching_rate": 0.5,
+         "table": [{"strength": s, "mean_change": s / 2, "change_ci95": [0, 1], "wrong_way": 0.5, "kl_mean": abs(s),
+                    "kl_q90": abs(s)} for s in (-1.0, 0.0, 1.0)],
+         "per_item": {"change": [[-1, 0, 1], [1, 0, -1]], "slope": [1.0, -1.0], "log_odds_0": [0.1, -0.1]}}
+
+
+def broken_runs(root: Path) -> None:
+    """A runs folder holding each file the dashboard once showed a traceback for: a metrics row
+    without a step, a ``layers`` field that is not a mapping, NaN losses, a steerability result whose
+    interval is null; beside a healthy run."""
+    write_run(root, synthetic_run("healthy"))
+    run = synthetic_run("no-step")
+    run["metrics"][2] = {k: v for k, v in run["metrics"][2].items() if k != "step"}
+    write_run(root, run)
+    run = synthetic_run("layers-a-list")
+    run["metrics"][1]["layers"] = [1, 2, 3]
+    write_run(root, run)
+    run = synthetic_run("nan-loss")
+    for row in run["metrics"][2:]:
+        row["loss"] = float("nan")
+    write_run(root, run)
+    (root / "null-interval.steerability.json").write_text(json.dumps({**STEER, "slope_ci95": None}))
+
+
+def test_broken_files_render_what_they_can_and_say_what_they_skipped(tmp_path, monkeypatch):
+    broken_runs(tmp_path)
+    at = app_test(tmp_path, monkeypatch).run()
+    names = ["healthy", "no-step", "layers-a-list", "nan-loss"]
+    at.sidebar.multiselect[0].set_value(names).run()
+    assert not at.exception
+    warnings = " | ".join(w.value for w in at.warning)
+    assert "no-step: 1 line(s) of metrics.jsonl have no step" in warnings
+    assert "layers-a-list: 1 line(s) of metrics.jsonl have a 'layers' field that is not a mapping" in warnings
+    assert "nan-loss: the loss is NaN or infinite at 3 step(s) (first: step 3)" in warnings
+    assert "null-interval.steerability.json: cannot be shown (TypeError" in warnings
+    assert "Traceback" not in warnings
+    # every panel of every run still drew: 4 layer curves, per run 4 heatmaps and direction-vs-magnitude,
+    # the training curves and the evaluation bars
+    assert len(at.get("plotly_chart")) >= 4 + 4 * 5 + 2
+
+
+def test_a_panel_that_fails_says_so_and_the_rest_renders(tmp_path, monkeypatch):
+    """A figure that raises (a value the figures did not foresee) becomes one warning naming its panel."""
+    write_run(tmp_path, synthetic_run("a"))
+    run = tmp_path / "a" / "eval.json"
+    run.write_text(json.dumps({"step": 5, "datasets": {"x": {"n": "many", "accuracy_mean": "high"}}}))
+    at = app_test(tmp_path, monkeypatch).run()
+    assert not at.exception
+    assert any(w.value.startswith("the evaluation: cannot be shown") for w in at.warning), [w.value for w in at.warning]
+    assert len(at.get("plotly_chart")) >= 4 + 5 + 1  # the layer and training panels
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,7 +141,9 @@ def test_dashboard_in_a_headless_browser(tmp_path):
     from playwright.sync_api import sync_playwright
 
     runs = tmp_path / "runs"
-    write_run(runs, synthetic_run("demo-run", steps=20, layers=(9, 15, 19)))
+    broken_runs(runs)  # beside the run shown, each file that once put a traceback in the page
+    time.sleep(0.05)
+    write_run(runs, synthetic_run("demo-run", steps=20, layers=(9, 15, 19)))  # the newest: shown first
     port = _free_port()
     cmd = [sys.executable, "-m", "reprkit.cli", "dashboard", str(runs), "--port", str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -108,11 +164,18 @@ def test_dashboard_in_a_headless_browser(tmp_path):
             page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60_000)
             page.wait_for_timeout(1500)
             plots = page.locator(".js-plotly-plot").count()
+            text = page.inner_text("body")
+            page.get_by_role("tab", name="steerability").click()
+            page.wait_for_timeout(1000)
+            steer_text = page.inner_text("body")
             lines = page.locator(".js-plotly-plot .scatterlayer .trace").count()
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=False)
             browser.close()
         assert plots >= 5, plots
+        for shown in (text, steer_text):
+            assert "Traceback" not in shown and 'File "' not in shown and "site-packages" not in shown, shown[-2000:]
+        assert "null-interval.steerability.json: cannot be shown" in steer_text
         assert lines >= 6, lines  # cosine curves: 3 layers x chosen/rejected
         assert shot.stat().st_size > 10_000
     finally:

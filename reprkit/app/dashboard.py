@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import streamlit as st
@@ -18,9 +19,19 @@ from reprkit.packaged import model_note
 from reprkit.runlog import OTHER_MEASURES_NOTE, list_runs, read_run, resolve_run
 
 
+@contextmanager
+def panel(what: str):
+    """One panel of the page: an error while drawing it becomes a warning naming the panel and the
+    error in one line (no traceback), and the panels after it still render."""
+    try:
+        yield
+    except Exception as err:  # a file of another version, or a value the figures did not foresee
+        st.warning(f"{what}: cannot be shown ({type(err).__name__}: {' '.join(str(err).split())[:200]})")
+
+
 def _ci_as_text(rows: list[dict]) -> list[dict]:
     """Table rows with their ``ci95`` pair as 'low–high' text."""
-    return [{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r["ci95"] else ""} for r in rows]
+    return [{**r, "ci95": "–".join(f"{x:.3f}" for x in r["ci95"]) if r.get("ci95") else ""} for r in rows]
 
 
 def runs_dir() -> Path:
@@ -82,12 +93,16 @@ def comparison_view(folders: list[Path]) -> None:
             for target, rows in res.get("normalised", {}).items():
                 st.dataframe([{"target": target, "method": m, "normalised transfer": n["normalised"],
                                "ci95": n["ci95"] or "no finite interval"} for m, n in rows.items()], hide_index=True)
-        except (KeyError, TypeError, ValueError) as err:  # a file of another version never takes the page down
+        except Exception as err:  # a file of another version never takes the page down
             st.warning(f"{folder}/answer.json, source {source}: cannot be shown ({type(err).__name__}: {err})")
 
 
 def main() -> None:
     st.set_page_config(page_title="reprkit runs", layout="wide")
+    try:  # also when the app is started by hand (``streamlit run``): no traceback on the page
+        st.set_option("client.showErrorDetails", "none")
+    except Exception:  # an option this Streamlit cannot set at run time: the command line sets it
+        pass
     root = runs_dir()
     st.sidebar.title("reprkit")
     st.sidebar.caption(f"runs directory: `{root}`")
@@ -120,34 +135,34 @@ def main() -> None:
         runs = [r for r in runs if r["metrics"] or r["eval"] or r["config"]]
         if not runs:
             return
-        steps = {r["name"]: (r["metrics"][-1]["step"] if r["metrics"] else 0) for r in runs}
-        st.caption("  ·  ".join(f"**{n}**: step {s}/{next(r for r in runs if r['name'] == n)['config'].get('steps', '?')}"
-                                for n, s in steps.items()))
-        st.caption("  ·  ".join(f"**{r['name']}** model: {model_note(r['config'].get('model'))}" for r in runs))
+        with panel("progress"):
+            steps = {r["name"]: (r["metrics"][-1]["step"] if r["metrics"] else 0) for r in runs}
+            st.caption("  ·  ".join(f"**{r['name']}**: step {steps[r['name']]}/{r['config'].get('steps', '?')}"
+                                    for r in runs))
+            st.caption("  ·  ".join(f"**{r['name']}** model: {model_note(r['config'].get('model'))}" for r in runs))
         tabs = st.tabs(["layers", "training", "evaluation", "samples", "config", "steerability"])
         with tabs[0]:
-            st.plotly_chart(figures.layer_curves(runs, "cos", smoothing), key="cos")
-            st.plotly_chart(figures.layer_curves(runs, "norm", smoothing), key="norm")
+            for metric in ("cos", "norm"):
+                with panel(f"the {metric} curves"):
+                    st.plotly_chart(figures.layer_curves(runs, metric, smoothing), key=metric)
             st.caption("Movement of each side's mean state along the frozen model's own preference direction "
                        "(frozen mean chosen minus mean rejected) and off it, in units of that gap: moving toward "
                        "the preference, or just moving.")
-            st.plotly_chart(figures.layer_curves(runs, "along", smoothing), key="along")
-            st.plotly_chart(figures.layer_curves(runs, "off", smoothing), key="off")
+            for metric in ("along", "off"):
+                with panel(f"the {metric} curves"):
+                    st.plotly_chart(figures.layer_curves(runs, metric, smoothing), key=metric)
             for run in runs:
-                left, right = st.columns(2)
-                with left:
-                    st.plotly_chart(figures.layer_heatmap(run, "cos", "chosen"), key=f"hc-{run['name']}")
-                with right:
-                    st.plotly_chart(figures.layer_heatmap(run, "cos", "rejected"), key=f"hr-{run['name']}")
-                left, right = st.columns(2)
-                with left:
-                    st.plotly_chart(figures.layer_heatmap(run, "norm", "chosen"), key=f"nc-{run['name']}")
-                with right:
-                    st.plotly_chart(figures.layer_heatmap(run, "norm", "rejected"), key=f"nr-{run['name']}")
-                st.plotly_chart(figures.direction_vs_magnitude(run), key=f"dm-{run['name']}")
-        with tabs[1]:
+                for metric in ("cos", "norm"):
+                    left, right = st.columns(2)
+                    for column, side in ((left, "chosen"), (right, "rejected")):
+                        with column, panel(f"{run['name']}: the {metric} heatmap ({side})"):
+                            st.plotly_chart(figures.layer_heatmap(run, metric, side),
+                                            key=f"{metric[0]}{side[0]}-{run['name']}")
+                with panel(f"{run['name']}: direction vs magnitude"):
+                    st.plotly_chart(figures.direction_vs_magnitude(run), key=f"dm-{run['name']}")
+        with tabs[1], panel("the training curves"):
             st.plotly_chart(figures.training_curves(runs, smoothing), key="train")
-        with tabs[2]:
+        with tabs[2], panel("the evaluation"):
             rows = figures.eval_rows(runs)
             if rows:
                 st.dataframe(_ci_as_text(rows), hide_index=True)
@@ -160,12 +175,13 @@ def main() -> None:
                 st.info("No eval.json yet: it is written at the end of training (and every --eval-every steps).")
         with tabs[3]:
             for run in runs:
-                st.subheader(run["name"])
-                if run["samples"]:
-                    st.dataframe(run["samples"], hide_index=True)
-                else:
-                    st.caption("no samples yet")
-        with tabs[4]:
+                with panel(f"{run['name']}: samples"):
+                    st.subheader(run["name"])
+                    if run["samples"]:
+                        st.dataframe(run["samples"], hide_index=True)
+                    else:
+                        st.caption("no samples yet")
+        with tabs[4], panel("the config"):
             diff = st.checkbox("only differences", value=len(runs) > 1)
             table = figures.config_table(runs, only_differences=diff)
             st.dataframe([{"field": k, **{n: str(v) for n, v in vals.items()}} for k, vals in table.items()],
@@ -196,8 +212,8 @@ def steerability_tab(root: Path) -> None:
                        f"{res['anti_steerable']:.3f}; {res['rule']}")
             st.dataframe([{k: v for k, v in r.items() if k != "change_ci95"} for r in res["table"]], hide_index=True)
             st.plotly_chart(figures.steerability_figure(res), key=f"steer-{f}")
-        except (ValueError, KeyError, OSError) as err:  # a broken file never takes the dashboard down
-            st.warning(f"{f}: cannot be read ({type(err).__name__}: {err})")
+        except Exception as err:  # a broken file never takes the dashboard down
+            st.warning(f"{f}: cannot be shown ({type(err).__name__}: {' '.join(str(err).split())[:200]})")
 
 
 main()
