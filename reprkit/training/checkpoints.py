@@ -34,8 +34,12 @@ def _reason(err: BaseException) -> str:
 def write_failed(what: str, run_dir: Path, err: BaseException) -> TrainingError:
     found = checkpoints(run_dir)
     kept = f"the last complete checkpoint is {found[-1][1]}" if found else "no checkpoint was complete yet"
+    try:  # torch's own message on a full disk ("unexpected pos ...") does not say so
+        free = f" (its disk has {shutil.disk_usage(run_dir).free / 2**20:.1f} MiB free)"
+    except OSError:
+        free = ""
     return TrainingError(
-        f"could not write {what} in {run_dir}: {_reason(err)}. Nothing half-written was kept: "
+        f"could not write {what} in {run_dir}{free}: {_reason(err)}. Nothing half-written was kept: "
         f"{kept}, metrics.jsonl is intact. Free space (or fix permissions), then --resume {run_dir}"
     )
 
@@ -47,6 +51,11 @@ def save_checkpoint(run_dir: Path, step: int, model, state: tuple[dict | None, d
     adapter_weights, optimizer_state = state
     tmp = None
     try:
+        # room first: of the KEEP kept, the oldest goes before the new one is written (the newest stays
+        # until the new one is complete), so the disk holds at most KEEP checkpoints at any moment
+        for _, old in checkpoints(run_dir)[: -(KEEP - 1) or None]:
+            if old.name != f"checkpoint-{step:06d}":
+                shutil.rmtree(old, ignore_errors=True)
         tmp, final = new_checkpoint_dir(run_dir, step)
         model.save_pretrained(tmp / "adapter", state_dict=adapter_weights)
         torch.save(optimizer_state, tmp / "optimizer.pt")
@@ -110,17 +119,18 @@ def checkpoint_bytes(params: list[torch.Tensor]) -> int:
 
 def check_disk(run_dir: Path, params: list[torch.Tensor]) -> None:
     """Refuse to start when the run directory's disk cannot hold what the run will write at its
-    peak: ``KEEP`` checkpoints plus the one being written, and the final adapter. Checkpoints and an
-    adapter already there (a resumed run) count as written: the check asks only for what is new."""
+    peak: ``KEEP`` checkpoints (the oldest is removed before a new one is written) and the final
+    adapter. Checkpoints and an adapter already there (a resumed run) count as written: the check
+    asks only for what is new."""
     one = checkpoint_bytes(params)
     have = min(len(checkpoints(run_dir)), KEEP)
     adapter = 0 if (run_dir / "adapter").is_dir() else sum(p.numel() * p.element_size() for p in params)
-    need = (KEEP + 1 - have) * one + adapter + (1 << 20)
+    need = (KEEP - have) * one + adapter + (1 << 20)
     free = shutil.disk_usage(run_dir).free
     if free < need:
         raise TrainingError(
             f"{run_dir} has {free / 2**20:.1f} MiB free; checkpoints of this adapter need {need / 2**20:.1f} MiB "
-            f"more ({KEEP + 1 - have} of {one / 2**20:.1f} MiB and the final adapter). Free space or choose another "
+            f"more ({KEEP - have} of {one / 2**20:.1f} MiB and the final adapter). Free space or choose another "
             "--run-dir"
         )
 

@@ -259,6 +259,7 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
             found = None
         if found is not None:
             resume_from, resume_state = found
+        del found  # only resume_state holds the checkpoint's tensors, and is dropped once applied
         items = read_items(cfg)  # the data's problems are found before the model loads
         torch.manual_seed(cfg.seed)
 
@@ -312,7 +313,7 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
             runlog.resume(start)
         elif cfg.resume:
             runlog.resume(0)
-        del resume_state
+        del resume_state  # a checkpoint removed later must not stay held in memory (on tmpfs: on the disk)
         log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
         if accelerator.num_processes > 1 and accelerator.is_main_process:
             print(f"{accelerator.num_processes} processes ({'FSDP2' if sharded else accelerator.distributed_type.value}, "
