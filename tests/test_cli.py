@@ -70,6 +70,7 @@ def _bad_input_cases(tmp_path, tiny_folder):
         "empty model folder": (["--model", str(empty)], str(empty)),
         "negative loss weight": (model + ["--reprpo.w-retain", "-2"], r"--reprpo.w-retain must be a finite number in \[0"),
         "prompt longer than all": (model + ["--max-prompt-length", "300", "--max-length", "200"], "--max-prompt-length"),
+        "batch larger than the data": (model + ["--batch-size", "100000"], "fewer than one batch of 100000"),
         **_settings_and_data_cases(tmp_path),
     }
 
@@ -128,7 +129,7 @@ def _settings_and_data_cases(tmp_path, write: bool = True):
 
 @pytest.mark.parametrize("case", ["missing file", "no rejected column", "broken jsonl line", "layer out of range",
                                   "negative lr", "empty model folder", "negative loss weight", "prompt longer than all",
-                                  *_settings_and_data_cases(__import__("pathlib").Path("/nonexistent"), write=False)])
+                                  "batch larger than the data", *_settings_and_data_cases(__import__("pathlib").Path("/nonexistent"), write=False)])
 def test_bad_input_gives_one_line_and_leaves_no_run(case, tmp_path, tiny_folder, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args, expect = _bad_input_cases(tmp_path, tiny_folder)[case]
