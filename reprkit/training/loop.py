@@ -95,10 +95,15 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
         results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
         if overlap is not None:
             results["datasets"][source]["training_items"] = overlap.get(source, 0)  # scored items also trained on
-    runlog.write_eval(results)
-    for source, ps in prompts.items():
-        for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):
-            runlog.sample({"step": step, "data": source, **row})
+    try:
+        runlog.write_eval(results)
+        for source, ps in prompts.items():
+            for row in generate_samples(model, tokenizer, ps[: cfg.n_samples], chat_template=cfg.chat_template):
+                runlog.sample({"step": step, "data": source, **row})
+    except OSError as err:
+        from .checkpoints import write_failed
+
+        raise write_failed(f"the evaluation of step {step} (eval.json, samples.jsonl)", runlog.path, err) from err
     return results
 
 
