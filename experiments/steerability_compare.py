@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--read", type=int, default=100)
     p.add_argument("--eval", type=int, default=100)
     p.add_argument("--kl", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="the rows are shuffled with it before the read / held-out split")
     p.add_argument("--out", default="results/steerability")
     args = p.parse_args()
     root = D.shared_data_dir()
@@ -49,7 +50,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
-        items = load_behaviour(f, limit=args.read + args.eval)
+        # the file's rows shuffled (seeded) before the split: the files are ordered (the sycophancy
+        # file's first 200 rows are one question), so "the first n, then the next n" reads one part
+        items = D.shuffled(load_behaviour(f), args.seed)[: args.read + args.eval]
         read, held = items[: args.read], items[args.read:]
         pairs = [{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
                                                         it["responses"][it["matching"].index(False)]],
@@ -63,7 +66,8 @@ def main() -> None:
             start = time.time()
             vectors, stats = directions_from_states({args.layer: states[args.layer][:, 0]}, {args.layer: states[args.layer][:, 1]},
                                    method, 1.0)
-            d = Direction(vectors, {"method": method, "token": "last", "data": f"{f.name} items 0..{args.read}",
+            d = Direction(vectors, {"method": method, "token": "last",
+                                    "data": f"{f.name}: {args.read} rows (shuffled, seed {args.seed})",
                                     "best_layer": args.layer, "stats": stats})
             prompts = [D.render_prompt(tok, it["prompt"], True) for it in held[:16]]
             cal = calibrate_strength(model, tok, d, prompts, layer=args.layer, kl=args.kl)
@@ -71,6 +75,12 @@ def main() -> None:
             res["calibration"] = {"kl": args.kl, "strength": cal["strength"], "multiples": list(MULTIPLES)}
             res["file"], res["method"], res["seconds"] = f.name, method, time.time() - start
             res["read_pair_accuracy"] = stats[str(args.layer)]["pair_accuracy"]
+            from reprkit.scoring import letter_baseline
+
+            for name, part in (("letter_baseline", held), ("read_letter_baseline", read)):
+                if (letters := letter_baseline(part)) is not None:  # the matching answer's letter, per item
+                    res[name] = letters["always"]
+            res["split"] = f"seed {args.seed}: {len(read)} read, {len(held)} held out"
             write_json(rec_file, res)
             t = {r["strength"]: r for r in res["table"]}
             hi, lo = t[max(t)], t[min(t)]
@@ -82,7 +92,7 @@ def main() -> None:
 def summarise(out: Path) -> None:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.*.json")) if p.name != "summary.json"]
     lines = ["| file | method | calibrated strength | change at +1 (95% CI) | change at -1 (95% CI) | anti-steerable (95% CI) | "
-             "unsteered matching rate |", "|---|---|---|---|---|---|---|"]
+             "unsteered matching rate | matching answer is (A) / (B), held out |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = {x["strength"]: x for x in r["table"]}
         hi, lo = t[max(t)], t[min(t)]
@@ -90,7 +100,9 @@ def summarise(out: Path) -> None:
                      f"{hi['mean_change']:+.3f} ({hi['change_ci95'][0]:+.3f}, {hi['change_ci95'][1]:+.3f}) | "
                      f"{lo['mean_change']:+.3f} ({lo['change_ci95'][0]:+.3f}, {lo['change_ci95'][1]:+.3f}) | "
                      f"{r['anti_steerable']:.3f} ({r['anti_steerable_ci95'][0]:.3f}, {r['anti_steerable_ci95'][1]:.3f}) | "
-                     f"{r['unsteered_matching_rate']:.3f} |")
+                     f"{r['unsteered_matching_rate']:.3f} | "
+                     + (" / ".join(f"{r['letter_baseline'].get(x, 0):.3f}" for x in "AB") if r.get("letter_baseline") else "-")
+                     + " |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

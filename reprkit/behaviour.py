@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError, encode_ranked, from_behaviour, shared_data_dir
+from .data.formats import from_sycophancy_prerelease
 from .evaluate import ranked_logps, uniform_chance
 from .scoring import wilson_ci95
 
@@ -47,15 +48,14 @@ def load_behaviour(path, limit: int | None = None) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {i + 1} is not JSON: {err.msg}") from None
             if "question" in row and "answer_matching_behavior" in row:
-                pass  # the released format: from_behaviour reads it as it is
+                adapt = from_behaviour  # the released format
             elif "prompt" in row and "incorrects" in row and "corrects" in row:  # the matching answers are the incorrects
-                row = {"question": row["prompt"], "answer_matching_behavior": row["incorrects"],
-                       "answer_not_matching_behavior": row["corrects"]}
+                adapt = from_sycophancy_prerelease  # the same adapter `reprkit direction` reads it with
             else:
                 raise DataError(f"{path} line {i + 1} has neither question/answer_matching_behavior/"
                                 f"answer_not_matching_behavior nor prompt/corrects/incorrects (keys: {sorted(row)})")
             try:
-                items.append(from_behaviour(row, i))
+                items.append(adapt(row, i))
             except DataError as err:
                 raise DataError(f"{path} line {i + 1}: {str(err).split(': ', 1)[1]}") from None
     if not items:

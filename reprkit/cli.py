@@ -101,8 +101,13 @@ class DirectionCmd(Placement):
     """the split scored as held out; where the data has no separate one (a local file, whose every
     split is the same rows), the last --heldout-fraction of the rows is held out instead, and said"""
     heldout_fraction: float = 0.2
+    seed: int = 0
+    """where a local file is split: the rows are shuffled with this seed first (files are often
+    ordered), the same order `reprkit steer --evaluate --seed` uses"""
     limit: int | None = None
     max_length: int = 256
+    max_prompt_length: int | None = None
+    """tokens of prompt (cut from the left); default half of --max-length"""
     gguf: str | None = None
     """also write a llama.cpp control vector here"""
     positive: str | None = None
@@ -136,35 +141,56 @@ class DirectionCmd(Placement):
             if self.gguf:
                 d.to_gguf(self.gguf, model_hint=model.config.model_type)
             return
-        items = D.load_items(self.data, self.split, limit=self.limit)
-        held = D.load_items(self.data, self.heldout_split, limit=self.limit)
+        items = D.load_items(self.data, self.split)
+        held = D.load_items(self.data, self.heldout_split)
         scored_on = f"{self.data} {self.heldout_split}"
+        read_on = f"{self.data} {self.split}"
         if _same_rows(items, held):
             if not 0 < self.heldout_fraction < 1:
                 raise ValueError(f"--heldout-fraction must be between 0 and 1, not {self.heldout_fraction}")
-            cut = len(items) - max(1, round(len(items) * self.heldout_fraction))
+            rows = D.shuffled(items, self.seed)[: self.limit] if self.limit else D.shuffled(items, self.seed)
+            cut = len(rows) - max(1, round(len(rows) * self.heldout_fraction))
             if cut < 2:
-                raise ValueError(f"{self.data} has {len(items)} items: too few to hold some out; add items")
-            items, held = items[:cut], items[cut:]
-            scored_on = (f"the last {len(held)} of {self.data}'s {cut + len(held)} rows, held out (its "
-                         f"'{self.heldout_split}' split is the same rows as '{self.split}')")
-        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length,
-                       f"{self.data} {self.split}" + (f" (first {len(items)} rows)" if "held out" in scored_on else ""),
-                       self.probe_c)
-        best, per_layer = d.best_layer(model, tok, held, self.max_length)
+                raise ValueError(f"{self.data} has {len(rows)} items: too few to hold some out; add items")
+            items, held = rows[:cut], rows[cut:]
+            scored_on = (f"{len(held)} of {self.data}'s {len(rows)} rows held out at random (--seed {self.seed}; "
+                         f"its '{self.heldout_split}' split is the same rows as '{self.split}')")
+            read_on = f"{self.data}: the other {len(items)} rows (shuffled with --seed {self.seed})"
+        elif self.limit:
+            items, held = items[: self.limit], held[: self.limit]
+        d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length, read_on,
+                       self.probe_c, max_prompt_length=self.max_prompt_length)
+        best, per_layer = d.best_layer(model, tok, held, self.max_length, self.max_prompt_length)
+        from .scoring import letter_baseline, reads_the_letter
+
+        letters = letter_baseline(held)
         d.info["best_layer"] = best
         d.info["model"] = self.model
         d.info["heldout"] = {str(k): v["accuracy_mean"] for k, v in per_layer.items()}
         d.info["heldout_data"] = scored_on
-        d.save(self.out)
         chance = next(iter(per_layer.values()))["chance"]
         print(f"held-out accuracy (the best response's states project highest on the direction; chance "
               f"{chance:.3f}) scored on {scored_on}; direction read at the '{self.token}' token")
+        if letters:
+            always = ", ".join(f"always ({x}) {v:.3f}" for x, v in letters["always"].items())
+            print(f"answer-letter baseline on the held-out items (no model; {letters['rule']}): {always}")
         print(f"{'layer':>6}{'separation (train)':>20}{'pair acc (train)':>18}{'accuracy (held out)':>21}")
+        flagged = {}
         for k, v in per_layer.items():
             st = d.info["stats"][str(k)]
+            letter = reads_the_letter(v["items"]["correct"], letters)
+            if letter:
+                flagged[str(k)] = letter
             print(f"{k:>6}{st['separation']:>20.3f}{st['pair_accuracy']:>18.3f}{v['accuracy_mean']:>21.3f}"
-                  + ("  <- best" if k == best else ""))
+                  + ("  <- best" if k == best else "") + (f"  reads the answer letter ({letter})" if letter else ""))
+        if flagged:
+            print(f"! at {len(flagged)} of {len(per_layer)} layers a held-out item counts as right exactly when its best "
+                  "answer has one letter (95% of items or more): the direction separates answers by their letter, "
+                  "not by what they say. Read it on letter-balanced items (each question with both answer orders)")
+        if letters:
+            d.info["letter_baseline"] = letters["always"]
+            d.info["reads_the_letter"] = flagged
+        d.save(self.out)
         print(f"written to {self.out}")
         if self.gguf:
             d.to_gguf(self.gguf, model_hint=model.config.model_type)
@@ -176,11 +202,12 @@ def steerability_command(self: Steer, model, tok, d) -> None:
     from pathlib import Path
 
     from .behaviour import load_behaviour
-    from .data import render_prompt
+    from .data import render_prompt, shuffled
     from .steerability import format_steerability, steerability
     from .steering import calibrate_strength
 
-    items = load_behaviour(self.evaluate)[self.skip:]
+    items = load_behaviour(self.evaluate)
+    items = (shuffled(items, self.seed) if self.seed is not None else items)[self.skip:]
     items = items[: self.limit] if self.limit else items
     if not items:
         raise ValueError(f"{self.evaluate}: no items left after --skip {self.skip}; lower --skip")
@@ -191,7 +218,8 @@ def steerability_command(self: Steer, model, tok, d) -> None:
     strengths = [m * cal["strength"] for m in self.strengths]
     res = steerability(model, tok, d, items, strengths, layers=cal["layers"])
     res["calibration"] = {"kl": self.kl, "strength": cal["strength"], "multiples": list(self.strengths)}
-    res["data"] = f"{self.evaluate} items {self.skip}..{self.skip + len(items)}"
+    order = f"shuffled with --seed {self.seed}" if self.seed is not None else "in file order"
+    res["data"] = f"{self.evaluate} items {self.skip}..{self.skip + len(items)} ({order})"
     print(f"{res['data']}; unit strength = {cal['strength']:.3f}, calibrated to KL {self.kl} (q0.9 over the first "
           f"{len(prompts)} prompts)")
     print(format_steerability(res))
@@ -252,6 +280,9 @@ class Steer(Placement):
     """with --evaluate: the first n items of the file"""
     skip: int = 0
     """with --evaluate: skip the first n items (e.g. those the direction was read from)"""
+    seed: int | None = 0
+    """with --evaluate: shuffle the file's rows with this seed before --skip and --limit, as
+    `reprkit direction --seed` does (files are often ordered); None keeps the file's order"""
     out: str | None = None
     """with --evaluate: write the result (.json) and its figure (.html beside it)"""
 

@@ -131,3 +131,48 @@ def length_baseline(encoded: list[dict]) -> dict:
     n = max(len(lengths), 1)
     return {**out, "accuracy_shortest": sum(out["shortest"]) / n, "accuracy_longest": sum(out["longest"]) / n,
             "rule": "response length in tokens as scored; ties split evenly"}
+
+
+_LETTER = __import__("re").compile(r"^\s*\(?([A-Z])\)?\s*$")
+
+
+def answer_letters(items: list[dict]) -> list[list[str]] | None:
+    """Each item's answers as letters when every answer of every item is one (``" (A)"``, ``"B"``),
+    as in Anthropic's A/B evaluations; else None."""
+    out = []
+    for it in items:
+        letters = [m.group(1) if (m := _LETTER.match(r)) else None for r in it["responses"]]
+        if None in letters:
+            return None
+        out.append(letters)
+    return out
+
+
+def letter_baseline(items: list[dict]) -> dict | None:
+    """What always answering one letter scores on A/B items (beside a reading, as the length
+    baseline sits beside preference accuracy): ``{"always": {letter: accuracy}, "best_letter": [the
+    best answer's letter per item], "rule"}``; None when the answers are not letters. The best answer
+    is the item's first (items hold the best response first)."""
+    letters = answer_letters(items)
+    if letters is None or not items:
+        return None
+    best = [ls[0] for ls in letters]
+    return {"always": {x: best.count(x) / len(best) for x in sorted({y for ls in letters for y in ls})},
+            "best_letter": best, "rule": "share of items whose best answer is that letter"}
+
+
+def reads_the_letter(correct: list[int], baseline: dict | None, agreement: float = 0.95,
+                     min_items: int = 20) -> str | None:
+    """The letter a reading's per-item outcomes follow: where an item counts as right exactly when
+    its best answer is letter X (on at least ``agreement`` of at least ``min_items`` items, and X is
+    not every item's best letter), the reading tells answers apart by their letter, not by what they
+    say. None otherwise."""
+    if baseline is None or len(correct) < min_items or len(correct) != len(baseline["best_letter"]):
+        return None
+    for x in baseline["always"]:
+        follows = [int(b == x) for b in baseline["best_letter"]]
+        if 0 < sum(follows) < len(follows):
+            same = sum(int(c == f) for c, f in zip(correct, follows)) / len(correct)
+            if same >= agreement:
+                return x
+    return None

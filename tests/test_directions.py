@@ -203,9 +203,70 @@ def test_direction_from_a_local_file_is_scored_on_rows_it_was_not_read_from(tiny
           "--max-length", "64"])
     printed = capsys.readouterr().out
     d = Direction.load(out)
-    assert d.info["n"] == 16  # read from the first 16 rows only
-    assert "the last 4 of" in d.info["heldout_data"] and "the last 4 of" in printed
+    assert d.info["n"] == 16  # read from 16 rows only
+    assert "4 of" in d.info["heldout_data"] and "held out at random (--seed 0" in printed
     assert "chance 0.500" in printed  # pairs: two responses per item
+    # the held-out rows are a seeded shuffle's, not the file's last rows
+    from reprkit import data as D
+
+    held = {r["prompt"] for r in D.shuffled(rows, 0)[16:]}
+    assert held != {r["prompt"] for r in rows[16:]} and len(held) == 4
+
+
+def _ab_rows(n, matching_a_share, seed=0):
+    """A/B behaviour rows in the pre-release sycophancy format, ordered: the rows where the matching
+    (sycophantic, the "incorrects") answer is (A) first."""
+    k = round(n * matching_a_share)
+    return [{"prompt": f"Question {i}: pick one.\n (A) this\n (B) that\n\nAnswer:",
+             "incorrects": [" (A)"] if i < k else [" (B)"], "corrects": [" (B)"] if i < k else [" (A)"]} for i in range(n)]
+
+
+def test_a_direction_that_reads_the_answer_letter_is_flagged(tiny_folder, tmp_path, capsys):
+    """The pre-release sycophancy format is read by `reprkit direction` (one loader with `steer
+    --evaluate`); the answers are letters, so the held-out output has the answer-letter baseline,
+    and a direction whose held-out outcomes follow one letter is flagged. The questions are alike
+    and the answers are only letters: whatever the tiny model reads is the letter."""
+    import json
+
+    from reprkit.cli import main
+
+    path = tmp_path / "syc.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _ab_rows(150, 0.7)))
+    out = tmp_path / "dir"
+    main(["direction", "--model", str(tiny_folder), "--data", str(path), "--layers", "1,2", "--out", str(out),
+          "--max-length", "64", "--max-prompt-length", "48", "--token", "last"])
+    printed = capsys.readouterr().out
+    d = Direction.load(out)
+    assert "answer-letter baseline on the held-out items" in printed and "always (A)" in printed
+    assert set(d.info["letter_baseline"]) == {"A", "B"}
+    assert d.info["reads_the_letter"] and set(d.info["reads_the_letter"].values()) <= {"A", "B"}
+    assert "reads the answer letter" in printed and "letter-balanced" in printed
+
+
+def test_letter_baseline_and_the_flag():
+    from reprkit.scoring import letter_baseline, reads_the_letter
+
+    items = [{"responses": [" (A)", " (B)"] if i % 3 else [" (B)", " (A)"], "scores": [1.0, 0.0]} for i in range(30)]
+    base = letter_baseline(items)
+    assert base["always"] == {"A": 20 / 30, "B": 10 / 30}
+    follows_a = [int(b == "A") for b in base["best_letter"]]
+    assert reads_the_letter(follows_a, base) == "A"
+    assert reads_the_letter([1 - x for x in follows_a], base) == "B"
+    # right on 24 of 30 items regardless of letter: not a letter reading
+    mixed = [1] * 24 + [0] * 6
+    assert reads_the_letter(mixed, base) is None
+    assert letter_baseline([{"responses": ["yes", "no"], "scores": [1, 0]}]) is None  # not letters
+    assert reads_the_letter(follows_a[:10], letter_baseline(items[:10])) is None  # too few items to say
+
+
+def test_steer_evaluate_shuffles_with_the_same_seed_as_direction():
+    from reprkit import data as D
+    from reprkit.data.formats import to_items
+
+    rows = _ab_rows(40, 0.5)
+    a = D.shuffled(to_items(rows), 0)
+    assert [it["prompt"] for it in a] == [it["prompt"] for it in D.shuffled(to_items(rows), 0)]
+    assert [it["prompt"] for it in a] != [it["prompt"] for it in to_items(rows)]
 
 
 def test_direction_command_from_contrast_prompt_files(tiny_folder, tmp_path, capsys):

@@ -56,6 +56,7 @@ from .sources import (  # noqa: F401
     load_items,
     load_rows,
     shift_sources,
+    shuffled,
     split_slice,
     to_pairs,
     without_preference,

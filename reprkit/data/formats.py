@@ -91,6 +91,13 @@ def from_behaviour(row: dict, index: int) -> dict:
             "matching": [True] * len(match) + [False] * len(other)}
 
 
+def from_sycophancy_prerelease(row: dict, index: int) -> dict:
+    """The pre-release sycophancy file's ``{prompt, corrects, incorrects}``: the matching
+    (sycophantic) answers are the ``incorrects``; read as ``from_behaviour``."""
+    return from_behaviour({"question": row.get("prompt"), "answer_matching_behavior": row.get("incorrects"),
+                           "answer_not_matching_behavior": row.get("corrects")}, index)
+
+
 def from_genies(row: dict, index: int) -> dict:
     """GENIES: ``prompt`` (an Alpaca-formatted text) and ``responses``, a map from text to score."""
     prompt = _text(row, "prompt", index)
@@ -206,10 +213,13 @@ def detect_format(columns) -> str:
         return "scored"
     if {"question", "answer_matching_behavior", "answer_not_matching_behavior"} <= cols:
         return "behaviour"
+    if {"prompt", "corrects", "incorrects"} <= cols:
+        return "sycophancy-prerelease"
     raise DataError(f"cannot tell the format of a dataset with columns {sorted(cols)}; expected "
                     "{prompt, chosen, rejected}, {chosen, rejected} transcripts or messages, "
-                    "{prompt, responses}, {prompt, response, helpfulness, correctness} or "
-                    "{question, answer_matching_behavior, answer_not_matching_behavior}")
+                    "{prompt, responses}, {prompt, response, helpfulness, correctness}, "
+                    "{question, answer_matching_behavior, answer_not_matching_behavior} or "
+                    "{prompt, corrects, incorrects}")
 
 
 def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction: float = 0.1,
@@ -232,7 +242,8 @@ def to_items(rows, fmt: str = "auto", bad_rows: str = "raise", max_bad_fraction:
     if fmt == "scored":
         return from_scored_rows(rows, ranking=ranking)
     adapters = {"pair": from_pair, "hh": _hh_or_messages, "genies": from_genies, "ranked": _ranked_or_genies,
-                "messages": from_messages, "behaviour": from_behaviour}
+                "messages": from_messages, "behaviour": from_behaviour,
+                "sycophancy-prerelease": from_sycophancy_prerelease}
     if fmt not in adapters:
         raise DataError(f"unknown format {fmt!r}; choose from {sorted(adapters) + ['scored', 'auto']}")
     items, errors = [], []

@@ -195,6 +195,17 @@ def zip_retain_reroute(retain: list[dict], reroute: list[dict]) -> list[dict]:
     ]
 
 
+def shuffled(items: list, seed: int = 0) -> list:
+    """``items`` in a seeded random order (Python's ``random.Random(seed)``): how a local file is
+    split into read and held-out parts, since files are often ordered (the sycophancy file's first
+    200 rows are one question). The same seed and length give the same order in every command."""
+    import random
+
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    return [items[i] for i in order]
+
+
 def without_preference(items: list[dict], source: str) -> list[dict]:
     """Training items that say which response is preferred: an item whose responses are all the same
     text, or whose scores are all equal, carries no preference (DPO's margin is 0 whatever the
