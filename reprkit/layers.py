@@ -5,7 +5,10 @@ Layer ``i`` is the output of decoder block ``i``. A spec may be
 - an int, negative ints counting from the end (``-1`` is the last block);
 - a float fraction of depth in ``[0, 1]`` (``0.33`` -> ``int(0.33 * n_layers)``);
 - a range string as in ReprPO, ``"range(.3,-2)"`` or ``"range(2,20,4)"``: Python ``range``
-  semantics (end exclusive) where each bound may itself be a fraction or negative;
+  semantics, so **the end is exclusive** (``"range(0,1.0,3)"`` on 30 blocks is 0, 3, ..., 27 and
+  leaves out block 29; ``"range(0,30,3)"`` or ``"range(2,30,3)"`` ends at the last block when 29 is
+  on the step), where each bound may itself be a fraction or negative;
+- ``"all"`` (or ``":"``): every block;
 - a ``slice``, a string ``"5:10"``, a comma-separated string ``"3,10,-1"``;
 - a dotted module name (``"model.layers.3"`` or ``"model.layers.3.mlp"``);
 - a list or tuple of any of these.
@@ -122,6 +125,8 @@ def _expand(spec, n: int, names: set[str]) -> list[int | str]:
         s = spec.strip()
         if s in names:
             return [s]
+        if s.lower() == "all":
+            return [*range(n)]
         if m := _RANGE.match(s):
             parts = [_number(p) for p in m.group(1).split(",")]
             if not 1 <= len(parts) <= 3 or (len(parts) == 3 and not isinstance(parts[2], int)):

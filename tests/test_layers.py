@@ -105,3 +105,12 @@ def test_unknown_architecture_asks_for_block_name():
 
     with pytest.raises(ValueError, match="block_name="):
         find_blocks(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_all_is_every_block_and_a_range_end_is_exclusive(model):
+    from reprkit.layers import select_layers
+
+    n = len(select_layers(model, ":").indices)
+    assert list(select_layers(model, "all").indices) == list(select_layers(model, ":").indices) == list(range(n))
+    assert n - 1 not in select_layers(model, "range(0,1.0,3)").indices or (n - 1) % 3 == 0
+    assert select_layers(model, f"range(0,{n})").indices[-1] == n - 1

@@ -785,3 +785,18 @@ def test_summary_pairs_before_and_after_by_item_id(tmp_path):
     in_order = table(range(12))
     assert "+0.333" in in_order
     assert table(list(reversed(range(12)))) == in_order
+
+
+def test_the_length_baseline_lines_stay_aligned_whatever_the_names(tmp_path):
+    from reprkit.config import TrainConfig
+    from reprkit.training.loop import summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")
+    long = "/a/very/long/path/to/some/data/folder/hh-rlhf/harmless-base/harmless.jsonl"
+    res = {"n": 2, "accuracy_mean": 0.5, "length_baseline": {"accuracy_shortest": 0.495, "accuracy_longest": 0.505}}
+    text = summary(run, {"datasets": {long: res, "short": dict(res)}}, TrainConfig(loss="dpo"))
+    rows = [line for line in text.splitlines() if line.endswith("0.495 / 0.505")]
+    assert len(rows) == 2 and len({line.index("0.495") for line in rows}) == 1
+    assert f"{long} " in rows[0]  # the figures never run into the name

@@ -492,7 +492,8 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
         chance = f"{r['chance']:>8.3f}" if r.get("chance") is not None else f"{'':>8}"
         lines.append(f"{source + tag:<40}{r['n']:>5}{chance}{base['accuracy_mean']:>9.3f}{r['accuracy_mean']:>9.3f}{change}")
     lines.append(f"{'':<40}accuracy by mean log-prob per token; chance 1 / responses; * McNemar p < 0.05; † the interval alone excludes 0")
-    length = [f"  {source:<38}{lb['accuracy_shortest']:.3f} / {lb['accuracy_longest']:.3f}"
+    width = max([38, *(len(source) + 2 for source in results["datasets"])])  # columns aligned, whatever the names
+    length = [f"  {source:<{width}}{lb['accuracy_shortest']:.3f} / {lb['accuracy_longest']:.3f}"
               for source, r in results["datasets"].items() if (lb := r.get("length_baseline"))]
     if length:
         lines += ["length only, no model (prefer the shortest / the longest response; ties split):", *length]
