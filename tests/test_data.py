@@ -141,6 +141,7 @@ def test_hub_sources_go_through_datasets(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     monkeypatch.setattr(D.sources, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(D.sources, "hub_unreachable", lambda: None)  # as online
     D.load_items("someone/prefs:cfg", "train")
     D.load_items("genies:alpaca_easy", "test", fmt="pair")
     D.load_items("hh-rlhf:helpful-base", "train", fmt="pair")
@@ -240,6 +241,30 @@ def test_missing_dataset_offline_names_the_data_dir_and_the_hub_id(monkeypatch):
         D.load_items("genies:alpaca_easy", "test")
     with pytest.raises(D.DataError, match=r"'someone/not-here'.*could not be loaded"):
         D.load_items("someone/not-here", "train")
+
+
+def test_an_unreachable_hub_fails_at_once_without_trying_datasets(monkeypatch):
+    import socket
+    import time
+
+    import datasets
+
+    monkeypatch.setattr(D.sources, "shared_data_dir", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub was tried"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(D.DataError, match=r"'wassname/genies_preferences' could not be loaded \(HF_HUB_OFFLINE is set\)"):
+        D.load_items("genies:alpaca_easy", "test")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def no_route(*a, **k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_route)
+    start = time.time()
+    with pytest.raises(D.DataError, match=r"huggingface.co cannot be reached \(Network is unreachable\)"):
+        D.load_items("genies:alpaca_easy", "test")
+    assert time.time() - start < 2
 
 
 def test_helpsteer_full_ranking_is_reachable(tmp_path):

@@ -88,15 +88,37 @@ def _holdout(rows: list, split: str, fraction: float = 0.1) -> list:
     return rows[:-n_test] if split == "train" else rows[-n_test:]
 
 
+def hub_unreachable() -> str | None:
+    """Why the hub cannot be reached, found at once (offline mode set, or no connection to its host
+    within 3 s), else None: a missing local set then fails in a second, not after datasets' retries."""
+    from urllib.parse import urlparse
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            return f"{var} is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({err.strerror or err})"
+    return None
+
+
 def _from_hub(source: str, hub_id: str, *args, **kwargs):
     """``datasets.load_dataset`` for a hub fallback; an unreachable hub (offline, no network, no
     such dataset) becomes a DataError naming where reprkit looked."""
     import datasets
 
+    local = os.environ.get("REPRKIT_DATA_DIR")
+    if why := hub_unreachable():
+        raise DataError(f"{source}: not found locally ($REPRKIT_DATA_DIR={local or 'unset'}, ../shared/data) and the hub "
+                        f"dataset {hub_id!r} could not be loaded ({why}). Set REPRKIT_DATA_DIR to a folder holding it, "
+                        "or go online")
     try:
         return datasets.load_dataset(hub_id, *args, **kwargs)
     except Exception as err:  # ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
-        local = os.environ.get("REPRKIT_DATA_DIR")
         raise DataError(
             f"{source}: not found locally ($REPRKIT_DATA_DIR={local or 'unset'}, ../shared/data) and the hub dataset "
             f"{hub_id!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
