@@ -120,6 +120,10 @@ class _Settings:
     """sample generations per evaluation"""
     progress: bool = True
     """show a progress bar"""
+    dry_run: bool = False
+    """load, encode and run two training steps (the first on the longest pairs, for peak memory; the
+    second on the run's first batch, for time), print the cost of the whole run and exit: nothing is
+    written"""
 
     def validate(self) -> None:
         """Raise ValueError naming the flag, its valid range and the fix for settings that cannot
@@ -237,7 +241,11 @@ def _config_class(losses: dict[str, type]) -> type:
     import tyro
 
     choice = tyro.conf.arg(help="which loss to train; its settings are under --<loss>.* (registry: reprkit.losses.LOSSES)")
-    fields = [("loss", Annotated[Literal[tuple(losses)], choice], field(default="reprpo"))]
+    rates = "; ".join(f"{name} {cls.default_lr:g} ({getattr(cls, 'default_lr_source', 'not swept')})"
+                      for name, cls in losses.items())
+    lr_help = tyro.conf.arg(help=f"learning rate (None: the loss's default: {rates})")
+    fields = [("loss", Annotated[Literal[tuple(losses)], choice], field(default="reprpo")),
+              ("lr", Annotated[float | None, lr_help], field(default=None))]
     for name, cls in losses.items():
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         fields.append((name, Annotated[cls, tyro.conf.arg(help=f"settings of the {name} loss: {summary}")],

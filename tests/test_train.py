@@ -800,3 +800,21 @@ def test_the_length_baseline_lines_stay_aligned_whatever_the_names(tmp_path):
     rows = [line for line in text.splitlines() if line.endswith("0.495 / 0.505")]
     assert len(rows) == 2 and len({line.index("0.495") for line in rows}) == 1
     assert f"{long} " in rows[0]  # the figures never run into the name
+
+
+def test_dry_run_prints_the_cost_and_writes_nothing(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(tiny_config(tiny_folder, run, dry_run=True, steps=40))
+    out = capsys.readouterr().out
+    assert not run.exists()
+    assert "dry run of reprpo on embedded:arithmetic (nothing was written)" in out
+    assert "160 training pairs" in out and "steps: 40 of 4 pairs = 1.00 epochs" in out
+    assert "time per step:" in out and "peak memory:" in out and "GiB" in out
+    # resumed: from the run's step, and the run is left as it was
+    train(tiny_config(tiny_folder, run, steps=3))
+    before = (run / "metrics.jsonl").read_text()
+    train(tiny_config(tiny_folder, run, resume=str(run), steps=9, dry_run=True))
+    out = capsys.readouterr().out
+    assert "steps: 6 of 4 pairs" in out and "(from step 3, resumed)" in out
+    assert (run / "metrics.jsonl").read_text() == before
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000003"]

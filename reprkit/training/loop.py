@@ -107,6 +107,69 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
     return results
 
 
+class DryRun(Exception):
+    """``--dry-run`` measured what it needed; ``report`` is what it prints."""
+
+    def __init__(self, report: str):
+        super().__init__(report)
+        self.report = report
+
+
+def pair_tokens(e: dict) -> int:
+    """Tokens one encoded pair (or ranked item) puts through the model: each response with its prompt."""
+    if "responses_ids" in e:
+        return sum(len(e["prompt_ids"]) + len(r) for r in e["responses_ids"])
+    return sum(len(e[f"{side}_prompt_ids"]) + len(e[f"{side}_ids"]) for side in ("chosen", "rejected"))
+
+
+def longest_pieces(encoded: list[dict], cfg: TrainConfig, pad_token_id: int, ranked: bool) -> list[dict]:
+    """The micro-batches of one step made of the longest pairs (the run's peak activation memory)."""
+    order = sorted(range(len(encoded)), key=lambda i: -pair_tokens(encoded[i]))
+    collate = D.collate_ranked if ranked else D.collate
+    out = []
+    for a in range(cfg.grad_accum):
+        idx = order[a * cfg.batch_size:(a + 1) * cfg.batch_size] or order[: cfg.batch_size]
+        batch = collate([encoded[i] for i in idx], pad_token_id)
+        batch["index"] = torch.tensor(idx, dtype=torch.long)
+        out.append(batch)
+    return out
+
+
+def peak_memory(accelerator) -> tuple[float, str]:
+    """Bytes at the process's peak so far, and what was counted: the accelerator's allocations, or
+    the resident set (Linux / macOS) on a CPU."""
+    if accelerator.device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(accelerator.device)), "GPU memory allocated by torch"
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss if sys.platform == "darwin" else rss * 1024), "resident memory of the process (peak)"
+
+
+def dry_run_report(cfg: TrainConfig, encoded: list[dict], start: int, step_seconds: float, accelerator) -> str:
+    per_pair = [pair_tokens(e) for e in encoded]
+    total = sum(per_pair)
+    steps = cfg.steps - start
+    pairs_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    memory, what = peak_memory(accelerator)
+    minutes = steps * step_seconds / 60
+    return "\n".join([
+        f"dry run of {cfg.loss} on {cfg.data} (nothing was written):",
+        f"  data: {len(encoded)} training pairs, {total:,} tokens (mean {total / max(1, len(encoded)):.0f} per pair, "
+        f"longest {max(per_pair, default=0)})",
+        f"  steps: {steps} of {pairs_per_step} pairs = {steps * pairs_per_step / max(1, len(encoded)):.2f} epochs"
+        + (f" (from step {start}, resumed)" if start else ""),
+        f"  time per step: {step_seconds:.2f} s (measured on the run's first batch, after a step on its longest pairs)"
+        f" -> training about {minutes:.0f} min" if minutes >= 1 else f"  time per step: {step_seconds:.2f} s -> "
+        f"training about {steps * step_seconds:.0f} s",
+        f"  peak memory: {memory / 2**30:.2f} GiB ({what}, after a step on the {pairs_per_step} longest pairs)",
+        "  not counted: the evaluations (before and after, and every --eval-every steps) and checkpoint writes;"
+        " memory is bounded by --batch-size, --max-length, --gradient-checkpointing and --dtype bfloat16",
+        "  run the same command without --dry-run to train",
+    ])
+
+
 def discard_new_run(run_dir: Path, keep_dir: bool = False) -> None:
     """Remove a new run that has no checkpoint (what it holds cannot be resumed and would block a
     rerun there): its files, and the directory itself unless it existed before (``keep_dir``)."""
@@ -161,7 +224,7 @@ class RunLock:
 
 
 # settings a resumed run may change: how long it runs and what it writes along the way
-RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "n_samples", "progress")
+RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "n_samples", "progress", "dry_run")
 
 
 def _flag(name: str) -> str:
@@ -220,7 +283,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
         cfg = resume_settings(cfg)
     cfg.validate()
     with StopSignals() as stop:
-        return _train(cfg, model, tokenizer, stop)
+        try:
+            return _train(cfg, model, tokenizer, stop)
+        except DryRun as done:
+            print(done.report, flush=True)
+            return Path(cfg.run_dir) if cfg.run_dir else Path(".")
 
 
 def _train(cfg: TrainConfig, model, tokenizer, stop: StopSignals) -> Path:
@@ -315,8 +382,9 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
         start = 0
         if resume_from is not None:
             start = load_training_state(resume_from, model, optimizer, scheduler, sharded, resume_state)
-            runlog.resume(start)
-        elif cfg.resume:
+            if not cfg.dry_run:
+                runlog.resume(start)
+        elif cfg.resume and not cfg.dry_run:
             runlog.resume(0)
         del resume_state  # a checkpoint removed later must not stay held in memory (on tmpfs: on the disk)
         log.info("training %s from step %d to %d in %s", cfg.loss, start, cfg.steps, run_dir)
@@ -370,7 +438,11 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                 if not checked and lr > 0:
                     before = snapshot_trainable(model)
                 rows = []
-                pieces = [{k: v.to(input_device(model)) for k, v in next(batches).items()} for _ in range(cfg.grad_accum)]
+                if cfg.dry_run and step == start + 1:  # the longest pairs first: the run's peak memory
+                    pieces = longest_pieces(train_pairs, cfg, tokenizer.pad_token_id, ranked)
+                else:
+                    pieces = [next(batches) for _ in range(cfg.grad_accum)]
+                pieces = [{k: v.to(input_device(model)) for k, v in piece.items()} for piece in pieces]
                 totals = None
                 if not ranked:  # a loss normalised by batch sums sees the whole batch's, however it is split
                     with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
@@ -420,7 +492,8 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                                "grad_norm": as_number(grad_norm),
                                "step_time": time.perf_counter() - t0}
                     try:
-                        runlog.log(metrics)
+                        if not cfg.dry_run:
+                            runlog.log(metrics)
                     except OSError as err:
                         from .checkpoints import write_failed
 
@@ -433,11 +506,14 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                         postfix["cos_r"] = f"{sum(cos) / len(cos):.4f}"
                     bar.set_postfix(postfix)
                 bar.update(1)
-                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps and not cfg.dry_run:
                     checkpoint(run_dir, step, model, optimizer, scheduler, accelerator, sharded)
                     saved_at = step
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and (sharded or accelerator.is_main_process):
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps and not cfg.dry_run and (
+                        sharded or accelerator.is_main_process):
                     evaluate_run(model, tokenizer, evals, prompts, step, cfg, runlog, train_cut, overlap)  # sharded: every process runs it
+                if cfg.dry_run and step >= min(start + 2, cfg.steps):
+                    raise DryRun(dry_run_report(cfg, train_pairs, start, time.perf_counter() - t0, accelerator))
                 if step < cfg.steps and requested():  # the step is complete: checkpoint it
                     raise stopped(step)
         finally:
