@@ -127,6 +127,9 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
                           capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "site" / "guides" / "training" / "index.html").is_file()
+    # code blocks wrap instead of running off the page (the stylesheet is in the site and linked)
+    assert "white-space: pre-wrap" in (tmp_path / "site" / "stylesheets" / "code.css").read_text()
+    assert "stylesheets/code.css" in (tmp_path / "site" / "guides" / "training" / "index.html").read_text()
 
 
 def test_the_command_checker_catches_rot():
