@@ -45,7 +45,9 @@ class _Settings:
     train_split: str = "train"
     """split of the training data (slices as in HF datasets: train[:90%])"""
     eval_split: str = "test"
-    """split of the eval data to score"""
+    """split of the eval data to score: one split for every set, or per set as SET=SPLIT entries
+    separated by commas outside brackets (`my.jsonl=train[80%:],test`: the slice for my.jsonl, test for
+    the others)"""
     pairs: Literal["best_vs_worst", "best_vs_all"] = "best_vs_worst"
     """how items with more than two responses become pairs"""
     ranking: Literal["best_vs_worst", "full"] = "best_vs_worst"
@@ -188,6 +190,10 @@ class _Settings:
         if hasattr(loss, "validate"):
             loss.validate()
 
+    def eval_split_for(self, source: str) -> str:
+        """The split ``--eval-split`` names for ``source`` (``split_for``)."""
+        return split_for(self.eval_split, source)
+
     def loss_fn(self):
         return getattr(self, self.loss)
 
@@ -212,6 +218,23 @@ class _Settings:
         if unknown:
             raise ValueError(f"unknown config fields {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
+
+
+def split_for(spec: str, source: str) -> str:
+    """The split of ``source`` a split spec names: a plain split (``"test"``, ``"train[80%:]"``) for
+    every set, or comma-separated ``SET=SPLIT`` entries with an optional plain default (``"test"``
+    when there is none). Commas inside brackets belong to the split."""
+    import re
+
+    entries = [e.strip() for e in re.split(r",(?![^\[]*\])", spec) if e.strip()]
+    default, named = "test", {}
+    for e in entries:
+        name, eq, split = e.rpartition("=")
+        if eq:
+            named[name.strip()] = split.strip()
+        else:
+            default = e
+    return named.get(source, default)
 
 
 def _flag(name: str) -> str:

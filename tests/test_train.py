@@ -818,3 +818,25 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tiny_folder, tmp_path, capsy
     assert "steps: 6 of 4 pairs" in out and "(from step 3, resumed)" in out
     assert (run / "metrics.jsonl").read_text() == before
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000003"]
+
+
+def test_eval_split_names_the_set_it_applies_to(tmp_path, caplog):
+    from reprkit.config import split_for
+    from reprkit.training.batches import read_items
+
+    assert split_for("my.jsonl=train[80%:],test", "my.jsonl") == "train[80%:]"
+    assert split_for("my.jsonl=train[80%:],test", "hh-rlhf:helpful-base") == "test"
+    assert split_for("train[80%:]", "anything") == "train[80%:]" and split_for("a=test[:5]", "b") == "test"
+    rows = [{"prompt": f"q{i}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(20)]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = TrainConfig(data=str(path), train_split="train[:80%]", eval_data=(str(path), "embedded:capitals"),
+                      eval_split=f"{path}=train[80%:]")
+    evals = read_items(cfg)["evals"]
+    assert len(evals[str(path)]) == 4 and len(evals["embedded:capitals"]) == len(
+        read_items(TrainConfig(eval_data=("embedded:capitals",)))["evals"]["embedded:capitals"])
+    # a plain slice with a named set beside a local file: said, since it slices the named set too
+    read_items(TrainConfig(data=str(path), eval_data=(str(path), "embedded:capitals"), eval_split="test[:2]"))
+    assert "applies to every eval set: embedded:capitals get a slice" in caplog.text
+    with pytest.raises(ValueError, match="names .*nope.jsonl.* not among --eval-data"):
+        read_items(TrainConfig(eval_split="nope.jsonl=train"))

@@ -4,6 +4,7 @@ resumable order of micro-batches."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -27,8 +28,23 @@ def read_items(cfg: TrainConfig) -> dict:
     else:
         out["train"] = D.without_preference(
             D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking, **bad), cfg.data)
-    out["evals"] = {source: D.load_items(source, cfg.eval_split) for source in cfg.eval_data}
+    unknown = [name for name in _named_sets(cfg.eval_split) if name not in cfg.eval_data]
+    if unknown:
+        raise ValueError(f"--eval-split names {unknown}, which are not among --eval-data {list(cfg.eval_data)}")
+    plain = [e for e in cfg.eval_split.split(",") if "=" not in e and "[" in e]
+    local = [s for s in cfg.eval_data if Path(s).is_file()]
+    if plain and len(cfg.eval_data) > len(local) and local:
+        log.warning("--eval-split %r applies to every eval set: %s get a slice of their own split too; name the "
+                    "set it is for (--eval-split '%s=%s') to slice only that one", cfg.eval_split,
+                    ", ".join(s for s in cfg.eval_data if s not in local), local[0], plain[0].strip())
+    out["evals"] = {source: D.load_items(source, cfg.eval_split_for(source)) for source in cfg.eval_data}
     return out
+
+
+def _named_sets(spec: str) -> list[str]:
+    import re
+
+    return [e.rpartition("=")[0].strip() for e in re.split(r",(?![^\[]*\])", spec) if "=" in e]
 
 
 def load_pairs(cfg: TrainConfig, tokenizer, items: dict | None = None
@@ -57,7 +73,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, items: dict | None = None
         if overlap[source]:
             log.warning("%d of the %d items scored on %s %s are training prompts: its accuracy is not held out "
                         "(a local file's splits are the same rows; pass slices, e.g. --train-split 'train[:80%%]' "
-                        "--eval-split 'train[80%%:]')", overlap[source], len(evals[source]), source, cfg.eval_split)
+                        "--eval-split 'train[80%%:]')", overlap[source], len(evals[source]), source, cfg.eval_split_for(source))
     return train_pairs, evals, prompts, overlap
 
 

@@ -556,6 +556,8 @@ def summary(run_dir: Path, results: dict, cfg: TrainConfig) -> str:
              f"{'change (paired 95% CI)':>27}{'McNemar p':>11}"]
     for i, (source, r) in enumerate(results["datasets"].items()):
         tag = " (in-distribution)" if i == 0 else " (shifted)"
+        if "=" in cfg.eval_split:
+            tag += f" [{cfg.eval_split_for(source)}]"
         if r.get("training_items"):
             tag += f" [{r['training_items']} trained on]"
         base = r.get("base", r)
