@@ -418,6 +418,8 @@ class Eval(Placement):
     """bfloat16: score under bf16 autocast (measured to agree with float32 item by item, see README)"""
     out: str | None = None
     """where to write the JSON (default: the run's eval.json; nothing for a plain model)"""
+    progress: bool = True
+    """a progress bar while scoring (--no-progress: one line per scored set)"""
 
     def run(self) -> None:
         from .data import shift_sources
@@ -430,7 +432,7 @@ class Eval(Placement):
         results = evaluate_target(self.target, data, self.split, self.limit, self.truthfulqa, self.retain_data,
                                   self.max_length, self.batch_size, self.out, behaviour=list(self.behaviour),
                                   max_prompt_length=self.max_prompt_length, eval_dtype=self.eval_dtype,
-                                  dtype=self.dtype, device=self.device or default_device())
+                                  dtype=self.dtype, device=self.device or default_device(), progress=self.progress)
         print(format_results(results))
 
 

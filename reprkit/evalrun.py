@@ -69,7 +69,7 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
                     batch_size: int = 16, out: str | None = None, base: bool = True,
                     behaviour: list[str] | None = None, max_prompt_length: int | None = None,
                     chat_template: bool | None = None, eval_dtype: str = "float32", dtype: str = "float32",
-                    device: str | None = None) -> dict:
+                    device: str | None = None, progress: bool = True) -> dict:
     """Evaluate ``target`` (see ``load_target``). A run is scored with its own encoding settings
     (max length, prompt length, chat template from its config.json) unless they are given.
     ``eval_dtype="bfloat16"``: matmuls under bf16 autocast (weights stay as loaded); ``dtype``: the
@@ -82,7 +82,7 @@ def evaluate_target(target: str, data: list[str], split: str = "test", limit: in
     device = next(model.parameters()).device
     with torch.autocast(device.type, torch.bfloat16, enabled=eval_dtype == "bfloat16"):
         results = _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length,
-                                batch_size, base, behaviour, max_prompt_length, chat_template)
+                                batch_size, base, behaviour, max_prompt_length, chat_template, progress)
     results["eval_dtype"] = eval_dtype
     results["model"] = model_note(model_name)  # the packaged models are quantised GGUF weights, dequantised
     destination = Path(out) if out else (run_dir / "eval.json" if run_dir else None)
@@ -109,7 +109,7 @@ def training_prompts(run_dir) -> set[str] | None:
 
 
 def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, retain_data, max_length, batch_size,
-                  base, behaviour, max_prompt_length, chat_template) -> dict:
+                  base, behaviour, max_prompt_length, chat_template, progress: bool = True) -> dict:
     max_length, max_prompt_length, chat_template = encoding_settings(run_dir, max_length, max_prompt_length,
                                                                      chat_template)
     results: dict = {"target": str(target), "datasets": {},
@@ -119,7 +119,8 @@ def _score_target(target, model, tok, run_dir, data, split, limit, truthfulqa, r
     for source in data:
         items = D.load_items(source, split, limit=limit)
         encoded = D.encode_ranked(items, tok, max_length, max_prompt_length, chat_template)
-        results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base)
+        results["datasets"][source] = item_accuracy(model, encoded, tok.pad_token_id, batch_size, base=base,
+                                                    progress=source, progress_bar=progress)
         if trained is not None:  # a run: how many scored items it trained on (a local file's splits are one set)
             results["datasets"][source]["training_items"] = sum(D.prompt_key(it) in trained for it in items)
     if truthfulqa:

@@ -190,8 +190,37 @@ def ranked_logps(model, encoded: list[dict], pad_token_id: int, batch_size: int 
     return out
 
 
+def _scored_in_chunks(model, encoded: list[dict], pad_token_id: int, batch_size: int, base: bool,
+                      shared_prompt: bool, label: str, bar: bool) -> dict:
+    """``ranked_logps`` over chunks of items with a progress bar (``bar``) or, without one, one line
+    when the set is scored; the same numbers as one call (each item is scored on its own)."""
+    import sys
+    import time
+
+    from tqdm.auto import tqdm
+
+    chunk = max(batch_size, 1) * 8
+    width = max(len(e["responses_ids"]) for e in encoded)
+    parts: list[dict] = []
+    start = time.perf_counter()
+    with tqdm(total=len(encoded), desc=f"scoring {label}", disable=not bar, dynamic_ncols=True, leave=False) as pbar:
+        for i in range(0, len(encoded), chunk):
+            parts.append(ranked_logps(model, encoded[i: i + chunk], pad_token_id, batch_size, base, shared_prompt))
+            pbar.update(min(chunk, len(encoded) - i))
+    if not bar:
+        print(f"scored {label}: {len(encoded)} items in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+    def cat(key: str, name: str, fill) -> torch.Tensor:
+        xs = [p[name][key] for p in parts]
+        return torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1]), value=fill) for x in xs])
+
+    return {name: {"logps": cat("logps", name, float("-inf")), "n_tokens": cat("n_tokens", name, 1.0),
+                   "valid": cat("valid", name, False)} for name in parts[0]}
+
+
 def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int = 16, base: bool = True,
-                  shared_prompt: bool = True, keep_logps: bool = True) -> dict:
+                  shared_prompt: bool = True, keep_logps: bool = True, progress: str | None = None,
+                  progress_bar: bool = True) -> dict:
     """Judge-free accuracy on items with 2 to K responses (GENIES): the model prefers the best one
     if it gives it the highest score. Every rule of ``reprkit.scoring`` is reported: ``mean``
     (per-token mean log-prob), ``sum`` and, with ``base`` and an adapter on the model, ``ratio``
@@ -201,10 +230,17 @@ def item_accuracy(model, encoded: list[dict], pad_token_id: int, batch_size: int
     ``result["items"]`` holds the per-item outcomes, in the order of ``encoded``, with each item's
     stable ``id`` (``reprkit.scoring.item_ids``: pair two runs' outcomes by it): ``correct`` and
     ``margin`` (mean rule), ``correct_sum``/``margin_sum``, ``correct_ratio``/``margin_ratio``,
-    each response's ``logps`` and ``n_tokens``, for paired statistics under any rule."""
+    each response's ``logps`` and ``n_tokens``, for paired statistics under any rule.
+
+    ``progress``: a label; scoring then shows a progress bar (``progress_bar``) or, without one,
+    prints one line when the set is scored."""
     from .truncation import truncation_report
 
-    scores = ranked_logps(model, encoded, pad_token_id, batch_size, base, shared_prompt=shared_prompt)
+    if progress is not None and encoded:
+        scores = _scored_in_chunks(model, encoded, pad_token_id, batch_size, base, shared_prompt, progress,
+                                   progress_bar)
+    else:
+        scores = ranked_logps(model, encoded, pad_token_id, batch_size, base, shared_prompt=shared_prompt)
     ref = scores["base"]["logps"] if "base" in scores else None
     result = ranked_summary(**scores["policy"], ref_logps=ref, keep_logps=keep_logps)
     if "base" in scores:

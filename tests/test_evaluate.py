@@ -290,3 +290,21 @@ def test_response_logps_in_chunks_equal_one_pass_and_bound_the_logits(model, mon
     torch.testing.assert_close(grad_parts, grad_whole)
     assert max(sizes) == 3  # forward and the backward's recomputation: one chunk at a time
     assert L.chunk_positions(262144) == 256 and L.chunk_positions(49152) == 1365
+
+
+def test_scoring_with_progress_gives_the_same_numbers_in_chunks(tiny_folder, capsys):
+    """With a progress label the items are scored in chunks (a bar, or one line per set): every
+    item's numbers are those of one call over the whole set."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reprkit import data as D
+    from reprkit.evaluate import item_accuracy
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_folder), AutoTokenizer.from_pretrained(tiny_folder)
+    encoded = D.encode_ranked(D.load_items("genies:alpaca_easy", "test")[:40], tok, 128, 64)
+    whole = item_accuracy(model, encoded, tok.pad_token_id, batch_size=2)
+    chunked = item_accuracy(model, encoded, tok.pad_token_id, batch_size=2, progress="alpaca_easy", progress_bar=False)
+    assert "scored alpaca_easy: 40 items in" in capsys.readouterr().err
+    assert chunked["items"]["correct"] == whole["items"]["correct"] and chunked["accuracy_mean"] == whole["accuracy_mean"]
+    for a, b in zip(chunked["items"]["logps"], whole["items"]["logps"]):
+        assert a == pytest.approx(b, abs=1e-4)

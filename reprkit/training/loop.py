@@ -92,7 +92,8 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
     if train_truncation is not None:
         results["train_truncation"] = train_truncation
     for source, encoded in evals.items():
-        results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id)
+        results["datasets"][source] = item_accuracy(model, encoded, tokenizer.pad_token_id, progress=source,
+                                                    progress_bar=cfg.progress)
         if overlap is not None:
             results["datasets"][source]["training_items"] = overlap.get(source, 0)  # scored items also trained on
     try:
