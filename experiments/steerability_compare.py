@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--read", type=int, default=100)
     p.add_argument("--eval", type=int, default=100)
     p.add_argument("--kl", type=float, default=1.0)
+    p.add_argument("--files", nargs="*", default=None, help="only these files (names without .jsonl)")
     p.add_argument("--seed", type=int, default=0, help="the rows are shuffled with it before the read / held-out split")
     p.add_argument("--out", default="results/steerability")
     args = p.parse_args()
@@ -46,6 +47,8 @@ def main() -> None:
     if root is None:
         raise SystemExit("needs ../shared/data/anthropic-evals (or REPRKIT_DATA_DIR)")
     files = sorted((root / "anthropic-evals").glob("*/*.jsonl"))
+    if args.files:
+        files = [f for f in files if f.stem in args.files]
     model, tok = load_model(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
