@@ -1,16 +1,19 @@
 """Which reading method gives the most reliable steering direction? mean_diff, both PCAs and the
 probe on the four shared model-written evaluation files, steered at equal KL.
 
-    python experiments/steerability_compare.py --out results/steerability
+    python experiments/steerability_compare.py --out results/steerability-shuffled
 
-Per file (``../shared/data/anthropic-evals`` or ``$REPRKIT_DATA_DIR``), in file order: the first
+Per file (``../shared/data/anthropic-evals`` or ``$REPRKIT_DATA_DIR``), its rows shuffled with
+``--seed`` (the files are ordered: the sycophancy file's first 200 rows are one question): the first
 ``--read`` items give the contrast pairs (behaviour-matching answer vs not, each read at the
 response's own last token), the next ``--eval`` items are held out for steering. Each method's
 direction at ``--layer`` is steered at multiples -1, -0.5, 0, 0.5, 1 of the strength calibrated to
 KL ``--kl`` (0.9 quantile of per-token KL on the first 16 held-out prompts), so every method moves
 the model by the same divergence. Reported per file and method: the mean change in log-odds at +1
 and -1 (bootstrap intervals), the anti-steerable fraction (per-item slope < 0; Wilson interval),
-and the calibrated strength. Resumable per (file, method).
+the calibrated strength, and the answer-letter baseline (the share of held-out items whose matching
+answer is (A), and (B)) beside the unsteered matching rate. Resumable per (file, method).
+``results/steerability`` holds the first run, in file order (before the shuffle).
 """
 
 from __future__ import annotations
