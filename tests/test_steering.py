@@ -146,7 +146,7 @@ def test_calibrate_strength_over_several_layers_and_its_errors():
     both = calibrate_strength(model, _Tok(), d, prompts, layer=[1, 2], kl=0.5)
     assert both["layers"] == [1, 2] and both["kl"] == pytest.approx(0.5, rel=0.05)
     assert both["strength"] < one["strength"]  # two layers at once need less of each
-    with pytest.raises(ValueError, match="at least one prompt"):
+    with pytest.raises(ValueError, match="at least one non-empty prompt"):
         calibrate_strength(model, _Tok(), d, [], kl=0.5)
     with pytest.raises(ValueError, match="no vector at layer"):
         calibrate_strength(model, _Tok(), d, ["a b"], layer=0, kl=0.5)

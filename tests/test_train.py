@@ -280,7 +280,7 @@ def test_sigterm_and_ctrl_c_checkpoint_say_how_to_resume_and_resume_exactly(tiny
 
 
 def test_a_second_train_on_a_running_run_is_refused_with_who_holds_it(tiny_folder, tmp_path):
-    from reprkit.training.loop import RunLock
+    from reprkit.training.runs import RunLock
 
     run = tmp_path / "r"
     train(tiny_config(tiny_folder, run, steps=3))

@@ -1,5 +1,6 @@
 """Statistics, tables and figures of a comparison grid's cells (``reprkit.compare``), written when a
-grid's cells are done and again on each run.
+grid's cells are done and again on each run. About 460 lines: every table of the report, in the
+order the report prints them, so that one file shows what a reader sees.
 
     python experiments/analyse.py results/decisive      # or: reprkit.compare.report.analyse(Path(...))
 

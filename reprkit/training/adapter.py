@@ -59,16 +59,17 @@ def add_lora(model, cfg: TrainConfig, last_layer: int | None):
 
 
 def check_rank(model, r: int, targets, layers: list[int] | None) -> None:
-    """Refuse a LoRA rank above the smallest side of a layer it adapts: the update's rank cannot
-    exceed it, so the extra rows only cost memory (``--lora.r 100000`` would otherwise end in an
-    allocator error)."""
+    """Refuse a LoRA rank above every adapted layer's smaller side: no update could use it, so it
+    only costs memory (``--lora.r 100000`` would otherwise end in an allocator error). A rank above
+    some layers' side (a MoE router with 4 outputs) is peft's to handle: their update is just full
+    rank."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     sides = [(min(m.in_features, m.out_features), n) for n, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and m is not head
              and (targets == "all-linear" or n.rsplit(".", 1)[-1] in targets)]
-    if sides and r > (smallest := min(sides))[0]:
-        raise TrainingError(f"--lora.r {r} is above the smallest side ({smallest[0]}) of a layer it adapts "
-                            f"({smallest[1]}): a LoRA update cannot have a higher rank. Use --lora.r {smallest[0]} or less")
+    if sides and r > (largest := max(sides))[0]:
+        raise TrainingError(f"--lora.r {r} is above the smaller side of every layer it adapts (at most {largest[0]}, "
+                            f"{largest[1]}): no LoRA update can have that rank. Use --lora.r {largest[0]} or less")
 
 
 def lora_config(model, r: int = 8, **kwargs):

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
-import socket
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -32,7 +28,7 @@ from ..config import TrainConfig
 from ..devices import input_device
 from ..evaluate import generate_samples, item_accuracy
 from ..models import enable_gradient_checkpointing, load_model
-from ..runlog import RunLog, checkpoints, read_config
+from ..runlog import RunLog
 from ..truncation import describe as describe_truncation
 from ..truncation import truncation_report
 from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
@@ -46,6 +42,7 @@ from .checkpoints import (
     save_adapter,
     together,
 )
+from .dryrun import DryRun, dry_run_report, longest_pieces
 from .errors import TrainingError
 from .frozen_cache import open_reference_cache
 from .processes import (
@@ -57,6 +54,7 @@ from .processes import (
     sync_gradients,
     wrap_decoder_blocks,
 )
+from .runs import RunLock, default_run_dir, discard_new_run, resume_settings
 from .signals import Stopped, StopSignals
 from .step import (
     batch_accuracy,
@@ -106,170 +104,6 @@ def evaluate_run(model, tokenizer, evals: dict, prompts: dict, step: int, cfg: T
 
         raise write_failed(f"the evaluation of step {step} (eval.json, samples.jsonl)", runlog.path, err) from err
     return results
-
-
-class DryRun(Exception):
-    """``--dry-run`` measured what it needed; ``report`` is what it prints."""
-
-    def __init__(self, report: str):
-        super().__init__(report)
-        self.report = report
-
-
-def pair_tokens(e: dict) -> int:
-    """Tokens one encoded pair (or ranked item) puts through the model: each response with its prompt."""
-    if "responses_ids" in e:
-        return sum(len(e["prompt_ids"]) + len(r) for r in e["responses_ids"])
-    return sum(len(e[f"{side}_prompt_ids"]) + len(e[f"{side}_ids"]) for side in ("chosen", "rejected"))
-
-
-def longest_pieces(encoded: list[dict], cfg: TrainConfig, pad_token_id: int, ranked: bool) -> list[dict]:
-    """The micro-batches of one step made of the longest pairs (the run's peak activation memory)."""
-    order = sorted(range(len(encoded)), key=lambda i: -pair_tokens(encoded[i]))
-    collate = D.collate_ranked if ranked else D.collate
-    out = []
-    for a in range(cfg.grad_accum):
-        idx = order[a * cfg.batch_size:(a + 1) * cfg.batch_size] or order[: cfg.batch_size]
-        batch = collate([encoded[i] for i in idx], pad_token_id)
-        batch["index"] = torch.tensor(idx, dtype=torch.long)
-        out.append(batch)
-    return out
-
-
-def peak_memory(accelerator) -> tuple[float, str]:
-    """Bytes at the process's peak so far, and what was counted: the accelerator's allocations, or
-    the resident set (Linux / macOS) on a CPU."""
-    if accelerator.device.type == "cuda":
-        return float(torch.cuda.max_memory_allocated(accelerator.device)), "GPU memory allocated by torch"
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return float(rss if sys.platform == "darwin" else rss * 1024), "resident memory of the process (peak)"
-
-
-def dry_run_report(cfg: TrainConfig, encoded: list[dict], start: int, step_seconds: float, accelerator) -> str:
-    per_pair = [pair_tokens(e) for e in encoded]
-    total = sum(per_pair)
-    steps = cfg.steps - start
-    pairs_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
-    memory, what = peak_memory(accelerator)
-    minutes = steps * step_seconds / 60
-    return "\n".join([
-        f"dry run of {cfg.loss} on {cfg.data} (nothing was written):",
-        f"  data: {len(encoded)} training pairs, {total:,} tokens (mean {total / max(1, len(encoded)):.0f} per pair, "
-        f"longest {max(per_pair, default=0)})",
-        f"  steps: {steps} of {pairs_per_step} pairs = {steps * pairs_per_step / max(1, len(encoded)):.2f} epochs"
-        + (f" (from step {start}, resumed)" if start else ""),
-        f"  time per step: {step_seconds:.2f} s (measured on the run's first batch, after a step on its longest pairs)"
-        f" -> training about {minutes:.0f} min" if minutes >= 1 else f"  time per step: {step_seconds:.2f} s -> "
-        f"training about {steps * step_seconds:.0f} s",
-        f"  peak memory: {memory / 2**30:.2f} GiB ({what}, after a step on the {pairs_per_step} longest pairs)",
-        "  not counted: the evaluations (before and after, and every --eval-every steps) and checkpoint writes;"
-        " memory is bounded by --batch-size, --max-length, --gradient-checkpointing and --dtype bfloat16",
-        "  run the same command without --dry-run to train",
-    ])
-
-
-def discard_new_run(run_dir: Path, keep_dir: bool = False) -> None:
-    """Remove a new run that has no checkpoint (what it holds cannot be resumed and would block a
-    rerun there): its files, and the directory itself unless it existed before (``keep_dir``)."""
-    if not run_dir.is_dir() or checkpoints(run_dir) or (run_dir / "adapter").exists():
-        return
-    if keep_dir:
-        for p in run_dir.iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.loss}"
-
-
-class RunLock:
-    """An flock on ``<run>/.lock`` for as long as a run trains (the system drops it when the process
-    ends, however it ends): a second ``train`` or ``--resume`` on the same directory is refused with
-    who holds it. A no-op where ``fcntl`` is missing (Windows)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.file = None
-
-    def __enter__(self) -> RunLock:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover (Windows)
-            return self
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            self.file = None
-            raise TrainingError(f"{self.path.parent} is being trained by {holder}: wait for it to finish, or stop it "
-                                f"(kill -TERM writes a checkpoint), then --resume {self.path.parent}") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"process {os.getpid()} on {socket.gethostname()} since {datetime.now():%Y-%m-%d %H:%M:%S}")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.file is not None:
-            self.file.close()  # releases the lock
-            self.path.unlink(missing_ok=True)
-            self.file = None
-
-
-# settings a resumed run may change: how long it runs and what it writes along the way
-RESUME_MAY_CHANGE = ("steps", "save_every", "eval_every", "log_every", "n_samples", "progress", "dry_run")
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def resume_settings(cfg: TrainConfig) -> TrainConfig:
-    """The saved config of ``cfg.resume`` with the flags given on this command line that may change
-    (``RESUME_MAY_CHANGE``) applied and said; a flag that contradicts the run's own settings is
-    refused (``ValueError`` naming each, with the run's value)."""
-    default = type(cfg)()
-    saved = type(cfg).from_dict(read_config(cfg.resume))  # type(cfg): registered losses included
-    given, run, base = cfg.to_dict(), saved.to_dict(), default.to_dict()
-    clashes, changes = [], []
-
-    def compare(a: dict, b: dict, d: dict, prefix: str = "") -> None:
-        for key, value in a.items():
-            if key in ("resume", "run_dir"):
-                continue
-            if isinstance(value, dict) and isinstance(b.get(key), dict):
-                if key in (cfg.loss, saved.loss, "lora"):  # the other losses' groups are not used
-                    compare(value, b[key], d.get(key, {}), f"{prefix}{key}.")
-                continue
-            if value == d.get(key) or value == b.get(key):
-                continue  # not given (the default), or the run's own value
-            if not prefix and key in RESUME_MAY_CHANGE:
-                changes.append(key)
-            else:
-                clashes.append(f"{_flag(prefix + key)} {value!r} (the run's: {b.get(key)!r})")
-
-    compare(given, run, base)
-    if cfg.run_dir and Path(cfg.run_dir) != Path(cfg.resume):
-        clashes.append(f"--run-dir {cfg.run_dir} (the run is {cfg.resume})")
-    if clashes:
-        raise ValueError(f"--resume {cfg.resume} continues that run with its own settings; these flags contradict "
-                         f"them: {', '.join(clashes)}. Drop them, or start a new run with its own --run-dir")
-    if "steps" in changes and cfg.steps < saved.steps:
-        raise ValueError(f"--steps {cfg.steps} is below the run's {saved.steps}: a resumed run is not shortened "
-                         "(its schedule was set for its steps); drop --steps")
-    for key in changes:
-        print(f"reprkit: resuming with {_flag(key)} {given[key]!r} (the run had {run[key]!r})", flush=True)
-        setattr(saved, key, getattr(cfg, key))
-    saved.resume, saved.run_dir = cfg.resume, cfg.resume
-    return saved
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None) -> Path:
