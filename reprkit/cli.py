@@ -331,7 +331,7 @@ class Dashboard:
                 "--server.port", str(self.port), "--server.headless", "true",
                 "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
                 # no traceback (with the server's paths) ever reaches the page; the console keeps it
-                "--client.showErrorDetails", "none", "--", "--runs-dir", self.runs_dir]
+                "--client.showErrorDetails", _no_error_details(), "--", "--runs-dir", self.runs_dir]
 
     def run(self) -> None:
         import importlib.util
@@ -434,6 +434,19 @@ class Eval(Placement):
                                   max_prompt_length=self.max_prompt_length, eval_dtype=self.eval_dtype,
                                   dtype=self.dtype, device=self.device or default_device(), progress=self.progress)
         print(format_results(results))
+
+
+def _no_error_details() -> str:
+    """Streamlit's value for showing no error details: "none" where it has one (1.4x and later),
+    else the older boolean false (every panel of the dashboard also catches its own errors)."""
+    try:
+        from streamlit import config
+
+        config.get_config_options()
+        option = config._config_options["client.showErrorDetails"]
+        return "none" if isinstance(option.default_val, str) else "false"
+    except Exception:  # an internal that moved: the boolean every version accepts
+        return "false"
 
 
 def _take_preset(argv: list[str]) -> tuple[str | None, list[str]]:
