@@ -185,13 +185,7 @@ def test_dashboard_in_a_headless_browser(tmp_path):
 
 def test_steerability_results_are_shown_and_a_broken_file_only_warns(tmp_path, monkeypatch):
     write_run(tmp_path, synthetic_run("a"))
-    res = {"n": 2, "layers": [3], "strengths": [-1.0, 0.0, 1.0], "rule": "log-odds", "data": "f.jsonl items 0..2",
-           "mean_slope": 0.5, "slope_ci95": [0.1, 0.9], "anti_steerable": 0.5, "anti_steerable_ci95": [0.1, 0.9],
-           "unsteered_matching_rate": 0.5,
-           "table": [{"strength": s, "mean_change": s / 2, "change_ci95": [0, 1], "wrong_way": 0.5, "kl_mean": abs(s),
-                      "kl_q90": abs(s)} for s in (-1.0, 0.0, 1.0)],
-           "per_item": {"change": [[-1, 0, 1], [1, 0, -1]], "slope": [1.0, -1.0], "log_odds_0": [0.1, -0.1]}}
-    (tmp_path / "happy.steerability.json").write_text(json.dumps(res))
+    (tmp_path / "happy.steerability.json").write_text(json.dumps(STEER))
     (tmp_path / "broken.steerability.json").write_text("{not json")
     at = app_test(tmp_path, monkeypatch).run()
     assert not at.exception
