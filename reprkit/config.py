@@ -220,20 +220,25 @@ class _Settings:
         return cls(**d)
 
 
-def split_for(spec: str, source: str) -> str:
-    """The split of ``source`` a split spec names: a plain split (``"test"``, ``"train[80%:]"``) for
-    every set, or comma-separated ``SET=SPLIT`` entries with an optional plain default (``"test"``
-    when there is none). Commas inside brackets belong to the split."""
+def split_entries(spec: str) -> tuple[str, dict[str, str]]:
+    """A split spec's default split (``"test"`` when it names none) and its ``SET=SPLIT`` entries;
+    commas inside brackets belong to the split."""
     import re
 
-    entries = [e.strip() for e in re.split(r",(?![^\[]*\])", spec) if e.strip()]
     default, named = "test", {}
-    for e in entries:
+    for e in (e.strip() for e in re.split(r",(?![^\[]*\])", spec)):
         name, eq, split = e.rpartition("=")
         if eq:
             named[name.strip()] = split.strip()
-        else:
+        elif e:
             default = e
+    return default, named
+
+
+def split_for(spec: str, source: str) -> str:
+    """The split of ``source`` a split spec names: a plain split (``"test"``, ``"train[80%:]"``) for
+    every set, or comma-separated ``SET=SPLIT`` entries with an optional plain default."""
+    default, named = split_entries(spec)
     return named.get(source, default)
 
 

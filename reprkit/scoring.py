@@ -21,6 +21,7 @@ A model-free baseline sits beside them: ``length_baseline`` scores "prefer the s
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -133,7 +134,7 @@ def length_baseline(encoded: list[dict]) -> dict:
             "rule": "response length in tokens as scored; ties split evenly"}
 
 
-_LETTER = __import__("re").compile(r"^\s*\(?([A-Z])\)?\s*$")
+_LETTER = re.compile(r"^\s*\(?([A-Z])\)?\s*$")
 
 
 def answer_letters(items: list[dict]) -> list[list[str]] | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .. import data as D
-from ..config import TrainConfig
+from ..config import TrainConfig, split_entries
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +28,18 @@ def read_items(cfg: TrainConfig) -> dict:
     else:
         out["train"] = D.without_preference(
             D.load_items(cfg.data, cfg.train_split, limit=cfg.limit, ranking=cfg.ranking, **bad), cfg.data)
-    unknown = [name for name in _named_sets(cfg.eval_split) if name not in cfg.eval_data]
+    default, named = split_entries(cfg.eval_split)
+    unknown = [name for name in named if name not in cfg.eval_data]
     if unknown:
         raise ValueError(f"--eval-split names {unknown}, which are not among --eval-data {list(cfg.eval_data)}")
-    plain = [e for e in cfg.eval_split.split(",") if "=" not in e and "[" in e]
     local = [s for s in cfg.eval_data if Path(s).is_file()]
-    if plain and len(cfg.eval_data) > len(local) and local:
+    sliced = [s for s in cfg.eval_data if s not in local and s not in named]
+    if "[" in default and local and sliced:
         log.warning("--eval-split %r applies to every eval set: %s get a slice of their own split too; name the "
                     "set it is for (--eval-split '%s=%s') to slice only that one", cfg.eval_split,
-                    ", ".join(s for s in cfg.eval_data if s not in local), local[0], plain[0].strip())
+                    ", ".join(sliced), local[0], default)
     out["evals"] = {source: D.load_items(source, cfg.eval_split_for(source)) for source in cfg.eval_data}
     return out
-
-
-def _named_sets(spec: str) -> list[str]:
-    import re
-
-    return [e.rpartition("=")[0].strip() for e in re.split(r",(?![^\[]*\])", spec) if "=" in e]
 
 
 def load_pairs(cfg: TrainConfig, tokenizer, items: dict | None = None
