@@ -28,6 +28,7 @@ from reprkit.behaviour import load_behaviour
 from reprkit.directions import Direction, completion_states, directions_from_states
 from reprkit.models import DEFAULT_MODEL, load_model
 from reprkit.runlog import write_json
+from reprkit.scoring import letter_baseline
 from reprkit.steerability import steerability
 from reprkit.steering import calibrate_strength
 
@@ -81,8 +82,6 @@ def main() -> None:
             res["calibration"] = {"kl": args.kl, "strength": cal["strength"], "multiples": list(MULTIPLES)}
             res["file"], res["method"], res["seconds"] = f.name, method, time.time() - start
             res["read_pair_accuracy"] = stats[str(args.layer)]["pair_accuracy"]
-            from reprkit.scoring import letter_baseline
-
             for name, part in (("letter_baseline", held), ("read_letter_baseline", read)):
                 if (letters := letter_baseline(part)) is not None:  # the matching answer's letter, per item
                     res[name] = letters["always"]
