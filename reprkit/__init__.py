@@ -8,6 +8,7 @@ transformers), so ``reprkit --help`` and a notebook's first import stay fast.
 >>> with reprkit.capture(model, [3, 10]) as cap: ...           # residual streams per layer
 >>> d = reprkit.from_pairs(model, tok, items, "range(.2,.9)")  # a direction from contrast pairs
 >>> with reprkit.steered(model, d, 4.0): ...                   # steering at a chosen strength
+>>> res = reprkit.patch(model, tok, clean, corrupt, answers=(" Paris", " Rome"))   # activation patching
 >>> reprkit.train(reprkit.TrainConfig(loss="reprpo", steps=40)) # a LoRA adapter with a hidden-state loss
 """
 
@@ -23,6 +24,8 @@ _EXPORTS = {
     "directions": ("Direction", "from_pairs", "from_prompts"),
     "evaluate": ("item_accuracy",),
     "lens": ("logit_lens",),
+    "patching": ("Patching", "attribute", "patch"),
+    "points": ("block_layout", "head_outputs"),
     "stats": ("paired_difference", "seed_t_difference"),
     "steering": ("calibrate_strength", "steered"),
     "training.loop": ("train",),

@@ -1,4 +1,4 @@
-"""``reprkit`` command line: ``reprkit train | eval | dashboard | inspect | direction | steer``.
+"""``reprkit`` command line: ``reprkit train | eval | dashboard | inspect | direction | steer | patch | compare``.
 
 About 400 lines: one small dataclass per subcommand (its flags are its fields, its ``run`` what it
 does, each calling into the library), plus ``parse`` and the error handling they share; a file per
@@ -78,6 +78,57 @@ class Inspect(Placement):
 
 
 @dataclasses.dataclass
+class Patch(Placement):
+    """Activation patching: the corrupted prompt run with one activation from the clean run, swept
+    over points, layers and positions; prints the recovered share (0 = corrupted, 1 = clean) and
+    writes a heatmap per point (reprkit.patching)."""
+
+    clean: str = "The Eiffel Tower is in the city of"
+    corrupt: str = "The Colosseum is in the city of"
+    answers: tuple[str, str] = (" Paris", " Rome")
+    """the correct and the wrong answer, one token each: the metric is their logit difference at the last position"""
+    model: str = DEFAULT_MODEL
+    points: tuple[str, ...] = ("resid_pre",)
+    """of resid_pre, attn_out, resid_mid, mlp_out, resid_post, z"""
+    layers: str = "all"
+    heads: bool = False
+    """at z: one column per head and position"""
+    align: Literal["same", "end"] = "same"
+    """'same': the prompts must tokenize to the same length; 'end': positions are paired from the end"""
+    attribution: bool = False
+    """the gradient estimate (one forward and backward) instead of exact patching"""
+    html: str | None = None
+    """write the heatmaps (plotly) to this .html file"""
+    json: str | None = None
+    """write the result (values, layers, positions, tokens, clean and corrupted metrics, rule) here"""
+
+    def run(self) -> None:
+        from .patching import attribute, patch
+
+        model, tok = self.load(self.model)
+        fn = attribute if self.attribution else patch
+        res = fn(model, tok, self.clean, self.corrupt, answers=self.answers, points=self.points, layers=self.layers,
+                 heads=self.heads, align=None if self.align == "same" else "end")
+        print(f"{res.method} patching; metric {res.rule}: clean {res.clean:.3f}, corrupted {res.corrupt:.3f}")
+        for point, v in res.normalised().items():
+            print(f"\n{point}: recovered share (0 = corrupted run, 1 = clean run), layers down, positions across")
+            print("layer " + " ".join(f"{t[:8]:>8}" for t in res.tokens))
+            grid = v.sum(-1) if v.dim() == 3 else v
+            for layer, row in zip(res.layers, grid.tolist()):
+                print(f"{layer:>5} " + " ".join(f"{x:>8.2f}" for x in row))
+        if self.json:
+            from .runlog import write_json
+
+            write_json(self.json, res.to_json())
+            print(f"result: {self.json}")
+        if self.html:
+            with open(self.html, "w") as f:
+                for i, point in enumerate(res.values):
+                    f.write(res.figure(point).to_html(full_html=False, include_plotlyjs="cdn" if i == 0 else False))
+            print(f"heatmaps: {self.html}")
+
+
+@dataclasses.dataclass
 class DirectionCmd(Placement):
     """Read a direction from contrast pairs (best vs worst response) and save it; print each layer's
     separation on held-out pairs."""
@@ -104,6 +155,10 @@ class DirectionCmd(Placement):
     seed: int = 0
     """where a local file is split: the rows are shuffled with this seed first (files are often
     ordered), the same order `reprkit steer --evaluate --seed` uses"""
+    both_orders: bool = True
+    """A/B items (Anthropic's evaluation files): read and score each question also with its two
+    choices swapped, so each letter is the best answer equally often and the direction cannot read the
+    letter (after the split: both orders of a question stay on one side of it)"""
     limit: int | None = None
     max_length: int = 256
     max_prompt_length: int | None = None
@@ -158,6 +213,15 @@ class DirectionCmd(Placement):
             read_on = f"{self.data}: the other {len(items)} rows (shuffled with --seed {self.seed})"
         elif self.limit:
             items, held = items[: self.limit], held[: self.limit]
+        if self.both_orders:
+            from .scoring import both_orders
+
+            (items, n_read), (held, n_held) = both_orders(items), both_orders(held)
+            if n_read or n_held:
+                print(f"both answer orders: {n_read} read and {n_held} held-out A/B questions also with their choices "
+                      "swapped (--no-both-orders to read them as they are)")
+                read_on += f", each A/B question in both answer orders ({n_read})"
+                scored_on += f", each A/B question in both answer orders ({n_held})"
         d = from_pairs(model, tok, items, self.layers, self.method, self.token, self.max_length, read_on,
                        self.probe_c, max_prompt_length=self.max_prompt_length)
         best, per_layer = d.best_layer(model, tok, held, self.max_length, self.max_prompt_length)
@@ -186,7 +250,8 @@ class DirectionCmd(Placement):
         if flagged:
             print(f"! at {len(flagged)} of {len(per_layer)} layers a held-out item counts as right exactly when its best "
                   "answer has one letter (95% of items or more): the direction separates answers by their letter, "
-                  "not by what they say. Read it on letter-balanced items (each question with both answer orders)")
+                  "not by what they say. Read it on letter-balanced items (each question with both answer orders: "
+                  "--both-orders, the default for A/B files)")
         if letters:
             d.info["letter_baseline"] = letters["always"]
             d.info["reads_the_letter"] = flagged
@@ -531,7 +596,7 @@ def parse(argv: list[str]):
         return cfg
     return tyro.extras.subcommand_cli_from_dict({"train": TrainConfig, "eval": Eval, "dashboard": Dashboard,
                                                  "inspect": Inspect, "direction": DirectionCmd, "steer": Steer,
-                                                 "compare": Compare},
+                                                 "patch": Patch, "compare": Compare},
                                                 args=argv, prog="reprkit")
 
 

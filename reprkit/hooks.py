@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .layers import LayerSelection, select_layers
+from .points import EAGER_FIX, POINTS, block_layout, point_modules
 
 EditFn = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -134,10 +135,7 @@ class Trace(AbstractContextManager):
             self.input = self._keep(_hidden(x))
         if self._opts["retain_output"]:
             self.output = self._keep(_hidden(output))
-        if self._on_fire is not None:
-            self._on_fire(self)
-        elif self._stop:
-            raise _StopForward(self.owner)
+        self._fire()
         return output if edit is not None else None
 
     def __enter__(self):
@@ -153,6 +151,124 @@ class Trace(AbstractContextManager):
             self._handle.remove()
             self._handle = None
 
+    def _fire(self) -> None:
+        if self._on_fire is not None:
+            self._on_fire(self)
+        elif self._stop:
+            raise _StopForward(self.owner)
+
+
+class PointTrace(Trace):
+    """Trace a named point inside one decoder block (``reprkit.points``): keep it, edit it, stop at it.
+
+    The point's tensor is ``output`` (there is no ``input``); an edit gets and returns the point's
+    tensor, ``[batch, seq, heads, head_dim]`` at ``z``. Options are those of ``Trace``.
+    """
+
+    def __init__(self, model: nn.Module, block: str, point: str, *, block_name: str | None = None, **options):
+        if options.get("retain_input"):
+            raise ValueError("a point has one tensor, kept as .output; retain_input applies to module traces")
+        if point == "pattern" and options.get("edit_output") is not None:
+            raise ValueError("attention patterns can be read, not edited: edit z or attn_out instead")
+        super().__init__(model, block, **options)
+        self.point = point
+        self.name = f"{block}:{point}"
+        self._names = point_modules(model, block, point, block_name)
+        self._layout = block_layout(model, block_name)
+        self._model = model
+        self._handles: list = []
+        self._pre: torch.Tensor | None = None  # resid_pre of this forward, for editing resid_mid
+
+    def _retain(self, t: torch.Tensor) -> None:
+        if _in_backward():  # a checkpointed block recomputed: keep this forward's capture
+            return
+        self.calls += 1
+        if self._opts["retain_output"]:
+            self.output = self._keep(t)
+        self._fire()
+
+    def _edit(self, t: torch.Tensor) -> torch.Tensor:
+        edit = self._opts["edit_output"]
+        return t if edit is None else edit(t, self.name)
+
+    # -- the hooks, one kind per point
+    def _resid_pre(self, module, args, kwargs):
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
+        if x is None:
+            raise TypeError(f"{self._names['block']} was called without its hidden states")
+        self._pre = x
+        if self.point != "resid_pre":
+            return None
+        new = self._edit(x)
+        self._retain(new)
+        if new is x:
+            return None
+        if args and isinstance(args[0], torch.Tensor):
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+
+    def _branch(self, module, args, kwargs, output):
+        raw = _hidden(output)
+        a = raw.view(self._pre.shape) if self._pre is not None and raw.shape != self._pre.shape else raw  # Llama 4's experts: [tokens, hidden]
+        c = self._layout.attn_scale if self.point in ("attn_out", "resid_mid") else self._layout.mlp_scale
+        if self.point == "resid_mid":  # the change an edit of resid_mid makes, carried by the attention branch
+            if self._opts["edit_output"] is None:
+                return None
+            mid = self._pre + c * a
+            delta = self._edit(mid) - mid
+            return _replace_hidden(output, (a + delta / c).view(raw.shape))
+        v = a if c == 1.0 else c * a
+        new = self._edit(v)
+        # a copy: the block may add into its branch in place afterwards (Falcon's mlp_output += attention)
+        self._retain(new.clone())
+        if new is v:
+            return None
+        return _replace_hidden(output, (new if c == 1.0 else a + (new - v) / c).view(raw.shape))
+
+    def _mid_entry(self, module, args, kwargs):
+        self._retain(args[0] if args and isinstance(args[0], torch.Tensor) else kwargs["hidden_states"])
+
+    def _z(self, module, args, kwargs):
+        x = args[0] if args else kwargs["input"]
+        z = x.unflatten(-1, (self._layout.heads, self._layout.head_dim))
+        new = self._edit(z)
+        self._retain(new)
+        if new is z:
+            return None
+        flat = new.flatten(-2)
+        return ((flat, *args[1:]), kwargs) if args else (args, {**kwargs, "input": flat})
+
+    def _pattern(self, module, args, kwargs, output):
+        w = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+        if w is None:
+            raise ValueError(f"{self._names['attention']} computed no attention probabilities "
+                             f"(attn_implementation={getattr(self._model.config, '_attn_implementation', None)!r}): {EAGER_FIX}")
+        self._retain(w)
+
+    def __enter__(self):
+        get = self._model.get_submodule
+        n, p = self._names, self.point
+        hooks = []
+        if p != "pattern":  # every point but the pattern needs the block's input (its shape, or resid_mid's edit)
+            hooks.append(get(n["block"]).register_forward_pre_hook(self._resid_pre, with_kwargs=True))
+        if p in ("attn_out", "resid_mid"):
+            hooks.append(get(n["attn_added"]).register_forward_hook(self._branch, with_kwargs=True))
+        if p == "mlp_out":
+            hooks.append(get(n["mlp_added"]).register_forward_hook(self._branch, with_kwargs=True))
+        if p == "resid_mid":
+            hooks.append(get(n["mlp_entry"]).register_forward_pre_hook(self._mid_entry, with_kwargs=True))
+        if p == "z":
+            hooks.append(get(n["out_proj"]).register_forward_pre_hook(self._z, with_kwargs=True))
+        if p == "pattern":
+            hooks.append(get(n["attention"]).register_forward_hook(self._pattern, with_kwargs=True))
+        self._handles = hooks
+        return self
+
+    def close(self):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
 
 class TraceDict(dict, AbstractContextManager):
     """Trace several modules at once; a dict from module name to its ``Trace``.
@@ -166,17 +282,20 @@ class TraceDict(dict, AbstractContextManager):
     never run). Contexts nest: each swallows only its own stop.
     """
 
-    def __init__(self, model: nn.Module, names: Iterable[str], *, stop: bool = False, **options):
+    def __init__(self, model: nn.Module, names: Iterable[str], *, stop: bool = False,
+                 point: str = "resid_post", block_name: str | None = None, **options):
         super().__init__()
         self._stop = stop
         self._pending: set[str] = set()
         for name in names:
-            if name in self:
+            key = name if point == "resid_post" else f"{name}:{point}"
+            if key in self:
                 continue
-            trace = Trace(model, name, **options)
+            trace = (Trace(model, name, **options) if point == "resid_post"
+                     else PointTrace(model, name, point, block_name=block_name, **options))
             trace.owner = self
             trace._on_fire = self._fired
-            self[name] = trace
+            self[key] = trace
 
     def _fired(self, trace: Trace) -> None:
         self._pending.discard(trace.name)
@@ -217,6 +336,8 @@ class Capture(TraceDict):
     """layer number -> its block's module name (set by ``capture``)"""
 
     selection: LayerSelection
+    point: str = "resid_post"
+    """the place in each block the capture traces (``reprkit.points``)"""
 
     def __getitem__(self, key):
         if isinstance(key, int):
@@ -233,6 +354,7 @@ def capture(
     model: nn.Module,
     layers,
     *,
+    point: str = "resid_post",
     stop: bool = False,
     detach: bool = True,
     block_name: str | None = None,
@@ -240,14 +362,25 @@ def capture(
 ) -> Capture:
     """Trace the modules a layer spec selects (see ``reprkit.layers``) on ``model``.
 
+    ``point`` picks where in each selected block (``reprkit.points``): ``"resid_post"`` (the block's
+    output, the default), ``"resid_pre"``, ``"attn_out"``, ``"resid_mid"``, ``"mlp_out"``, ``"z"`` or
+    ``"pattern"``; ``cap[i]`` is that point's tensor at layer ``i``, and ``edit_output`` edits it.
     ``stop=True`` ends the forward after the deepest selected layer: no later block and no LM head
     run, so the call inside the ``with`` block must be the last statement there (as in baukit).
     ``detach=False`` keeps captures in the graph for a loss.
     """
+    if point not in POINTS:
+        raise ValueError(f"unknown point {point!r}; choose from {', '.join(POINTS)}")
     selection = select_layers(model, layers, block_name=block_name)
-    cap = Capture(model, selection.names, stop=stop, detach=detach, **options)
+    if point != "resid_post" and set(selection.names) != set(selection.block_names):
+        others = [n for n in selection.names if n not in selection.block_names]
+        raise ValueError(f"point={point!r} is a place inside decoder blocks; the spec {layers!r} also names "
+                         f"module(s) {others[:3]}: give layers, or trace those modules with point='resid_post'")
+    cap = Capture(model, selection.names, stop=stop, detach=detach, point=point, block_name=block_name, **options)
     cap.selection = selection
-    cap._by_index = dict(zip(selection.indices, selection.block_names))
+    cap.point = point
+    suffix = "" if point == "resid_post" else f":{point}"
+    cap._by_index = {i: f"{name}{suffix}" for i, name in zip(selection.indices, selection.block_names)}
     return cap
 
 
@@ -260,7 +393,8 @@ def forward_hidden_states(
     block_name: str | None = None,
     **options,
 ) -> dict[int, torch.Tensor]:
-    """Run ``model(**inputs)`` only as far as the deepest layer in ``layers``; return its block outputs.
+    """Run ``model(**inputs)`` only as far as the deepest layer in ``layers``; return its block outputs
+    (or another ``point=`` of each block, ``reprkit.points``).
 
     The function form of ``capture(..., stop=True)``: later blocks and the LM head never run.
     """

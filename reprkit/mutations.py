@@ -295,8 +295,8 @@ def _steer_changed(before=None, after=None):
     real = ST.steered
 
     @contextlib.contextmanager
-    def changed(model, direction, strength, layers=None, mask=None, block_name=None):
-        with real(model, before(direction) if before else direction, strength, layers, mask, block_name) as cap:
+    def changed(model, direction, strength, layers=None, mask=None, block_name=None, point="resid_post"):
+        with real(model, before(direction) if before else direction, strength, layers, mask, block_name, point) as cap:
             yield cap
         if after:
             after(model, direction, strength)
@@ -326,6 +326,47 @@ def _steer_not_undone():
     return _steer_changed(after=linger)
 
 
+@contextlib.contextmanager
+def _point_one_module_off():
+    """attn_out read one module downstream: at the MLP side's entry (its pre-norm), not the branch."""
+    import weakref
+
+    import reprkit.points as P
+
+    real = P._probe
+
+    def off(model, block_name):
+        lay = real(model, block_name)
+        return dataclasses.replace(lay, attn_added=lay.mlp_entry or lay.mlp)
+
+    with mock.patch.object(P, "_probe", off), mock.patch.object(P, "_LAYOUTS", weakref.WeakKeyDictionary()):
+        yield
+
+
+@contextlib.contextmanager
+def _head_axis_transposed():
+    """z unflattened as [head_dim, heads] and transposed: each 'head' takes every heads-th feature."""
+    import reprkit.hooks as H
+
+    def transposed(self, module, args, kwargs):
+        x = args[0]
+        z = x.unflatten(-1, (self._layout.head_dim, self._layout.heads)).transpose(-1, -2)
+        new = self._edit(z)
+        self._retain(new)
+        return None if new is z else ((new.transpose(-1, -2).flatten(-2), *args[1:]), kwargs)
+
+    with mock.patch.object(H.PointTrace, "_z", transposed):
+        yield
+
+
+@contextlib.contextmanager
+def _point_edit_not_undone():
+    import reprkit.hooks as H
+
+    with mock.patch.object(H.PointTrace, "close", lambda self: None):
+        yield
+
+
 MUTATIONS: dict[str, Mutation] = {
     "blocks_one_short": Mutation("the last decoder block not found", _blocks_one_short, ("blocks",)),
     "layers_off_by_one": Mutation("layer i resolves to block i + 1", _layers_off_by_one, ("capture", "stop")),
@@ -334,6 +375,11 @@ MUTATIONS: dict[str, Mutation] = {
     "edit_mask_one_off": Mutation("an edit's position mask one position early", _edit_mask_one_off, ("edits",)),
     "last_token_from_the_left": Mutation("each row's last real token counted from the left (wrong under left padding)",
                                          _last_token_from_the_left, ("left_padding",)),
+    "point_one_module_off": Mutation("attn_out read one module off (at the MLP side's entry)", _point_one_module_off,
+                                     ("points",)),
+    "head_axis_transposed": Mutation("z's head axis transposed with head_dim", _head_axis_transposed, ("heads",)),
+    "point_edit_not_undone": Mutation("an edit at a point left on after its context", _point_edit_not_undone,
+                                      ("point_edits",)),
     "edit_skipped_when_decoding": Mutation("edits skipped on the one-token forwards of cached generation",
                                            _edit_skipped_when_decoding, ("generate",)),
     "lens_without_final_norm": Mutation("the logit lens skips the final norm", _lens_without_final_norm,

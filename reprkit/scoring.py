@@ -162,6 +162,52 @@ def letter_baseline(items: list[dict]) -> dict | None:
             "best_letter": best, "rule": "share of items whose best answer is that letter"}
 
 
+def _choice_line(letter: str) -> re.Pattern:
+    return re.compile(rf"^(\s*\({letter}\)\s?)(.*)$", re.M)
+
+
+_FLIP = {"A": "B", "B": "A"}
+
+
+def _swap_choices(text: str) -> str | None:
+    """``text`` with the texts of its ``(A)`` and ``(B)`` lines swapped; None unless each is there once."""
+    a, b = _choice_line("A").findall(text), _choice_line("B").findall(text)
+    if len(a) != 1 or len(b) != 1:
+        return None
+    swapped = _choice_line("A").sub(lambda m: m.group(1) + b[0][1], text)
+    return _choice_line("B").sub(lambda m: m.group(1) + a[0][1], swapped)
+
+
+def both_orders(items: list[dict]) -> tuple[list[dict], int]:
+    """Each two-choice A/B item, and beside it the same question with its two choices' texts swapped
+    (the text of ``(A)`` listed under ``(B)`` and back, the answers' letters swapped with them), so
+    that each letter is the best answer equally often and a reading cannot tell answers apart by
+    their letter (CAA reads its behaviour files so). An item is doubled where its answers are the
+    letters A and B and its prompt (a string, or the last turn of a chat) lists ``(A) ...`` and ``(B) ...`` once each on lines
+    of their own; others are kept as they are. Returns ``(items, how many were doubled)``; a copy's
+    ``id`` ends in ``/swapped``."""
+    out, doubled = [], 0
+    for it in items:
+        out.append(it)
+        ls = (answer_letters([it]) or [None])[0]
+        prompt = it.get("prompt")
+        turns = prompt if isinstance(prompt, list) else None
+        text = turns[-1].get("content") if turns and isinstance(turns[-1], dict) else prompt
+        if ls is None or sorted(ls) != ["A", "B"] or not isinstance(text, str):
+            continue
+        swapped = _swap_choices(text)
+        if swapped is None:
+            continue
+        responses = [re.sub(r"[AB]", lambda m: _FLIP[m.group(0)], r, count=1) for r in it["responses"]]
+        new_prompt = [*turns[:-1], {**turns[-1], "content": swapped}] if turns else swapped
+        copy = {**it, "prompt": new_prompt, "responses": responses}
+        if "id" in it:
+            copy["id"] = f"{it['id']}/swapped"
+        out.append(copy)
+        doubled += 1
+    return out, doubled
+
+
 def reads_the_letter(correct: list[int], baseline: dict | None, agreement: float = 0.95,
                      min_items: int = 20) -> str | None:
     """The letter a reading's per-item outcomes follow: where an item counts as right exactly when

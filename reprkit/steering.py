@@ -50,14 +50,16 @@ def check_steering(model, vectors: dict[int, torch.Tensor], strength, info: dict
 
 @contextmanager
 def steered(model, direction, strength: float | dict[int, float], layers=None, mask: torch.Tensor | None = None,
-            block_name: str | None = None):
+            block_name: str | None = None, point: str = "resid_post"):
     """Add ``strength`` x the direction's vector to the output of each of ``layers`` (default: every
     layer the direction holds), in one context; undone on exit, also when the body raises.
 
     ``strength`` is one number or ``{layer: strength}``; ``mask`` (``[batch, seq]``) limits the edit
     to those positions (``None`` during ``generate``). A layer the direction does not hold is refused
     by name. ``layers`` takes the layer specs of ``capture`` (``"5:7"`` is blocks 5 and 6). Equal to
-    nesting one ``capture(model, k, edit_output=direction.edit(s, k))`` per layer.
+    nesting one ``capture(model, k, edit_output=direction.edit(s, k))`` per layer. ``point`` steers
+    another place of each block (``reprkit.points``: ``"resid_mid"``, ``"attn_out"``, ...; not ``"z"``
+    or ``"pattern"``, whose tensors are not hidden-size vectors).
     """
     from .edits import add_vector
     from .layers import block_indices, find_blocks
@@ -68,10 +70,14 @@ def steered(model, direction, strength: float | dict[int, float], layers=None, m
     if missing:
         raise ValueError(f"the direction has no vector at layer(s) {missing}; it holds layers {held}")
     check_steering(model, {k: direction.vectors[k] for k in indices}, strength, getattr(direction, "info", None))
+    if point in ("z", "pattern"):
+        raise ValueError(f"a direction steers a hidden-size point; {point!r} is per head: edit it with "
+                         f"capture(model, layer, point={point!r}, edit_output=...)")
     names, _ = find_blocks(model, block_name)
-    edits = {names[k]: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength, mask)
-             for k in indices}
-    with capture(model, indices, block_name=block_name, retain_output=False,
+    suffix = "" if point == "resid_post" else f":{point}"
+    edits = {names[k] + suffix: add_vector(direction.vectors[k], strength[k] if isinstance(strength, dict) else strength,
+                                           mask) for k in indices}
+    with capture(model, indices, point=point, block_name=block_name, retain_output=False,
                  edit_output=lambda h, name: edits[name](h, name)) as cap:
         yield cap
 

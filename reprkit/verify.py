@@ -24,6 +24,15 @@ The checks (``CHECKS``), in order:
 - ``stop``: stopping after layer k gives the same states and runs k + 1 blocks;
 - ``edits``: ``add_vector``, ``ablate`` and ``steer_direction`` with a mask on the last position
   leave every earlier position untouched downstream and change the last;
+- ``points``: the named points inside each block (``reprkit.points``) have their shapes, and
+  ``resid_pre + attn_out + mlp_out == resid_post``, ``resid_pre == `` the previous block's output,
+  ``resid_mid == resid_pre + attn_out`` (refused on a parallel block, which has none);
+- ``heads``: ``z`` is ``[batch, seq, heads, head_dim]``; the heads through the output projection one
+  at a time sum to its output; zeroing one head's ``z`` removes exactly that head's part; with eager
+  attention the patterns are causal rows summing to 1 (at most 1 where sinks take a share), and
+  without it reading them is refused with the fix;
+- ``point_edits``: an edit at each point of one block, on the last position, is what the point then
+  holds, changes the last position downstream and no earlier one, and is gone after its context;
 - ``generate``: an edit during ``generate`` gives the same tokens with the KV cache as without;
 - ``left_padding``: a left-padded batch, edited at each prompt's last real token, gives each
   prompt's last logits alone, and greedy generation with an edit gives each prompt's tokens alone;
@@ -95,8 +104,8 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "glm4": ("Glm4Config", {}),
 }
 
-CHECKS = ("blocks", "capture", "stop", "edits", "generate", "left_padding", "logit_lens", "lora", "losses",
-          "shared_prompt", "reference_cache", "steering")
+CHECKS = ("blocks", "capture", "stop", "edits", "points", "heads", "point_edits", "generate", "left_padding",
+          "logit_lens", "lora", "losses", "shared_prompt", "reference_cache", "steering")
 
 
 class NotApplicable(Exception):
@@ -232,6 +241,128 @@ def check_edits(model) -> None:
         _close(cap[2][:, :-1], plain[2][:, :-1], f"{name}: positions outside the mask downstream")
         if torch.allclose(cap[2][:, -1], plain[2][:, -1], atol=1e-6):
             raise AssertionError(f"{name}: the masked position did not change")
+
+
+def _point_captures(model, points, ids, layers="all"):
+    from .hooks import capture
+
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        caps = {p: stack.enter_context(capture(model, layers, point=p)) for p in points}
+        out = model(input_ids=ids, output_hidden_states=True)
+    return {p: c.hidden_states for p, c in caps.items()}, out
+
+
+def check_points(model) -> None:
+    from .points import block_layout
+
+    lay = block_layout(model)
+    points = ["resid_pre", "attn_out", "mlp_out", "resid_post"] + ([] if lay.parallel else ["resid_mid"])
+    ids = _ids(model)
+    got, out = _point_captures(model, points, ids)
+    shape = (*ids.shape, model.config.hidden_size)
+    for p in points:
+        for i, t in got[p].items():
+            if tuple(t.shape) != shape:
+                raise AssertionError(f"{p} at layer {i} has shape {tuple(t.shape)}, not {shape}")
+    pre, post = got["resid_pre"], got["resid_post"]
+    _close_rows(pre[0], out.hidden_states[0], "resid_pre at layer 0 vs hidden_states[0]")
+    for i in post:
+        _close_rows(pre[i] + got["attn_out"][i] + got["mlp_out"][i], post[i], f"layer {i}: resid_pre + attn_out + mlp_out vs resid_post")
+        if i:
+            _close_rows(pre[i], post[i - 1], f"resid_pre at layer {i} vs resid_post at {i - 1}")
+        if not lay.parallel:
+            _close_rows(got["resid_mid"][i], pre[i] + got["attn_out"][i], f"layer {i}: resid_mid vs resid_pre + attn_out")
+    return (f"attn_out: {lay.attn_added}{'' if lay.attn_scale == 1 else f' x {lay.attn_scale:g}'}; "
+            f"mlp_out: {lay.mlp_added}{'' if lay.mlp_scale == 1 else f' x {lay.mlp_scale:g}'}; "
+            + ("parallel block: no resid_mid" if lay.parallel else f"resid_mid: the input of {lay.mlp_entry}"))
+
+
+def check_heads(model) -> None:
+    from .hooks import TraceDict, capture
+    from .layers import find_blocks
+    from .points import block_layout, head_outputs, point_modules
+
+    lay = block_layout(model)
+    ids = _ids(model)
+    names, _ = find_blocks(model)
+    proj = [point_modules(model, b, "z")["out_proj"] for b in names]
+    with torch.no_grad(), capture(model, "all", point="z") as z, TraceDict(model, proj) as out:
+        model(input_ids=ids)
+    want = (*ids.shape, lay.heads, lay.head_dim)
+    k = 1
+    for i, name in enumerate(proj):
+        if tuple(z[i].shape) != want:
+            raise AssertionError(f"z at layer {i} has shape {tuple(z[i].shape)}, not {want}")
+        with torch.no_grad():
+            parts = head_outputs(model, i, z[i])
+            bias = model.get_submodule(name)(torch.zeros_like(z[i].flatten(-2)[..., :1, :]))
+        _close(parts.sum(-2) + bias, out[name].output, f"layer {i}: the heads through {lay.out_proj} vs its output")
+    off = lambda t, name: torch.cat([torch.zeros_like(t[..., :1, :]), t[..., 1:, :]], dim=-2)  # noqa: E731 - head 0 off
+    with torch.no_grad(), capture(model, k, point="z", edit_output=off), TraceDict(model, [proj[k]]) as cut:
+        model(input_ids=ids)
+    with torch.no_grad():
+        _close(cut[proj[k]].output, out[proj[k]].output - head_outputs(model, k, z[k])[..., 0, :],
+               f"layer {k}: the output with head 0's z zeroed vs the output less head 0's part")
+    impl = model.config._attn_implementation
+    if impl != "eager":
+        try:
+            _point_captures(model, ["pattern"], ids, layers=k)
+        except ValueError as err:
+            if "eager" not in str(err):
+                raise
+        else:
+            raise AssertionError(f"reading patterns under {impl!r} attention was not refused")
+    model.set_attn_implementation("eager")
+    try:
+        got, _ = _point_captures(model, ["pattern"], ids, layers=k)
+    finally:
+        model.set_attn_implementation(impl)
+    w = got["pattern"][k]
+    b, s = ids.shape
+    if tuple(w.shape) != (b, lay.heads, s, s):
+        raise AssertionError(f"pattern at layer {k} has shape {tuple(w.shape)}, not {(b, lay.heads, s, s)}")
+    if w.triu(1).abs().max() > 1e-6:
+        raise AssertionError("the pattern attends to later positions")
+    rows = w.sum(-1)
+    sinks = hasattr(model.get_submodule(point_modules(model, names[k], "z")["attention"]), "sinks")
+    if (rows > 1 + 1e-4).any() or (not sinks and (rows < 1 - 1e-4).any()):
+        raise AssertionError(f"pattern rows sum to {rows.min().item():.4f}..{rows.max().item():.4f}, not 1")
+
+
+def check_point_edits(model) -> None:
+    from . import edits
+    from .hooks import capture
+    from .points import block_layout
+
+    lay = block_layout(model)
+    ids = _ids(model, batch=1)
+    k, later = 1, 2
+    h = model.config.hidden_size
+    v = torch.nn.functional.normalize(torch.randn(h, generator=torch.Generator().manual_seed(2)), dim=0) * 8.0
+    mask = torch.zeros(ids.shape, dtype=torch.long)
+    mask[:, -1] = 1
+    points = ["resid_pre", "attn_out", "mlp_out", "resid_post", "z"] + ([] if lay.parallel else ["resid_mid"])
+    plain, _ = _point_captures(model, points, ids, layers=k)
+    with torch.no_grad(), capture(model, later) as base:
+        model(input_ids=ids)
+    vz = v[: lay.head_dim]
+    for p in points:
+        if p == "z":
+            edit = lambda t, name: t + torch.zeros_like(t).index_fill(-2, torch.tensor([0]), 1.0) * vz * mask[..., None, None]  # noqa: E731
+            want = plain["z"][k].clone()
+            want[:, -1, 0] += vz
+        else:
+            edit = edits.add_vector(v, 1.0, mask)
+            want = plain[p][k] + v * mask[..., None]
+        with torch.no_grad(), capture(model, k, point=p, edit_output=edit) as cap, capture(model, later) as after:
+            model(input_ids=ids)
+        _close(cap[k], want, f"{p} at layer {k}, edited, vs the point plus the edit")
+        _close(after[later][:, :-1], base[later][:, :-1], f"an edit of {p} at the last position, earlier positions at layer {later}")
+        if torch.allclose(after[later][:, -1], base[later][:, -1], atol=1e-3):
+            raise AssertionError(f"an edit of {p} at layer {k} did not change layer {later}")
+        with torch.no_grad(), capture(model, later) as again:
+            model(input_ids=ids)
+        _close(again[later], base[later], f"layer {later} after the edit of {p} was undone")
 
 
 def _generate(model, ids, mask=None, edit=None, use_cache=True, new=5):
@@ -569,6 +700,15 @@ def render(results: dict[str, dict[str, dict]]) -> str:
         lines += ["", "## Failures and exceptions", "", *notes]
     placed = [f"- **{arch}**: {row['lora']['reason'][len('LoRA in the last block on '):]}" for arch, row in results.items()
               if "lora" in row and row["lora"]["status"] == "pass" and row["lora"]["reason"]]
+    where: dict[str, list[str]] = {}
+    for arch, row in results.items():
+        if "points" in row and row["points"]["status"] == "pass" and row["points"]["reason"]:
+            where.setdefault(row["points"]["reason"], []).append(arch)
+    if where:
+        lines += ["", "## Where the points inside a block are", "",
+                  "Found from each model's modules (`reprkit.points.block_layout(model).describe()`): the module "
+                  "whose output is each branch as added to the residual stream, and what `resid_mid` reads.", "",
+                  *[f"- {', '.join(archs)}: {reason}" for reason, archs in where.items()]]
     if placed:
         lines += ["", "## Where LoRA goes", "",
                   "reprkit's default adapter (`all-linear`, `--lora-target-modules` to change) in the last block. "

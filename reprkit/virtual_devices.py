@@ -123,6 +123,11 @@ class _Mode(TorchFunctionMode):
             return _tag(func(*args, **kwargs), target or HOST)
         if func in _LIKE or func in _NEW:
             return _tag(func(*args, **kwargs), device_of(args[0]))
+        if func is torch.autograd.grad:  # the engine runs each device's part where it is, as on CUDA
+            inputs = kwargs.get("inputs", args[1] if len(args) > 1 else None)
+            inputs = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+            out = func(*args, **kwargs)
+            return tuple(g if g is None else _tag(g, device_of(x)) for g, x in zip(out, inputs))
         if func in _ANY_DEVICE:
             out = func(*args, **kwargs)
             return _tag(out, device_of(args[0])) if func is torch.Tensor.copy_ else out

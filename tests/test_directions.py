@@ -234,13 +234,37 @@ def test_a_direction_that_reads_the_answer_letter_is_flagged(tiny_folder, tmp_pa
     path.write_text("\n".join(json.dumps(r) for r in _ab_rows(150, 0.7)))
     out = tmp_path / "dir"
     main(["direction", "--model", str(tiny_folder), "--data", str(path), "--layers", "1,2", "--out", str(out),
-          "--max-length", "64", "--max-prompt-length", "48", "--token", "last"])
+          "--max-length", "64", "--max-prompt-length", "48", "--token", "last", "--no-both-orders"])
     printed = capsys.readouterr().out
     d = Direction.load(out)
     assert "answer-letter baseline on the held-out items" in printed and "always (A)" in printed
     assert set(d.info["letter_baseline"]) == {"A", "B"}
     assert d.info["reads_the_letter"] and set(d.info["reads_the_letter"].values()) <= {"A", "B"}
     assert "reads the answer letter" in printed and "letter-balanced" in printed
+    # by default each question is read and scored in both answer orders: the letter baseline is 1/2
+    # each, and the same letter-reading direction scores chance on the held-out questions
+    main(["direction", "--model", str(tiny_folder), "--data", str(path), "--layers", "1,2", "--out", str(out),
+          "--max-length", "64", "--max-prompt-length", "48", "--token", "last"])
+    printed = capsys.readouterr().out
+    d = Direction.load(out)
+    assert "both answer orders: 120 read and 30 held-out A/B questions" in printed
+    assert d.info["letter_baseline"] == {"A": 0.5, "B": 0.5}
+    assert all(d.info["heldout"][k] == 0.5 for k in d.info["reads_the_letter"])
+
+
+def test_both_orders_swaps_the_choices_and_their_letters():
+    from reprkit.scoring import both_orders, letter_baseline
+
+    plain = {"prompt": "Pick.\n (A) red\n (B) blue\nAnswer:", "responses": [" (B)", " (A)"], "scores": [1.0, 0.0], "id": 7}
+    chat = {"prompt": [{"role": "user", "content": "Pick.\n\nChoices:\n (A) Yes\n (B) No"}], "responses": [" (A)", " (B)"]}
+    three = {"prompt": "Pick.\n (A) x\n (B) y\n (C) z", "responses": [" (C)", " (A)"]}  # not the letters A and B
+    words = {"prompt": "Pick.", "responses": ["yes", "no"]}
+    out, n = both_orders([plain, chat, three, words])
+    assert n == 2 and len(out) == 6
+    assert out[1] == {**plain, "prompt": "Pick.\n (A) blue\n (B) red\nAnswer:", "responses": [" (A)", " (B)"], "id": "7/swapped"}
+    assert out[3]["prompt"][0]["content"].endswith(" (A) No\n (B) Yes") and out[3]["responses"] == [" (B)", " (A)"]
+    assert out[4] is three and out[5] is words
+    assert letter_baseline(out[:4])["always"] == {"A": 0.5, "B": 0.5}
 
 
 def test_letter_baseline_and_the_flag():

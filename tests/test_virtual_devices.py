@@ -235,6 +235,37 @@ def test_every_loss_steps_on_both_layouts(split, arch, name):
 
 
 @pytest.mark.parametrize("split", PLACEMENTS)
+def test_points_inside_blocks_and_patching(split):
+    from reprkit.hooks import capture
+    from reprkit.patching import attribute, logit_difference, patch
+    from reprkit.points import head_outputs
+
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randint(3, TINY["vocab_size"], (1, 6), generator=g)
+    corrupt = clean.clone()
+    corrupt[0, 2] = (clean[0, 2] + 5) % TINY["vocab_size"]
+    metric = logit_difference(3, 4)
+    points = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "z"]
+    want = patch(model, None, clean, corrupt, metric=metric, points=points, layers=[1, 3])
+    want_a = attribute(model, None, clean, corrupt, metric=metric, points=points, layers=[1, 3])
+    mask = torch.zeros(1, 6, dtype=torch.long)
+    mask[:, -1] = 1
+    from reprkit import edits
+
+    with virtual_devices(model, split=split) as vd:
+        with torch.no_grad(), capture(model, [1, 3], point="z") as z, \
+                capture(model, 3, point="resid_mid", edit_output=edits.add_vector(torch.ones(TINY["hidden_size"]), 1.0, mask)):
+            model(input_ids=clean.to(vd.input_device))
+            head_outputs(model, 3, z[3])
+        got = patch(model, None, clean, corrupt, metric=metric, points=points, layers=[1, 3])
+        got_a = attribute(model, None, clean, corrupt, metric=metric, points=points, layers=[1, 3])
+    for p in points:
+        torch.testing.assert_close(got.values[p], want.values[p], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got_a.values[p], want_a.values[p], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("split", PLACEMENTS)
 def test_the_frozen_model_cache_on_devices(split, tmp_path):
     from peft import LoraConfig, get_peft_model
 
