@@ -107,7 +107,7 @@ def main() -> None:
             for (name, g), fn in zip(grids.items(), (with_reprkit, with_transformer_lens, with_nnsight))]
     print(table(rows, ["library", "max |difference| from reprkit (logit diff)", "lines", "seconds"]))
     print(f"z at every layer vs TransformerLens hook_z: max |difference| {z_diff:.2e}")
-    print(f"clean-run metric range on the grid: {ref.min().item():.3f} .. {ref.max().item():.3f}")
+    print(f"the patched metric on the grid ranges: {ref.min().item():.3f} .. {ref.max().item():.3f}")
     save("patching_peers", {"machine": machine(), "rows": rows, "z_max_abs_difference": z_diff,
                             "grid": ref.tolist(), "seconds": seconds})
 
