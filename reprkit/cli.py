@@ -93,6 +93,10 @@ class Patch(Placement):
     layers: str = "all"
     heads: bool = False
     """at z: one column per head and position"""
+    positions: tuple[int, ...] = ()
+    """only these positions (-1: the last); default every position"""
+    all_positions: bool = False
+    """patch every position at once (one column)"""
     align: Literal["same", "end"] = "same"
     """'same': the prompts must tokenize to the same length; 'end': positions are paired from the end"""
     attribution: bool = False
@@ -107,8 +111,9 @@ class Patch(Placement):
 
         model, tok = self.load(self.model)
         fn = attribute if self.attribution else patch
+        positions = "all" if self.all_positions else list(self.positions) or "each"
         res = fn(model, tok, self.clean, self.corrupt, answers=self.answers, points=self.points, layers=self.layers,
-                 heads=self.heads, align=None if self.align == "same" else "end")
+                 positions=positions, heads=self.heads, align=None if self.align == "same" else "end")
         print(f"{res.method} patching; metric {res.rule}: clean {res.clean:.3f}, corrupted {res.corrupt:.3f}")
         for point, v in res.normalised().items():
             print(f"\n{point}: recovered share (0 = corrupted run, 1 = clean run), layers down, positions across")

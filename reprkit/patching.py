@@ -16,7 +16,7 @@ The rule (what is scored, how):
 - **patching** (``patch``): for each point, layer and position (and head, at ``z`` with ``heads=True``)
   the corrupted run is repeated with that one activation replaced by the clean run's at the same
   place (``reprkit.points`` names the places; edits never change a tensor in place). ``positions=
-  "all"`` patches every position at once (one column).
+  "all"`` patches every position at once (one column); a list (``[-1]``) patches only those.
 - **positions** pair one for one, so clean and corrupted prompts must have the same number of
   tokens; ``align="end"`` pairs them from the end instead (position -1 with -1, ...), over the
   shorter prompt's length. Unequal lengths are refused otherwise, naming both lengths.
@@ -146,7 +146,7 @@ def _setup(model, tokenizer, clean, corrupt, points, layers, align):
     lc, lx = clean_ids.shape[1], corrupt_ids.shape[1]
     if lc != lx and align != "end":
         raise ValueError(f"the clean prompt has {lc} tokens and the corrupted {lx}: positions are patched one for one; "
-                         "make them tokenize to the same length, or pass align='end' to pair them from the end")
+                         "make them tokenize to the same length, or pass align='end' (--align end) to pair them from the end")
     n = min(lc, lx)
     unknown = [p for p in points if p not in POINTS or p == "pattern"]
     if unknown:
@@ -162,6 +162,21 @@ def _values(model, ids, points, layers) -> dict[str, dict[int, torch.Tensor]]:
     return {p: c.hidden_states for p, c in caps.items()}
 
 
+def _columns(positions, n: int) -> list[int | None]:
+    """``"each"`` -> every position of the paired window, ``"all"`` -> one column patching them all,
+    a list of ints -> those positions (Python indexing within the window: -1 is the last)."""
+    if positions == "each":
+        return list(range(n))
+    if positions == "all":
+        return [None]
+    if isinstance(positions, str) or not all(isinstance(p, int) for p in positions):
+        raise ValueError(f"positions must be 'each', 'all' or a list of positions, not {positions!r}")
+    bad = [p for p in positions if not -n <= p < n]
+    if bad:
+        raise ValueError(f"positions {bad} are outside the {n} positions patched (0..{n - 1}, or -{n}..-1)")
+    return sorted({p % n for p in positions})
+
+
 def _labels(tokenizer, ids: torch.Tensor, offset: int, n: int, aligned_end: bool) -> tuple[list[int], list[str]]:
     positions = list(range(-n, 0)) if aligned_end else list(range(n))
     toks = ids[0, offset:offset + n].tolist()
@@ -169,28 +184,34 @@ def _labels(tokenizer, ids: torch.Tensor, offset: int, n: int, aligned_end: bool
     return positions, [str(w) for w in words]
 
 
+def _chosen(labels: tuple[list[int], list[str]], cols: list[int | None]) -> tuple[list[int], list[str]]:
+    pos, toks = labels
+    if cols == [None]:
+        return [0], ["all positions"]
+    return [pos[c] for c in cols if c is not None], [toks[c] for c in cols if c is not None]
+
+
 @torch.no_grad()
 def patch(model, tokenizer, clean, corrupt, *, answers=None, metric: Metric | None = None,
-          points: Sequence[str] = ("resid_pre",), layers="all", positions: str = "each", heads: bool = False,
-          align: str | None = None, batch_size: int = 64) -> Patching:
+          points: Sequence[str] = ("resid_pre",), layers="all", positions: str | Sequence[int] = "each",
+          heads: bool = False, align: str | None = None, batch_size: int = 64) -> Patching:
     """Exact activation patching (module docstring). ``clean`` and ``corrupt`` are prompts (text, a list
-    of texts, or token ids ``[batch, seq]``); ``positions`` is ``"each"`` or ``"all"``; ``heads`` adds a
-    head axis at ``z``; ``align`` is None (equal lengths) or ``"end"``."""
-    if positions not in ("each", "all"):
-        raise ValueError(f"positions must be 'each' or 'all', not {positions!r}")
+    of texts, or token ids ``[batch, seq]``); ``positions`` is ``"each"``, ``"all"`` (every position at
+    once) or a list of positions (``[-1]``: the last); ``heads`` adds a head axis at ``z``; ``align`` is
+    None (equal lengths) or ``"end"``."""
     clean_ids, corrupt_ids, idx, oc, ox, n = _setup(model, tokenizer, clean, corrupt, points, layers, align)
+    cols = _columns(positions, n)
     fn, rule = _metric(tokenizer, answers, metric)
     keep = {"logits_to_keep": 1} if getattr(fn, "last_only", False) else {}
     model_logits = lambda ids: model(input_ids=ids, use_cache=False, **keep).logits  # noqa: E731
     clean_m, corrupt_m = fn(model_logits(clean_ids)).mean().item(), fn(model_logits(corrupt_ids)).mean().item()
     source = _values(model, clean_ids, points, idx)
     b = corrupt_ids.shape[0]
-    cols = list(range(n)) if positions == "each" else [None]
     out: dict[str, torch.Tensor] = {}
     for p in points:
         n_heads = source[p][idx[0]].shape[-2] if p == "z" and heads else 1
         grid = torch.zeros(len(idx), len(cols), n_heads)
-        places = [(c, h) for c in cols for h in range(n_heads)]
+        places = [(ci, c, h) for ci, c in enumerate(cols) for h in range(n_heads)]
         for li, layer in enumerate(idx):
             clean_v = source[p][layer]
             for start in range(0, len(places), max(1, batch_size // b)):
@@ -199,7 +220,7 @@ def patch(model, tokenizer, clean, corrupt, *, answers=None, metric: Metric | No
 
                 def edit(t, name, chunk=chunk, clean_v=clean_v, per_head=p == "z" and heads):
                     t = t.clone()
-                    for k, (c, h) in enumerate(chunk):
+                    for k, (_, c, h) in enumerate(chunk):
                         rs = slice(k * b, (k + 1) * b)
                         sx = slice(ox, ox + n) if c is None else ox + c
                         sc = slice(oc, oc + n) if c is None else oc + c
@@ -211,24 +232,21 @@ def patch(model, tokenizer, clean, corrupt, *, answers=None, metric: Metric | No
 
                 with capture(model, layer, point=p, edit_output=edit, retain_output=False):
                     scores = fn(model_logits(rows)).view(len(chunk), b).mean(1).cpu()
-                for k, (c, h) in enumerate(chunk):
-                    grid[li, 0 if c is None else c, h] = scores[k]
+                for k, (ci, _, h) in enumerate(chunk):
+                    grid[li, ci, h] = scores[k]
         out[p] = grid if p == "z" and heads else grid[..., 0]
-    pos, toks = _labels(tokenizer, corrupt_ids, ox, n, align == "end")
-    if positions == "all":
-        pos, toks = [0], ["all positions"]
+    pos, toks = _chosen(_labels(tokenizer, corrupt_ids, ox, n, align == "end"), cols)
     return Patching(out, idx, pos, toks, clean_m, corrupt_m, "exact", rule, heads)
 
 
 def attribute(model, tokenizer, clean, corrupt, *, answers=None, metric: Metric | None = None,
-              points: Sequence[str] = ("resid_pre",), layers="all", positions: str = "each", heads: bool = False,
-              align: str | None = None) -> Patching:
+              points: Sequence[str] = ("resid_pre",), layers="all", positions: str | Sequence[int] = "each",
+              heads: bool = False, align: str | None = None) -> Patching:
     """Attribution patching (module docstring): the same sweep as ``patch`` estimated from one forward
     and one backward of the corrupted run; ``values`` are estimated changes of the metric from the
     corrupted run's."""
-    if positions not in ("each", "all"):
-        raise ValueError(f"positions must be 'each' or 'all', not {positions!r}")
     clean_ids, corrupt_ids, idx, oc, ox, n = _setup(model, tokenizer, clean, corrupt, points, layers, align)
+    cols = _columns(positions, n)
     fn, rule = _metric(tokenizer, answers, metric)
     source = _values(model, clean_ids, points, idx)
     deltas: dict[tuple[str, int], torch.Tensor] = {}
@@ -255,11 +273,10 @@ def attribute(model, tokenizer, clean, corrupt, *, answers=None, metric: Metric 
         per = (diff * g[:, ox:ox + n]).float()          # [batch, n, hidden] or [batch, n, heads, head_dim]
         per = per.sum(-1).sum(0) if p == "z" and heads else per.flatten(2).sum(-1).sum(0)   # batch-mean below
         per = per / corrupt_ids.shape[0]
-        out[p].append((per.sum(0, keepdim=True) if positions == "all" else per).cpu())  # layers may sit on several devices
+        per = per.sum(0, keepdim=True) if cols == [None] else per[cols]
+        out[p].append(per.cpu())  # layers may sit on several devices
     values = {p: torch.stack(v) for p, v in out.items()}
-    pos, toks = _labels(tokenizer, corrupt_ids, ox, n, align == "end")
-    if positions == "all":
-        pos, toks = [0], ["all positions"]
+    pos, toks = _chosen(_labels(tokenizer, corrupt_ids, ox, n, align == "end"), cols)
     return Patching(values, idx, pos, toks, clean_m, value.item(), "attribution", rule, heads)
 
 

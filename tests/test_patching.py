@@ -92,6 +92,23 @@ def test_how_far_attribution_agrees_with_patching_on_a_tiny_model(setup):
     torch.testing.assert_close(heads.values["z"].sum(-1), whole.values["z"], atol=1e-5, rtol=1e-5)
 
 
+def test_chosen_positions_are_the_same_cells_as_the_whole_sweep(setup):
+    model, clean, corrupt, metric = setup
+    every = patch(model, None, clean, corrupt, metric=metric, points=["resid_pre", "z"], layers=[1, 2], heads=True)
+    some = patch(model, None, clean, corrupt, metric=metric, points=["resid_pre", "z"], layers=[1, 2], heads=True,
+                 positions=[-1, 1])
+    assert some.positions == [1, 5] and some.values["z"].shape == (2, 2, 4)
+    torch.testing.assert_close(some.values["resid_pre"], every.values["resid_pre"][:, [1, 5]])
+    torch.testing.assert_close(some.values["z"], every.values["z"][:, [1, 5]])
+    approx = attribute(model, None, clean, corrupt, metric=metric, points=["mlp_out"], positions=[2])
+    whole = attribute(model, None, clean, corrupt, metric=metric, points=["mlp_out"])
+    torch.testing.assert_close(approx.values["mlp_out"], whole.values["mlp_out"][:, [2]])
+    with pytest.raises(ValueError, match="outside the 6 positions"):
+        patch(model, None, clean, corrupt, metric=metric, positions=[6])
+    with pytest.raises(ValueError, match="'each', 'all' or a list"):
+        patch(model, None, clean, corrupt, metric=metric, positions="last")
+
+
 def test_unequal_lengths_are_refused_or_aligned_from_the_end(setup):
     model, clean, corrupt, metric = setup
     longer = torch.cat([torch.tensor([[4]]), corrupt], dim=1)
@@ -117,3 +134,21 @@ def test_answers_and_metrics(tokenizer):
     assert res.tokens[-1] in ("ĠRome", " Rome") and "logit(' is') - logit(' was')" in res.rule
     fig = res.figure("resid_pre")
     assert fig.data[0].type == "heatmap" and len(fig.data[0].z) == 2
+
+
+def test_the_command_prints_the_grid_and_writes_json_and_html(tiny_folder, tmp_path, capsys):
+    import json
+
+    from reprkit.cli import main
+
+    out, html = tmp_path / "p.json", tmp_path / "p.html"
+    main(["patch", "--model", str(tiny_folder), "--points", "resid_pre", "z", "--heads", "--layers", "0,2",
+          "--positions", "-1", "--json", str(out), "--html", str(html)])
+    printed = capsys.readouterr().out
+    assert "exact patching; metric logit(' Paris') - logit(' Rome') at the last position" in printed
+    res = json.loads(out.read_text())
+    assert res["layers"] == [0, 2] and len(res["positions"]) == 1 and len(res["values"]["z"][0][0]) == 4
+    assert html.read_text().count("plotly") > 0
+    with pytest.raises(SystemExit) as stop:
+        main(["patch", "--model", str(tiny_folder), "--corrupt", "The Colosseum is in"])
+    assert stop.value.code == 2 and "align='end'" in capsys.readouterr().err
