@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .layers import LayerSelection, select_layers
-from .points import EAGER_FIX, POINTS, block_layout, point_modules
+from .points import EAGER_FIX, POINTS, block_layout, input_of, point_modules
 
 EditFn = Callable[[torch.Tensor, str], torch.Tensor]
 
@@ -193,7 +193,7 @@ class PointTrace(Trace):
 
     # -- the hooks, one kind per point
     def _resid_pre(self, module, args, kwargs):
-        x = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("hidden_states")
+        x = input_of(args, kwargs)
         if x is None:
             raise TypeError(f"{self._names['block']} was called without its hidden states")
         self._pre = x
@@ -226,7 +226,7 @@ class PointTrace(Trace):
         return _replace_hidden(output, (new if c == 1.0 else a + (new - v) / c).view(raw.shape))
 
     def _mid_entry(self, module, args, kwargs):
-        self._retain(args[0] if args and isinstance(args[0], torch.Tensor) else kwargs["hidden_states"])
+        self._retain(input_of(args, kwargs))
 
     def _z(self, module, args, kwargs):
         x = args[0] if args else kwargs["input"]

@@ -108,7 +108,8 @@ class _ProbeDone(Exception):
     """Ends the probe's forward after the first block."""
 
 
-def _input_of(args, kwargs):
+def input_of(args, kwargs):
+    """A module call's hidden-states input: the first positional tensor, else ``hidden_states=``."""
     if args and isinstance(args[0], torch.Tensor):
         return args[0]
     x = kwargs.get("hidden_states")
@@ -173,7 +174,7 @@ def _probe(model: nn.Module, block_name: str | None) -> BlockLayout:
     def child_hook(name):
         def hook(module, args, kwargs, output):
             if name not in seen:
-                i, o = _input_of(args, kwargs), _hidden_of(output)
+                i, o = input_of(args, kwargs), _hidden_of(output)
                 seen[name] = (len(seen), i, o)
                 values[name] = (None if i is None else i.clone(), o.clone())
         return hook
@@ -181,11 +182,11 @@ def _probe(model: nn.Module, block_name: str | None) -> BlockLayout:
     def proj_hook(name):
         def hook(module, args, kwargs, output):
             out = output if isinstance(output, torch.Tensor) else _hidden_of(output)
-            projections.append((name, _input_of(args, kwargs), out))
+            projections.append((name, input_of(args, kwargs), out))
         return hook
 
     def block_hook(module, args, kwargs, output):
-        seen["<block>"] = (-1, _input_of(args, kwargs), _hidden_of(output))
+        seen["<block>"] = (-1, input_of(args, kwargs), _hidden_of(output))
         values["<block>"] = (seen["<block>"][1].clone(), seen["<block>"][2].clone())
         raise _ProbeDone
 
