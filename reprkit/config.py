@@ -31,6 +31,26 @@ class LoraSettings:
 
 
 @dataclass
+class VectorSettings:
+    layers: str = "0.5"
+    """layer spec of the blocks whose outputs get a learnt vector (one per block; '0.5': the middle one)"""
+    positions: str = "all"
+    """where it is added: all, prompt, response, or pyreft's f<k>+l<k> (first / last k prompt tokens)"""
+    scale: bool = False
+    """learn a per-layer scale beside each vector"""
+
+
+@dataclass
+class ReftSettings:
+    layers: str = "0.5"
+    """layer spec of the blocks whose outputs get a LoReFT intervention"""
+    rank: int = 4
+    """rank r of R (orthonormal rows) and W"""
+    positions: str = "f1+l1"
+    """where it acts: pyreft's f<k>+l<k> (first / last k prompt tokens), prompt, response or all"""
+
+
+@dataclass
 class _Settings:
     """Train a LoRA adapter with a hidden-state loss (or DPO) and track it against the frozen model."""
 
@@ -70,8 +90,15 @@ class _Settings:
     chat_template: bool | None = None
     """apply the tokenizer's chat template (None: when it has one)"""
 
+    intervention: Literal["lora", "vector", "reft"] = "lora"
+    """what training changes: a LoRA adapter (--lora.*), a steering vector per layer (--vector.*) or a
+    LoReFT intervention per layer (--reft.*); the frozen model is the model with it switched off"""
     lora: LoraSettings = field(default_factory=LoraSettings)
     """the LoRA adapter"""
+    vector: VectorSettings = field(default_factory=VectorSettings)
+    """the steering vectors (--intervention vector)"""
+    reft: ReftSettings = field(default_factory=ReftSettings)
+    """the LoReFT interventions (--intervention reft)"""
     track_layers: str | None = None
     """layers to track (cosine / norm ratio vs frozen); default: the loss layers, or ReprPO's for DPO"""
 
@@ -157,6 +184,7 @@ class _Settings:
         in_range("--lora.alpha", self.lora.alpha, lo=0, lo_open=True)
         in_range("--lora.dropout", self.lora.dropout, lo=0, hi=1, hi_open=True)
         self.validate_loss()
+        self.validate_intervention()
         loss = self.loss_fn()
         if self.shared_prompt and (self.gradient_checkpointing or getattr(loss, "ranked", False)):
             raise ValueError("--shared-prompt needs the KV cache in the training forward and chosen/rejected pairs: "
@@ -164,6 +192,23 @@ class _Settings:
         if self.reference_cache and getattr(loss, "ranked", False):
             raise ValueError(f"--reference-cache covers chosen/rejected pairs; the {self.loss} loss ranks K responses: "
                              "drop --reference-cache")
+
+    def validate_intervention(self) -> None:
+        """The intervention's settings, and the combinations it cannot run with."""
+        from reprkit.interventions import parse_positions
+
+        if self.intervention == "lora":
+            return
+        settings = getattr(self, self.intervention)
+        try:
+            parse_positions(settings.positions)
+        except ValueError as err:
+            raise ValueError(f"--{self.intervention}.positions: {err}") from None
+        if self.intervention == "reft":
+            in_range("--reft.rank", self.reft.rank, lo=1)
+        if getattr(self.loss_fn(), "ranked", False):
+            raise ValueError(f"--intervention {self.intervention} trains on chosen/rejected pairs; the {self.loss} loss "
+                             "ranks K responses: use --intervention lora with it")
 
     def validate_loss(self) -> None:
         """The active loss's numbers: each finite; weights (``w_*``), ``alpha`` at least 0 and not all
@@ -206,7 +251,7 @@ class _Settings:
     @classmethod
     def from_dict(cls, d: dict) -> _Settings:
         d = dict(d)
-        nested = {**LOSSES, "lora": LoraSettings}
+        nested = {**LOSSES, "lora": LoraSettings, "vector": VectorSettings, "reft": ReftSettings}
         for key, typ in nested.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = typ(**d[key])

@@ -24,19 +24,26 @@ def load_target(target: str, dtype: str = "float32", device: str | None = None):
     """(model, tokenizer, run_dir or None, base model name) for a run directory, an adapter
     directory or a model name."""
     path = Path(target)
-    if (path / "config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
+    from .interventions import CONFIG_FILE, is_saved_intervention
+    from .interventions import load as load_intervention
+
+    if (path / "config.json").is_file() and any((path / "adapter" / f).is_file() for f in ("adapter_config.json", CONFIG_FILE)):
         config = json.loads((path / "config.json").read_text())
         adapter, model_name, run_dir = path / "adapter", config.get("model", DEFAULT_MODEL), path
+    elif is_saved_intervention(path):
+        adapter, model_name, run_dir = path, json.loads((path / CONFIG_FILE).read_text()).get("base_model") or DEFAULT_MODEL, None
     elif (path / "adapter_config.json").is_file():
         adapter_cfg = json.loads((path / "adapter_config.json").read_text())
         adapter, model_name, run_dir = path, adapter_cfg["base_model_name_or_path"], None
     elif path.exists() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"{target} is neither a run directory (config.json + adapter/) nor an adapter "
-                                "directory (adapter_config.json) nor a model folder")
+                                f"directory (adapter_config.json) nor an intervention ({CONFIG_FILE}) nor a model folder")
     else:
         adapter, model_name, run_dir = None, target, None
     model, tok = load_model(model_name, dtype=dtype, device=device)
-    if adapter is not None:
+    if adapter is not None and is_saved_intervention(adapter):
+        load_intervention(model, adapter)  # attached in place: the model with it off is the base model
+    elif adapter is not None:
         from peft import PeftModel
 
         try:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .data import collate, collate_ranked
 from .devices import input_device, to_model
-from .frozen import adapter_disabled, eval_mode
+from .frozen import adapter_disabled, eval_mode, has_trained
 from .logits import head_logits, masked_logp_sums, unwrap  # noqa: F401 (head_logits: re-exported)
 from .scoring import length_baseline, ranked_summary, wilson_ci95
 
@@ -40,14 +40,17 @@ def forward_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     the model runs with ``logits_to_keep=1`` and the head is applied to the final (normed) hidden
     states at the completion positions alone. Models without ``logits_to_keep`` fall back to full logits.
     """
+    from .interventions import at_positions
+
     device = input_device(model)  # a batch follows the input embedding
     input_ids, attention_mask, completion_mask = (t.to(device) for t in (input_ids, attention_mask, completion_mask))
-    try:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                    output_hidden_states=True, logits_to_keep=1)
-    except TypeError:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return completion_logps(out.logits, input_ids, completion_mask)
+    with at_positions(model, attention_mask, completion_mask):  # an intervention at chosen positions
+        try:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                        output_hidden_states=True, logits_to_keep=1)
+        except TypeError:
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return completion_logps(out.logits, input_ids, completion_mask)
     # position t predicts token t + 1; float32 sums, the head in bounded chunks
     return masked_logp_sums(model, out.hidden_states[-1][:, :-1], input_ids[:, 1:], completion_mask[:, 1:])
 
@@ -127,6 +130,7 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                      chat_template: bool | None = None) -> list[dict]:
     """Greedy completions of a few prompts (message lists)."""
     from .data import render_prompt, uses_chat
+    from .interventions import generating
 
     chat = uses_chat(tokenizer, chat_template)
     rows = []
@@ -135,8 +139,9 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             text = render_prompt(tokenizer, messages, chat)
             enc = tokenizer(text, return_tensors="pt", add_special_tokens=not chat)
             enc = to_model(model, enc)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            with generating(model, enc["attention_mask"]):
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
             completion = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             rows.append({"prompt": messages[-1]["content"], "completion": completion})
     return rows
@@ -145,7 +150,7 @@ def generate_samples(model, tokenizer, prompts: list[list[dict]], max_new_tokens
 def _passes(model, base: bool) -> dict:
     """The model as is, plus (with ``base`` and an adapter) the frozen model: adapter disabled."""
     passes = {"policy": nullcontext}
-    if base and getattr(model, "peft_config", None):
+    if base and has_trained(model):
         passes["base"] = adapter_disabled
     return passes
 
@@ -388,7 +393,7 @@ def perplexity_ratio(model, encoded: list[dict], pad_token_id: int, batch_size: 
         if base_total.shape != total.shape:
             raise ValueError(f"frozen_nll has {base_total.numel()} values for {len(encoded)} items: compute it "
                              "with sequence_nll on the same encoded items")
-    elif getattr(model, "peft_config", None):
+    elif has_trained(model):
         with adapter_disabled(model):
             base_total, _ = sequence_nll(model, encoded, pad_token_id, batch_size)
     else:

@@ -38,10 +38,22 @@ def eval_mode(model: nn.Module):
 
 
 def adapter_disabled(model: nn.Module):
-    """peft's ``disable_adapter()`` context when ``model`` has adapters; a no-op otherwise."""
+    """The frozen model: peft's ``disable_adapter()`` context when ``model`` has adapters, the
+    attached intervention switched off when it has one (``reprkit.interventions``); a no-op otherwise."""
     if hasattr(model, "disable_adapter") and getattr(model, "peft_config", None):
         return cast(Any, model).disable_adapter()  # peft's method, not a submodule
+    from .interventions import attached
+
+    if (iv := attached(model)) is not None:
+        return iv.disabled()
     return nullcontext()
+
+
+def has_trained(model: nn.Module) -> bool:
+    """Whether ``model`` carries a trained thing to switch off: LoRA adapters or an intervention."""
+    from .interventions import attached
+
+    return bool(getattr(model, "peft_config", None)) or attached(model) is not None
 
 
 def frozen_hidden_states(model: nn.Module, inputs: dict, layers, **options) -> dict[int, torch.Tensor]:

@@ -150,11 +150,12 @@ def run_prompts(model, ids: torch.Tensor, mask: torch.Tensor, lengths: torch.Ten
     from transformers import DynamicCache
 
     from .hooks import capture
+    from .interventions import at_positions
 
     cache = DynamicCache(config=unwrap(model).config)  # a PeftModel hands .config through
     positions = (mask.cumsum(-1) - 1).clamp_min(0)  # each prompt's own positions from 0
     ctx = capture(model, layers, stop=True) if stop else contextlib.nullcontext()
-    with ctx:
+    with at_positions(model, mask, None), ctx:  # an intervention at chosen positions: these are prompt tokens
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(model, cache), use_cache=True,
                     output_hidden_states=last, logits_to_keep=1)
     return PromptPass(cache, mask, lengths, out.hidden_states[-1][:, -1] if last else None)
@@ -168,11 +169,12 @@ def run_responses(model, prompts: PromptPass, rows: torch.Tensor, ids: torch.Ten
     ``[R, T, H]`` (``final``). Each response token gets its position in the concatenated sequence
     (its prompt's length plus its offset)."""
     from .hooks import capture
+    from .interventions import at_positions
 
     positions = prompts.lengths[rows][:, None] + torch.arange(ids.shape[1], device=ids.device)
     attention = torch.cat([prompts.mask[rows], mask], 1)
     ctx = capture(model, layers, stop=stop, detach=detach) if layers is not None else contextlib.nullcontext()
-    with ctx as cap:
+    with at_positions(model, mask, mask), ctx as cap:  # and these response tokens
         out = model(input_ids=ids, attention_mask=attention, position_ids=positions,
                     **cache_kwargs(model, _rows_of(prompts.cache, rows)), use_cache=True, output_hidden_states=final,
                     logits_to_keep=1)

@@ -54,9 +54,17 @@ def train_to(cfg: TrainConfig, step: int) -> Path:
 
 
 def load_adapter(grid: Grid, run: Path):
+    """The run's trained thing on the grid's model: a LoRA adapter (a PeftModel) or an intervention
+    (attached to the model in place)."""
     from peft import PeftModel
 
+    from ..interventions import is_saved_intervention
+    from ..interventions import load as load_intervention
+
     model, tok = load_model(grid.model)
+    if is_saved_intervention(run / "adapter"):
+        load_intervention(model, run / "adapter")
+        return model, tok
     return PeftModel.from_pretrained(model, run / "adapter"), tok
 
 

@@ -9,8 +9,10 @@ from .dpo import DPO, PlackettLuce, dr_dpo_loss, plackett_luce_loss, preference_
 from .prefvec import PrefVec
 from .reprpo import ReprPO
 from .reroute import Reroute
+from .steering import BiPO, RePS, bipo_loss, reps_terms
 
-LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute, "plackett_luce": PlackettLuce, "prefvec": PrefVec}
+LOSSES = {"dpo": DPO, "reprpo": ReprPO, "reroute": Reroute, "plackett_luce": PlackettLuce, "prefvec": PrefVec, "bipo": BiPO,
+          "reps": RePS}
 
-__all__ = ["DPO", "LOSSES", "PlackettLuce", "PrefVec", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
+__all__ = ["BiPO", "DPO", "RePS", "bipo_loss", "reps_terms", "LOSSES", "PlackettLuce", "PrefVec", "LossInputs", "ReprPO", "Reroute", "Side", "dr_dpo_loss", "plackett_luce_loss",
            "preference_loss"]

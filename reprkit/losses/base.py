@@ -58,6 +58,8 @@ class LossInputs:
     ranked: dict | None = None  # K-response losses: {"logps", "ref_logps", "n_tokens", "valid"} [B, K]
     totals: dict | None = None  # the global batch's ``batch_totals`` (all micro-batches, all processes)
     pieces: int = 1  # micro-batches this process splits the step's batch into (--grad-accum)
+    sign: float = 1.0  # the multiplier of the trained edit in this policy pass (losses with ``signs``)
+    frozen_pass: tuple | None = None  # the frozen pass's (hidden, logps), reused by another sign's pass
 
 
 def mean_over_layers(values: list[torch.Tensor]) -> torch.Tensor:

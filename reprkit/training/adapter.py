@@ -58,6 +58,50 @@ def add_lora(model, cfg: TrainConfig, last_layer: int | None):
     return get_peft_model(model, config)
 
 
+def add_intervention(model, cfg: TrainConfig, loss, loss_layers: list[int]):
+    """Attach a fresh ``--intervention vector|reft`` (``reprkit.interventions``) to ``model`` in place;
+    the base weights are frozen. A hidden-state loss that stops before every intervened layer could
+    not train it, and is refused naming both."""
+    from .. import interventions as I
+
+    if getattr(model, "peft_config", None):
+        raise TrainingError(f"--intervention {cfg.intervention} trains on the base model, and this one already has LoRA "
+                            f"adapter(s) {list(model.peft_config)}: pass the base model")
+    settings = getattr(cfg, cfg.intervention)
+    layers = list(select_layers(model, settings.layers).indices)
+    if loss_layers and not loss.needs_logps and min(layers) > max(loss_layers):
+        raise TrainingError(
+            f"the {cfg.intervention} is at layer(s) {layers} and the {cfg.loss} loss reads layers up to {max(loss_layers)}: "
+            f"its forward stops before the intervention, which would get no gradient. Put it at or before layer "
+            f"{max(loss_layers)} (--{cfg.intervention}.layers {max(loss_layers)})")
+    torch.manual_seed(cfg.seed)  # LoReFT's random start, like LoRA's, follows --seed
+    if cfg.intervention == "vector":
+        iv = I.VectorIntervention(layers, I.hidden_size_of(model), positions=settings.positions, scale=settings.scale)
+    else:
+        iv = I.LoReFTIntervention(layers, I.hidden_size_of(model), positions=settings.positions, rank=settings.rank)
+    iv.base_model_name = cfg.model
+    return I.attach(model, iv)
+
+
+def check_trained(model) -> str:
+    """``check_adapter`` for a LoRA adapter; for an intervention, that it is attached, trainable and
+    the only thing that is: returns a name for messages (the adapter's, or the intervention's kind)."""
+    from ..interventions import attached
+
+    iv = attached(model)
+    if iv is None:
+        return check_adapter(model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    mine = {f"{n}" for n, _ in model.named_parameters() if n.startswith("reprkit_intervention.")}
+    if not trainable:
+        raise TrainingError(f"the {iv.kind} intervention has no trainable parameters")
+    others = [n for n in trainable if n not in mine]
+    if others:
+        raise TrainingError(f"base weights are trainable beside the {iv.kind} intervention (e.g. {others[0]}): "
+                            "the frozen model would not be the base model. Attach it with reprkit.interventions.attach")
+    return iv.kind
+
+
 def check_rank(model, r: int, targets, layers: list[int] | None) -> None:
     """Refuse a LoRA rank above every adapted layer's smaller side: no update could use it, so it
     only costs memory (``--lora.r 100000`` would otherwise end in an allocator error). A rank above

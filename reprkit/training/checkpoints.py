@@ -57,7 +57,7 @@ def save_checkpoint(run_dir: Path, step: int, model, state: tuple[dict | None, d
             if old.name != f"checkpoint-{step:06d}":
                 shutil.rmtree(old, ignore_errors=True)
         tmp, final = new_checkpoint_dir(run_dir, step)
-        model.save_pretrained(tmp / "adapter", state_dict=adapter_weights)
+        save_trained(model, tmp / "adapter", adapter_weights)
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -71,12 +71,32 @@ def save_checkpoint(run_dir: Path, step: int, model, state: tuple[dict | None, d
         raise write_failed(f"the checkpoint of step {step}", run_dir, err) from err
 
 
+def save_trained(model, path: Path, adapter_weights: dict | None = None) -> None:
+    """What the run trains, in its own format: a LoRA adapter in PEFT's (``save_pretrained``), an
+    intervention as ``intervention.safetensors`` + ``intervention_config.json``."""
+    from ..interventions import attached
+
+    iv = attached(model)
+    if iv is not None:
+        iv.save_pretrained(path)
+    else:
+        model.save_pretrained(path, state_dict=adapter_weights)
+
+
+def trained_weights_file(path: Path) -> Path:
+    """A checkpoint's (or run's) ``adapter/`` weights file: PEFT's, or an intervention's."""
+    from ..interventions import WEIGHTS_FILE
+
+    own = path / "adapter" / WEIGHTS_FILE
+    return own if own.is_file() else path / "adapter" / "adapter_model.safetensors"
+
+
 def save_adapter(run_dir: Path, model, adapter_weights: dict | None = None) -> None:
     """The final adapter (PEFT format), published with one rename like a checkpoint."""
     tmp, final = run_dir / ".adapter.tmp", run_dir / "adapter"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict=adapter_weights)
+        save_trained(model, tmp, adapter_weights)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -148,7 +168,7 @@ def read_checkpoint(path: Path) -> dict:
     safetensors only), so a damaged one is found before the model or optimiser is touched. Raises
     ``Unreadable`` naming the file."""
     out = {}
-    parts = {"adapter": (path / "adapter" / "adapter_model.safetensors", load_file),
+    parts = {"adapter": (trained_weights_file(path), load_file),
              "optimizer": (path / "optimizer.pt", lambda f: torch.load(f, weights_only=True)),
              "scheduler": (path / "scheduler.pt", lambda f: torch.load(f, weights_only=True)),
              "rng": (path / "rng.pt", lambda f: torch.load(f, weights_only=True)["torch"]),
@@ -194,8 +214,16 @@ def load_adapter_weights(path: Path, model, weights: dict | None = None) -> None
     yet sharded) PeftModel; safetensors only."""
     from peft import set_peft_model_state_dict
 
+    from ..interventions import attached
+
     if weights is None:
-        weights = load_file(path / "adapter" / "adapter_model.safetensors")
+        weights = load_file(trained_weights_file(path))
+    if (iv := attached(model)) is not None:
+        try:
+            iv.load_state_dict(weights)
+        except RuntimeError as err:
+            raise TrainingError(f"checkpoint {path} does not match the {iv.kind} intervention: {err}") from err
+        return
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise TrainingError(f"checkpoint {path} does not match the model: unexpected keys {result.unexpected_keys[:3]}")

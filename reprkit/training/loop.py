@@ -31,7 +31,7 @@ from ..models import enable_gradient_checkpointing, load_model
 from ..runlog import RunLog
 from ..truncation import describe as describe_truncation
 from ..truncation import truncation_report
-from .adapter import add_lora, assert_changed, check_adapter, plan_layers, snapshot_trainable
+from .adapter import add_intervention, add_lora, assert_changed, check_trained, plan_layers, snapshot_trainable
 from .batches import load_pairs, micro_batches, read_items
 from .checkpoints import (
     check_disk,
@@ -178,9 +178,14 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
             log.warning("--track-layers %s reaches layer %d, deeper than the loss needs (%d): every forward now runs "
                         "to layer %d; the loss itself still reads only layers %s", cfg.track_layers, max(layers),
                         max(loss_layers), max(layers), loss_layers)
-        if getattr(model, "peft_config", None) is None or not model.peft_config:
+        if cfg.intervention != "lora":
+            if sharded:
+                raise TrainingError(f"--intervention {cfg.intervention} runs on one process or data parallel, not under "
+                                    "FSDP sharding (its hooks are outside the sharded blocks): use --intervention lora")
+            add_intervention(model, cfg, loss, loss_layers)
+        elif getattr(model, "peft_config", None) is None or not model.peft_config:
             model = add_lora(model, cfg, lora_last)
-        adapter = check_adapter(model)
+        adapter = check_trained(model)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         model.train()
@@ -256,6 +261,24 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                 kept = f"checkpoint-{step_done:06d} holds step {step_done} of {cfg.steps}. Resume with: {resume_line}"
             return Stopped(f"stopped by {name}: {what}{kept}", stop.signum or 15)
 
+        def check_value(value, terms, step: int, batch: dict, ranked: bool):
+            """The loss value, refused where it is not finite (anywhere) or reaches no trainable weight."""
+            if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
+                kept = (f"The run directory {run_dir} keeps everything written up to step {step - 1}"
+                        if saved_at or cfg.resume else
+                        f"No checkpoint had been written, so {run_dir} is removed")
+                raise TrainingError(
+                    f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
+                    f"{nonfinite_source(model, batch, ranked=ranked)}. {kept}. Lower --lr or check the data"
+                )
+            if not value.requires_grad:
+                where = (f"the adapter has no LoRA weights on blocks up to the deepest layer the loss reads ({max(layers)}); "
+                         "put LoRA there") if cfg.intervention == "lora" else (
+                         f"the {cfg.intervention} at layer(s) {getattr(cfg, cfg.intervention).layers} does not reach "
+                         f"what the loss reads (layers up to {max(layers)})")
+                raise TrainingError(f"the {cfg.loss} loss does not depend on any trainable weight: {where}")
+            return value, terms
+
         bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
                    desc=f"{cfg.loss}", dynamic_ncols=True)
         checked = False
@@ -283,33 +306,29 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                     with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
                         totals = batch_totals(model, pieces, layers, loss_layers, loss, sharded=sharded,
                                               reference=reference, **shared)
+                signs = loss.signs(step) if hasattr(loss, "signs") else (1.0,)
                 for i, batch in enumerate(pieces):
                     if i and requested():  # between micro-batches: abandon the step, checkpoint the one before
                         optimizer.zero_grad(set_to_none=True)
                         torch.set_rng_state(rng)
                         raise stopped(step - 1, abandoned=step)
-                    with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-                        inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
-                                         sharded=sharded, reference=reference, **shared)
-                    inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
-                    value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
-                    if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
-                        kept = (f"The run directory {run_dir} keeps everything written up to step {step - 1}"
-                                if saved_at or cfg.resume else
-                                f"No checkpoint had been written, so {run_dir} is removed")
-                        raise TrainingError(
-                            f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
-                            f"{nonfinite_source(model, batch, ranked=ranked)}. {kept}. Lower --lr or check the data"
-                        )
-                    if not value.requires_grad:
-                        raise TrainingError(
-                            f"the {cfg.loss} loss does not depend on any trainable weight: the adapter has no LoRA "
-                            f"weights on blocks up to the deepest layer the loss reads ({max(layers)}); put LoRA there"
-                        )
-                    accelerator.backward(value / cfg.grad_accum)
-                    row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
-                    if (acc := batch_accuracy(inputs)) is not None:
-                        row["accuracy"] = acc
+                    frozen, row = None, {}
+                    for sign in signs:  # one policy pass per sign (BiPO: one drawn; RePS: +1 and -1); the step's loss sums them
+                        signed = {"sign": sign, "frozen": frozen} if signs != (1.0,) else {}
+                        with torch.autocast(accelerator.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+                            inputs = forward(model, batch, layers, loss, progress=(step - 1) / cfg.steps,
+                                             sharded=sharded, reference=reference, **shared, **signed)
+                        frozen = inputs.frozen_pass
+                        inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
+                        value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
+                        value, terms = check_value(value, terms, step, batch, ranked)
+                        accelerator.backward(value / cfg.grad_accum)
+                        if not row:  # the tracked states of the first pass (+1 where there are two)
+                            row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}
+                            if (acc := batch_accuracy(inputs)) is not None:
+                                row["accuracy"] = acc
+                        else:
+                            row = {**row, **terms, "loss": row["loss"] + value.detach()}
                     rows.append(row)
                 if not sharded:
                     sync_gradients(params, accelerator)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: float,
                        sharded: bool = False, reference=None, shared_prompt: bool = False,
-                       policy: bool = True) -> LossInputs:
+                       policy: bool = True, sign: float = 1.0, frozen: tuple | None = None) -> LossInputs:
     """Reference pass then policy pass on chosen + rejected in one batch; returns the loss inputs.
     With ``reference`` (a ``frozen_cache.ReferenceCache``) the frozen outputs are read from it instead.
     With ``shared_prompt`` each pair's prompt runs once and both completions run on its KV cache
@@ -37,7 +37,12 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
     and its adapter is disabled for the reference. Sharded models see every forward to the end (a
     forward stopped half-way would leave FSDP's gather/reshard hooks half-run). ``policy=False``:
     the frozen pass alone (the inputs' policy states are empty), for ``batch_totals``.
+
+    ``sign``: the trained edit's multiplier in the policy pass (BiPO's and RePS's -1 passes);
+    ``frozen``: a previous call's ``frozen_pass`` on the same batch, reused instead of run again.
+    An intervention acting at chosen positions is told the batch's prompt / completion split.
     """
+    from ..interventions import at_positions, scaled
     from ..shared_prompt import pair_states
 
     inputs, comp, b = D.pair_sides(batch)
@@ -46,7 +51,9 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
     if lay is not None:
         comp = lay["completion_mask"][lay["order"]]
     ref_hidden, ref_logps = {}, None
-    if loss.needs_reference and reference is not None:
+    if frozen is not None:
+        ref_hidden, ref_logps = frozen
+    elif loss.needs_reference and reference is not None:
         ref_hidden, ref_logps = reference.batch(batch["index"], comp, device=comp.device)
     elif loss.needs_reference:
         with torch.no_grad(), adapter_disabled(model), eval_mode(model):
@@ -59,11 +66,14 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
                     else:
                         model(**inputs, use_cache=False)
                 ref_hidden = cap.hidden_states
+    frozen_pass = (ref_hidden, ref_logps)
     logps, hidden = None, {}
     if policy and lay is not None:
-        hidden, logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=False)
+        with scaled(model, sign):
+            hidden, logps, _ = pair_states(model, lay, layers, logps=loss.needs_logps, stop=stop, detach=False)
     elif policy:
-        with capture(model, layers, detach=False, stop=stop) as cap:
+        with (scaled(model, sign), at_positions(model, inputs["attention_mask"], comp),
+              capture(model, layers, detach=False, stop=stop) as cap):
             if loss.needs_logps:
                 logps = forward_logps(model, inputs["input_ids"], inputs["attention_mask"], comp)
             else:
@@ -85,7 +95,8 @@ def forward_pair_batch(model, batch: dict, layers: list[int], loss, progress: fl
             ref_logps=None if ref_logps is None else ref_logps[sl],
         )
 
-    return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress)
+    return LossInputs(chosen=side(slice(0, b)), rejected=side(slice(b, None)), progress=progress, sign=sign,
+                      frozen_pass=frozen_pass)
 
 
 def batch_totals(model, batches: list[dict], layers: list[int], loss_layers: list[int], loss, **options) -> dict | None:
