@@ -367,6 +367,29 @@ def _point_edit_not_undone():
         yield
 
 
+@contextlib.contextmanager
+def _intervention_one_block_late():
+    """An intervention's hook on block k + 1 instead of block k (the last wraps to block 0)."""
+    import reprkit.interventions as I
+
+    real = I.find_blocks
+
+    def rotated(model, block_name=None):
+        names, blocks = real(model, block_name)
+        return names[1:] + names[:1], blocks[1:] + blocks[:1]
+
+    with mock.patch.object(I, "find_blocks", rotated):
+        yield
+
+
+@contextlib.contextmanager
+def _intervention_positions_ignored():
+    import reprkit.interventions as I
+
+    with mock.patch.object(I.Intervention, "_mask_for", lambda self, h: None):
+        yield
+
+
 MUTATIONS: dict[str, Mutation] = {
     "blocks_one_short": Mutation("the last decoder block not found", _blocks_one_short, ("blocks",)),
     "layers_off_by_one": Mutation("layer i resolves to block i + 1", _layers_off_by_one, ("capture", "stop")),
@@ -407,6 +430,10 @@ MUTATIONS: dict[str, Mutation] = {
     "steer_wrong_layer_vector": Mutation("steering adds another layer's vector", _steer_wrong_layer_vector,
                                          ("steering",)),
     "steer_not_undone": Mutation("steering left on after its context", _steer_not_undone, ("steering",)),
+    "intervention_one_block_late": Mutation("a trained intervention's hook on the next block",
+                                            _intervention_one_block_late, ("interventions",)),
+    "intervention_positions_ignored": Mutation("a trained intervention applied at every position, not its own",
+                                               _intervention_positions_ignored, ("interventions",)),
 }
 
 

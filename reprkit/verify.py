@@ -44,7 +44,11 @@ The checks (``CHECKS``), in order:
 - ``shared_prompt``: scoring, reading directions' states and the training forward with each
   prompt run once (the architecture's own cache class) equal the concatenated layout;
 - ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
-- ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit.
+- ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit;
+- ``interventions``: a trained vector's block output is ``h + v`` (``h - v`` at the -1 pass), a
+  LoReFT's ``h + R^T (W h + b - R h)`` at its positions (the first and last prompt tokens) and ``h``
+  elsewhere, each gives the frozen model's states exactly when switched off, and a loss on a later
+  block reaches its parameters.
 
 One file of about 600 lines on purpose: the checks are the support table's columns, and reading
 them side by side is how a reader judges what "pass" means.
@@ -105,7 +109,7 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
 }
 
 CHECKS = ("blocks", "capture", "stop", "edits", "points", "heads", "point_edits", "generate", "left_padding",
-          "logit_lens", "lora", "losses", "shared_prompt", "reference_cache", "steering")
+          "logit_lens", "lora", "losses", "shared_prompt", "reference_cache", "steering", "interventions")
 
 
 class NotApplicable(Exception):
@@ -617,6 +621,69 @@ def check_steering(model) -> None:
     _close(after, plain, "logits after the steering context vs before")
 
 
+def check_interventions(model) -> str:
+    from . import interventions as I
+    from .hooks import capture
+    from .layers import find_blocks
+
+    names, _ = find_blocks(model)
+    k = len(names) // 2
+    ids = _ids(model, batch=2, length=7, seed=10)
+    size = I.hidden_size_of(model)
+    with torch.no_grad(), capture(model, [k, len(names) - 1]) as base:
+        model(input_ids=ids)
+    h = base[k]
+    g = torch.Generator().manual_seed(11)
+    vec = I.VectorIntervention([k], size)
+    with torch.no_grad():
+        vec.vectors[str(k)].copy_(torch.randn(size, generator=g) * h.norm(dim=-1).mean() / size ** 0.5)
+    I.attach(model, vec)
+    try:
+        v = vec.vectors[str(k)].detach()
+        for sign in (1.0, -1.0):
+            with torch.no_grad(), I.scaled(model, sign), capture(model, [k]) as cap:
+                model(input_ids=ids)
+            _close_rows(cap[k], h + sign * v, f"block {k}'s output with a vector at sign {sign:+g} vs h {'+-'[sign < 0]} v")
+        with torch.no_grad(), I.disabled(model), capture(model, [k, len(names) - 1]) as off:
+            model(input_ids=ids)
+        _close(off[len(names) - 1], base[len(names) - 1], "the last block with the vector switched off vs the model",
+               atol=0, rtol=0)
+        with capture(model, [len(names) - 1], detach=False) as cap:
+            model(input_ids=ids)
+        cap[len(names) - 1].float().pow(2).mean().backward()
+        if vec.vectors[str(k)].grad is None or not bool(vec.vectors[str(k)].grad.abs().sum() > 0):
+            raise AssertionError(f"a loss on block {len(names) - 1} gives the vector at block {k} no gradient")
+    finally:
+        I.detach(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    reft = I.LoReFTIntervention([k], size, positions="f1+l1", rank=2)
+    I.attach(model, reft)
+    try:
+        attn = torch.ones_like(ids)
+        comp = torch.zeros_like(ids)
+        comp[:, -2:] = 1  # a 5-token prompt, a 2-token completion
+        with torch.no_grad(), I.at_positions(model, attn, comp), capture(model, [k]) as cap:
+            model(input_ids=ids)
+        R = reft.R(k).detach()
+        W, b = reft.source[str(k)].weight.detach(), reft.source[str(k)].bias.detach()
+        want = h.clone()
+        for pos in (0, 4):
+            x = h[:, pos].float()
+            want[:, pos] = (x + (x @ W.T + b - x @ R.T) @ R).to(h.dtype)
+        _close_rows(cap[k], want, f"block {k}'s output with LoReFT at the first and last prompt tokens vs the formula")
+        _close(R @ R.T, torch.eye(2), "R R^T (orthonormal rows)", atol=1e-5, rtol=0)
+        with torch.no_grad(), I.disabled(model), capture(model, [k]) as off:
+            model(input_ids=ids)
+        _close(off[k], h, "block output with LoReFT switched off vs the model", atol=0, rtol=0)
+    finally:
+        I.detach(model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return f"at block {k}"
+
+
 def save_tiny(arch: str, folder, layers: int = 20, seed: int = 0) -> Path:
     """Save a tiny random ``arch`` model with the default model's tokenizer (its vocabulary and
     special tokens) as a local checkpoint that ``load_model(folder)`` and every command take: any
@@ -659,7 +726,7 @@ def run_check(model, check: str) -> dict:
     """``{"status": "pass" | "fail" | "n/a", "reason": str}`` of one check on a model (left as it was)."""
     fn = globals()[f"check_{check}"]
     try:
-        note = fn(tiny_copy(model) if check in ("lora", "steering", "stop") else model)
+        note = fn(tiny_copy(model) if check in ("lora", "steering", "stop", "interventions") else model)
         return {"status": "pass", "reason": note or ""}
     except NotApplicable as err:
         return {"status": "n/a", "reason": str(err)}
