@@ -198,8 +198,41 @@ class Direction:
         from safetensors.torch import load_file
 
         path = Path(path)
+        if not (path / "direction.safetensors").is_file():
+            trained = trained_vector(path)
+            if trained is not None:
+                return trained
         vectors = {int(k): v for k, v in load_file(path / "direction.safetensors").items()}
         return cls(vectors, json.loads((path / "direction.json").read_text()))
+
+
+def trained_vector(path) -> Direction | None:
+    """A vector trained by ``reprkit train --intervention vector`` as a Direction (its run directory
+    or the run's ``adapter/``): the vectors with their learnt scale, strength 1 being the vector as
+    trained. None where ``path`` holds no trained vector; a LoReFT run is refused by name (it is
+    not a direction)."""
+    from .interventions import CONFIG_FILE, WEIGHTS_FILE
+
+    path = Path(path)
+    folder = path / "adapter" if (path / "adapter" / CONFIG_FILE).is_file() else path
+    if not (folder / CONFIG_FILE).is_file():
+        return None
+    cfg = json.loads((folder / CONFIG_FILE).read_text())
+    if cfg.get("kind") != "vector":
+        raise ValueError(f"{folder} holds a {cfg.get('kind')} intervention, not a vector: it is not a direction. "
+                         "Evaluate it with reprkit eval, or train --intervention vector")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / WEIGHTS_FILE))
+    vectors = {}
+    for k in cfg["layers"]:
+        v = weights[f"vectors.{k}"].float()
+        vectors[int(k)] = v * weights[f"scales.{k}"].float() if f"scales.{k}" in weights else v
+    run_cfg = json.loads((folder.parent / "config.json").read_text()) if (folder.parent / "config.json").is_file() else {}
+    return Direction(vectors, {"method": "trained_vector", "positions": cfg.get("positions"), "layers": cfg["layers"],
+                               "best_layer": cfg["layers"][0], "model": cfg.get("base_model", ""), "token": "mean",
+                               "loss": run_cfg.get("loss"), "data": run_cfg.get("data"), "run": str(folder.parent),
+                               "strength_1": "the vector as trained"})
 
 
 METHODS = ("mean_diff", "pca", "pca_uncentered", "probe")

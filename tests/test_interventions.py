@@ -344,3 +344,34 @@ def test_scoring_on_the_prompt_cache_equals_whole_sequences_at_every_positions_s
     whole = ranked_logps(model, encoded, tok.pad_token_id, base=True, shared_prompt=False)
     torch.testing.assert_close(cached["policy"]["logps"], whole["policy"]["logps"], rtol=0, atol=2e-4)
     assert (cached["policy"]["logps"] - cached["base"]["logps"]).abs().max() > 1e-3  # it acts
+
+
+def test_cli_trains_a_bipo_vector_that_eval_and_steer_evaluate_read(tiny_folder, tmp_path, capsys):
+    """`reprkit train --intervention vector --loss bipo`, then `reprkit eval RUN` and `reprkit steer
+    --direction RUN --evaluate` on an A/B behaviour file (the shipped fixture rows)."""
+    from reprkit.cli import main
+    from reprkit.directions import Direction
+
+    run = tmp_path / "run"
+    main(["train", "--model", str(tiny_folder), "--run-dir", str(run), "--intervention", "vector", "--loss", "bipo",
+          "--vector.layers", "1", "--vector.scale", "--steps", "3", "--batch-size", "4", "--limit", "8", "--eval-limit",
+          "4", "--n-samples", "1", "--no-progress", "--lr", "1e-2", "--eval-data", "embedded:arithmetic"])
+    assert json.loads((run / "config.json").read_text())["vector"] == {"layers": "1", "positions": "all", "scale": True}
+    capsys.readouterr()
+    main(["eval", str(run), "--data", "embedded:arithmetic", "--limit", "4"])
+    assert "embedded:arithmetic" in capsys.readouterr().out
+    d = Direction.load(run)
+    assert sorted(d.vectors) == [1] and d.info["method"] == "trained_vector" and d.info["loss"] == "bipo"
+    assert d.vectors[1].norm() > 0
+    behaviour = tmp_path / "b.jsonl"
+    from tests.conftest import FIXTURES
+
+    behaviour.write_text((FIXTURES / "anthropic-evals" / "advanced-ai-risk" / "corrigible-neutral-HHH.jsonl").read_text())
+    main(["steer", "--direction", str(run), "--model", str(tiny_folder), "--evaluate", str(behaviour), "--limit", "6",
+          "--strengths", "-1", "0", "1", "--kl", "0.002", "--out", str(tmp_path / "steer.json")])
+    res = json.loads((tmp_path / "steer.json").read_text())
+    strengths = [row["strength"] for row in res["table"]]
+    assert len(strengths) == 3 and strengths[1] == 0.0 and strengths[0] == -strengths[2] != 0
+    with pytest.raises(ValueError, match="not a vector"):
+        reft = train(_cfg(tiny_folder, tmp_path / "reft", intervention="reft", loss="dpo", steps=1))
+        Direction.load(reft)
