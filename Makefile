@@ -86,6 +86,7 @@ bench: setup
 	$(PY) experiments/bench/scaling.py
 	$(PY) experiments/bench/memory_7b.py
 	$(PY) experiments/bench/patching_peers.py
+	$(PY) experiments/bench/intervention_step.py
 
 # the architecture support table (docs/supported-models.md), from reprkit.verify's checks, and what each
 # check catches (every seeded bug of reprkit.mutations against every check; about 15 min on 2 cores)
