@@ -227,3 +227,22 @@ def test_answer_figure_marks_what_was_not_learnt_and_the_undetectable_band():
     assert list(fig.data[1].error_y.array) == pytest.approx([0.07]) and list(fig.data[1].error_y.arrayminus) == pytest.approx([0.07])
     band = [s for s in fig.layout.shapes if s.type == "rect"][0]
     assert (band.y0, band.y1) == (-0.07, 0.07)
+
+
+def test_intervention_runs_show_their_layer_curves_and_what_they_train(tiny_folder, tmp_path, monkeypatch):
+    """Real runs of a vector (BiPO) and a LoReFT (ReprPO) on the tiny model: the dashboard draws
+    their cosine and norm curves as for an adapter and says what each trains."""
+    from reprkit.config import ReftSettings, TrainConfig, VectorSettings
+    from reprkit.train import train
+
+    for name, kw in (("vec", dict(intervention="vector", loss="bipo", vector=VectorSettings(layers="1"))),
+                     ("reft", dict(intervention="reft", loss="reprpo", reft=ReftSettings(layers="1", positions="all")))):
+        train(TrainConfig(model=str(tiny_folder), run_dir=str(tmp_path / name), steps=2, batch_size=4, limit=8,
+                          eval_limit=4, n_samples=0, progress=False, lr=1e-2, eval_data=("embedded:arithmetic",), **kw))
+    at = app_test(tmp_path, monkeypatch).run()
+    at.sidebar.multiselect[0].set_value(["reft", "vec"]).run()
+    assert not at.exception and not at.warning
+    assert len(at.get("plotly_chart")) >= 4 + 2 * 5
+    captions = " ".join(c.value for c in at.caption)
+    assert "**vec** trains a vector at layers 1 (positions all) with bipo" in captions
+    assert "**reft** trains LoReFT rank 4 at layers 1 (positions all) with reprpo" in captions

@@ -140,6 +140,7 @@ def main() -> None:
             st.caption("  ·  ".join(f"**{r['name']}**: step {steps[r['name']]}/{r['config'].get('steps', '?')}"
                                     for r in runs))
             st.caption("  ·  ".join(f"**{r['name']}** model: {model_note(r['config'].get('model'))}" for r in runs))
+            st.caption("  ·  ".join(f"**{r['name']}** trains {figures.trained_note(r['config'])}" for r in runs))
         tabs = st.tabs(["layers", "training", "evaluation", "samples", "config", "steerability"])
         with tabs[0]:
             for metric in ("cos", "norm"):

@@ -264,6 +264,22 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def trained_note(config: dict) -> str:
+    """What a run trains, in a few words: its intervention and loss (runs written before
+    interventions existed trained LoRA)."""
+    kind = config.get("intervention", "lora")
+    loss = config.get("loss", "?")
+    if kind == "vector":
+        v = config.get("vector", {})
+        what = f"a vector at layers {v.get('layers', '?')} (positions {v.get('positions', 'all')})"
+    elif kind == "reft":
+        v = config.get("reft", {})
+        what = f"LoReFT rank {v.get('rank', '?')} at layers {v.get('layers', '?')} (positions {v.get('positions', '?')})"
+    else:
+        what = f"LoRA r{config.get('lora', {}).get('r', '?')}"
+    return f"{what} with {loss}"
+
+
 def config_table(runs: list[dict], only_differences: bool = False) -> dict[str, dict]:
     """{field: {run: value}} over the selected runs' configs."""
     flat = {run["name"]: flatten(run.get("config") or {}) for run in runs}
