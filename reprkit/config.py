@@ -353,6 +353,10 @@ PRESETS: dict[str, dict] = {
     "ipo": {"loss": "dpo", "dpo": DPO(ipo=True)},
     "dr-dpo": {"loss": "dpo", "dpo": DPO(dr_beta=1.0)},
     "prefvec-hinges": {"loss": "prefvec", "prefvec": PrefVec(w_orth=1.0, w_logp=1.0, w_nll=1.0)},
+    # the same objectives training a vector or a LoReFT at the middle block instead of LoRA (the
+    # comparison's methods are presets, so these are what `reprkit compare` can name)
+    **{f"{loss.replace('_', '-')}-{kind}": {"loss": loss, "intervention": kind}
+       for loss in ("dpo", "bipo", "reps", "reprpo", "reroute", "prefvec") for kind in ("vector", "reft")},
     # `make demo`: a task the frozen model gets mostly wrong (0.350), so that 40 steps can show an effect
     "demo": {"loss": "dpo", "data": "embedded:comparisons", "steps": 40,
              "eval_data": ("embedded:comparisons", "embedded:arithmetic", "embedded:capitals")},

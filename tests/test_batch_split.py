@@ -18,7 +18,7 @@ from reprkit.training.step import batch_totals
 from .conftest import TINY, tiny_llama
 
 PRESETS = ["dpo", "ipo", "dr-dpo", "reprpo", "reprpo-direction", "reprpo-direction-only", "reroute", "prefvec",
-           "prefvec-hinges", "plackett-luce"]
+           "prefvec-hinges", "plackett-luce", "bipo", "reps"]
 
 
 def _rows(n: int = 8, seed: int = 5) -> list[dict]:
