@@ -98,7 +98,7 @@ def main() -> None:
     for r in range(args.rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]
         for c in order:
-            runs[c].append(run_child(__file__, "--child", c, "--steps", str(args.steps), "--threads", str(args.threads)))
+            runs[c].append(run_child(__file__, c, "--steps", str(args.steps), "--threads", str(args.threads)))
             print(f"  round {r} {c}: {runs[c][-1]['step_s']:.3f} s, peak +{runs[c][-1]['peak_MB']:.0f} MB", flush=True)
     summary = {c: {"step_s": statistics.median(x["step_s"] for x in v), "peak_MB": statistics.median(x["peak_MB"] for x in v),
                    "trainable": v[0].get("trainable"), "runs": v} for c, v in runs.items()}
