@@ -728,3 +728,20 @@ def test_status_counts_what_is_done_started_and_left_and_estimates_from_recorded
         grid.stop_above_broken = stop
         rows = grid_status.grid_status(grid, tmp_path, ["a"], "a", compare.cell_order(grid, ["a"]))
         assert [r["state"] for r in rows if r["which"] == "lr 0.0003"] == [state]
+
+
+@pytest.mark.parametrize("method", ["bipo-reft"])  # reprpo-vector loads the same way
+def test_a_grid_cell_trains_and_scores_a_vector_or_a_loreft(tiny_folder, tmp_path, method):
+    """The comparison's methods are presets: <loss>-vector and <loss>-reft train the intervention and
+    the cell scores the run with it attached (its source accuracy is not the frozen model's)."""
+    grid = compare.Grid(model=str(tiny_folder), methods=[method], seeds=[0], train_limit=4, batch_size=2,
+                        max_length=96, max_prompt_length=48, eval_max_length=96, eval_limit=2, curve_points=1,
+                        curve_target_limit=2, val_limit=2, retain_data="embedded:capitals", retain_limit=2,
+                        n_samples=0, reference_cache=None)
+    out = tmp_path / "out"
+    cell = compare.run_cell(grid, out, "alpaca_easy", ["alpaca_hard"], method, 0, {method: 1e-2})
+    run = out / "cells" / "alpaca_easy" / method / "seed0" / "run"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["intervention"] == method.split("-")[1] and cfg["loss"] == method.split("-")[0]
+    assert (run / "adapter" / "intervention_config.json").is_file()
+    assert "source test" in json.dumps(cell)
