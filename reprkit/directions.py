@@ -124,6 +124,20 @@ class Direction:
         return Direction({k: unit(v) for k, v in self.vectors.items()}, dict(self.info))
 
     @classmethod
+    def from_intervention(cls, intervention, **info) -> Direction:
+        """A trained ``reprkit.interventions.VectorIntervention`` (scale applied) as a Direction:
+        steering it at strength 1 (every position) adds what training added at positions ``'all'``;
+        ``steer``, ``calibrate_strength``, the steerability evaluation and ``to_gguf`` take it."""
+        if getattr(intervention, "kind", None) != "vector":
+            raise ValueError(f"a {getattr(intervention, 'kind', type(intervention).__name__)} intervention is not a "
+                             "direction: only a trained vector is")
+        iv = intervention
+        vectors = {k: iv.vector(k).detach().float().cpu().clone() for k in iv.layers}
+        return cls(vectors, {"method": "trained_vector", "positions": iv.positions, "layers": iv.layers,
+                             "best_layer": iv.layers[0], "model": iv.base_model_name, "token": "mean",
+                             "strength_1": "the vector as trained", **info})
+
+    @classmethod
     def from_gguf(cls, path) -> Direction:
         """A llama.cpp control-vector file (``to_gguf``, repeng's ``export_gguf``) as a Direction: its
         vectors as stored (not normalised; a file written at strength s holds s x the unit vector)."""

@@ -58,6 +58,18 @@ def _replace_hidden(value, new: torch.Tensor):
     raise TypeError(f"cannot edit a module output of type {type(value).__name__}")
 
 
+def block_hidden(output) -> torch.Tensor:
+    """The hidden states of a module's output (a tensor, a tuple's first item, or a model output's
+    ``last_hidden_state``), for hooks written outside reprkit.hooks."""
+    return _hidden(output)
+
+
+def with_hidden(output, new: torch.Tensor):
+    """``output`` with its hidden states replaced by ``new`` (the structure kept), what a forward
+    hook returns to edit a block's output."""
+    return _replace_hidden(output, new)
+
+
 class Trace(AbstractContextManager):
     """Trace one module: keep its output (and input), optionally edit it or stop after it.
 

@@ -11,7 +11,7 @@ loss reads (a vector deeper than that gets no gradient, and is refused by name).
 >>> iv = attach(model, VectorIntervention.for_model(model, layers="0.5"))   # h + v at block 15
 >>> with iv.disabled(): ...                                                 # the frozen model
 >>> iv.save_pretrained("runs/x/adapter"); load(model, "runs/x/adapter")    # safetensors + json
->>> iv.to_direction()                                                       # a Direction: steer, GGUF
+>>> Direction.from_intervention(iv)                                         # a Direction: steer, GGUF
 
 Formulas, per chosen layer ``k`` and each position the intervention acts at (``positions``):
 
@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .hooks import _hidden, _replace_hidden
+from .hooks import block_hidden, with_hidden
 from .layers import find_blocks, select_layers
 
 ATTRIBUTE = "reprkit_intervention"
@@ -142,7 +142,7 @@ class Intervention(nn.Module):
 
     def _hook(self, k: int):
         def hook(module, args, output):
-            return _replace_hidden(output, self.apply(k, _hidden(output)))
+            return with_hidden(output, self.apply(k, block_hidden(output)))
         return hook
 
     @contextmanager
@@ -205,17 +205,6 @@ class VectorIntervention(Intervention):
 
     def config(self) -> dict:
         return {**super().config(), "scale": self.scale}
-
-    def to_direction(self, **info):
-        """The trained vectors (scale applied) as a ``Direction``: steering it at strength 1 (every
-        position) adds what training added at positions ``'all'``; ``steer``, ``calibrate_strength``,
-        the steerability evaluation and ``to_gguf`` take it unchanged."""
-        from .directions import Direction
-
-        vectors = {k: self.vector(k).detach().float().cpu().clone() for k in self.layers}
-        return Direction(vectors, {"method": "trained_vector", "positions": self.positions, "layers": self.layers,
-                                   "best_layer": self.layers[0], "model": self.base_model_name,
-                                   "strength_1": "the vector as trained", **info})
 
     @classmethod
     def for_model(cls, model, layers="0.5", **kwargs) -> VectorIntervention:

@@ -149,7 +149,7 @@ def test_a_trained_vector_is_a_direction_that_steers_and_exports_to_gguf_with_th
     iv = I.attach(model, _random_vector(layers=(1, 3), scale=True))
     with torch.no_grad():
         want = model(input_ids=inputs["input_ids"]).logits
-    d = iv.to_direction()
+    d = Direction.from_intervention(iv)
     I.detach(model)
     with torch.no_grad(), steered(model, d, 1.0):
         got = model(input_ids=inputs["input_ids"]).logits

@@ -57,11 +57,12 @@ from .processes import (
 from .runs import RunLock, default_run_dir, discard_new_run, resume_settings
 from .signals import Stopped, StopSignals
 from .step import (
+    as_number,
     batch_accuracy,
     batch_totals,
+    check_loss,
     forward_pair_batch,
     forward_ranked_batch,
-    nonfinite_source,
     only_layers,
     track,
 )
@@ -69,12 +70,6 @@ from .step import (
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- the loop
-
-
-def as_number(x):
-    if hasattr(x, "full_tensor"):  # a DTensor (FSDP2's gradient norm)
-        x = x.full_tensor()
-    return x.item() if isinstance(x, torch.Tensor) else x
 
 
 def mean_of_dicts(rows: list[dict]) -> dict:
@@ -261,24 +256,6 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                 kept = f"checkpoint-{step_done:06d} holds step {step_done} of {cfg.steps}. Resume with: {resume_line}"
             return Stopped(f"stopped by {name}: {what}{kept}", stop.signum or 15)
 
-        def check_value(value, terms, step: int, batch: dict, ranked: bool):
-            """The loss value, refused where it is not finite (anywhere) or reaches no trainable weight."""
-            if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
-                kept = (f"The run directory {run_dir} keeps everything written up to step {step - 1}"
-                        if saved_at or cfg.resume else
-                        f"No checkpoint had been written, so {run_dir} is removed")
-                raise TrainingError(
-                    f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
-                    f"{nonfinite_source(model, batch, ranked=ranked)}. {kept}. Lower --lr or check the data"
-                )
-            if not value.requires_grad:
-                where = (f"the adapter has no LoRA weights on blocks up to the deepest layer the loss reads ({max(layers)}); "
-                         "put LoRA there") if cfg.intervention == "lora" else (
-                         f"the {cfg.intervention} at layer(s) {getattr(cfg, cfg.intervention).layers} does not reach "
-                         f"what the loss reads (layers up to {max(layers)})")
-                raise TrainingError(f"the {cfg.loss} loss does not depend on any trainable weight: {where}")
-            return value, terms
-
         bar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and accelerator.is_main_process),
                    desc=f"{cfg.loss}", dynamic_ncols=True)
         checked = False
@@ -321,7 +298,8 @@ def _train_locked(cfg, model, tokenizer, stop, run_dir, resume_line, existed, ac
                         frozen = inputs.frozen_pass
                         inputs = dataclasses.replace(inputs, totals=totals, pieces=cfg.grad_accum if totals else 1)
                         value, terms = loss(only_layers(inputs, loss_layers))  # tracked layers never reach the loss
-                        value, terms = check_value(value, terms, step, batch, ranked)
+                        check_loss(value, terms, step, cfg, layers, model, batch, ranked, accelerator,
+                                   kept=bool(saved_at or cfg.resume), run_dir=run_dir)
                         accelerator.backward(value / cfg.grad_accum)
                         if not row:  # the tracked states of the first pass (+1 where there are two)
                             row = {"loss": value.detach(), **terms, "layers": track(inputs, layers)}

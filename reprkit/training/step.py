@@ -209,6 +209,33 @@ def batch_accuracy(inputs: LossInputs) -> torch.Tensor | None:
 # ---------------------------------------------------------------- diagnosis
 
 
+def as_number(x):
+    if hasattr(x, "full_tensor"):  # a DTensor (FSDP2's gradient norm)
+        x = x.full_tensor()
+    return x.item() if isinstance(x, torch.Tensor) else x
+
+
+def check_loss(value, terms: dict, step: int, cfg, layers: list[int], model, batch: dict, ranked: bool, accelerator,
+               kept: bool, run_dir) -> None:
+    """Refuse a loss that is not finite (on any process), naming where it first went non-finite, or
+    that reaches no trainable weight (naming the adapter's or the intervention's reach); ``kept``:
+    whether the run directory keeps a checkpoint (else it is removed)."""
+    from .errors import TrainingError
+    from .processes import all_processes
+
+    if not bool(all_processes(torch.isfinite(value.detach()), accelerator, "min")):
+        where = (f"The run directory {run_dir} keeps everything written up to step {step - 1}" if kept else
+                 f"No checkpoint had been written, so {run_dir} is removed")
+        raise TrainingError(f"loss is {value.item()} at step {step} (terms: { {k: as_number(v) for k, v in terms.items()} }); "
+                            f"{nonfinite_source(model, batch, ranked=ranked)}. {where}. Lower --lr or check the data")
+    if not value.requires_grad:
+        reach = (f"the adapter has no LoRA weights on blocks up to the deepest layer the loss reads ({max(layers)}); "
+                 "put LoRA there") if cfg.intervention == "lora" else (
+                 f"the {cfg.intervention} at layer(s) {getattr(cfg, cfg.intervention).layers} does not reach what "
+                 f"the loss reads (layers up to {max(layers)})")
+        raise TrainingError(f"the {cfg.loss} loss does not depend on any trainable weight: {reach}")
+
+
 def nonfinite_source(model, batch: dict, ranked: bool = False) -> str:
     """Where a non-finite loss comes from: the first block whose output is NaN/inf, in the frozen
     model (adapter disabled) and in the policy, from one extra pass each over every block; or, when
