@@ -375,3 +375,15 @@ def test_cli_trains_a_bipo_vector_that_eval_and_steer_evaluate_read(tiny_folder,
     with pytest.raises(ValueError, match="not a vector"):
         reft = train(_cfg(tiny_folder, tmp_path / "reft", intervention="reft", loss="dpo", steps=1))
         Direction.load(reft)
+
+
+def test_guard_detects_an_intervention_that_does_not_change(tiny_folder, tmp_path):
+    """A vector on the prompt's end tokens at block 1, and a loss on block 1's completion tokens alone:
+    the graph reaches the vector but its gradient is zero, so it never moves; refused at the first
+    step with a positive rate, before any checkpoint (the run directory is removed)."""
+    from reprkit.losses import ReprPO
+
+    with pytest.raises(TrainingError, match="did not change after an optimiser step"):
+        train(_cfg(tiny_folder, tmp_path / "r", eval_data=(), intervention="vector",
+                   vector=VectorSettings(layers="1", positions="f1+l1"), loss="reprpo", reprpo=ReprPO(layers="1")))
+    assert not (tmp_path / "r").exists()
