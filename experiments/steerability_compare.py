@@ -12,7 +12,9 @@ KL ``--kl`` (0.9 quantile of per-token KL on the first 16 held-out prompts), so 
 the model by the same divergence. Reported per file and method: the mean change in log-odds at +1
 and -1 (bootstrap intervals), the anti-steerable fraction (per-item slope < 0; Wilson interval),
 the calibrated strength, and the answer-letter baseline (the share of held-out items whose matching
-answer is (A), and (B)) beside the unsteered matching rate. Resumable per (file, method).
+answer is (A), and (B)) beside the unsteered matching rate. ``--both-orders`` reads and holds out
+each question also with its two choices swapped (after the split), so each letter is the matching
+answer equally often on both sides. Resumable per (file, method).
 ``results/steerability`` holds the first run, in file order (before the shuffle).
 """
 
@@ -28,7 +30,7 @@ from reprkit.behaviour import load_behaviour
 from reprkit.directions import Direction, completion_states, directions_from_states
 from reprkit.models import DEFAULT_MODEL, load_model
 from reprkit.runlog import write_json
-from reprkit.scoring import letter_baseline
+from reprkit.scoring import both_orders, letter_baseline
 from reprkit.steerability import steerability
 from reprkit.steering import calibrate_strength
 
@@ -45,6 +47,8 @@ def main() -> None:
     p.add_argument("--kl", type=float, default=1.0)
     p.add_argument("--files", nargs="*", default=None, help="only these files (names without .jsonl)")
     p.add_argument("--seed", type=int, default=0, help="the rows are shuffled with it before the read / held-out split")
+    p.add_argument("--both-orders", action="store_true",
+                   help="read and hold out each question in both answer orders (scoring.both_orders), after the split")
     p.add_argument("--out", default="results/steerability")
     args = p.parse_args()
     root = D.shared_data_dir()
@@ -61,6 +65,8 @@ def main() -> None:
         # file's first 200 rows are one question), so "the first n, then the next n" reads one part
         items = D.shuffled(load_behaviour(f), args.seed)[: args.read + args.eval]
         read, held = items[: args.read], items[args.read:]
+        if args.both_orders:  # each question also with its choices swapped, both on its own side of the split
+            read, held = both_orders(read)[0], both_orders(held)[0]
         pairs = [{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
                                                         it["responses"][it["matching"].index(False)]],
                   "scores": [1.0, 0.0]} for it in read]
@@ -85,7 +91,8 @@ def main() -> None:
             for name, part in (("letter_baseline", held), ("read_letter_baseline", read)):
                 if (letters := letter_baseline(part)) is not None:  # the matching answer's letter, per item
                     res[name] = letters["always"]
-            res["split"] = f"seed {args.seed}: {len(read)} read, {len(held)} held out"
+            res["split"] = (f"seed {args.seed}: {len(read)} read, {len(held)} held out"
+                            + (" (questions in both answer orders)" if args.both_orders else ""))
             write_json(rec_file, res)
             t = {r["strength"]: r for r in res["table"]}
             hi, lo = t[max(t)], t[min(t)]
