@@ -30,7 +30,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
 # ruff over the code, mypy over the public API (the top-level names and the modules they come from)
-PUBLIC_API := reprkit/__init__.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \
+PUBLIC_API := reprkit/__init__.py reprkit/interventions.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \
 	reprkit/frozen.py reprkit/extras.py reprkit/lazy.py reprkit/packaged.py
 lint: setup
 	$(PY) -m ruff check reprkit tests experiments .ci

@@ -37,6 +37,7 @@ import json
 import re
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -111,8 +112,9 @@ class Intervention(nn.Module):
                 "base_model": self.base_model_name}
 
     # ------------------------------------------------------------ applying it
-    def apply(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        """The block output ``h`` of layer ``k`` with the intervention applied (as the hook does)."""
+    def edit(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """The block output ``h`` of layer ``k`` with the intervention applied (as the hook does; not
+        ``apply``, which ``nn.Module`` keeps for ``model.apply(fn)``)."""
         if not self.enabled or self.multiplier == 0:
             return h
         where = self._mask_for(h)
@@ -142,7 +144,7 @@ class Intervention(nn.Module):
 
     def _hook(self, k: int):
         def hook(module, args, output):
-            return with_hidden(output, self.apply(k, block_hidden(output)))
+            return with_hidden(output, self.edit(k, block_hidden(output)))
         return hook
 
     @contextmanager
@@ -227,16 +229,17 @@ class LoReFTIntervention(Intervention):
             r = nn.Linear(self.hidden_size, self.rank, bias=False)  # weight [r, d] ~ pyreft's [d, r] transposed
             torch.nn.init.orthogonal_(r.weight)
             self.rotate[str(k)] = torch.nn.utils.parametrizations.orthogonal(r)
-            self.source[str(k)] = nn.Linear(self.hidden_size, self.rank)
-            torch.nn.init.zeros_(self.source[str(k)].bias)
+            source = nn.Linear(self.hidden_size, self.rank)
+            torch.nn.init.zeros_(source.bias)
+            self.source[str(k)] = source
 
     def R(self, k: int) -> torch.Tensor:
         """``[r, d]`` with orthonormal rows."""
-        return self.rotate[str(k)].weight
+        return cast(torch.Tensor, self.rotate[str(k)].weight)
 
     def edit_delta(self, k: int, h: torch.Tensor) -> torch.Tensor:
         R = self.R(k).to(device=h.device, dtype=h.dtype)
-        src = self.source[str(k)]
+        src = cast(nn.Linear, self.source[str(k)])
         W, b = src.weight.to(device=h.device, dtype=h.dtype), src.bias.to(device=h.device, dtype=h.dtype)
         return (h @ W.T + b - h @ R.T) @ R
 
@@ -278,8 +281,8 @@ def attach(model, intervention: Intervention, block_name: str | None = None) -> 
     if getattr(model, "peft_config", None):
         raise ValueError(f"the model has LoRA adapter(s) {list(model.peft_config)}: train an intervention on the base "
                          "model (one trained thing at a time)")
-    if attached(model) is not None:
-        raise ValueError(f"the model already carries a {attached(model).kind} intervention: detach(model) it first")
+    if (present := attached(model)) is not None:
+        raise ValueError(f"the model already carries a {present.kind} intervention: detach(model) it first")
     names, blocks = find_blocks(model, block_name)
     bad = [k for k in intervention.layers if not 0 <= k < len(blocks)]
     if bad:

@@ -387,3 +387,13 @@ def test_guard_detects_an_intervention_that_does_not_change(tiny_folder, tmp_pat
         train(_cfg(tiny_folder, tmp_path / "r", eval_data=(), intervention="vector",
                    vector=VectorSettings(layers="1", positions="f1+l1"), loss="reprpo", reprpo=ReprPO(layers="1")))
     assert not (tmp_path / "r").exists()
+
+
+def test_model_apply_still_walks_a_model_that_carries_an_intervention():
+    """``nn.Module.apply(fn)`` (weight init, dtype casts in other libraries) recurses into every
+    submodule: the intervention's own edit is not named ``apply``, so it does not break the walk."""
+    model = tiny_llama()
+    I.attach(model, I.LoReFTIntervention([1], 32, rank=2))
+    seen = []
+    model.apply(lambda m: seen.append(type(m).__name__))
+    assert "LoReFTIntervention" in seen and "LlamaDecoderLayer" in seen
