@@ -307,13 +307,27 @@ def test_resume_refuses_flags_that_contradict_the_run_and_applies_more_steps(tin
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")[0]] == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("damage", ["optimizer.pt", "adapter/adapter_model.safetensors", "trainer_state.json"])
-def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_folder, tmp_path, uninterrupted, damage):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = tmp_path / "r"
+@pytest.fixture(scope="module")
+def seven_steps(tiny_folder, tmp_path_factory):
+    """One run of 7 of the 8 steps (checkpoints 6 and 7 kept), trained once; each case damages a copy."""
+    run = tmp_path_factory.mktemp("seven") / "r"
     seven = _cli(tiny_folder, run)
     seven[seven.index("--steps") + 1] = "7"
     subprocess.run(seven, check=True, capture_output=True)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt", "adapter/adapter_model.safetensors", "trainer_state.json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny_folder, tmp_path, uninterrupted, damage,
+                                                                  seven_steps):
+    import shutil
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = tmp_path / "r"
+    shutil.copytree(seven_steps, run)
+    (run / ".lock").unlink(missing_ok=True)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["run_dir"] != str(run)  # the copy resumes under its own name (--resume names the directory)
     # steps 3 and 6 checkpointed, then the final one at 7 (two kept: 6 and 7); damage the newest
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-000006", "checkpoint-000007"]
     path = run / "checkpoint-000007" / damage
