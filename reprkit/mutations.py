@@ -60,18 +60,23 @@ def _blocks_one_short():
         yield
 
 
-@contextlib.contextmanager
-def _layers_off_by_one():
-    """Layer i is block i + 1 (the last wraps to block 0)."""
-    import reprkit.layers as L
-
-    real = L.find_blocks
+def _blocks_rotated_in(module):
+    """``module.find_blocks`` giving block i + 1 as block i (the last wraps to block 0)."""
+    real = module.find_blocks
 
     def rotated(model, block_name=None):
         names, blocks = real(model, block_name)
         return names[1:] + names[:1], blocks[1:] + blocks[:1]
 
-    with mock.patch.object(L, "find_blocks", rotated):
+    return mock.patch.object(module, "find_blocks", rotated)
+
+
+@contextlib.contextmanager
+def _layers_off_by_one():
+    """Layer i is block i + 1 (the last wraps to block 0)."""
+    import reprkit.layers as L
+
+    with _blocks_rotated_in(L):
         yield
 
 
@@ -372,13 +377,7 @@ def _intervention_one_block_late():
     """An intervention's hook on block k + 1 instead of block k (the last wraps to block 0)."""
     import reprkit.interventions as I
 
-    real = I.find_blocks
-
-    def rotated(model, block_name=None):
-        names, blocks = real(model, block_name)
-        return names[1:] + names[:1], blocks[1:] + blocks[:1]
-
-    with mock.patch.object(I, "find_blocks", rotated):
+    with _blocks_rotated_in(I):
         yield
 
 
