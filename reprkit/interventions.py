@@ -89,7 +89,7 @@ class Intervention(nn.Module):
 
     def __init__(self, layers: list[int], hidden_size: int, positions: str = "all"):
         super().__init__()
-        parse_positions(positions)
+        self._kind = parse_positions(positions)[0]  # parsed once, not in every hook call
         self.layers = sorted(int(k) for k in layers)
         if not self.layers:
             raise ValueError("an intervention needs at least one layer")
@@ -124,7 +124,7 @@ class Intervention(nn.Module):
         return h + delta.to(h.dtype)
 
     def _mask_for(self, h: torch.Tensor) -> torch.Tensor | None:
-        kind, _, _ = parse_positions(self.positions)
+        kind = self._kind
         if kind == "all":
             return None
         if not self._set:
