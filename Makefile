@@ -23,11 +23,12 @@ MODEL ?=
 demo: setup
 	$(PY) -m reprkit.cli train --preset demo $(if $(MODEL),--model $(MODEL))
 
+# two workers (one torch thread each, tests/conftest.py), a test file's tests on one worker
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not integration"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not integration"
 
 # ruff over the code, mypy over the public API (the top-level names and the modules they come from)
 PUBLIC_API := reprkit/__init__.py reprkit/interventions.py reprkit/hooks.py reprkit/geometry.py reprkit/layers.py reprkit/models.py \

@@ -174,6 +174,16 @@ class Intervention(nn.Module):
             self._where, self._set, self._generating = saved
 
     # ------------------------------------------------------------ saving
+    def layer_to(self, k: int, device) -> None:
+        """Move layer ``k``'s parameters and buffers (LoReFT's orthogonal parametrization keeps one) to
+        ``device``, beside its block."""
+        for child in self.children():
+            if isinstance(child, nn.ModuleDict) and str(k) in child:
+                child[str(k)].to(device)
+            elif isinstance(child, nn.ParameterDict) and str(k) in child:
+                p = child[str(k)]
+                p.data = p.data.to(device)
+
     def save_pretrained(self, path) -> None:
         """``intervention.safetensors`` (the parameters) and ``intervention_config.json`` in ``path``."""
         from safetensors.torch import save_file
@@ -298,9 +308,7 @@ def attach(model, intervention: Intervention, block_name: str | None = None) -> 
     for k in intervention.layers:
         param = next(blocks[k].parameters(), None)
         if param is not None and param.device.type != "meta":  # under a device_map: beside its block
-            for name, p in intervention.named_parameters():
-                if name.split(".")[1] == str(k):
-                    p.data = p.data.to(param.device)
+            intervention.layer_to(k, param.device)
         intervention._handles.append(blocks[k].register_forward_hook(intervention._hook(k)))
     for p in intervention.parameters():
         p.requires_grad_(True)

@@ -61,8 +61,19 @@ def gemma3_gguf_path() -> Path:
     target = cache_dir() / "gguf" / "gemma-3-270m.Q4_K_M.gguf"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        assemble(target)
+        fd, tmp = tempfile.mkstemp(prefix=".gemma-3-270m-", suffix=".gguf", dir=target.parent)
+        os.close(fd)
+        try:
+            assemble(Path(tmp), overwrite=True)
+            os.replace(tmp, target)  # atomic: a concurrent process never reads a half-joined file
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return target
+
+
+def _whole(folder: Path) -> bool:
+    """A converted checkpoint is there in full."""
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def packaged_gguf(name: str) -> Path:
@@ -105,7 +116,7 @@ def default_model_path(name: str = DEFAULT_MODEL) -> Path:
     import json
 
     target = cache_dir() / name
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _whole(target):
         return target
     gguf = packaged_gguf(name)
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
@@ -133,9 +144,14 @@ def default_model_path(name: str = DEFAULT_MODEL) -> Path:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "conversion.json").write_text(json.dumps({"gguf": gguf.name, "max_logit_difference": diff}))
-        if target.exists():  # a partial earlier conversion
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: a concurrent reader sees either nothing or a whole checkpoint
+        if not _whole(target):  # another process (a second test worker) may have finished first: keep its
+            if target.exists():  # a partial earlier conversion
+                shutil.rmtree(target)
+            try:
+                tmp.rename(target)  # atomic: a concurrent reader sees either nothing or a whole checkpoint
+            except OSError:
+                if not _whole(target):
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

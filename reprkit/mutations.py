@@ -10,6 +10,9 @@ it is a bug on (``applies``: right-padded prompts are wrong only where a sliding
 cache slots; a head without softcapping only where the model softcaps). ``verify.catch_table`` runs
 every mutation against every check and is published beside the support table
 (``docs/supported-models.md``); ``tests/test_mutations.py`` requires each listed check to fail.
+
+About 460 lines on purpose: one patch per seeded bug, and the registry below reads as the list of
+what the support table's checks have been seen to catch.
 """
 
 from __future__ import annotations
@@ -389,6 +392,17 @@ def _intervention_positions_ignored():
         yield
 
 
+@contextlib.contextmanager
+def _intervention_padding_counted():
+    """An intervention's positions counted from column 0, pads included (so "the first prompt token"
+    of a left-padded row is a pad)."""
+    import reprkit.interventions as I
+
+    real = I.position_mask
+    with mock.patch.object(I, "position_mask", lambda spec, attn, comp: real(spec, torch.ones_like(attn), comp)):
+        yield
+
+
 MUTATIONS: dict[str, Mutation] = {
     "blocks_one_short": Mutation("the last decoder block not found", _blocks_one_short, ("blocks",)),
     "layers_off_by_one": Mutation("layer i resolves to block i + 1", _layers_off_by_one, ("capture", "stop")),
@@ -433,6 +447,8 @@ MUTATIONS: dict[str, Mutation] = {
                                             _intervention_one_block_late, ("interventions",)),
     "intervention_positions_ignored": Mutation("a trained intervention applied at every position, not its own",
                                                _intervention_positions_ignored, ("interventions",)),
+    "intervention_padding_counted": Mutation("a trained intervention's positions counted with the pads",
+                                             _intervention_padding_counted, ("interventions",)),
 }
 
 

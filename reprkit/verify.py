@@ -46,8 +46,8 @@ The checks (``CHECKS``), in order:
 - ``reference_cache``: the frozen-model cache returns the frozen pass's states and log-probs;
 - ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit;
 - ``interventions``: a trained vector's block output is ``h + v`` (``h - v`` at the -1 pass), a
-  LoReFT's ``h + R^T (W h + b - R h)`` at its positions (the first and last prompt tokens) and ``h``
-  elsewhere, each gives the frozen model's states exactly when switched off, and a loss on a later
+  LoReFT's ``h + R^T (W h + b - R h)`` at its positions (the first and last prompt tokens, also of
+  left-padded prompts of unequal length longer than a sliding window) and ``h`` elsewhere, each gives the frozen model's states exactly when switched off, and a loss on a later
   block reaches its parameters.
 
 One file of about 600 lines on purpose: the checks are the support table's columns, and reading
@@ -674,6 +674,26 @@ def check_interventions(model) -> str:
             want[:, pos] = (x + (x @ W.T + b - x @ R.T) @ R).to(h.dtype)
         _close_rows(cap[k], want, f"block {k}'s output with LoReFT at the first and last prompt tokens vs the formula")
         _close(R @ R.T, torch.eye(2), "R R^T (orthonormal rows)", atol=1e-5, rtol=0)
+        # unequal prompts, left-padded, longer than a sliding window (the tiny models' is 8): the first
+        # prompt token is the first attended one, not column 0, and the last is before the completion
+        long_ids = _ids(model, batch=2, length=12, seed=12)
+        attn = torch.ones_like(long_ids)
+        attn[1, :3] = 0  # row 1: 3 pads, a 6-token prompt; row 0: a 9-token prompt
+        comp = torch.zeros_like(long_ids)
+        comp[:, -3:] = 1
+        with torch.no_grad(), I.disabled(model), capture(model, [k]) as plain:
+            model(input_ids=long_ids, attention_mask=attn)
+        with torch.no_grad(), I.at_positions(model, attn, comp), capture(model, [k]) as cap:
+            model(input_ids=long_ids, attention_mask=attn)
+        h2 = plain[k]
+        want = h2.clone()
+        for row, pos in ((0, 0), (0, 8), (1, 3), (1, 8)):
+            x = h2[row, pos].float()
+            want[row, pos] = (x + (x @ W.T + b - x @ R.T) @ R).to(h2.dtype)
+        attended = attn.bool()
+        _close_rows(cap[k][attended], want[attended],
+                    f"block {k}'s output with LoReFT at the first and last prompt tokens of left-padded prompts of "
+                    "9 and 6 tokens vs the formula")
         with torch.no_grad(), I.disabled(model), capture(model, [k]) as off:
             model(input_ids=ids)
         _close(off[k], h, "block output with LoReFT switched off vs the model", atol=0, rtol=0)

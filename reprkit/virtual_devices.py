@@ -17,7 +17,7 @@ two of them without an explicit move fails, as it would on CUDA.
   ``torch.zeros(..., device=h.device)``) works as it would on the real machine.
 - Allowed as on CUDA: zero-dimensional CPU tensors beside device tensors (Python-scalar-like), CPU
   index tensors into a device tensor, ``copy_`` across devices (and so ``t[i, :n] = v`` with plain
-  indices), ``.item()`` and ``.tolist()``.
+  indices), ``p.data = t`` (``p`` is then where ``t`` is), ``.item()`` and ``.tolist()``.
   Refused: any other mix (``VirtualDeviceError`` names the operation and the devices), and
   ``.numpy()`` of a device tensor.
 
@@ -94,7 +94,8 @@ _NEW = {torch.Tensor.new_zeros, torch.Tensor.new_ones, torch.Tensor.new_empty, t
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__, torch.Tensor.index_put_, torch.Tensor.index_put}
 _ANY_DEVICE = {torch.Tensor.copy_, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__len__,
                torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.__bool__,
-               torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.data_ptr}
+               torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.data_ptr,
+               torch._has_compatible_shallow_copy_type}  # Module.to asks it of a parameter and its moved copy
 
 
 class _Mode(TorchFunctionMode):
@@ -111,6 +112,10 @@ class _Mode(TorchFunctionMode):
             if isinstance(out, torch.Tensor) and TAG not in out.__dict__ and isinstance(args[0], torch.Tensor):
                 _tag(out, device_of(args[0]))
             return out
+        if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", None) == "data":
+            func(*args, **kwargs)  # `p.data = t`: allowed across devices, as on CUDA; p is now where t is
+            _tag(args[0], device_of(args[1]))
+            return None
         if name.startswith("_foreach") or name == "_group_tensors_by_device_and_dtype":
             return func(*args, **kwargs)
         if func in _MOVES:
@@ -157,6 +162,11 @@ class _Mode(TorchFunctionMode):
             rest_kw = dict(kwargs)
             if "device" in rest_kw:
                 target = _name(rest_kw.pop("device"))
+            if target is not None and len(args) > 1 and _name(args[1]) is not None and not isinstance(args[1], torch.Tensor):
+                # .to(device, dtype, non_blocking, copy) by position, as Module.to calls it: the rest by name
+                names = ("dtype", "non_blocking", "copy")
+                rest_kw.update({n: v for n, v in zip(names, args[2:]) if not (n == "dtype" and v is None)})
+                rest = [a for a in args[2 + len(names):]]
             rest = tuple(rest)
         real = torch.Tensor.to(t, *rest, **rest_kw) if (rest or rest_kw) else t
         target = target or device_of(t)

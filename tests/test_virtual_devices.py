@@ -291,3 +291,57 @@ def test_the_frozen_model_cache_on_devices(split, tmp_path):
 def test_put_says_where_a_tensor_is():
     t = put(torch.ones(2), "privateuseone:1")
     assert device_of(t) == "privateuseone:1"
+
+
+INTERVENTION_CASES = [(kind, name) for kind in ("vector", "reft") for name in ("dpo", "reprpo", "bipo")]
+
+
+@pytest.mark.parametrize("split", PLACEMENTS)
+@pytest.mark.parametrize("kind,name", INTERVENTION_CASES)
+def test_interventions_train_score_and_generate_on_both_layouts(split, kind, name):
+    """A vector (response positions) and a LoReFT (first and last prompt tokens) at blocks 1 and 2,
+    attached after placement as ``reprkit train`` does (so under the device map one sits on each
+    device): a training step of each sign of the loss in both layouts, scoring on both paths, and
+    generation. The trained parameters stay beside their blocks and receive gradients."""
+    from reprkit import interventions as I
+    from reprkit.config import preset
+    from reprkit.evaluate import ranked_logps
+    from reprkit.train import forward_pair_batch, only_layers, plan_layers
+
+    model = tiny_llama()
+    items = _ranked_items(4)
+    rows = [{"chosen_prompt_ids": e["prompt_ids"], "rejected_prompt_ids": e["prompt_ids"],
+             "chosen_ids": e["responses_ids"][0], "rejected_ids": e["responses_ids"][1]} for e in items]
+    loss = preset(name).loss_fn()
+    with virtual_devices(model, split=split) as vd:
+        iv = (I.VectorIntervention([1, 2], TINY["hidden_size"], positions="response") if kind == "vector" else
+              I.LoReFTIntervention([1, 2], TINY["hidden_size"], positions="f1+l1", rank=2))
+        with torch.no_grad():  # off zero (DPO's gradient at a zero edit is not zero, but ReprPO's may be); R as made
+            for n, p in iv.named_parameters():
+                if "rotate" not in n:
+                    p.normal_(0, 0.1)
+        I.attach(model, iv)
+        for n, p in iv.named_parameters():  # under the device map block 1 is on the first device, 2 on the second
+            assert device_of(p) == vd.block_devices[int(n.split(".")[1])], n
+        loss_layers, layers, _ = plan_layers(model, loss)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        batch = {k: v.to(vd.input_device) for k, v in (D.collate(rows, 0) | {"index": torch.arange(4)}).items()}
+        for shared in (False, True):
+            frozen = None
+            for sign in loss.signs(0) if hasattr(loss, "signs") else (1.0,):
+                inputs = forward_pair_batch(model, batch, layers, loss, 0.5, shared_prompt=shared, sign=sign, frozen=frozen)
+                frozen = inputs.frozen_pass
+                value, _ = loss(only_layers(inputs, loss_layers))
+                value.backward()
+        no_grad = {n.split(".")[1] for n, p in iv.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)}
+        # ReprPO reads block 2's output at the completion, which a LoReFT at block 2's prompt tokens cannot reach
+        assert no_grad == ({"2"} if (kind, name) == ("reft", "reprpo") else set()), no_grad
+        opt.step()
+        with torch.no_grad():
+            for shared in (False, True):
+                ranked_logps(model, items, 0, base=True, shared_prompt=shared)
+            ids = torch.randint(3, TINY["vocab_size"], (2, 6)).to(vd.input_device)
+            attn = torch.ones(2, 6, dtype=torch.long).to(vd.input_device)
+            with I.generating(model, attn):
+                model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=3, do_sample=False, pad_token_id=0)
+        I.detach(model)
