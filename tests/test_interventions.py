@@ -235,6 +235,17 @@ def test_an_intervention_deeper_than_the_loss_reads_is_refused_by_name(tiny_fold
     assert not (tmp_path / "deep").exists()
 
 
+def test_a_prompt_only_intervention_at_the_deepest_loss_layer_is_refused_by_name(tiny_folder, tmp_path):
+    """ReprPO reads the completion's tokens: a LoReFT on the prompt's first and last tokens at the
+    layer it reads (and not before) could only reach them through a later block, and none runs."""
+    from reprkit.losses import ReprPO
+
+    with pytest.raises(TrainingError, match="edits prompt tokens .* no block after the edit"):
+        train(_cfg(tiny_folder, tmp_path / "blind", intervention="reft", reft=ReftSettings(layers="1", positions="f1+l1"),
+                   loss="reprpo", reprpo=ReprPO(layers="1")))
+    assert not (tmp_path / "blind").exists()
+
+
 def test_vector_run_resumes_from_its_checkpoint_to_the_same_vector(tiny_folder, tmp_path):
     straight = train(_cfg(tiny_folder, tmp_path / "a", intervention="vector", loss="dpo", steps=4))
     half = train(_cfg(tiny_folder, tmp_path / "b", intervention="vector", loss="dpo", steps=2))
