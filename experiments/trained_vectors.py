@@ -19,6 +19,10 @@ its mean at +1 and -1 with bootstrap intervals, and the anti-steerable share (it
 below 0; Wilson interval). Trained vectors are also steered as trained (multiples -1, 0, 1 of the
 vector itself). Chance: an unsteered model that cannot tell the answers apart has log-odds 0 and
 matches on half the items. Resumable: runs and records already written are kept.
+
+Records: ``OUT/<direction>.steerability.json`` and the table ``OUT/results.md``; a copy of each record
+sits beside the runs, so ``reprkit dashboard OUT/runs`` draws the three runs' cosine and norm curves
+and, in its steerability tab, every direction's per-item figure.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ def main(argv=None) -> None:
                   **directions}
     prompts = [D.render_prompt(tok, it["prompt"], True) for it in held[:16]]
     for name, d in directions.items():
-        rec = out / f"{name}.json"
+        rec = out / f"{name}.steerability.json"  # the dashboard's steerability tab reads *.steerability.json
         if rec.is_file():
             continue
         start = time.time()
@@ -111,6 +115,7 @@ def main(argv=None) -> None:
         res["split"] = (f"{args.file}, seed {args.seed}: {args.read} questions read, {args.held} held out, "
                         "each in both answer orders")
         write_json(rec, res)
+        write_json(out / "runs" / rec.name, res)  # beside the runs, for the dashboard's steerability tab
         print(f"{name:<10} strength {cal['strength']:.2f} anti {res['anti_steerable']:.3f} ({res['seconds']:.0f} s)", flush=True)
     summarise(out)
 
@@ -120,9 +125,9 @@ def summarise(out: Path) -> str:
              "anti-steerable (95% CI) | as trained: change at +1 | unsteered matching rate |",
              "|---|---|---|---|---|---|---|---|"]
     for name in ("mean_diff", *LOSSES):
-        if not (out / f"{name}.json").is_file():
+        if not (out / f"{name}.steerability.json").is_file():
             continue
-        r = json.loads((out / f"{name}.json").read_text())
+        r = json.loads((out / f"{name}.steerability.json").read_text())
         t = {x["strength"]: x for x in r["table"]}
         hi, lo = t[max(t)], t[min(t)]
         trained = ""
