@@ -388,11 +388,15 @@ def test_cli_trains_a_bipo_vector_that_eval_and_steer_evaluate_read(tiny_folder,
         Direction.load(reft)
 
 
-def test_guard_detects_an_intervention_that_does_not_change(tiny_folder, tmp_path):
+def test_guard_detects_an_intervention_that_does_not_change(tiny_folder, tmp_path, monkeypatch):
     """A vector on the prompt's end tokens at block 1, and a loss on block 1's completion tokens alone:
-    the graph reaches the vector but its gradient is zero, so it never moves; refused at the first
-    step with a positive rate, before any checkpoint (the run directory is removed)."""
+    the graph reaches the vector but its gradient is zero, so it never moves; with the up-front
+    refusal of that layout switched off, the guard refuses it at the first step with a positive rate,
+    before any checkpoint (the run directory is removed)."""
+    import reprkit.training.adapter as A
     from reprkit.losses import ReprPO
+
+    monkeypatch.setattr(A, "blind_layers", lambda *args: [])
 
     with pytest.raises(TrainingError, match="did not change after an optimiser step"):
         train(_cfg(tiny_folder, tmp_path / "r", eval_data=(), intervention="vector",

@@ -74,11 +74,8 @@ def add_intervention(model, cfg: TrainConfig, loss, loss_layers: list[int]):
             f"the {cfg.intervention} is at layer(s) {layers} and the {cfg.loss} loss reads layers up to {max(loss_layers)}: "
             f"its forward stops before the intervention, which would get no gradient. Put it at or before layer "
             f"{max(loss_layers)} (--{cfg.intervention}.layers {max(loss_layers)})")
-    kind = I.parse_positions(settings.positions)[0]
-    if loss_layers and not loss.needs_logps and kind in ("prompt", "prompt_ends"):
-        # a hidden-state loss reads the completion's tokens: an edit of prompt tokens reaches them only
-        # through a later block's attention, so at the deepest layer the loss reads it gets no gradient
-        blind = [k for k in layers if k >= max(loss_layers)]
+    blind = blind_layers(layers, settings.positions, loss, loss_layers)
+    if blind:
         if blind == layers:
             raise TrainingError(
                 f"the {cfg.intervention} edits prompt tokens ({settings.positions}) at layer(s) {layers}, and the {cfg.loss} "
@@ -96,6 +93,17 @@ def add_intervention(model, cfg: TrainConfig, loss, loss_layers: list[int]):
         iv = I.LoReFTIntervention(layers, I.hidden_size_of(model), positions=settings.positions, rank=settings.rank)
     iv.base_model_name = cfg.model
     return I.attach(model, iv)
+
+
+def blind_layers(layers: list[int], positions: str, loss, loss_layers: list[int]) -> list[int]:
+    """The intervened layers a hidden-state loss cannot train: it reads the completion's tokens, so an
+    edit of prompt tokens reaches them only through a later block's attention, and at (or after) the
+    deepest layer the loss reads none runs."""
+    from ..interventions import parse_positions
+
+    if not loss_layers or loss.needs_logps or parse_positions(positions)[0] not in ("prompt", "prompt_ends"):
+        return []
+    return [k for k in layers if k >= max(loss_layers)]
 
 
 def check_trained(model) -> str:
