@@ -47,8 +47,9 @@ The checks (``CHECKS``), in order:
 - ``steering``: a direction read from contrast pairs steers at two layers in one call, undone on exit;
 - ``interventions``: a trained vector's block output is ``h + v`` (``h - v`` at the -1 pass), a
   LoReFT's ``h + R^T (W h + b - R h)`` at its positions (the first and last prompt tokens, also of
-  left-padded prompts of unequal length longer than a sliding window) and ``h`` elsewhere, each gives the frozen model's states exactly when switched off, and a loss on a later
-  block reaches its parameters.
+  left-padded prompts of unequal length longer than a sliding window) and ``h`` elsewhere, each
+  gives the frozen model's states exactly when switched off, and a loss on a later block reaches
+  its parameters.
 
 One file of about 600 lines on purpose: the checks are the support table's columns, and reading
 them side by side is how a reader judges what "pass" means.
@@ -668,10 +669,13 @@ def check_interventions(model) -> str:
             model(input_ids=ids)
         R = reft.R(k).detach()
         W, b = reft.source[str(k)].weight.detach(), reft.source[str(k)].bias.detach()
+        def loreft(x):  # the formula, by hand
+            x = x.float()
+            return x + (x @ W.T + b - x @ R.T) @ R
+
         want = h.clone()
         for pos in (0, 4):
-            x = h[:, pos].float()
-            want[:, pos] = (x + (x @ W.T + b - x @ R.T) @ R).to(h.dtype)
+            want[:, pos] = loreft(h[:, pos]).to(h.dtype)
         _close_rows(cap[k], want, f"block {k}'s output with LoReFT at the first and last prompt tokens vs the formula")
         _close(R @ R.T, torch.eye(2), "R R^T (orthonormal rows)", atol=1e-5, rtol=0)
         # unequal prompts, left-padded, longer than a sliding window (the tiny models' is 8): the first
@@ -688,8 +692,7 @@ def check_interventions(model) -> str:
         h2 = plain[k]
         want = h2.clone()
         for row, pos in ((0, 0), (0, 8), (1, 3), (1, 8)):
-            x = h2[row, pos].float()
-            want[row, pos] = (x + (x @ W.T + b - x @ R.T) @ R).to(h2.dtype)
+            want[row, pos] = loreft(h2[row, pos]).to(h2.dtype)
         attended = attn.bool()
         _close_rows(cap[k][attended], want[attended],
                     f"block {k}'s output with LoReFT at the first and last prompt tokens of left-padded prompts of "

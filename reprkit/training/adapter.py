@@ -75,17 +75,16 @@ def add_intervention(model, cfg: TrainConfig, loss, loss_layers: list[int]):
             f"its forward stops before the intervention, which would get no gradient. Put it at or before layer "
             f"{max(loss_layers)} (--{cfg.intervention}.layers {max(loss_layers)})")
     blind = blind_layers(layers, settings.positions, loss, loss_layers)
+    if blind == layers:  # layers is never empty
+        raise TrainingError(
+            f"the {cfg.intervention} edits prompt tokens ({settings.positions}) at layer(s) {layers}, and the {cfg.loss} "
+            f"loss reads the completion's tokens at layers up to {max(loss_layers)}: no block after the edit carries it "
+            f"to what the loss reads, so it would get no gradient. Put it before layer {max(loss_layers)} "
+            f"(--{cfg.intervention}.layers {max(loss_layers) - 1}) or act on the response (--{cfg.intervention}.positions "
+            "response or all)")
     if blind:
-        if blind == layers:
-            raise TrainingError(
-                f"the {cfg.intervention} edits prompt tokens ({settings.positions}) at layer(s) {layers}, and the {cfg.loss} "
-                f"loss reads the completion's tokens at layers up to {max(loss_layers)}: no block after the edit carries it "
-                f"to what the loss reads, so it would get no gradient. Put it before layer {max(loss_layers)} "
-                f"(--{cfg.intervention}.layers {max(loss_layers) - 1}) or act on the response (--{cfg.intervention}.positions "
-                "response or all)")
-        if blind:
-            log.warning("the %s at layer(s) %s edits prompt tokens at or after the deepest layer the %s loss reads (%d): "
-                        "those layers get no gradient", cfg.intervention, blind, cfg.loss, max(loss_layers))
+        log.warning("the %s at layer(s) %s edits prompt tokens at or after the deepest layer the %s loss reads (%d): "
+                    "those layers get no gradient", cfg.intervention, blind, cfg.loss, max(loss_layers))
     torch.manual_seed(cfg.seed)  # LoReFT's random start, like LoRA's, follows --seed
     if cfg.intervention == "vector":
         iv = I.VectorIntervention(layers, I.hidden_size_of(model), positions=settings.positions, scale=settings.scale)
