@@ -145,8 +145,9 @@ class DirectionCmd(Placement):
     model: str = DEFAULT_MODEL
     layers: str = "range(.2,.9)"
     method: str = "mean_diff"
-    """mean_diff (mass-mean shift), pca (first principal component of the paired differences) or probe
-    (logistic regression, --probe-c its inverse regularisation)"""
+    """mean_diff (mass-mean shift), pca (first principal component of the paired differences; on A/B
+    items read in both orders that is often the answer letter's axis, and flagged) or probe (logistic
+    regression, --probe-c its inverse regularisation)"""
     probe_c: float = 1.0
     token: str = "mean"
     """which token(s) of each response: 'mean' (its completion tokens), 'mean_response' (its own
@@ -218,6 +219,7 @@ class DirectionCmd(Placement):
             read_on = f"{self.data}: the other {len(items)} rows (shuffled with --seed {self.seed})"
         elif self.limit:
             items, held = items[: self.limit], held[: self.limit]
+        n_read = 0
         if self.both_orders:
             from .scoring import both_orders
 
@@ -253,10 +255,17 @@ class DirectionCmd(Placement):
             print(f"{k:>6}{st['separation']:>20.3f}{st['pair_accuracy']:>18.3f}{v['accuracy_mean']:>21.3f}"
                   + ("  <- best" if k == best else "") + (f"  reads the answer letter ({letter})" if letter else ""))
         if flagged:
+            # read unbalanced, the letter can stand in for the behaviour; read balanced, each question's
+            # difference is (behaviour + letter) in one order and (behaviour - letter) in the other, so the
+            # axis of most variance (a PCA's) is the letter's wherever it varies more than the behaviour
+            fix = ("--method mean_diff (the letter's part cancels over the two orders) or --method probe: read "
+                   "balanced, a PCA takes the axis of most variance of the paired differences, which is the letter's"
+                   if n_read else
+                   "read it on letter-balanced items (each question with both answer orders: --both-orders, the "
+                   "default for A/B files)")
             print(f"! at {len(flagged)} of {len(per_layer)} layers a held-out item counts as right exactly when its best "
                   "answer has one letter (95% of items or more): the direction separates answers by their letter, "
-                  "not by what they say. Read it on letter-balanced items (each question with both answer orders: "
-                  "--both-orders, the default for A/B files)")
+                  f"not by what they say. Fix: {fix}")
         if letters:
             d.info["letter_baseline"] = letters["always"]
             d.info["reads_the_letter"] = flagged

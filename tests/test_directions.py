@@ -250,6 +250,14 @@ def test_a_direction_that_reads_the_answer_letter_is_flagged(tiny_folder, tmp_pa
     assert "both answer orders: 120 read and 30 held-out A/B questions" in printed
     assert d.info["letter_baseline"] == {"A": 0.5, "B": 0.5}
     assert all(d.info["heldout"][k] == 0.5 for k in d.info["reads_the_letter"])
+    # read balanced, a PCA takes the letter's axis (the differences are behaviour +/- letter): the
+    # flag then names another method, not the --both-orders it already had
+    main(["direction", "--model", str(tiny_folder), "--data", str(path), "--layers", "1,2", "--out", str(out),
+          "--max-length", "64", "--max-prompt-length", "48", "--token", "last", "--method", "pca"])
+    printed = capsys.readouterr().out
+    d = Direction.load(out)
+    assert d.info["reads_the_letter"], printed
+    assert "--method mean_diff" in printed and "letter-balanced" not in printed
 
 
 def test_both_orders_swaps_the_choices_and_their_letters():
