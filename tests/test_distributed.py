@@ -69,8 +69,11 @@ def assert_same_training(one: Path, two: Path, tolerance: float = 2e-4) -> None:
     assert bad == 0 and [r["step"] for r in rows2] == [r["step"] for r in rows1] == [1, 2, 3, 4]
     for a, b in zip(rows1, rows2):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a["step"], a["loss"], b["loss"])
+        # the loss check's relative 1e-4 (and an absolute 1e-6): the summation-order noise that Adam
+        # amplifies in the adapters (2.8e-5) reaches the geometry too (1.1e-5 and 1.6e-5 relative seen);
+        # the main process logging its own half's geometry instead of the global batch's is off by x4-6
         for layer, v in a["layers"].items():
-            assert b["layers"][layer] == pytest.approx(v, rel=1e-5), (a["step"], layer)
+            assert b["layers"][layer] == pytest.approx(v, rel=1e-4, abs=1e-6), (a["step"], layer)
     w1, w2 = load_file(one / "adapter/adapter_model.safetensors"), load_file(two / "adapter/adapter_model.safetensors")
     assert w1.keys() == w2.keys()
     moved = max((w1[k].float() - 0).abs().max().item() for k in w1 if "lora_B" in k)
