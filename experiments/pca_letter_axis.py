@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from reprkit import data as D
-from reprkit.behaviour import load_behaviour
+from reprkit.behaviour import contrast_pairs, load_behaviour
 from reprkit.directions import completion_states, directions_from_states
 from reprkit.models import DEFAULT_MODEL, load_model
 from reprkit.scoring import answer_letters, both_orders
@@ -38,20 +40,16 @@ def main() -> None:
         raise SystemExit(f"no {args.file}.jsonl under {root / 'anthropic-evals'}")
     model, tok = load_model(args.model)
     read, doubled = both_orders(D.shuffled(load_behaviour(path), args.seed)[: args.read])
-    pairs = [{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
-                                                    it["responses"][it["matching"].index(False)]],
-              "scores": [1.0, 0.0]} for it in read]
-    states, _ = completion_states(model, D.encode_ranked(pairs, tok, 512, 256), tok.pad_token_id, [args.layer], token="last")
+    states, _ = completion_states(model, D.encode_ranked(contrast_pairs(read), tok, 512, 256), tok.pad_token_id,
+                                  [args.layer], token="last")
     pos, neg = states[args.layer][:, 0].float(), states[args.layer][:, 1].float()
     diff = pos - neg
     letters = answer_letters(read)
     if letters is None:
         raise SystemExit(f"{path.name}: not every answer is a letter, so there is no letter axis")
-    is_a = [ls is not None and ls[it["matching"].index(True)] == "A" for it, ls in zip(read, letters)]
-    is_b = [ls is not None and ls[it["matching"].index(True)] == "B" for it, ls in zip(read, letters)]
-    import torch
-
-    letter_axis = diff[torch.tensor(is_a)].mean(0) - diff[torch.tensor(is_b)].mean(0)
+    matching = [ls[it["matching"].index(True)] for it, ls in zip(read, letters)]  # the matching answer's letter
+    letter_axis = (diff[torch.tensor([x == "A" for x in matching])].mean(0)
+                   - diff[torch.tensor([x == "B" for x in matching])].mean(0))
     behaviour_axis = diff.mean(0)
 
     def cos(a, b):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from reprkit import data as D
-from reprkit.behaviour import load_behaviour
+from reprkit.behaviour import contrast_pairs, load_behaviour
 from reprkit.directions import Direction, completion_states, directions_from_states
 from reprkit.models import DEFAULT_MODEL, load_model
 from reprkit.runlog import write_json
@@ -67,10 +67,7 @@ def main() -> None:
         read, held = items[: args.read], items[args.read:]
         if args.both_orders:  # each question also with its choices swapped, both on its own side of the split
             read, held = both_orders(read)[0], both_orders(held)[0]
-        pairs = [{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
-                                                        it["responses"][it["matching"].index(False)]],
-                  "scores": [1.0, 0.0]} for it in read]
-        encoded = D.encode_ranked(pairs, tok, 512, 256)
+        encoded = D.encode_ranked(contrast_pairs(read), tok, 512, 256)
         states, _ = completion_states(model, encoded, tok.pad_token_id, [args.layer], token="last")
         for method in METHODS:
             rec_file = out / f"{f.stem}.{method}.json"

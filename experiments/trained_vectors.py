@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from reprkit import data as D
-from reprkit.behaviour import load_behaviour
+from reprkit.behaviour import contrast_pairs, load_behaviour
 from reprkit.config import TrainConfig, VectorSettings
 from reprkit.directions import Direction, completion_states, directions_from_states
 from reprkit.models import DEFAULT_MODEL, load_model
@@ -88,9 +88,7 @@ def main(argv=None) -> None:
                               seed=args.seed, progress=False, run_dir=str(run)))
         directions[loss] = Direction.load(run)
     model, tok = load_model(args.model)
-    encoded = D.encode_ranked([{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
-                                                                       it["responses"][it["matching"].index(False)]],
-                                "scores": [1.0, 0.0]} for it in read], tok, args.max_length, args.max_prompt_length)
+    encoded = D.encode_ranked(contrast_pairs(read), tok, args.max_length, args.max_prompt_length)
     states, _ = completion_states(model, encoded, tok.pad_token_id, [args.layer], token="last")
     vectors, stats = directions_from_states({args.layer: states[args.layer][:, 0]}, {args.layer: states[args.layer][:, 1]},
                                             "mean_diff", 1.0)

@@ -63,6 +63,14 @@ def load_behaviour(path, limit: int | None = None) -> list[dict]:
     return items
 
 
+def contrast_pairs(items: list[dict]) -> list[dict]:
+    """Behaviour items as ranked pairs for reading a direction: the first behaviour-matching answer
+    (score 1) against the first one that does not match (score 0), under the item's prompt."""
+    return [{"prompt": it["prompt"], "responses": [it["responses"][it["matching"].index(True)],
+                                                   it["responses"][it["matching"].index(False)]],
+             "scores": [1.0, 0.0]} for it in items]
+
+
 def behaviour_rate(model, tokenizer, items: list[dict], base: bool = True, max_length: int = 512,
                    batch_size: int = 16) -> dict:
     """Rate of items whose best-scored answer (summed log-prob) is a behaviour-matching one; chance is
