@@ -260,3 +260,30 @@ def test_a_seed_past_the_damage_bound_is_named_and_the_comparison_rerun_without_
     cells[0]["retain_perplexity"]["ratio"] = 5.0  # a DPO seed past the bound: every method is rerun
     rows = [line for line in analyse.within_bound_lines(cells, 3.0) if line.startswith("| a |")]
     assert [r.split(" | ")[1:3] for r in rows] == [["reprpo", "1 of 2 / 1 of 2"], ["reroute", "2 of 2 / 1 of 2"]]
+
+
+def test_a_report_on_part_of_the_design_calls_itself_interim(tmp_path):
+    """The report names the cells and seeds it has while the grid's order is not done, and says
+    nothing of the kind once it is."""
+    import dataclasses
+
+    from reprkit.compare import Grid
+    from reprkit.compare.report import progress_lines
+    from reprkit.runlog import write_json
+
+    grid = dataclasses.asdict(Grid(methods=["base", "dpo"], seeds=[0, 1]))
+
+    def cell(method, seed):
+        c = {"shift": "s", "method": method, "seed": seed,
+             "scores": {"source test": {"items": {"id": ["a"], "correct": [1]}},
+                        "target t": {"items": {"id": ["b"], "correct": [1]}}}}
+        folder = tmp_path / "cells" / "s" / method / f"seed{seed}"
+        folder.mkdir(parents=True)
+        write_json(folder / "cell.json", c)
+        return c
+
+    cells = [cell("base", 0), cell("dpo", 0)]
+    text = "\n".join(progress_lines(tmp_path, grid, cells))
+    assert "## Interim report" in text and "2 of 3 cells" in text and "dpo on s: 0." in text
+    cells.append(cell("dpo", 1))
+    assert progress_lines(tmp_path, grid, cells) == []

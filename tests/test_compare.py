@@ -544,6 +544,13 @@ def test_holm_adjusts_each_rules_family_alike_and_leaves_the_length_rows_out():
                for r in f)
     assert all(r["seed_p_holm"] >= r["seed_p"] for f in family.values() for r in f)
     assert not any("seed_p_holm" in r for r in rows if r["method"] in rule_tables.MODEL_FREE)
+    calls = {(v["method"]): v["call_mean"] for v in rule_tables.verdicts(rows)}
+    assert set(calls.values()) <= {"better", "worse", "no difference"}  # 3 seeds: decided
+    # on one seed each the seed-level test is the items' alone: no verdict yet, though p is tiny
+    first = [c for c in cells if c["seed"] == 0]
+    rows = rule_tables.rule_rows(first, ["base", "length", "dpo", "reprpo", "reroute"])
+    assert next(r for r in rows if r["method"] == "reprpo" and r["rule"] == "mean" and r["eval"] == "target t")["seed_p"] < 0.05
+    assert {v["call_mean"] for v in rule_tables.verdicts(rows)} == {"undecided (1 seed)"}
 
 
 def test_a_reading_cell_stopped_in_its_final_scoring_resumes_from_its_finished_stages(tiny_folder, tmp_path,

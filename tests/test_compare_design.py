@@ -65,6 +65,24 @@ def test_no_family_where_dpo_did_not_learn():
     assert fam["rows"] == {} and "DPO did not learn" in fam["why_empty"]
 
 
+def test_one_seed_leaves_the_entry_and_the_control_undecided():
+    """With one training seed the seed-level test is the items' alone: a strong source gain is not
+    called learnt, the control not shown, and no family is formed, until a second seed is in."""
+    cells = _grid_cells({"dpo": (0.2, 0.1, 0.1), "reprpo": (0.2, 0.05, 0.05), "reroute": (0.0, 0.0, 0.0)}, seeds=1)
+    res = design.answer(cells, [], {"primary_targets": ["t1", "t2"], "positive_control": "t1"})["s"]
+    assert res["entry"]["dpo"]["p"] < 0.001  # the items alone would call it learnt
+    assert all(e["learnt"] is None and "1 seed" in e["undecided"] for e in res["entry"].values())
+    assert res["positive_control"]["shown"] is None
+    fam = res["family"]
+    assert fam["rows"] == {} and fam["not_learnt"] == [] and "undecided" in fam["why_empty"]
+    assert fam["undecided"] == ["dpo", "reprpo", "reroute"]
+    text = "\n".join(design.answer_lines({"s": res}))
+    assert "| yes |" not in text and "no: did not learn" not in text and "Not compared yet" in text
+    # a second seed decides it
+    two = design.answer(_grid_cells({"dpo": (0.2, 0.1, 0.1)}, seeds=2), [], {})["s"]
+    assert two["entry"]["dpo"]["learnt"] is True
+
+
 def test_family_pools_targets_of_the_same_runs_and_adjusts_by_holm():
     cells = _grid_cells({"dpo": (0.2, 0.05, 0.05), "reprpo": (0.2, 0.3, 0.3), "prefvec": (0.2, 0.05, 0.06)})
     fam = design.answer(cells, [], {"primary_targets": ["t1", "t2"]})["s"]["family"]

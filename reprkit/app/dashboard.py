@@ -85,10 +85,11 @@ def comparison_view(folders: list[Path]) -> None:
             st.subheader(f"source {source}")
             st.plotly_chart(figures.answer_figure(res), key=f"answer-{folder}-{source}")
             st.dataframe([{"method": m, "gain": e["difference"], "ci95": e["ci95"], "p": e["p"],
-                           "learnt its source": e["learnt"]} for m, e in res["entry"].items()], hide_index=True)
+                           "learnt its source": e.get("undecided") if e["learnt"] is None else e["learnt"]} for m, e in res["entry"].items()], hide_index=True)
             if pc := res.get("positive_control"):
                 st.caption(f"positive control ({pc['target']}): DPO's target gain {pc['difference']:+.3f}, p "
-                           f"{pc['p']:.3g}: " + ("transfer is visible where expected" if pc["shown"] else
+                           f"{pc['p']:.3g}: " + (pc.get("undecided", "undecided") if pc["shown"] is None else
+                                                 "transfer is visible where expected" if pc["shown"] else
                                                  "not significant, so the design has shown no power to see transfer"))
             for target, rows in res.get("normalised", {}).items():
                 st.dataframe([{"target": target, "method": m, "normalised transfer": n["normalised"],

@@ -320,7 +320,7 @@ def steerability_figure(res: dict, max_lines: int = 100) -> go.Figure:
 def answer_figure(res: dict) -> go.Figure:
     """A comparison's answer for one source (``answer.json``'s entry): left, each method's
     seed-level source gain over the frozen model with its 95% interval (grey: did not learn the
-    source, so not compared); right, each compared hidden-state method minus DPO on the pooled
+    source, so not compared; white: undecided, fewer seeds than the test needs); right, each compared hidden-state method minus DPO on the pooled
     primary targets with its simultaneous interval, and the band of differences the design could
     not have detected (80% power at Holm's first step)."""
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.15,
@@ -332,8 +332,11 @@ def answer_figure(res: dict) -> go.Figure:
     lo = [entry[m]["difference"] - entry[m]["ci95"][0] for m in names]
     hi = [entry[m]["ci95"][1] - entry[m]["difference"] for m in names]
     fig.add_trace(go.Bar(x=names, y=gains, error_y={"type": "data", "array": hi, "arrayminus": lo},
-                         marker={"color": ["seagreen" if entry[m]["learnt"] else "lightgrey" for m in names]},
-                         showlegend=False, hovertext=["learnt its source" if entry[m]["learnt"] else
+                         marker={"color": ["seagreen" if entry[m]["learnt"] else "white" if entry[m]["learnt"] is None
+                                           else "lightgrey" for m in names],
+                                 "line": {"color": "grey", "width": 1}},
+                         showlegend=False, hovertext=[entry[m].get("undecided", "undecided") if entry[m]["learnt"] is None
+                                                      else "learnt its source" if entry[m]["learnt"] else
                                                       "did not learn this source" for m in names]), row=1, col=1)
     rows = res.get("family", {}).get("rows", {})
     if rows:

@@ -28,6 +28,15 @@ method but DPO is reported beside them, outside the family."""
 
 SOURCE_COL = "source test"
 
+MIN_SEEDS = 2
+"""Runs a trained method needs before a seed-level test decides anything: with one, the spread
+between training seeds is unknown and the test would be the items' alone, so the entry condition
+and the positive control stay undecided (an interim report, or a grid of one seed, says so)."""
+
+
+def _undecided(runs: int) -> str:
+    return f"undecided: {runs} seed so far (the seed-level test needs {MIN_SEEDS})"
+
 
 def load_ceilings(out: Path) -> list[dict]:
     """The ceiling cells of a grid folder (``ceiling/<target>/<method>/seed<k>/cell.json``)."""
@@ -40,11 +49,14 @@ def _hidden(method: str) -> bool:
 
 def entry(cells: list[dict], source: str, method: str) -> dict | None:
     """Whether ``method`` learnt ``source``: its seed-level source-test gain over the frozen model
-    (``learnt``: significant and positive). None where either side has no runs."""
+    (``learnt``: significant and positive; None, with ``undecided`` saying why, while the method has
+    fewer than ``MIN_SEEDS`` runs). None where either side has no runs."""
     runs, frozen = (per_seed_items(cells, source, m, SOURCE_COL) for m in (method, "base"))
     if not runs or not frozen:
         return None
     res = seed_t_difference(runs, frozen)
+    if len(runs) < MIN_SEEDS:
+        return {**_row(res), "runs": len(runs), "learnt": None, "undecided": _undecided(len(runs))}
     return {**_row(res), "runs": len(runs), "learnt": bool(res["significant"] and res["difference"] > 0)}
 
 
@@ -95,8 +107,10 @@ def answer(cells: list[dict], ceilings: list[dict], grid: dict, groups: dict[str
             runs, frozen = per_seed_items(cells, source, "dpo", col), per_seed_items(cells, source, "base", col)
             if runs and frozen:
                 r = seed_t_difference(runs, frozen)
-                res["positive_control"] = {"target": control, **_row(r),
+                res["positive_control"] = {"target": control, **_row(r), "runs": len(runs),
                                            "shown": bool(r["significant"] and r["difference"] > 0)}
+                if len(runs) < MIN_SEEDS:
+                    res["positive_control"].update(shown=None, undecided=_undecided(len(runs)))
         res["normalised"] = {}
         for t in targets:
             frozen = per_seed_items(cells, source, "base", f"target {t}")
@@ -117,15 +131,23 @@ def family(cells: list[dict], source: str, methods: list[str], targets: list[str
     """Each hidden-state method that learnt its source against DPO on the pooled ``targets`` (scored
     by the same runs: the seed part pooled per run), Holm over them, the simultaneous bound
     (1 - ALPHA/m) and the detectable difference at Holm's first step. Methods that did not learn
-    their source are listed as such and left out; where DPO did not learn it, there is no family."""
-    out = {"targets": targets, "rows": {}, "not_learnt": [m for m in methods if not entries.get(m, {}).get("learnt")]}
+    their source are listed as such and left out, and so are those whose entry is still undecided
+    (``undecided``: fewer than ``MIN_SEEDS`` runs); where DPO did not learn it, or is undecided, there
+    is no family."""
+    out = {"targets": targets, "rows": {},
+           "not_learnt": [m for m in methods if entries.get(m, {}).get("learnt") is False],
+           "undecided": [m for m in methods if m in entries and entries[m]["learnt"] is None]}
+    if "dpo" in out["undecided"]:
+        out["why_empty"] = f"whether DPO learnt the source is {entries['dpo']['undecided']}"
+        return out
     if "dpo" not in methods or not entries.get("dpo", {}).get("learnt"):
         out["why_empty"] = "DPO did not learn the source at seed level: no vs-DPO row is a comparison"
         return out
     members = [m for m in methods if _hidden(m) and entries.get(m, {}).get("learnt")]
     if not members or not targets:
-        out["why_empty"] = ("no hidden-state method learnt the source at seed level" if not members
-                            else "no primary target")
+        out["why_empty"] = ("no primary target" if members else
+                            "no hidden-state method learnt the source at seed level"
+                            + (" yet (some are undecided)" if any(_hidden(m) for m in out["undecided"]) else ""))
         return out
     m = len(members)
     for method in members:
@@ -158,13 +180,14 @@ def answer_lines(res: dict) -> list[str]:
                   "a method that did not learn its source is not compared):", "",
                   "| method | gain | 95% CI | p | learnt its source |", "|---|---|---|---|---|"]
         for m, e in r["entry"].items():
-            lines.append(f"| {m} | {e['difference']:+.3f} | {_ci(e['ci95'])} | {e['p']:.3g} | "
-                         f"{'yes' if e['learnt'] else 'no: did not learn this source'} |")
+            verdict = e.get("undecided") if e["learnt"] is None else "yes" if e["learnt"] else "no: did not learn this source"
+            lines.append(f"| {m} | {e['difference']:+.3f} | {_ci(e['ci95'])} | {e['p']:.3g} | {verdict} |")
         if "positive_control" in r:
             pc = r["positive_control"]
             lines += ["", f"**Positive control** (DPO's seed-level target gain on {pc['target']}): "
                       f"{pc['difference']:+.3f} {_ci(pc['ci95'])}, p {pc['p']:.3g}: "
-                      + ("the design sees transfer where it is expected." if pc["shown"] else
+                      + (f"{pc['undecided']}." if pc["shown"] is None else
+                         "the design sees transfer where it is expected." if pc["shown"] else
                          "not significant: the design has shown no power to see transfer.")]
         if r["normalised"]:
             lines += ["", "**Normalised transfer** ((source-trained - frozen) / (target-trained - frozen) on each "
@@ -190,5 +213,8 @@ def answer_lines(res: dict) -> list[str]:
                       "true difference above the detectable one would probably have been seen."]
         if fam["not_learnt"]:
             lines.append(f"\nNot compared (did not learn the source at seed level): {', '.join(fam['not_learnt'])}.")
+        if fam.get("undecided"):
+            lines.append(f"\nNot compared yet (fewer than {MIN_SEEDS} seeds, entry undecided): "
+                         f"{', '.join(fam['undecided'])}.")
         lines.append("")
     return lines

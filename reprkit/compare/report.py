@@ -415,6 +415,36 @@ def sweep_lines(out: Path) -> list[str]:
     return lines
 
 
+def progress_lines(out: Path, grid: dict, cells: list[dict]) -> list[str]:
+    """Where the report stands against the design: nothing while every cell of the grid's order
+    (``cells.cell_order``: its seeds and ceilings, on the sources and targets the cells name) is
+    done; else a heading that calls the report interim, the cells done, and each trained method's
+    seeds done, so that no reader takes seed-level figures on fewer seeds for the design's."""
+    from .cells import CEILING, cell_order, cell_path
+    from .settings import UNTRAINED, Grid
+
+    settings = Grid(**grid)
+    shifts = {}
+    for c in cells:
+        shifts.setdefault(c["shift"], [col[len("target "):] for col in c["scores"] if col.startswith("target ")])
+    order = cell_order(settings, list(shifts), None, shifts)
+    done = [(cell_path(out, source, method, seed) / "cell.json").is_file() for seed, source, method in order]
+    if all(done):
+        return []
+    ceil = [d for (_, source, _), d in zip(order, done) if source.startswith(CEILING)]
+    per = {}
+    for (seed, source, method), d in zip(order, done):
+        if d and not source.startswith(CEILING) and method not in UNTRAINED:
+            per.setdefault(f"{method} on {source}", []).append(seed)
+    seeds = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in per.items()) or "none"
+    return ["## Interim report", "",
+            f"{sum(done)} of {len(done)} cells of the design are done: the grid's seeds are {settings.seeds}"
+            + (f", its ceilings {sum(ceil)} of {len(ceil)} done" if ceil else "") + f". Seeds done: {seeds}.",
+            "Every figure below is on the cells done. A seed-level test on one seed is the items' alone, so a "
+            "method with one seed is undecided (the entry condition and the positive control wait for a second); "
+            "with fewer seeds than the design's the intervals are wider than its detectable differences say.", ""]
+
+
 def analyse(out: Path) -> None:
     from .figures import curve_figure, difference_figure, save
 
@@ -455,6 +485,8 @@ def analyse(out: Path) -> None:
         write_csv(out / "rules.csv", rules)
         write_csv(out / "verdicts.csv", verdicts(rules))
         text += "\n".join(markdown_lines(rules, grid)) + "\n"
+    interim = progress_lines(out, grid, everything)
+    text = "\n".join(interim) + "\n" + text if interim else text
     (out / "results.md").write_text(text + "\n".join(sweep_lines(out)) + "\n")
     try:
         save(curve_figure(cells), out / "matched-accuracy")

@@ -87,7 +87,7 @@ def rule_rows(cells: list[dict], methods: list[str]) -> list[dict]:
                     if dpo and method != "dpo":
                         t = seed_t_difference(runs, dpo)
                         items = paired_difference(_seed_mean(runs), _seed_mean(dpo))
-                        row.update(vs="dpo", difference=t["difference"], seed_ci_low=t["ci95"][0],
+                        row.update(vs="dpo", dpo_seeds=len(dpo), difference=t["difference"], seed_ci_low=t["ci95"][0],
                                    seed_ci_high=t["ci95"][1], seed_p=t["p"], seed_df=t["df"],
                                    items_ci_low=items["ci95"][0], items_ci_high=items["ci95"][1], items_p=items["p"],
                                    items_test=items["test"], items_p_floor=items.get("p_floor"))
@@ -111,9 +111,21 @@ def _in_family(r: dict) -> bool:
     return r["eval"].startswith("target") and "seed_p" in r and r["method"] not in MODEL_FREE
 
 
+def one_seed(r: dict) -> bool:
+    """Whether a row's seed-level test is the items' alone: DPO, or the trained method against it,
+    has a single seed (the frozen model and the model-free rows have one by nature)."""
+    from .design import MIN_SEEDS
+    from .settings import UNTRAINED
+
+    trained = r["method"] not in MODEL_FREE and r["method"] not in UNTRAINED
+    return r.get("dpo_seeds", MIN_SEEDS) < MIN_SEEDS or (trained and r["seeds"] < MIN_SEEDS)
+
+
 def call(r: dict, alpha: float = 0.05) -> str:
     """'better', 'worse' or 'no difference' at the seed level (Holm-adjusted within the rule's family;
-    the length rows, outside every family, unadjusted)."""
+    the length rows, outside every family, unadjusted); 'undecided (1 seed)' where ``one_seed``."""
+    if one_seed(r):
+        return "undecided (1 seed)"
     p = r.get("seed_p_holm", r.get("seed_p"))
     if p is None or p >= alpha:
         return "no difference"
