@@ -420,10 +420,13 @@ def progress_lines(out: Path, grid: dict, cells: list[dict]) -> list[str]:
     (``cells.cell_order``: its seeds and ceilings, on the sources and targets the cells name) is
     done; else a heading that calls the report interim, the cells done, and each trained method's
     seeds done, so that no reader takes seed-level figures on fewer seeds for the design's."""
+    import dataclasses
+
     from .cells import CEILING, cell_order, cell_path
     from .settings import UNTRAINED, Grid
 
-    settings = Grid(**grid)
+    known = {f.name for f in dataclasses.fields(Grid)}  # a folder of an older version may hold more
+    settings = Grid(**{k: v for k, v in grid.items() if k in known})
     shifts = {}
     for c in cells:
         shifts.setdefault(c["shift"], [col[len("target "):] for col in c["scores"] if col.startswith("target ")])
