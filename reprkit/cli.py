@@ -452,9 +452,18 @@ class Compare:
     """only count what truncation cuts in every set of the grid (truncation.json) and stop"""
     shift_file: str | None = None
     """a GENIES-format shift list (overrides the grid's)"""
+    report: bool = False
+    """only write the report from the cells done so far (interim where the design is not), beside
+    running workers; trains nothing"""
 
     def run(self) -> None:
         from .compare import Grid, run
+
+        if self.report:
+            from .compare.command import report_only
+
+            report_only(self.out)
+            return
 
         grid = Grid.from_file(self.config)
         if self.shift_file:

@@ -151,6 +151,15 @@ def test_compare_on_your_own_data_with_ceilings(tiny_folder, tmp_path):
     res = json.loads((out / "answer.json").read_text())["arith"]
     assert set(res["entry"]) == {"dpo", "reprpo"} and "positive_control" in res and "caps" in res["normalised"]
     assert "## The design's answer" in (out / "results.md").read_text()
+    assert "Interim report" not in (out / "results.md").read_text()
+    # a report from part of the design (a seed's cell gone), written by `--report` without training
+    (out / "cells/arith/reprpo/seed1/cell.json").unlink()
+    parse(["compare", str(path), "--out", str(out), "--report"]).run()
+    text = (out / "results.md").read_text()
+    assert text.startswith("## Interim report") and "6 of 7 cells" in text and "reprpo on arith: 0." in text
+    assert not (out / "cells/arith/reprpo/seed1/cell.json").exists()  # nothing was trained
+    with pytest.raises(SystemExit, match="no grid.json.*reprkit compare CONFIG --out"):
+        parse(["compare", str(path), "--out", str(tmp_path / "empty"), "--report"]).run()
 
 
 def test_a_local_file_scored_on_its_own_training_rows_is_refused(tmp_path):

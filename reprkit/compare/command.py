@@ -58,6 +58,20 @@ def run(grid: Grid, out, methods: list[str] | None = None, sources: list[str] | 
     return None
 
 
+def report_only(out) -> None:
+    """The report of ``out`` from the cells done so far (the folder's own ``grid.json``, the design
+    its cells ran under), written under the same claim the last worker takes, so it is safe beside
+    running workers. A folder no grid has run in is an error that names the command that starts one."""
+    out = Path(out)
+    if not (out / "grid.json").is_file():
+        raise SystemExit(f"{out} holds no grid.json: no comparison has run there. Start one with "
+                         f"`reprkit compare CONFIG --out {out}`")
+    with claim(out, "analysis", wait=True):
+        from .report import analyse
+
+        analyse(out)
+
+
 def check_held_out(grid: Grid, shifts: dict[str, list[str]]) -> dict:
     """How many validation and test items of each run repeat a prompt it trains on (the source's
     validation and test against its training split; with ceilings, each target's test against its
