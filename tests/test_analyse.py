@@ -287,3 +287,33 @@ def test_a_report_on_part_of_the_design_calls_itself_interim(tmp_path):
     assert "## Interim report" in text and "2 of 3 cells" in text and "dpo on s: 0." in text
     cells.append(cell("dpo", 1))
     assert progress_lines(tmp_path, grid, cells) == []
+
+
+def test_the_pooled_row_counts_each_run_once_where_targets_share_runs():
+    """Two targets of one shift are scored by the same runs: a seed that does well on one does well
+    on the other, and the pooled seed-level interval must carry that (``shared``), not treat the
+    targets as independent draws of seeds."""
+    import random
+
+    from reprkit.stats import pooled_seed_t_difference
+
+    rng = random.Random(1)
+
+    def outcomes(p):
+        return [int(rng.random() < p) for _ in range(60)]
+
+    cells = []
+    for method, base in (("base", 0.5), ("dpo", 0.5), ("reprpo", 0.6)):
+        for seed in (range(1) if method == "base" else range(3)):
+            effect = rng.gauss(0, 0.08)  # the seed's own effect, on every target alike
+            scores = {col: {"items": {"id": [f"{col}-{k}" for k in range(60)], "correct": outcomes(base + effect)}}
+                      for col in ("source test", "target t1", "target t2")}
+            cells.append({"shift": "s", "method": method, "seed": seed, "scores": scores})
+    row = next(r for r in grid_paired.paired_rows(cells) if r["shift"] == "pooled" and r["eval"] == "target"
+               and r["method"] == "reprpo" and r["vs"] == "dpo")
+    strata = {("s", c): (grid_paired.per_seed_items(cells, "s", "reprpo", c), grid_paired.per_seed_items(cells, "s", "dpo", c))
+              for c in ("target t1", "target t2")}
+    shared = pooled_seed_t_difference(strata, shared={k: "s" for k in strata})
+    independent = pooled_seed_t_difference(strata)
+    assert row["seed_p"] == pytest.approx(shared["p"]) and shared["p"] != pytest.approx(independent["p"])
+    assert row["shifts"] == 1 and row["strata"] == 2 and row["seed_pool"] == "runs shared within a shift"

@@ -126,9 +126,15 @@ def paired_rows(cells: list[dict], targets: dict[str, set[str]] | None = None,
                         continue
                     if pool is not None and shift not in pool:
                         continue
-                    pooled.setdefault((kind, method, other), {})[f"{shift}/{col}"] = (ra, rb)
+                    pooled.setdefault((kind, method, other), {})[(shift, col)] = (ra, rb)
     for (kind, method, other), strata in pooled.items():
-        res = pooled_difference({k: (seed_mean(ra), seed_mean(rb)) for k, (ra, rb) in strata.items()})
-        seeds = pooled_seed_t_difference(strata)
-        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds)})
+        res = pooled_difference({f"{s}/{c}": (seed_mean(ra), seed_mean(rb)) for (s, c), (ra, rb) in strata.items()})
+        # the targets of one shift are scored by the same runs: each run's seed part counted once
+        shared = {key: key[0] for key in strata}
+        try:
+            seeds = {**pooled_seed_t_difference(strata, shared=shared), "seed_pool": "runs shared within a shift"}
+        except ValueError:  # a target some of a shift's runs lack: its strata cannot share runs
+            seeds = {**pooled_seed_t_difference(strata), "seed_pool": "strata independent"}
+        rows.append({"shift": "pooled", "eval": kind, "method": method, "vs": other, **_flat(res), **_seed_flat(seeds),
+                     "shifts": len(set(shared.values())), "seed_pool": seeds["seed_pool"]})
     return rows

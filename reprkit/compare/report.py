@@ -224,8 +224,9 @@ def overview_lines(cells: list[dict], paired: list[dict], order: list[str] = (),
                        + (f"<br>retain ppl {damage}" if damage else ""))
         if has_pool:
             pooled = index.get(("pooled", "target", method, vs))
-            n = int(pooled["strata"]) if pooled else 0
-            row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({n} shift{'s' * (n > 1)})" if pooled else "")
+            n, k = (int(pooled["strata"]), int(pooled.get("shifts") or pooled["strata"])) if pooled else (0, 0)
+            where = f"{n} target{'s' * (n > 1)} of {k} shift{'s' * (k > 1)}" if n != k else f"{n} shift{'s' * (n > 1)}"
+            row.append(f"vs {vs.replace('dpo', 'DPO')} {fmt_diff(pooled)} ({where})" if pooled else "")
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
