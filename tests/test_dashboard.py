@@ -227,6 +227,11 @@ def test_answer_figure_marks_what_was_not_learnt_and_the_undetectable_band():
     assert list(fig.data[1].error_y.array) == pytest.approx([0.07]) and list(fig.data[1].error_y.arrayminus) == pytest.approx([0.07])
     band = [s for s in fig.layout.shapes if s.type == "rect"][0]
     assert (band.y0, band.y1) == (-0.07, 0.07)
+    # one seed so far: undecided, neither learnt nor not, and its hover says why
+    res["entry"]["reroute"] = {"difference": 0.0, "ci95": [-0.02, 0.02], "learnt": None,
+                               "undecided": "undecided: 1 seed so far (the seed-level test needs 2)"}
+    bars = answer_figure(res).data[0]
+    assert bars.marker.color[2] == "white" and "1 seed so far" in bars.hovertext[2]
 
 
 def test_intervention_runs_show_their_layer_curves_and_what_they_train(tiny_folder, tmp_path, monkeypatch):
