@@ -152,6 +152,7 @@ def test_compare_on_your_own_data_with_ceilings(tiny_folder, tmp_path):
     assert set(res["entry"]) == {"dpo", "reprpo"} and "positive_control" in res and "caps" in res["normalised"]
     assert "## The design's answer" in (out / "results.md").read_text()
     assert "Interim report" not in (out / "results.md").read_text()
+    assert "epoch(s) of each source's train[:16] in batches" in (out / "results.md").read_text()  # the grid's split
     # a report from part of the design (a seed's cell gone), written by `--report` without training
     (out / "cells/arith/reprpo/seed1/cell.json").unlink()
     parse(["compare", str(path), "--out", str(out), "--report"]).run()

@@ -299,7 +299,8 @@ def markdown(cells: list[dict], paired: list[dict], match: list[dict], grid: dic
     wall = sum(cell_seconds(c) for c in cells)
     from reprkit.packaged import model_note
 
-    lines = [f"Model {model_note(grid['model'])}; {grid['epochs']} epoch(s) of each source's train[:90%] in batches of "
+    lines = [f"Model {model_note(grid['model'])}; {grid['epochs']} epoch(s) of each source's "
+             f"{grid.get('train_split') or 'train[:90%]'} in batches of "
              f"{grid['batch_size']} pairs (max length {grid['max_length']}), LoRA r{grid['lora_r']}; seeds "
              f"{grid['seeds']}; eval sets: whole test splits unless limited ({grid['eval_limit']}); "
              f"{len(cells)} cells, compute {wall / 3600:.2f} h.", "",
