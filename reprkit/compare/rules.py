@@ -23,6 +23,9 @@ import statistics
 
 from reprkit.stats import holm, paired_difference, seed_t_difference
 
+from .design import MIN_SEEDS
+from .settings import UNTRAINED
+
 PRIMARY = "mean"
 RULES = ("mean", "sum", "ratio")
 READERS = ("mms", "meandiff-mean", "meandiff-last")
@@ -114,9 +117,6 @@ def _in_family(r: dict) -> bool:
 def one_seed(r: dict) -> bool:
     """Whether a row's seed-level test is the items' alone: DPO, or the trained method against it,
     has a single seed (the frozen model and the model-free rows have one by nature)."""
-    from .design import MIN_SEEDS
-    from .settings import UNTRAINED
-
     trained = r["method"] not in MODEL_FREE and r["method"] not in UNTRAINED
     return r.get("dpo_seeds", MIN_SEEDS) < MIN_SEEDS or (trained and r["seeds"] < MIN_SEEDS)
 
